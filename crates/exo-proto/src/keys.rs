@@ -1,0 +1,256 @@
+//! Key and channel names. Every Redis name exo uses is built here.
+//!
+//! The task keys use `prefix` (default `exo:`); only the queue stream and
+//! the keys that belong to it follow `queue` (default `exo:tasks`).
+//!
+//! Under Redis Cluster every key must live in one hash slot, because the Lua
+//! scripts touch the queue, the task hash and the event stream together.
+//! That holds when the prefix carries a hash tag and the queue the same tag,
+//! e.g. prefix `{exo}:` with queue `{exo}:tasks`; see
+//! [`Keys::check_single_slot`].
+
+/// Builds every key and channel name from a prefix and a queue name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+    queue: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new(Keys::DEFAULT_PREFIX, Keys::DEFAULT_QUEUE)
+    }
+}
+
+impl Keys {
+    /// The reference prefix.
+    pub const DEFAULT_PREFIX: &'static str = "exo:";
+    /// The reference queue name.
+    pub const DEFAULT_QUEUE: &'static str = "exo:tasks";
+
+    /// Keys for this prefix and queue.
+    pub fn new(prefix: impl Into<String>, queue: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            queue: queue.into(),
+        }
+    }
+
+    /// Keys for this prefix, with the queue `{prefix}tasks`.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let queue = format!("{prefix}tasks");
+        Keys::new(prefix, queue)
+    }
+
+    /// The prefix of the task keys.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The queue stream, one entry per submission.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The consumer group on the queue.
+    pub fn group(&self) -> String {
+        format!("{}:group", self.queue)
+    }
+
+    /// Extension: the sorted set of tasks waiting for a retry, scored by due time.
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.queue)
+    }
+
+    /// Extension: the dead-letter stream.
+    pub fn dead_letter(&self) -> String {
+        format!("{}:dead", self.queue)
+    }
+
+    /// The task hash.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}task:{task_id}", self.prefix)
+    }
+
+    /// The prefix of task hashes, for scripts that build them.
+    pub fn task_prefix(&self) -> String {
+        format!("{}task:", self.prefix)
+    }
+
+    /// The set of task ids (a set, as reference readers expect).
+    pub fn task_index(&self) -> String {
+        format!("{}task:index", self.prefix)
+    }
+
+    /// Extension: task ids scored by submission time, for O(limit) listing.
+    pub fn task_timeline(&self) -> String {
+        format!("{}task:timeline", self.prefix)
+    }
+
+    /// The pub/sub channel of a task's events.
+    pub fn events_channel(&self, task_id: &str) -> String {
+        format!("{}events:{task_id}", self.prefix)
+    }
+
+    /// The prefix of event channels, for scripts.
+    pub fn events_channel_prefix(&self) -> String {
+        format!("{}events:", self.prefix)
+    }
+
+    /// The stream of a task's events.
+    pub fn event_stream(&self, task_id: &str) -> String {
+        format!("{}stream:{task_id}", self.prefix)
+    }
+
+    /// The prefix of event streams, for scripts.
+    pub fn event_stream_prefix(&self) -> String {
+        format!("{}stream:", self.prefix)
+    }
+
+    /// The pub/sub channel of a task's cancel signal.
+    pub fn cancel_channel(&self, task_id: &str) -> String {
+        format!("{}cancel:{task_id}", self.prefix)
+    }
+
+    /// The pattern matching every cancel channel.
+    pub fn cancel_pattern(&self) -> String {
+        format!("{}cancel:*", self.prefix)
+    }
+
+    /// The task id in a cancel channel name.
+    pub fn task_id_of_cancel_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(&self.prefix)?.strip_prefix("cancel:")
+    }
+
+    /// A worker's heartbeat hash.
+    pub fn worker(&self, worker_id: &str) -> String {
+        format!("{}workers:{worker_id}", self.prefix)
+    }
+
+    /// The prefix of heartbeat hashes, for scripts.
+    pub fn worker_prefix(&self) -> String {
+        format!("{}workers:", self.prefix)
+    }
+
+    /// Extension: the set of worker ids that have sent a heartbeat.
+    pub fn worker_registry(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+
+    /// Extension: maps an idempotency key to the first task submitted with it.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
+
+    /// A sample of every kind of key, for slot checks.
+    pub fn all_sample(&self) -> Vec<String> {
+        let id = "0123456789abcdef0123456789abcdef";
+        vec![
+            self.queue.clone(),
+            self.delayed(),
+            self.dead_letter(),
+            self.task(id),
+            self.task_index(),
+            self.task_timeline(),
+            self.event_stream(id),
+            self.worker("w"),
+            self.worker_registry(),
+            self.idempotency("k"),
+        ]
+    }
+
+    /// Checks that every key lands in one Redis Cluster hash slot. Returns
+    /// the slot, or a message that says how to fix the names.
+    pub fn check_single_slot(&self) -> Result<u16, String> {
+        let keys = self.all_sample();
+        let first = cluster_slot(&keys[0]);
+        for key in &keys[1..] {
+            if cluster_slot(key) != first {
+                return Err(format!(
+                    "under Redis Cluster every exo key must share one hash slot, but `{}` and `{key}` do not; \
+                     use a hash-tagged prefix and queue, e.g. --key-prefix '{{exo}}:' --queue '{{exo}}:tasks'",
+                    keys[0]
+                ));
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag or
+/// the whole key, modulo 16384).
+pub fn cluster_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|&byte| byte == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&byte| byte == b'}') {
+            Some(length) if length > 0 => &bytes[open + 1..open + 1 + length],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    crc16_xmodem(hashed) % 16384
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_names() {
+        let keys = Keys::default();
+        assert_eq!(keys.queue(), "exo:tasks");
+        assert_eq!(keys.group(), "exo:tasks:group");
+        assert_eq!(keys.task("abc"), "exo:task:abc");
+        assert_eq!(keys.task_index(), "exo:task:index");
+        assert_eq!(keys.events_channel("abc"), "exo:events:abc");
+        assert_eq!(keys.event_stream("abc"), "exo:stream:abc");
+        assert_eq!(keys.cancel_channel("abc"), "exo:cancel:abc");
+        assert_eq!(keys.worker("w1"), "exo:workers:w1");
+        assert_eq!(
+            keys.task_id_of_cancel_channel("exo:cancel:abc"),
+            Some("abc")
+        );
+        let custom = Keys::new("exo:", "jobs");
+        assert_eq!(custom.group(), "jobs:group");
+        assert_eq!(custom.task("abc"), "exo:task:abc");
+    }
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `redis-cli CLUSTER KEYSLOT`.
+        assert_eq!(cluster_slot("foo"), 12182);
+        assert_eq!(
+            cluster_slot("{user1000}.following"),
+            cluster_slot("user1000")
+        );
+        assert_eq!(cluster_slot("{}.x"), cluster_slot("{}.x"));
+        assert_eq!(cluster_slot("123456789"), 0x31C3);
+    }
+
+    #[test]
+    fn default_layout_is_not_cluster_safe_but_tagged_layout_is() {
+        assert!(Keys::default().check_single_slot().is_err());
+        assert!(Keys::with_prefix("{exo}:").check_single_slot().is_ok());
+        assert!(
+            Keys::new("{exo}:", "exo:tasks")
+                .check_single_slot()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! The exo wire model: everything that crosses Redis, as plain serde types.
+//!
+//! Depend on this crate to read or write what exo puts in Redis: the queue's
+//! [`TaskPayload`], the task hash ([`TaskResult`]), the event stream
+//! ([`StreamEvent`]), conversation history ([`Message`]), agent and swarm
+//! configs ([`AgentSpec`]), the heartbeat hash ([`WorkerHealth`]) and the key
+//! names ([`Keys`]). It is byte-compatible with the Python reference system,
+//! so a value captured from either side parses here and re-serializes to the
+//! same JSON.
+//!
+//! This crate does no I/O and knows nothing of tokio or any Redis client.
+//! Decoding never panics: malformed input becomes an [`Error`] that names the
+//! field at fault and says why.
+//!
+//! # Feature flags
+//!
+//! None. The crate is always the same small, pure model.
+
+mod agent;
+mod error;
+mod event;
+mod health;
+mod keys;
+mod message;
+mod task;
+
+pub use agent::{
+    AgentConfig, AgentSpec, FlowStage, McpServerConfig, McpToolSpec, SwarmConfig, SwarmMode,
+    ToolSpec, parse_flow,
+};
+pub use error::{Error, Result};
+pub use event::{
+    ContextEvent, ErrorEvent, McpProgressEvent, ReasoningEvent, RunStatus, StatusEvent, StepEvent,
+    StepStatus, StreamEvent, TextEvent, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
+    ToolResultEvent, UsageEvent,
+};
+pub use health::{DEAD_AFTER_SECONDS, Health, HealthReport, WorkerHealth};
+pub use keys::{Keys, cluster_slot};
+pub use message::{Content, Message, ToolCall};
+pub use task::{TaskPayload, TaskResult, TaskStatus, Usage};
+
+/// Decodes JSON bytes into `T`, naming the offending field on failure.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|error| Error::decode(what, error))?;
+    deserializer.end().map_err(|error| Error::Decode {
+        what,
+        path: ".".to_owned(),
+        message: error.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Decodes an already parsed JSON value into `T`, naming the offending field
+/// on failure.
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|error| Error::decode(what, error))
+}

@@ -1,0 +1,375 @@
+//! The queue entry (`TaskPayload`) and the task hash (`TaskResult`).
+
+use std::{collections::BTreeMap, fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{
+    agent::AgentSpec,
+    error::{Error, Result},
+    message::Message,
+};
+
+/// What a client puts on the queue: the `payload` field of a stream entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPayload {
+    /// 32 lowercase hex characters.
+    pub task_id: String,
+    /// A serialized agent, or a swarm when it has an `agents` key. Kept as
+    /// JSON so that an invalid config becomes a task error, not a lost task;
+    /// see [`TaskPayload::agent_spec`].
+    #[serde(default)]
+    pub agent_config: Map<String, Value>,
+    /// The user input.
+    #[serde(default)]
+    pub input: String,
+    /// Prior conversation history.
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    /// Fallback model for the provider factory.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Emit the rich event set.
+    #[serde(default)]
+    pub detailed: bool,
+    /// Free-form; `memory` and `trace_context` are reserved keys.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Submission time, Unix seconds.
+    #[serde(default)]
+    pub created_at: f64,
+    /// Execution deadline in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: f64,
+    /// Extension: the retry budget of this task (the worker's default when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Extension: a submit with the same key returns the first task's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn default_timeout() -> f64 {
+    300.0
+}
+
+impl TaskPayload {
+    /// A payload with the reference defaults for everything but the id,
+    /// config and input.
+    pub fn new(
+        task_id: impl Into<String>,
+        agent_config: Map<String, Value>,
+        input: impl Into<String>,
+    ) -> Self {
+        TaskPayload {
+            task_id: task_id.into(),
+            agent_config,
+            input: input.into(),
+            messages: Vec::new(),
+            model: None,
+            detailed: false,
+            metadata: Map::new(),
+            created_at: 0.0,
+            timeout_seconds: default_timeout(),
+            max_retries: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Decodes a payload from the queue entry's bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let payload: TaskPayload = crate::decode("task payload", bytes)?;
+        payload.check()?;
+        Ok(payload)
+    }
+
+    /// Encodes the payload for the queue.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a payload is plain JSON")
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.task_id.is_empty() {
+            return Err(Error::field("task payload", "task_id", "must not be empty"));
+        }
+        if !self.timeout_seconds.is_finite() || self.timeout_seconds <= 0.0 {
+            return Err(Error::field(
+                "task payload",
+                "timeout_seconds",
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.timeout_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates `agent_config` into an agent or a swarm.
+    pub fn agent_spec(&self) -> Result<AgentSpec> {
+        AgentSpec::from_map(&self.agent_config)
+    }
+
+    /// The W3C trace context carried in `metadata.trace_context`, if any.
+    pub fn trace_context(&self) -> BTreeMap<String, String> {
+        self.metadata
+            .get("trace_context")
+            .and_then(Value::as_object)
+            .map(|carrier| {
+                carrier
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The status field of the task hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Queued, not yet claimed.
+    Pending,
+    /// Claimed and running.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Failed with no retries left (or failed before it could run).
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+    /// Failed, waiting for its next attempt.
+    Retrying,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+        TaskStatus::Retrying,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Retrying => "retrying",
+        }
+    }
+
+    /// True for `completed`, `failed` and `cancelled`.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| {
+                let valid: Vec<&str> = TaskStatus::ALL
+                    .iter()
+                    .map(|status| status.as_str())
+                    .collect();
+                Error::field(
+                    "task status",
+                    "status",
+                    format!("unknown status `{text}`; valid: {}", valid.join(", ")),
+                )
+            })
+    }
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Completion tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Their sum, as the provider reported it.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// The task hash `exo:task:{id}`: the state of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    /// The task id.
+    pub task_id: String,
+    /// The current status.
+    pub status: TaskStatus,
+    /// The worker that ran (or runs) the latest attempt.
+    pub worker_id: Option<String>,
+    /// When the latest attempt started.
+    pub started_at: Option<f64>,
+    /// When the task (or its latest attempt) ended.
+    pub completed_at: Option<f64>,
+    /// The result object, `{"output": "<all text of the run>"}`.
+    pub result: Option<Value>,
+    /// The error message of the latest failure.
+    pub error: Option<String>,
+    /// Retries used so far.
+    pub retries: Option<u32>,
+    /// Extension: the attempt number, a fencing token incremented per claim.
+    pub attempt: Option<u32>,
+    /// Extension: the retry budget.
+    pub max_retries: Option<u32>,
+    /// Extension: when the task was submitted.
+    pub created_at: Option<f64>,
+    /// Extension: the agent (or swarm) name.
+    pub agent_name: Option<String>,
+}
+
+impl TaskResult {
+    /// A hash holding only an id and a status.
+    pub fn new(task_id: impl Into<String>, status: TaskStatus) -> Self {
+        TaskResult {
+            task_id: task_id.into(),
+            status,
+            worker_id: None,
+            started_at: None,
+            completed_at: None,
+            result: None,
+            error: None,
+            retries: None,
+            attempt: None,
+            max_retries: None,
+            created_at: None,
+            agent_name: None,
+        }
+    }
+
+    /// The `output` of the result object.
+    pub fn output(&self) -> Option<&str> {
+        self.result.as_ref()?.get("output")?.as_str()
+    }
+
+    /// Reads a task hash. Values are strings, an empty string means unset,
+    /// and unknown fields are ignored.
+    pub fn from_hash<K, V, I>(fields: I) -> Result<Self>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+        I: IntoIterator<Item = (K, V)>,
+    {
+        const WHAT: &str = "task hash";
+        let fields: BTreeMap<String, String> = fields
+            .into_iter()
+            .filter(|(_, value)| !value.as_ref().is_empty())
+            .map(|(key, value)| (key.as_ref().to_owned(), value.as_ref().to_owned()))
+            .collect();
+        let task_id = fields
+            .get("task_id")
+            .cloned()
+            .ok_or_else(|| Error::field(WHAT, "task_id", "missing"))?;
+        let status: TaskStatus = fields
+            .get("status")
+            .ok_or_else(|| Error::field(WHAT, "status", "missing"))?
+            .parse()?;
+        let float = |name: &str| -> Result<Option<f64>> {
+            fields
+                .get(name)
+                .map(|text| {
+                    text.parse::<f64>()
+                        .map_err(|_| Error::field(WHAT, name, format!("`{text}` is not a number")))
+                })
+                .transpose()
+        };
+        let integer = |name: &str| -> Result<Option<u32>> {
+            fields
+                .get(name)
+                .map(|text| {
+                    text.parse::<u32>().map_err(|_| {
+                        Error::field(WHAT, name, format!("`{text}` is not a whole number"))
+                    })
+                })
+                .transpose()
+        };
+        let result = fields
+            .get("result")
+            .map(|text| {
+                serde_json::from_str::<Value>(text)
+                    .map_err(|error| Error::field(WHAT, "result", format!("not JSON: {error}")))
+            })
+            .transpose()?;
+        Ok(TaskResult {
+            started_at: float("started_at")?,
+            completed_at: float("completed_at")?,
+            created_at: float("created_at")?,
+            retries: integer("retries")?,
+            attempt: integer("attempt")?,
+            max_retries: integer("max_retries")?,
+            worker_id: fields.get("worker_id").cloned(),
+            error: fields.get("error").cloned(),
+            agent_name: fields.get("agent_name").cloned(),
+            result,
+            task_id,
+            status,
+        })
+    }
+
+    /// The hash fields to write, leaving out unset ones.
+    pub fn to_hash_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("task_id", self.task_id.clone()),
+            ("status", self.status.as_str().to_owned()),
+        ];
+        let mut push = |name: &'static str, value: Option<String>| {
+            if let Some(value) = value {
+                fields.push((name, value));
+            }
+        };
+        push("worker_id", self.worker_id.clone());
+        push("started_at", self.started_at.map(|time| time.to_string()));
+        push(
+            "completed_at",
+            self.completed_at.map(|time| time.to_string()),
+        );
+        push("result", self.result.as_ref().map(Value::to_string));
+        push("error", self.error.clone());
+        push("retries", self.retries.map(|count| count.to_string()));
+        push("attempt", self.attempt.map(|count| count.to_string()));
+        push(
+            "max_retries",
+            self.max_retries.map(|count| count.to_string()),
+        );
+        push("created_at", self.created_at.map(|time| time.to_string()));
+        push("agent_name", self.agent_name.clone());
+        fields
+    }
+}

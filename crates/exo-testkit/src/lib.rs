@@ -1,0 +1,31 @@
+//! The test harness: real services for tests, started on free loopback
+//! ports in temporary directories and stopped afterwards.
+//!
+//! Tests of every crate that talks to Redis or PostgreSQL depend on this
+//! crate (as a dev-dependency). It never mocks a service: it runs the real
+//! `redis-server` and `postgres` binaries, or hands out an isolated slice of
+//! a server named by an environment variable:
+//!
+//! - `EXO_TEST_REDIS_URL`: use this Redis with a unique key prefix per test
+//!   instead of starting one (tests never flush a shared server).
+//! - `EXO_TEST_POSTGRES_URL`: use this PostgreSQL with a unique database per
+//!   test instead of starting one.
+//!
+//! A missing binary fails with a message that says how to install it.
+//!
+//! Main types: [`RedisServer`] (a process you can stop, restart and kill),
+//! [`TestRedis`] (a URL and a unique prefix), [`TestPostgres`].
+//!
+//! # Feature flags
+//!
+//! None.
+
+#![allow(clippy::print_stderr)]
+
+mod postgres;
+mod process;
+mod redis;
+
+pub use postgres::{PostgresServer, TestPostgres};
+pub use process::{find_binary, free_port, unique_name, wait_for_port};
+pub use redis::{RedisServer, TestRedis, redis_command};

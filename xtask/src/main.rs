@@ -1,0 +1,63 @@
+//! `cargo xtask <command>`: the project's automation, in Rust.
+//!
+//! - `ci`: format check, clippy with warnings denied, and every test.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_else(|| "help".to_owned());
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "ci" => ci(&rest),
+        "help" | "--help" | "-h" => {
+            println!("usage: cargo xtask <ci>");
+            Ok(())
+        }
+        other => bail!("unknown xtask command `{other}`; try `cargo xtask help`"),
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn run(step: &str, command: &mut Command) -> Result<()> {
+    eprintln!("==> {step}: {command:?}");
+    let started = std::time::Instant::now();
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {step}"))?;
+    eprintln!(
+        "<== {step}: {status} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+fn ci(_rest: &[String]) -> Result<()> {
+    run("fmt", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "test",
+        cargo().args(["test", "--workspace", "--all-targets"]),
+    )?;
+    Ok(())
+}
