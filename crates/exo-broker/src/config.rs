@@ -1,0 +1,128 @@
+//! Broker settings.
+
+use std::time::Duration;
+
+use exo_proto::Keys;
+use rand::RngExt;
+
+/// How a broker connects and how long things live in Redis.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `redis://`, `rediss://`, `redis+sentinel://` or `redis+cluster://`.
+    pub redis_url: String,
+    /// Key names (prefix and queue).
+    pub keys: Keys,
+    /// TTL of task hashes, refreshed on every write (reference: 24 h).
+    pub task_ttl: Duration,
+    /// TTL of event streams, refreshed on every batch (reference: 1 h).
+    pub event_ttl: Duration,
+    /// Cap on the entries of one task's event stream.
+    pub event_stream_max_len: u64,
+    /// Cap on the dead-letter stream.
+    pub dead_letter_max_len: u64,
+    /// Largest payload accepted, in bytes (0 for no limit).
+    pub max_payload_bytes: usize,
+    /// Timeout of every Redis command.
+    pub command_timeout: Duration,
+    /// Timeout of the first connection.
+    pub connect_timeout: Duration,
+    /// Retry budget and backoff.
+    pub retry: RetryPolicy,
+    /// A running task whose lease is not renewed for this long is reclaimed.
+    pub lease: Duration,
+    /// PEM file with extra CA certificates for `rediss://` (self-signed
+    /// servers).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl BrokerConfig {
+    /// The defaults, for this URL.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        BrokerConfig {
+            redis_url: redis_url.into(),
+            keys: Keys::default(),
+            task_ttl: Duration::from_secs(24 * 3600),
+            event_ttl: Duration::from_secs(3600),
+            event_stream_max_len: 10_000,
+            dead_letter_max_len: 100_000,
+            max_payload_bytes: 8 * 1024 * 1024,
+            command_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(60),
+            tls_ca_file: None,
+        }
+    }
+
+    /// The same config with other keys.
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = keys;
+        self
+    }
+}
+
+/// How failed tasks are retried: up to `max_retries` times (so a task runs at
+/// most `1 + max_retries` times), after an exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries when a payload does not say (reference: 3).
+    pub max_retries: u32,
+    /// Backoff before the first retry.
+    pub base_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+    /// Random spread, as a fraction of the backoff (0.2 = ±20%).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before retry number `retries + 1`.
+    pub fn backoff(&self, retries: u32) -> Duration {
+        let exponential = self.base_backoff.as_secs_f64() * 2f64.powi(retries.min(30) as i32);
+        let capped = exponential.min(self.max_backoff.as_secs_f64());
+        let spread = if self.jitter > 0.0 {
+            rand::rng().random_range(-self.jitter..=self.jitter)
+        } else {
+            0.0
+        };
+        Duration::from_secs_f64((capped * (1.0 + spread)).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            jitter: 0.0,
+        };
+        let millis: Vec<u128> = (0..6)
+            .map(|retry| policy.backoff(retry).as_millis())
+            .collect();
+        assert_eq!(millis, [100, 200, 400, 800, 1000, 1000]);
+        let jittered = RetryPolicy {
+            jitter: 0.2,
+            ..policy
+        };
+        for _ in 0..100 {
+            let backoff = jittered.backoff(1).as_millis();
+            assert!((160..=240).contains(&backoff), "{backoff}");
+        }
+    }
+}

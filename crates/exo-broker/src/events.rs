@@ -1,0 +1,363 @@
+//! Event publishing (batched, worker side) and lossless event reading
+//! (client side).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use exo_proto::{RunStatus, StreamEvent, TaskStatus};
+use fred::{prelude::*, types::Value};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{
+    broker::{Broker, reconnect_delay},
+    error::{Error, Result},
+    scripts::reply,
+};
+
+/// Events buffered per task before `publish` waits for Redis.
+const BUFFER_LIMIT: usize = 4096;
+/// Events sent in one round trip at most.
+const BATCH_LIMIT: usize = 512;
+
+/// Publishes one task's events in batches: whatever was produced while the
+/// previous batch was in flight goes in the next round trip. Events are
+/// never dropped: when Redis is unreachable they wait in the buffer (and
+/// `publish` waits once the buffer is full), and [`EventPublisher::close`]
+/// hands back whatever is left so it can go out with the task's final write.
+#[derive(Debug)]
+pub struct EventPublisher {
+    shared: Arc<Shared>,
+    flusher: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    buffer: Mutex<VecDeque<String>>,
+    wakeup: Notify,
+    room: Semaphore,
+    closed: std::sync::atomic::AtomicBool,
+    published: std::sync::atomic::AtomicU64,
+}
+
+impl Broker {
+    /// A batching publisher for one task's events.
+    pub fn publisher(&self, task_id: &str) -> EventPublisher {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(VecDeque::new()),
+            wakeup: Notify::new(),
+            room: Semaphore::new(BUFFER_LIMIT),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            published: std::sync::atomic::AtomicU64::new(0),
+        });
+        let flusher = tokio::spawn(flush_loop(self.clone(), task_id.to_owned(), shared.clone()));
+        EventPublisher {
+            shared,
+            flusher: Some(flusher),
+        }
+    }
+}
+
+async fn flush_loop(broker: Broker, task_id: String, shared: Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    let mut failures = 0;
+    loop {
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let batch: Vec<String> = {
+            let mut buffer = shared
+                .buffer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let take = buffer.len().min(BATCH_LIMIT);
+            buffer.drain(..take).collect()
+        };
+        if batch.is_empty() {
+            shared.wakeup.notified().await;
+            continue;
+        }
+        match broker.publish_events(&task_id, &batch).await {
+            Ok(()) => {
+                failures = 0;
+                shared
+                    .published
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.room.add_permits(batch.len());
+            }
+            Err(error) => {
+                tracing::warn!(%error, task_id, events = batch.len(), "event batch not published; will retry");
+                {
+                    let mut buffer = shared
+                        .buffer
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner());
+                    for event in batch.into_iter().rev() {
+                        buffer.push_front(event);
+                    }
+                }
+                failures += 1;
+                tokio::select! {
+                    () = tokio::time::sleep(reconnect_delay(failures)) => {}
+                    () = shared.wakeup.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+impl EventPublisher {
+    /// Queues an event for publishing. Waits only when the buffer is full.
+    pub async fn publish(&self, event: &StreamEvent) {
+        self.publish_json(event.to_json()).await;
+    }
+
+    /// Queues an event already serialized to JSON.
+    pub async fn publish_json(&self, json: String) {
+        if let Ok(permit) = self.shared.room.acquire().await {
+            permit.forget();
+        }
+        self.shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push_back(json);
+        self.shared.wakeup.notify_one();
+    }
+
+    /// Events published so far.
+    pub fn published(&self) -> u64 {
+        self.shared
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the background flusher after its batch in flight and returns
+    /// the events not yet published, in order, for the task's final write.
+    pub async fn close(mut self) -> Vec<String> {
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wakeup.notify_one();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.await;
+        }
+        self.shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .drain(..)
+            .collect()
+    }
+}
+
+impl Drop for EventPublisher {
+    fn drop(&mut self) {
+        if let Some(flusher) = self.flusher.take() {
+            flusher.abort();
+        }
+    }
+}
+
+/// One event read from a task's stream, with its stream id (resume after it
+/// with [`Broker::events`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamItem {
+    /// The stream entry id; empty for a terminal event made up from the
+    /// task hash because the stream itself had expired.
+    pub id: String,
+    /// The event.
+    pub event: StreamEvent,
+}
+
+/// Reads a task's events in order with `XREAD BLOCK`, from the start or
+/// after a given id. The same read serves replay and live events, so nothing
+/// falls between them. It ends after the terminal status event; if the
+/// stream has no terminal event but the task hash says the task ended, it
+/// ends with a terminal event made up from the hash, so it never hangs.
+#[derive(Debug)]
+pub struct EventStream {
+    broker: Broker,
+    client: Option<Client>,
+    task_id: String,
+    last_id: String,
+    block: Duration,
+    pending: VecDeque<StreamItem>,
+    finished: bool,
+    quiet_reads: u32,
+}
+
+impl Broker {
+    /// The events of a task, after `from` (`None` or "0" for all).
+    pub fn events(&self, task_id: &str, from: Option<&str>) -> EventStream {
+        EventStream {
+            broker: self.clone(),
+            client: None,
+            task_id: task_id.to_owned(),
+            last_id: from.filter(|id| !id.is_empty()).unwrap_or("0-0").to_owned(),
+            block: Duration::from_secs(1),
+            pending: VecDeque::new(),
+            finished: false,
+            quiet_reads: 0,
+        }
+    }
+}
+
+impl EventStream {
+    /// How long one XREAD blocks before the task hash is checked.
+    pub fn with_block(mut self, block: Duration) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// The id of the last event returned.
+    pub fn last_id(&self) -> &str {
+        &self.last_id
+    }
+
+    /// The next event; `None` after the terminal event.
+    pub async fn next(&mut self) -> Option<Result<StreamItem>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if item.event.is_terminal() {
+                    self.finished = true;
+                    self.pending.clear();
+                }
+                if !item.id.is_empty() {
+                    self.last_id = item.id.clone();
+                }
+                return Some(Ok(item));
+            }
+            if self.finished {
+                return None;
+            }
+            match self.read().await {
+                Ok(()) => {}
+                Err(error) => {
+                    if error.is_unreachable() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Collects every remaining event.
+    pub async fn collect(mut self) -> Result<Vec<StreamItem>> {
+        let mut items = Vec::new();
+        while let Some(item) = self.next().await {
+            items.push(item?);
+        }
+        Ok(items)
+    }
+
+    async fn read(&mut self) -> Result<()> {
+        if self.client.is_none() {
+            self.client = Some(self.broker.dedicated_client().await?);
+        }
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let key = self.broker.keys().event_stream(&self.task_id);
+        let options = Options {
+            timeout: Some(self.block + self.broker.config().command_timeout),
+            ..Options::default()
+        };
+        self.broker.count();
+        let value: Value = client
+            .with_options(&options)
+            .xread(
+                Some(256),
+                Some(self.block.as_millis().max(1) as u64),
+                key,
+                self.last_id.as_str(),
+            )
+            .await?;
+        let entries = stream_entries(value)?;
+        if !entries.is_empty() {
+            self.quiet_reads = 0;
+            for (id, json) in entries {
+                let event: StreamEvent = exo_proto::decode("event", json.as_bytes())?;
+                self.pending.push_back(StreamItem { id, event });
+            }
+            return Ok(());
+        }
+        self.quiet_reads += 1;
+        // Nothing new: has the task ended without a terminal event in the
+        // stream (expired stream, or a writer that does not send one)?
+        match self.broker.get(&self.task_id).await? {
+            Some(task) if task.status.is_terminal() && self.quiet_reads >= 2 => {
+                let (status, message) = match task.status {
+                    TaskStatus::Completed => (RunStatus::Completed, "Task completed".to_owned()),
+                    TaskStatus::Cancelled => (RunStatus::Cancelled, "Task cancelled".to_owned()),
+                    _ => (
+                        RunStatus::Error,
+                        task.error
+                            .clone()
+                            .unwrap_or_else(|| "Task failed".to_owned()),
+                    ),
+                };
+                self.pending.push_back(StreamItem {
+                    id: String::new(),
+                    event: StreamEvent::status(
+                        status,
+                        task.agent_name.as_deref().unwrap_or(""),
+                        message,
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.broker.count();
+                let exists: i64 = self
+                    .broker
+                    .inner
+                    .client
+                    .exists(self.broker.keys().event_stream(&self.task_id))
+                    .await?;
+                if exists == 0 {
+                    return Err(Error::NotFound(self.task_id.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the stream's connection.
+    pub async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.quit().await;
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tokio::spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+/// `(id, event json)` pairs of an XREAD reply.
+fn stream_entries(value: Value) -> Result<Vec<(String, String)>> {
+    reply::stream_entries("XREAD", value)?
+        .into_iter()
+        .map(|(id, fields)| {
+            let event = fields
+                .into_iter()
+                .find(|(field, _)| field == "event")
+                .map(|(_, json)| json)
+                .ok_or_else(|| Error::Reply {
+                    what: "XREAD",
+                    detail: format!("stream entry {id} has no `event` field"),
+                })?;
+            Ok((id, event))
+        })
+        .collect()
+}

@@ -1,0 +1,651 @@
+//! The worker's side of the queue: claim, finish, heartbeat and lease,
+//! reaping stuck tasks, handing tasks back, cancel signals.
+
+use std::time::Duration;
+
+use exo_proto::{RunStatus, StreamEvent, TaskPayload, WorkerHealth};
+use fred::{
+    clients::SubscriberClient,
+    prelude::*,
+    types::{Message, Value},
+};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{
+    broker::{Broker, build_client, is_missing_group, now_seconds},
+    error::{Error, Result},
+    scripts::reply,
+};
+
+/// The right to write one attempt of one task: its queue entry and its
+/// attempt number (the fencing token). A write with a lease that is no
+/// longer current is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The task id.
+    pub task_id: String,
+    /// The queue entry id.
+    pub entry_id: String,
+    /// The attempt number.
+    pub attempt: u32,
+}
+
+/// A task claimed for running.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    /// What fences this attempt.
+    pub lease: Lease,
+    /// The decoded payload.
+    pub payload: TaskPayload,
+    /// The payload exactly as queued (used for the retry or dead letter).
+    pub raw_payload: String,
+    /// Retries used before this attempt.
+    pub retries: u32,
+    /// The retry budget.
+    pub max_retries: u32,
+}
+
+/// A queue entry that could not become a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The queue entry id.
+    pub entry_id: String,
+    /// The task id, when one could be read.
+    pub task_id: Option<String>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+}
+
+/// The result of one claim.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    /// Tasks now `running` for this worker.
+    pub tasks: Vec<ClaimedTask>,
+    /// Entries sent to the dead letter instead.
+    pub rejected: Vec<Rejected>,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The run finished; `output` is all its text.
+    Completed {
+        /// The run's output.
+        output: &'a str,
+    },
+    /// The run failed.
+    Failed {
+        /// The error message.
+        error: &'a str,
+        /// False for failures a retry cannot fix (bad config).
+        retryable: bool,
+    },
+    /// The run stopped on a cancel.
+    Cancelled,
+}
+
+/// What finishing an attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    /// The task is `completed`.
+    Completed,
+    /// The task is `cancelled`.
+    Cancelled,
+    /// The task is `failed` and in the dead letter.
+    Failed,
+    /// The task is `retrying`; it runs again after `delay`.
+    Retrying {
+        /// The retry number.
+        retry: u32,
+        /// The backoff.
+        delay: Duration,
+    },
+    /// Refused: a client cancelled the task; finish it as cancelled.
+    CancelRequested,
+    /// Refused: the attempt is no longer current (the task was reclaimed).
+    Stale {
+        /// The task's status now.
+        status: String,
+        /// The task's attempt now.
+        attempt: String,
+    },
+}
+
+/// What the heartbeat learned about the worker's running tasks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// Tasks a client cancelled (in case the signal was missed).
+    pub cancelled: Vec<String>,
+    /// Tasks no longer on this worker's attempt (reclaimed elsewhere); stop
+    /// them, their writes would be refused.
+    pub lost: Vec<String>,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Retries whose backoff had elapsed, put back on the queue.
+    pub promoted: u64,
+    /// Stuck tasks put back on the queue as a new attempt.
+    pub requeued: u64,
+    /// Stuck tasks out of retries, failed into the dead letter.
+    pub failed: u64,
+    /// Entries of tasks already finished, acknowledged.
+    pub cleaned: u64,
+}
+
+impl Broker {
+    /// A claimer for one worker's claim loop. It owns a second connection
+    /// for blocking reads, so the shared connection is never blocked.
+    pub fn claimer(&self, worker_id: impl Into<String>) -> Claimer {
+        Claimer {
+            broker: self.clone(),
+            consumer: worker_id.into(),
+            blocking: None,
+            found_work: true,
+            next_due_ms: None,
+        }
+    }
+
+    /// Ends an attempt in one round trip: writes the hash, acknowledges the
+    /// queue entry, appends `events` and, when the task ends, `terminal`.
+    /// A failure with retries left goes to `retrying` with backoff instead,
+    /// and one past its budget to the dead letter. Fenced: refused when the
+    /// attempt is no longer current.
+    pub async fn finish(
+        &self,
+        task: &ClaimedTask,
+        outcome: Outcome<'_>,
+        events: Vec<String>,
+        terminal: &StreamEvent,
+    ) -> Result<Finished> {
+        let policy = self.config().retry;
+        let backoff = policy.backoff(task.retries);
+        let (kind, text, retryable) = match outcome {
+            Outcome::Completed { output } => (
+                "completed",
+                serde_json::json!({ "output": output }).to_string(),
+                false,
+            ),
+            Outcome::Failed { error, retryable } => ("failed", error.to_owned(), retryable),
+            Outcome::Cancelled => ("cancelled", String::new(), false),
+        };
+        let retry_event = StreamEvent::status(
+            RunStatus::Running,
+            terminal.agent_name(),
+            format!(
+                "attempt {} failed: {}; retry {} of {} starts in {:.1}s",
+                task.lease.attempt,
+                text,
+                task.retries + 1,
+                task.max_retries,
+                backoff.as_secs_f64()
+            ),
+        );
+        let mut args = vec![
+            task.lease.task_id.clone(),
+            task.lease.entry_id.clone(),
+            task.lease.attempt.to_string(),
+            kind.to_owned(),
+            text,
+            if retryable { "1" } else { "0" }.to_owned(),
+            backoff.as_millis().to_string(),
+            task.raw_payload.clone(),
+            terminal.to_json(),
+            retry_event.to_json(),
+            policy.max_retries.to_string(),
+        ];
+        args.extend(events);
+        let value = self.eval(&self.inner.scripts.finish, args).await?;
+        let parts = reply::array("finish", value)?;
+        let word = parts
+            .first()
+            .map(|value| reply::string("finish", value))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(match word.as_str() {
+            "completed" => Finished::Completed,
+            "cancelled" => Finished::Cancelled,
+            "failed" => Finished::Failed,
+            "retrying" => Finished::Retrying {
+                retry: parts
+                    .get(1)
+                    .map(|value| reply::integer("finish", value))
+                    .transpose()?
+                    .unwrap_or(0) as u32,
+                delay: backoff,
+            },
+            "cancel_requested" => Finished::CancelRequested,
+            "stale" => Finished::Stale {
+                status: parts
+                    .get(1)
+                    .map(|value| reply::string("finish", value))
+                    .transpose()?
+                    .unwrap_or_default(),
+                attempt: parts
+                    .get(2)
+                    .map(|value| reply::string("finish", value))
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
+            other => {
+                return Err(Error::Reply {
+                    what: "finish",
+                    detail: format!("unknown outcome `{other}`"),
+                });
+            }
+        })
+    }
+
+    /// Appends a batch of events (JSON strings) to a task's stream and
+    /// publishes them, in one round trip.
+    pub async fn publish_events(&self, task_id: &str, events: &[String]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(events.len() + 1);
+        args.push(task_id.to_owned());
+        args.extend(events.iter().cloned());
+        self.eval(&self.inner.scripts.publish, args).await?;
+        Ok(())
+    }
+
+    /// Writes the worker's heartbeat, renews the leases of its running
+    /// tasks and reports which were cancelled or lost, in one round trip.
+    pub async fn heartbeat(
+        &self,
+        health: &WorkerHealth,
+        ttl: Duration,
+        running: &[Lease],
+    ) -> Result<LeaseReport> {
+        let fields = health.to_hash_fields();
+        let mut args = vec![
+            health.worker_id.clone(),
+            ttl.as_secs().max(1).to_string(),
+            fields.len().to_string(),
+        ];
+        for (name, value) in fields {
+            args.push(name.to_owned());
+            args.push(value);
+        }
+        for lease in running {
+            args.push(lease.entry_id.clone());
+            args.push(lease.task_id.clone());
+            args.push(lease.attempt.to_string());
+        }
+        let value = self.eval(&self.inner.scripts.heartbeat, args).await?;
+        let mut parts = reply::array("heartbeat", value)?.into_iter();
+        let cancelled = parts
+            .next()
+            .map(|value| reply::strings("heartbeat", value))
+            .transpose()?
+            .unwrap_or_default();
+        let lost = parts
+            .next()
+            .map(|value| reply::strings("heartbeat", value))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(LeaseReport { cancelled, lost })
+    }
+
+    /// Removes a stopping worker: its heartbeat hash, and its consumer when
+    /// nothing is pending on it (pending entries stay for the reaper).
+    pub async fn remove_worker(&self, worker_id: &str) -> Result<()> {
+        let keys = self.keys();
+        self.count();
+        let _: Value = self.inner.client.del(keys.worker(worker_id)).await?;
+        self.count();
+        let pending: Value = self
+            .inner
+            .client
+            .custom(
+                fred::cmd!("XPENDING"),
+                vec![
+                    keys.queue().to_owned(),
+                    keys.group(),
+                    "-".into(),
+                    "+".into(),
+                    "1".into(),
+                    worker_id.to_owned(),
+                ],
+            )
+            .await?;
+        if reply::array("XPENDING", pending)?.is_empty() {
+            self.count();
+            let _: Value = self
+                .inner
+                .client
+                .xgroup_delconsumer(keys.queue(), keys.group(), worker_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One reaper pass: promotes due retries and recovers tasks of dead
+    /// workers or expired leases (at most `limit` entries).
+    pub async fn reap(&self, worker_id: &str, limit: usize) -> Result<ReapReport> {
+        match self.reap_once(worker_id, limit).await {
+            Err(error) if is_missing_group(&error) => {
+                self.ensure_group().await?;
+                self.reap_once(worker_id, limit).await
+            }
+            result => result,
+        }
+    }
+
+    async fn reap_once(&self, worker_id: &str, limit: usize) -> Result<ReapReport> {
+        let config = self.config();
+        let value = self
+            .eval(
+                &self.inner.scripts.reap,
+                vec![
+                    worker_id.to_owned(),
+                    config.lease.as_millis().to_string(),
+                    limit.max(1).to_string(),
+                    config.retry.max_retries.to_string(),
+                ],
+            )
+            .await?;
+        let parts = reply::array("reap", value)?;
+        let number = |index: usize| -> Result<u64> {
+            Ok(parts
+                .get(index)
+                .map(|value| reply::integer("reap", value))
+                .transpose()?
+                .unwrap_or(0)
+                .max(0) as u64)
+        };
+        Ok(ReapReport {
+            promoted: number(0)?,
+            requeued: number(1)?,
+            failed: number(2)?,
+            cleaned: number(3)?,
+        })
+    }
+
+    /// Hands tasks back to the queue (a worker shutting down). Returns how
+    /// many were handed back; a task no longer on its lease is left alone.
+    pub async fn release(&self, leases: &[Lease]) -> Result<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let mut args = Vec::with_capacity(leases.len() * 3);
+        for lease in leases {
+            args.push(lease.entry_id.clone());
+            args.push(lease.task_id.clone());
+            args.push(lease.attempt.to_string());
+        }
+        let value = self.eval(&self.inner.scripts.release, args).await?;
+        Ok(reply::integer("release", &value)?.max(0) as u64)
+    }
+
+    /// Subscribes to every task's cancel channel on one connection.
+    pub async fn cancel_listener(&self) -> Result<CancelListener> {
+        let base = build_client(&self.inner.config, &self.inner.url)?;
+        let subscriber: SubscriberClient = Builder::from_config(base.client_config())
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = self.inner.config.command_timeout;
+                performance.broadcast_channel_capacity = 1024;
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = self.inner.config.connect_timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_subscriber_client()
+            .map_err(|error| Error::Config(error.to_string()))?;
+        match tokio::time::timeout(self.inner.config.connect_timeout, subscriber.init()).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => {
+                return Err(Error::Unreachable(format!(
+                    "{}: no connection",
+                    self.masked_url()
+                )));
+            }
+        }
+        let receiver = subscriber.message_rx();
+        let manager = subscriber.manage_subscriptions();
+        self.count();
+        subscriber.psubscribe(self.keys().cancel_pattern()).await?;
+        Ok(CancelListener {
+            subscriber,
+            receiver,
+            manager,
+            keys: self.keys().clone(),
+        })
+    }
+}
+
+/// Cancel signals for every task, on one pub/sub connection per worker.
+#[derive(Debug)]
+pub struct CancelListener {
+    subscriber: SubscriberClient,
+    receiver: tokio::sync::broadcast::Receiver<Message>,
+    manager: tokio::task::JoinHandle<()>,
+    keys: exo_proto::Keys,
+}
+
+impl CancelListener {
+    /// The next cancelled task id; `None` once the connection is closed.
+    pub async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(message) => {
+                    if let Some(task_id) = self.keys.task_id_of_cancel_channel(&message.channel) {
+                        return Some(task_id.to_owned());
+                    }
+                }
+                Err(RecvError::Lagged(skipped)) => {
+                    tracing::warn!(
+                        skipped,
+                        "cancel signals were dropped; the heartbeat will catch them"
+                    );
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Closes the subscription.
+    pub async fn close(self) {
+        self.manager.abort();
+        let _ = self.subscriber.quit().await;
+    }
+}
+
+/// One worker's claim loop state: which read to try first, and its
+/// blocking connection.
+#[derive(Debug)]
+pub struct Claimer {
+    broker: Broker,
+    consumer: String,
+    blocking: Option<Client>,
+    found_work: bool,
+    next_due_ms: Option<i64>,
+}
+
+impl Claimer {
+    /// Claims up to `max` tasks, waiting up to `block` for one to arrive.
+    ///
+    /// Under load this is one round trip (a script reads the queue and marks
+    /// the tasks running); when the queue is empty it blocks on its own
+    /// connection and then marks what arrived (two round trips).
+    pub async fn claim(&mut self, max: usize, block: Duration) -> Result<Claim> {
+        match self.claim_once(max, block).await {
+            Err(error) if is_missing_group(&error) => {
+                tracing::warn!(
+                    "the consumer group is missing (Redis lost its data?); creating it again"
+                );
+                self.broker.ensure_group().await?;
+                self.claim_once(max, block).await
+            }
+            result => result,
+        }
+    }
+
+    async fn claim_once(&mut self, max: usize, block: Duration) -> Result<Claim> {
+        if max == 0 {
+            return Ok(Claim::default());
+        }
+        let now_ms = (now_seconds() * 1000.0) as i64;
+        let retry_due = self.next_due_ms.is_some_and(|due| due <= now_ms);
+        if self.found_work || retry_due || block.is_zero() {
+            let claim = self.run_script(max, &[]).await?;
+            self.found_work = !claim.tasks.is_empty() || !claim.rejected.is_empty();
+            if self.found_work || block.is_zero() {
+                return Ok(claim);
+            }
+        }
+        let block = match self.next_due_ms {
+            Some(due) => block.min(Duration::from_millis((due - now_ms).max(1) as u64)),
+            None => block,
+        };
+        let ids = self.blocking_read(max, block).await?;
+        if ids.is_empty() {
+            return Ok(Claim::default());
+        }
+        let claim = self.run_script(max, &ids).await?;
+        self.found_work = true;
+        Ok(claim)
+    }
+
+    async fn run_script(&mut self, max: usize, ids: &[String]) -> Result<Claim> {
+        let broker = &self.broker;
+        let config = broker.config();
+        let mut args = vec![
+            self.consumer.clone(),
+            max.to_string(),
+            config.retry.max_retries.to_string(),
+            config.max_payload_bytes.to_string(),
+        ];
+        args.extend(ids.iter().cloned());
+        let value = broker.eval(&broker.inner.scripts.claim, args).await?;
+        let mut parts = reply::array("claim", value)?.into_iter();
+        let next_due = parts
+            .next()
+            .map(|value| reply::integer("claim", &value))
+            .transpose()?
+            .unwrap_or(-1);
+        self.next_due_ms = (next_due >= 0).then_some(next_due);
+        let rows = parts
+            .next()
+            .map(|value| reply::strings("claim", value))
+            .transpose()?
+            .unwrap_or_default();
+        let rejected = parts
+            .next()
+            .map(|value| reply::strings("claim", value))
+            .transpose()?
+            .unwrap_or_default();
+        let mut claim = Claim {
+            tasks: Vec::new(),
+            rejected: rejected
+                .chunks(2)
+                .filter(|pair| pair.len() == 2)
+                .map(|pair| Rejected {
+                    entry_id: pair[0].clone(),
+                    task_id: None,
+                    reason: pair[1].clone(),
+                })
+                .collect(),
+        };
+        for row in rows.chunks(6) {
+            let [entry_id, task_id, raw, attempt, retries, max_retries] = row else {
+                continue;
+            };
+            let lease = Lease {
+                task_id: task_id.clone(),
+                entry_id: entry_id.clone(),
+                attempt: attempt.parse().unwrap_or(0),
+            };
+            match TaskPayload::from_json(raw.as_bytes()) {
+                Ok(payload) => claim.tasks.push(ClaimedTask {
+                    lease,
+                    payload,
+                    raw_payload: raw.clone(),
+                    retries: retries.parse().unwrap_or(0),
+                    max_retries: max_retries.parse().unwrap_or(config.retry.max_retries),
+                }),
+                Err(error) => {
+                    let reason = error.to_string();
+                    let task = ClaimedTask {
+                        lease,
+                        payload: TaskPayload::new(task_id.clone(), Default::default(), ""),
+                        raw_payload: raw.clone(),
+                        retries: 0,
+                        max_retries: 0,
+                    };
+                    let terminal = StreamEvent::status(RunStatus::Error, "", reason.clone());
+                    let error_event = StreamEvent::Error(exo_proto::ErrorEvent {
+                        error: reason.clone(),
+                        error_type: "InvalidPayload".to_owned(),
+                        agent_name: String::new(),
+                        step_number: None,
+                        recoverable: false,
+                    });
+                    broker
+                        .finish(
+                            &task,
+                            Outcome::Failed {
+                                error: &reason,
+                                retryable: false,
+                            },
+                            vec![error_event.to_json()],
+                            &terminal,
+                        )
+                        .await?;
+                    claim.rejected.push(Rejected {
+                        entry_id: entry_id.clone(),
+                        task_id: Some(task_id.clone()),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(claim)
+    }
+
+    async fn blocking_read(&mut self, max: usize, block: Duration) -> Result<Vec<String>> {
+        if self.blocking.is_none() {
+            self.blocking = Some(self.broker.dedicated_client().await?);
+        }
+        let Some(client) = &self.blocking else {
+            return Ok(Vec::new());
+        };
+        let keys = self.broker.keys();
+        let options = Options {
+            timeout: Some(block + self.broker.config().command_timeout),
+            ..Options::default()
+        };
+        self.broker.count();
+        let value: Value = client
+            .with_options(&options)
+            .xreadgroup(
+                keys.group(),
+                self.consumer.as_str(),
+                Some(max as u64),
+                Some(block.as_millis().max(1) as u64),
+                false,
+                keys.queue(),
+                ">",
+            )
+            .await?;
+        entry_ids(value)
+    }
+
+    /// Closes the blocking connection.
+    pub async fn close(&mut self) {
+        if let Some(client) = self.blocking.take() {
+            let _ = client.quit().await;
+        }
+    }
+}
+
+/// The entry ids of an XREADGROUP reply.
+fn entry_ids(value: Value) -> Result<Vec<String>> {
+    Ok(reply::stream_entries("XREADGROUP", value)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}

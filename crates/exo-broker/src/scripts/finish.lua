@@ -1,0 +1,85 @@
+-- finish.lua: end one attempt (completed, failed or cancelled), fenced.
+--
+-- ARGV[8]  task id
+-- ARGV[9]  queue entry id
+-- ARGV[10] attempt (the fencing token from claim)
+-- ARGV[11] outcome: completed | failed | cancelled
+-- ARGV[12] completed: the result JSON; failed: the error message
+-- ARGV[13] failed: "1" when the failure may be retried
+-- ARGV[14] failed: backoff before the retry, in ms
+-- ARGV[15] failed: the raw payload (for the retry or the dead letter)
+-- ARGV[16] the terminal status event JSON (used when the task ends)
+-- ARGV[17] the status event JSON that announces a retry
+-- ARGV[18] default max retries
+-- ARGV[19...] events of the run not yet published
+--
+-- The write lands only if the attempt is still current. Returns one of
+-- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
+-- {"cancel_requested"} (a completion or failure refused because the task was
+-- cancelled; finish it as cancelled), {"stale", status, attempt}.
+-- Calling it again with the same arguments after it landed returns the same
+-- outcome, so a retry after a lost reply is safe.
+
+local task_id, entry_id, attempt, outcome = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local key = task_key(task_id)
+local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
+local status = state[1]
+
+if state[2] ~= attempt then
+  return { 'stale', status or '', state[2] or '' }
+end
+-- A repeat of a call that already landed.
+if outcome == 'failed' and status == 'retrying' then
+  return { 'retrying', tonumber(state[3] or '0'), -1 }
+end
+if (status == 'completed' or status == 'failed') and status == outcome then
+  return { status }
+end
+if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
+  ack(entry_id)
+  return { 'cancelled' }
+end
+-- A client cancelled the task while it ran.
+if status == 'cancelled' and outcome ~= 'cancelled' then
+  return { 'cancel_requested' }
+end
+if status ~= 'running' and status ~= 'cancelled' then
+  return { 'stale', status or '', state[2] or '' }
+end
+
+local events = {}
+for i = 19, #ARGV do table.insert(events, ARGV[i]) end
+local reply
+
+if outcome == 'completed' then
+  write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[12])
+  table.insert(events, ARGV[16])
+  reply = { 'completed' }
+elseif outcome == 'cancelled' then
+  if status ~= 'cancelled' then
+    write_task(task_id, 'status', 'cancelled', 'completed_at', NOW)
+  end
+  if state[5] ~= '1' then table.insert(events, ARGV[16]) end
+  reply = { 'cancelled' }
+else
+  local retries = tonumber(state[3] or '0')
+  local max_retries = tonumber(state[4] or ARGV[18])
+  if ARGV[13] == '1' and retries < max_retries then
+    local due = now_ms() + tonumber(ARGV[14])
+    write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[12], 'completed_at', NOW)
+    redis.call('ZADD', DELAYED, due, task_id)
+    redis.call('HSET', DELAYED_PAYLOADS, task_id, ARGV[15])
+    table.insert(events, ARGV[17])
+    ack(entry_id)
+    append_events(task_id, events)
+    return { 'retrying', retries + 1, due }
+  end
+  write_task(task_id, 'status', 'failed', 'error', ARGV[12], 'completed_at', NOW)
+  dead_letter(task_id, ARGV[15], ARGV[12], attempt)
+  table.insert(events, ARGV[16])
+  reply = { 'failed' }
+end
+
+ack(entry_id)
+end_stream(task_id, events)
+return reply

@@ -1,0 +1,37 @@
+-- list.lua: a page of tasks, newest first, optionally of one status.
+--
+-- ARGV[8]  status filter ("" for all)
+-- ARGV[9]  page size
+-- ARGV[10] cursor: the timeline rank to start from (0 for the newest)
+-- ARGV[11] how many timeline entries to examine at most
+--
+-- Walks the timeline and reads each task hash; hashes that expired are
+-- dropped from the timeline and the index on the way.
+-- Returns {next cursor (-1 at the end), {{field, value, ...}, ...}}.
+
+local wanted, size, cursor, budget = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local found, examined, rank = {}, 0, cursor
+while #found < size and examined < budget do
+  local batch = math.min(100, budget - examined)
+  local ids = redis.call('ZREVRANGE', TIMELINE, rank, rank + batch - 1)
+  if #ids == 0 then return { -1, found } end
+  for _, task_id in ipairs(ids) do
+    rank = rank + 1
+    examined = examined + 1
+    local fields = redis.call('HGETALL', task_key(task_id))
+    if #fields == 0 then
+      redis.call('ZREM', TIMELINE, task_id)
+      redis.call('SREM', INDEX, task_id)
+      rank = rank - 1
+    else
+      local status = nil
+      for i = 1, #fields, 2 do if fields[i] == 'status' then status = fields[i + 1] end end
+      if wanted == '' or status == wanted then
+        table.insert(found, fields)
+        if #found >= size then break end
+      end
+    end
+  end
+end
+if redis.call('ZCARD', TIMELINE) <= rank then return { -1, found } end
+return { rank, found }

@@ -1,0 +1,25 @@
+-- redrive.lua: put a dead-letter entry back on the queue.
+--
+-- ARGV[8] dead-letter entry id
+--
+-- The task starts over: status `pending`, retries 0, its old event stream
+-- removed (it already ended), the dead-letter entry deleted.
+-- Returns {task id} or {"", reason}.
+
+local found = redis.call('XRANGE', DEAD, ARGV[8], ARGV[8])
+if #found == 0 then return { '', 'no dead-letter entry ' .. ARGV[8] } end
+local fields = {}
+local raw = found[1][2]
+for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
+local payload, task_id = fields['payload'], fields['task_id']
+if not payload or payload == '' then return { '', 'the entry has no payload to run' } end
+local parsed_id, _, problem = payload_task_id(payload)
+if problem then return { '', 'the payload cannot run: ' .. problem } end
+task_id = parsed_id
+local key = task_key(task_id)
+redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at')
+write_task(task_id, 'status', 'pending', 'retries', 0)
+redis.call('DEL', PREFIX .. 'stream:' .. task_id)
+redis.call('XADD', QUEUE, '*', 'payload', payload)
+redis.call('XDEL', DEAD, ARGV[8])
+return { task_id }

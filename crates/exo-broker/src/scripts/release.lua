@@ -1,0 +1,26 @@
+-- release.lua: hand tasks back to the queue (a worker shutting down).
+--
+-- ARGV[8...] triples (entry id, task id, attempt)
+--
+-- For each task still on this attempt and running: bump the attempt (so any
+-- late write from this worker is refused), set it back to `pending` and put
+-- its payload back on the queue as a new entry. Does not count a retry.
+-- Returns the number of tasks handed back.
+
+local released = 0
+for i = 8, #ARGV, 3 do
+  local entry_id, task_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = task_key(task_id)
+  local state = redis.call('HMGET', key, 'status', 'attempt')
+  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+  local payload = found[1] and entry_payload(found[1][2])
+  if state[1] == 'running' and state[2] == attempt and payload then
+    redis.call('HINCRBY', key, 'attempt', 1)
+    redis.call('HDEL', key, 'worker_id', 'started_at')
+    write_task(task_id, 'status', 'pending')
+    redis.call('XADD', QUEUE, '*', 'payload', payload)
+    ack(entry_id)
+    released = released + 1
+  end
+end
+return released

@@ -1,0 +1,29 @@
+-- stats.lua: the queue's numbers in one round trip.
+--
+-- No script-specific arguments.
+--
+-- Returns {stream length, group lag (-1 when Redis cannot tell),
+-- pending count, {consumer, pending, ...}, delayed count, dead-letter count}.
+
+local length = redis.call('XLEN', QUEUE)
+local lag, pending = -1, 0
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', QUEUE)
+if ok then
+  for _, group in ipairs(groups) do
+    local info = {}
+    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+    if info['name'] == GROUP then
+      pending = info['pending'] or 0
+      if type(info['lag']) == 'number' then lag = info['lag'] end
+    end
+  end
+end
+local consumers = {}
+local summary = redis.call('XPENDING', QUEUE, GROUP)
+if summary[4] then
+  for _, pair in ipairs(summary[4]) do
+    table.insert(consumers, pair[1])
+    table.insert(consumers, tonumber(pair[2]))
+  end
+end
+return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD) }

@@ -1,0 +1,34 @@
+-- submit.lua: enqueue a task in one round trip.
+--
+-- ARGV[8]  task id
+-- ARGV[9]  payload JSON (the queue entry's single `payload` field)
+-- ARGV[10] agent name ("" when unknown)
+-- ARGV[11] max retries ("" for the worker default)
+-- ARGV[12] idempotency key ("" for none)
+--
+-- Writes the queue entry, the task hash with status `pending`, the index set
+-- and the timeline, and trims index entries older than the task TTL.
+-- Returns {task_id, created}: created is 0 when the idempotency key was seen
+-- before, and task_id is then the first submission's id.
+
+local task_id, payload, agent_name = ARGV[8], ARGV[9], ARGV[10]
+local max_retries, idempotency = ARGV[11], ARGV[12]
+
+if idempotency ~= '' then
+  local idem_key = PREFIX .. 'idem:' .. idempotency
+  local existing = redis.call('GET', idem_key)
+  if existing then return { existing, 0 } end
+  redis.call('SET', idem_key, task_id, 'EX', TASK_TTL)
+end
+
+redis.call('XADD', QUEUE, '*', 'payload', payload)
+local key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name)
+if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end
+redis.call('ZADD', TIMELINE, NOW, task_id)
+
+local expired = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', tonumber(NOW) - TASK_TTL, 'LIMIT', 0, 100)
+if #expired > 0 then
+  redis.call('SREM', INDEX, unpack(expired))
+  redis.call('ZREM', TIMELINE, unpack(expired))
+end
+return { task_id, 1 }

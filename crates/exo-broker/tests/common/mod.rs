@@ -1,0 +1,87 @@
+//! Shared helpers for the broker tests: a broker on a real Redis with the
+//! test's own key prefix, and sample payloads.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use exo_broker::{Broker, BrokerConfig, ClaimedTask, RetryPolicy};
+use exo_proto::{Keys, RunStatus, StreamEvent, TaskPayload};
+use exo_testkit::TestRedis;
+use serde_json::json;
+
+pub fn config(redis: &TestRedis) -> BrokerConfig {
+    let mut config = BrokerConfig::new(redis.url()).with_keys(Keys::with_prefix(redis.prefix()));
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        jitter: 0.0,
+    };
+    config.command_timeout = Duration::from_secs(5);
+    config
+}
+
+pub async fn broker(redis: &TestRedis) -> Broker {
+    Broker::connect(config(redis))
+        .await
+        .expect("connect to the test Redis")
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub fn payload(input: &str) -> TaskPayload {
+    let config = json!({"name": "helper", "model": "scripted:echo"});
+    TaskPayload::new(new_id(), config.as_object().unwrap().clone(), input)
+}
+
+pub fn completed(agent: &str) -> StreamEvent {
+    StreamEvent::status(
+        RunStatus::Completed,
+        agent,
+        format!("Agent '{agent}' completed execution"),
+    )
+}
+
+pub fn errored(agent: &str, message: &str) -> StreamEvent {
+    StreamEvent::status(RunStatus::Error, agent, message)
+}
+
+pub fn cancelled(agent: &str) -> StreamEvent {
+    StreamEvent::status(RunStatus::Cancelled, agent, "cancelled")
+}
+
+/// Claims until `count` tasks arrived or three claims in a row found none.
+pub async fn claim_all(broker: &Broker, worker: &str, count: usize) -> Vec<ClaimedTask> {
+    let mut claimer = broker.claimer(worker);
+    let mut tasks = Vec::new();
+    let mut empty = 0;
+    while tasks.len() < count && empty < 3 {
+        let claim = claimer
+            .claim(count - tasks.len(), Duration::from_millis(100))
+            .await
+            .unwrap();
+        if claim.tasks.is_empty() {
+            empty += 1;
+        }
+        tasks.extend(claim.tasks);
+    }
+    claimer.close().await;
+    tasks
+}
+
+/// A raw Redis command for assertions, on a separate connection.
+pub async fn raw(redis: &TestRedis) -> fred::prelude::Client {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(redis.url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+pub fn texts(events: &[exo_broker::StreamItem]) -> Vec<String> {
+    events.iter().map(|item| item.event.to_json()).collect()
+}

@@ -1,0 +1,655 @@
+//! The queue against a real redis-server: submit, claim, finish, retries,
+//! fencing, cancel, dead letter.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use exo_broker::{CancelOutcome, Finished, Outcome, Submitted};
+use exo_proto::{StreamEvent, TaskStatus};
+use exo_testkit::TestRedis;
+use fred::prelude::*;
+
+#[tokio::test]
+async fn submit_claim_complete_in_three_round_trips() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let payload = payload("hi");
+    let task_id = payload.task_id.clone();
+
+    let before = broker.round_trips();
+    let handle = broker.submit(payload).await.unwrap();
+    assert_eq!(handle.submitted(), Submitted::Created);
+    let task = broker.get(&task_id).await.unwrap().unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Pending,
+        "queued tasks are listed as pending"
+    );
+
+    let mut claimer = broker.claimer("w1");
+    let start = broker.round_trips();
+    let claim = claimer.claim(1, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(
+        broker.round_trips() - start,
+        1,
+        "a claim under load is one round trip"
+    );
+    let claimed = &claim.tasks[0];
+    assert_eq!(claimed.lease.attempt, 1);
+    let running = broker.get(&task_id).await.unwrap().unwrap();
+    assert_eq!(running.status, TaskStatus::Running);
+    assert_eq!(running.worker_id.as_deref(), Some("w1"));
+    assert!(running.started_at.is_some());
+
+    let start = broker.round_trips();
+    let finished = broker
+        .finish(
+            claimed,
+            Outcome::Completed { output: "hello" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Completed);
+    assert_eq!(broker.round_trips() - start, 1);
+    // submit, claim, finish, plus the two reads in between.
+    assert_eq!(broker.round_trips() - before, 5);
+
+    let done = broker.get(&task_id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.output(), Some("hello"));
+    assert!(done.completed_at.is_some());
+    let keys = broker.keys();
+    let length: u64 = client.xlen(keys.queue()).await.unwrap();
+    assert_eq!(length, 0, "acknowledged entries are removed from the queue");
+    let pending: Vec<Value> = client
+        .custom(
+            fred::cmd!("XPENDING"),
+            vec![
+                keys.queue().to_owned(),
+                keys.group(),
+                "-".into(),
+                "+".into(),
+                "10".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(pending.is_empty());
+    let events = broker.events(&task_id, None).collect().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].event.is_terminal());
+    claimer.close().await;
+}
+
+#[tokio::test]
+async fn the_reference_wire_shapes_hold() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let keys = broker.keys().clone();
+    let payload = payload("hi");
+    broker.submit(payload.clone()).await.unwrap();
+
+    let entries: Vec<(String, HashMap<String, String>)> =
+        client.xrange(keys.queue(), "-", "+", None).await.unwrap();
+    assert_eq!(
+        entries[0].1.keys().collect::<Vec<_>>(),
+        ["payload"],
+        "the queue field is `payload`"
+    );
+    let decoded = exo_proto::TaskPayload::from_json(entries[0].1["payload"].as_bytes()).unwrap();
+    assert_eq!(decoded.task_id, payload.task_id);
+    let kind: String = client
+        .custom(fred::cmd!("TYPE"), vec![keys.task_index()])
+        .await
+        .unwrap();
+    assert_eq!(kind, "set", "the index stays a set for reference readers");
+    let members: Vec<String> = client.smembers(keys.task_index()).await.unwrap();
+    assert_eq!(members, std::slice::from_ref(&payload.task_id));
+    let ttl: i64 = client.ttl(keys.task(&payload.task_id)).await.unwrap();
+    assert!(ttl > 86_000, "task hashes live 24 h, got {ttl}");
+
+    let claimed = claim_all(&broker, "w1", 1).await;
+    let publisher = broker.publisher(&payload.task_id);
+    publisher
+        .publish(&StreamEvent::Text(exo_proto::TextEvent {
+            text: "x".into(),
+            agent_name: "helper".into(),
+        }))
+        .await;
+    let rest = publisher.close().await;
+    broker
+        .finish(
+            &claimed[0],
+            Outcome::Completed { output: "x" },
+            rest,
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    let events: Vec<(String, HashMap<String, String>)> = client
+        .xrange(keys.event_stream(&payload.task_id), "-", "+", None)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|(_, fields)| fields.keys().collect::<Vec<_>>() == ["event"]),
+        "the stream field is `event`"
+    );
+    let ttl: i64 = client
+        .ttl(keys.event_stream(&payload.task_id))
+        .await
+        .unwrap();
+    assert!(
+        (3000..=3600).contains(&ttl),
+        "event streams live 1 h, got {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_reference_client_submission_is_claimed() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let raw_payload = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../exo-proto/test_data/tool_run_detailed.payload.raw"
+    ))
+    .unwrap();
+    // The reference client only XADDs; there is no hash until a worker claims.
+    let _: String = client
+        .xadd(
+            broker.keys().queue(),
+            false,
+            None,
+            "*",
+            vec![("payload", raw_payload.as_str())],
+        )
+        .await
+        .unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await;
+    assert_eq!(claimed.len(), 1);
+    let task = broker
+        .get("ac935881935045c2ac078d3b09511aa8")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Running);
+    assert_eq!(task.agent_name.as_deref(), Some("helper"));
+    assert_eq!(task.created_at, Some(1795902648.9115512));
+    assert_eq!(claimed[0].payload.messages.len(), 2);
+}
+
+#[tokio::test]
+async fn two_workers_start_each_task_exactly_once() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut ids = Vec::new();
+    for index in 0..200 {
+        let payload = payload(&format!("task {index}"));
+        ids.push(payload.task_id.clone());
+        broker.submit(payload).await.unwrap();
+    }
+    let run = |worker: &'static str| {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut claimer = broker.claimer(worker);
+            let mut started = Vec::new();
+            let mut idle = 0;
+            while idle < 3 {
+                let claim = claimer.claim(4, Duration::from_millis(50)).await.unwrap();
+                if claim.tasks.is_empty() {
+                    idle += 1;
+                }
+                for task in claim.tasks {
+                    started.push(task.lease.task_id.clone());
+                    broker
+                        .finish(
+                            &task,
+                            Outcome::Completed { output: worker },
+                            vec![],
+                            &completed("helper"),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+            claimer.close().await;
+            started
+        })
+    };
+    let (first, second) = tokio::join!(run("w1"), run("w2"));
+    let mut all: Vec<String> = first.unwrap().into_iter().chain(second.unwrap()).collect();
+    all.sort();
+    ids.sort();
+    assert_eq!(all, ids, "every task started exactly once");
+    let stats = broker.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats.stream_length, stats.pending, stats.depth()),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_before_claim_means_the_task_never_starts() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let doomed = payload("doomed");
+    let kept = payload("kept");
+    broker.submit(doomed.clone()).await.unwrap();
+    broker.submit(kept.clone()).await.unwrap();
+    assert_eq!(
+        broker.cancel(&doomed.task_id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        broker.cancel(&doomed.task_id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(TaskStatus::Cancelled)
+    );
+    assert_eq!(
+        broker.cancel("nope").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let claimed = claim_all(&broker, "w1", 2).await;
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|task| task.lease.task_id.clone())
+            .collect::<Vec<_>>(),
+        [kept.task_id]
+    );
+    let events = broker
+        .events(&doomed.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{:?}", texts(&events));
+    assert_eq!(
+        events[0].event,
+        cancelled_event("helper", "Task cancelled before it started")
+    );
+    assert_eq!(
+        broker.get(&doomed.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+    assert_eq!(
+        broker.queue_stats().await.unwrap().stream_length,
+        1,
+        "only the running task's entry is left"
+    );
+}
+
+fn cancelled_event(agent: &str, message: &str) -> StreamEvent {
+    StreamEvent::status(exo_proto::RunStatus::Cancelled, agent, message)
+}
+
+#[tokio::test]
+async fn a_cancel_while_running_is_finished_by_the_worker() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await;
+    let mut listener = broker.cancel_listener().await.unwrap();
+    assert_eq!(
+        broker.cancel(&payload.task_id).await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let signalled = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .unwrap();
+    assert_eq!(signalled.as_deref(), Some(payload.task_id.as_str()));
+    listener.close().await;
+
+    let refused = broker
+        .finish(
+            &claimed[0],
+            Outcome::Completed { output: "late" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Finished::CancelRequested);
+    let done = broker
+        .finish(
+            &claimed[0],
+            Outcome::Cancelled,
+            vec![],
+            &cancelled("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, Finished::Cancelled);
+    let again = broker
+        .finish(
+            &claimed[0],
+            Outcome::Cancelled,
+            vec![],
+            &cancelled("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Finished::Cancelled, "finishing twice is harmless");
+    let events = broker
+        .events(&payload.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|item| item.event.is_terminal())
+            .count(),
+        1
+    );
+    assert_eq!(broker.queue_stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_dead_letter() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let mut statuses = Vec::new();
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let claimed = claim_all(&broker, "w1", 1).await;
+        assert_eq!(
+            claimed.len(),
+            1,
+            "attempt {} was not claimed",
+            attempts.len() + 1
+        );
+        attempts.push(claimed[0].lease.attempt);
+        let finished = broker
+            .finish(
+                &claimed[0],
+                Outcome::Failed {
+                    error: "provider down",
+                    retryable: true,
+                },
+                vec![],
+                &errored("helper", "provider down"),
+            )
+            .await
+            .unwrap();
+        let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+        statuses.push((task.status, task.retries, finished.clone()));
+    }
+    assert_eq!(attempts, [1, 2, 3, 4]);
+    let expected_retries = [Some(1), Some(2), Some(3), Some(3)];
+    for (index, (status, retries, finished)) in statuses.iter().enumerate() {
+        assert_eq!(*retries, expected_retries[index]);
+        if index < 3 {
+            assert_eq!(*status, TaskStatus::Retrying);
+            assert!(
+                matches!(finished, Finished::Retrying { retry, .. } if *retry == index as u32 + 1)
+            );
+        } else {
+            assert_eq!(*status, TaskStatus::Failed);
+            assert_eq!(*finished, Finished::Failed);
+        }
+    }
+    let letters = broker.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].task_id, payload.task_id);
+    assert_eq!(letters[0].reason, "provider down");
+    assert_eq!(letters[0].attempts, 4);
+    let events = broker
+        .events(&payload.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    let terminal: Vec<_> = events
+        .iter()
+        .filter(|item| item.event.is_terminal())
+        .collect();
+    assert_eq!(terminal.len(), 1, "{:?}", texts(&events));
+    assert!(events.last().unwrap().event.is_terminal());
+    assert_eq!(
+        events.len(),
+        4,
+        "three retry notices and one terminal event"
+    );
+
+    // Re-drive: the task runs again with a fresh budget.
+    let task_id = broker.redrive(&letters[0].entry_id).await.unwrap();
+    assert_eq!(task_id, payload.task_id);
+    assert!(broker.dead_letters(10).await.unwrap().is_empty());
+    let claimed = claim_all(&broker, "w2", 1).await;
+    assert_eq!(claimed.len(), 1);
+    broker
+        .finish(
+            &claimed[0],
+            Outcome::Completed { output: "ok" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.status, task.output()),
+        (TaskStatus::Completed, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_not_retried() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await;
+    let finished = broker
+        .finish(
+            &claimed[0],
+            Outcome::Failed {
+                error: "bad config",
+                retryable: false,
+            },
+            vec![],
+            &errored("helper", "bad config"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Failed);
+    assert_eq!(broker.dead_letters(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_payload_may_set_its_retry_budget() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut payload = payload("x");
+    payload.max_retries = Some(0);
+    broker.submit(payload.clone()).await.unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await;
+    assert_eq!(claimed[0].max_retries, 0);
+    let finished = broker
+        .finish(
+            &claimed[0],
+            Outcome::Failed {
+                error: "boom",
+                retryable: true,
+            },
+            vec![],
+            &errored("helper", "boom"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Failed);
+}
+
+#[tokio::test]
+async fn undecodable_payloads_go_to_the_dead_letter_and_the_queue_keeps_serving() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let queue = broker.keys().queue().to_owned();
+    let bad_role = r#"{"task_id": "badrole", "agent_config": {"name": "a"}, "messages": [{"role": "robot", "content": "x"}]}"#;
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        ("payload", "{not json", None, "not valid JSON"),
+        ("payload", r#"{"input": "no id"}"#, None, "no task_id"),
+        ("other", "x", None, "no `payload` field"),
+        (
+            "payload",
+            bad_role,
+            Some("badrole"),
+            "unknown message role `robot`",
+        ),
+    ];
+    for (field, value, _, _) in cases {
+        let _: String = client
+            .xadd(&queue, false, None, "*", vec![(*field, *value)])
+            .await
+            .unwrap();
+    }
+    let good = payload("fine");
+    broker.submit(good.clone()).await.unwrap();
+
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(claim.tasks.len(), 1);
+    assert_eq!(claim.tasks[0].lease.task_id, good.task_id);
+    assert_eq!(claim.rejected.len(), cases.len());
+    let letters = broker.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), cases.len());
+    for (_, value, task_id, reason) in cases {
+        let letter = letters
+            .iter()
+            .find(|letter| letter.reason.contains(reason))
+            .unwrap_or_else(|| panic!("no dead letter says `{reason}`: {letters:?}"));
+        if *value != "x" {
+            assert_eq!(letter.payload, *value, "the raw bytes are kept");
+        }
+        if let Some(task_id) = task_id {
+            let task = broker.get(task_id).await.unwrap().unwrap();
+            assert_eq!(task.status, TaskStatus::Failed);
+            assert!(task.error.unwrap().contains(reason));
+            let events = broker.events(task_id, None).collect().await.unwrap();
+            assert!(events.last().unwrap().event.is_terminal());
+        }
+    }
+    assert_eq!(
+        broker.queue_stats().await.unwrap().pending,
+        1,
+        "only the good task is pending"
+    );
+    claimer.close().await;
+}
+
+#[tokio::test]
+async fn an_oversized_payload_is_refused_at_submit_and_at_claim() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.max_payload_bytes = 1000;
+    let broker = exo_broker::Broker::connect(config).await.unwrap();
+    let big = payload(&"x".repeat(2000));
+    let error = broker.submit(big.clone()).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("exceeds the limit of 1000 bytes"),
+        "{error}"
+    );
+    let client = raw(&redis).await;
+    let _: String = client
+        .xadd(
+            broker.keys().queue(),
+            false,
+            None,
+            "*",
+            vec![("payload", big.to_json())],
+        )
+        .await
+        .unwrap();
+    let claim = broker
+        .claimer("w1")
+        .claim(1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(claim.tasks.is_empty());
+    assert!(claim.rejected[0].reason.contains("exceeds the limit"));
+    assert_eq!(
+        broker.get(&big.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Failed
+    );
+}
+
+#[tokio::test]
+async fn idempotent_submits_return_the_first_task() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut first = payload("x");
+    first.idempotency_key = Some("order-42".into());
+    let mut second = payload("x");
+    second.idempotency_key = Some("order-42".into());
+    let one = broker.submit(first.clone()).await.unwrap();
+    let two = broker.submit(second).await.unwrap();
+    assert_eq!(two.task_id(), first.task_id);
+    assert_eq!(
+        (one.submitted(), two.submitted()),
+        (Submitted::Created, Submitted::Duplicate)
+    );
+    assert_eq!(broker.queue_stats().await.unwrap().stream_length, 1);
+}
+
+#[tokio::test]
+async fn listing_filters_by_status_and_pages() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut ids = Vec::new();
+    for index in 0..25 {
+        let mut payload = payload(&index.to_string());
+        payload.created_at = 1_000.0 + index as f64;
+        ids.push(payload.task_id.clone());
+        broker.submit(payload).await.unwrap();
+    }
+    for task in claim_all(&broker, "w1", 5).await {
+        broker
+            .finish(
+                &task,
+                Outcome::Completed { output: "" },
+                vec![],
+                &completed("helper"),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = broker.list(None, 10, cursor).await.unwrap();
+        seen.extend(page.tasks.iter().map(|task| task.task_id.clone()));
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    let completed = broker
+        .list(Some(TaskStatus::Completed), 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(completed.tasks.len(), 5);
+    let pending = broker.list(Some(TaskStatus::Pending), 3, 0).await.unwrap();
+    assert_eq!(pending.tasks.len(), 3);
+    assert!(
+        pending
+            .tasks
+            .iter()
+            .all(|task| task.status == TaskStatus::Pending)
+    );
+    let start = broker.round_trips();
+    broker.list(Some(TaskStatus::Pending), 20, 0).await.unwrap();
+    assert_eq!(broker.round_trips() - start, 1, "a page is one round trip");
+}

@@ -1,0 +1,295 @@
+//! Stuck-task recovery, leases, fencing, hand-back and reconnects against a
+//! real redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use exo_broker::{Broker, Finished, Lease, Outcome};
+use exo_proto::{TaskStatus, WorkerHealth};
+use exo_testkit::TestRedis;
+
+fn health(worker_id: &str) -> WorkerHealth {
+    WorkerHealth {
+        worker_id: worker_id.to_owned(),
+        status: "running".into(),
+        tasks_processed: 0,
+        tasks_failed: 0,
+        current_task_id: None,
+        started_at: exo_broker::now_seconds(),
+        last_heartbeat: exo_broker::now_seconds(),
+        concurrency: 1,
+        hostname: "test".into(),
+        heartbeat_ttl: Some(30),
+        active_tasks: None,
+        queue: None,
+    }
+}
+
+async fn short_lease_broker(redis: &TestRedis, lease: Duration) -> Broker {
+    let mut config = config(redis);
+    config.lease = lease;
+    Broker::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    broker
+        .heartbeat(&health("zombie"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let zombie_task = claim_all(&broker, "zombie", 1).await.remove(0);
+
+    broker
+        .heartbeat(&health("alive"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(report.requeued, 0, "the zombie still has a heartbeat");
+
+    // The zombie's heartbeat expires (SIGKILL); a live worker reaps its task.
+    broker.remove_worker("zombie").await.unwrap();
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(report.requeued, 1);
+    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Retrying);
+    assert_eq!(
+        task.retries,
+        Some(1),
+        "a lost attempt counts against the budget"
+    );
+    assert!(
+        task.error
+            .unwrap()
+            .contains("zombie stopped sending heartbeats")
+    );
+
+    let rerun = claim_all(&broker, "alive", 1).await.remove(0);
+    assert!(rerun.lease.attempt > zombie_task.lease.attempt);
+    let finished = broker
+        .finish(
+            &rerun,
+            Outcome::Completed { output: "second" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Completed);
+
+    let late = broker
+        .finish(
+            &zombie_task,
+            Outcome::Completed { output: "zombie" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
+    let late = broker
+        .finish(
+            &zombie_task,
+            Outcome::Failed {
+                error: "zombie",
+                retryable: true,
+            },
+            vec![],
+            &errored("helper", "zombie"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
+
+    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (task.status, task.output()),
+        (TaskStatus::Completed, Some("second"))
+    );
+    let events = broker
+        .events(&payload.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|item| item.event.is_terminal())
+            .count(),
+        1
+    );
+    let stats = broker.queue_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.stream_length), (0, 0));
+    assert!(
+        !stats
+            .pending_by_consumer
+            .iter()
+            .any(|(consumer, _)| consumer == "zombie")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_reclaimed_but_a_renewed_one_is_not() {
+    let redis = TestRedis::new();
+    let broker = short_lease_broker(&redis, Duration::from_millis(300)).await;
+    let renewed = payload("renewed");
+    let neglected = payload("neglected");
+    broker.submit(renewed.clone()).await.unwrap();
+    broker.submit(neglected.clone()).await.unwrap();
+    let tasks = claim_all(&broker, "slow", 2).await;
+    let renewed_lease = tasks
+        .iter()
+        .find(|task| task.lease.task_id == renewed.task_id)
+        .unwrap()
+        .lease
+        .clone();
+
+    // The worker stays alive and renews one lease for 1.2 s (4 leases long).
+    for _ in 0..12 {
+        let report = broker
+            .heartbeat(
+                &health("slow"),
+                Duration::from_secs(30),
+                std::slice::from_ref(&renewed_lease),
+            )
+            .await
+            .unwrap();
+        assert!(report.lost.is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        broker.reap("reaper", 100).await.unwrap();
+    }
+    assert_eq!(
+        broker.get(&renewed.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+    let task = broker.get(&neglected.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Retrying);
+    assert!(task.error.unwrap().contains("did not renew its lease"));
+
+    // The heartbeat tells the slow worker it lost the neglected task.
+    let neglected_lease = tasks
+        .iter()
+        .find(|task| task.lease.task_id == neglected.task_id)
+        .unwrap()
+        .lease
+        .clone();
+    let report = broker
+        .heartbeat(
+            &health("slow"),
+            Duration::from_secs(30),
+            &[renewed_lease, neglected_lease],
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.lost, std::slice::from_ref(&neglected.task_id));
+}
+
+#[tokio::test]
+async fn the_heartbeat_reports_cancels_the_signal_may_have_missed() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let task = claim_all(&broker, "w1", 1).await.remove(0);
+    broker.cancel(&payload.task_id).await.unwrap();
+    let report = broker
+        .heartbeat(
+            &health("w1"),
+            Duration::from_secs(30),
+            std::slice::from_ref(&task.lease),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.cancelled, std::slice::from_ref(&payload.task_id));
+}
+
+#[tokio::test]
+async fn a_reclaimed_task_out_of_retries_fails_into_the_dead_letter() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut payload = payload("x");
+    payload.max_retries = Some(0);
+    broker.submit(payload.clone()).await.unwrap();
+    claim_all(&broker, "gone", 1).await;
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!((report.requeued, report.failed), (0, 1));
+    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    let letters = broker.dead_letters(5).await.unwrap();
+    assert!(
+        letters[0]
+            .reason
+            .contains("gone stopped sending heartbeats")
+    );
+    let events = broker
+        .events(&payload.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert!(events.last().unwrap().event.is_terminal());
+}
+
+#[tokio::test]
+async fn released_tasks_go_back_to_the_queue() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    for index in 0..3 {
+        broker.submit(payload(&index.to_string())).await.unwrap();
+    }
+    let tasks = claim_all(&broker, "leaving", 3).await;
+    let leases: Vec<Lease> = tasks.iter().map(|task| task.lease.clone()).collect();
+    assert_eq!(broker.release(&leases).await.unwrap(), 3);
+    for task in &tasks {
+        let state = broker.get(&task.lease.task_id).await.unwrap().unwrap();
+        assert_eq!(state.status, TaskStatus::Pending);
+        assert_eq!(state.retries, None, "a hand-back is not a retry");
+    }
+    let again = claim_all(&broker, "other", 3).await;
+    assert_eq!(again.len(), 3);
+    let late = broker
+        .finish(
+            &tasks[0],
+            Outcome::Completed { output: "" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(late, Finished::Stale { .. }));
+}
+
+#[tokio::test]
+async fn the_broker_survives_a_redis_restart() {
+    let mut redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    broker.submit(payload("before")).await.unwrap();
+    redis.server().unwrap().kill();
+    let error = broker.submit(payload("during")).await.unwrap_err();
+    assert!(error.is_unreachable(), "{error}");
+    redis.server().unwrap().restart();
+    // The server lost everything (no persistence), scripts included: the
+    // next calls reconnect and reload the scripts.
+    let mut submitted = None;
+    for _ in 0..50 {
+        match broker.submit(payload("after")).await {
+            Ok(handle) => {
+                submitted = Some(handle);
+                break;
+            }
+            Err(error) => {
+                assert!(
+                    error.is_unreachable() || error.to_string().contains("NOGROUP"),
+                    "{error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let handle = submitted.expect("submit after restart");
+    assert_eq!(handle.status().await.unwrap().status, TaskStatus::Pending);
+}
