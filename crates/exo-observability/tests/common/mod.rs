@@ -1,0 +1,101 @@
+//! Helpers shared by the test binaries.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use exo_observability::{MetricsHandle, MetricsRecorder, QueueSample, TaskLabels, record};
+
+/// Runs `body` with a fresh registry as the thread's recorder and returns
+/// the rendered text.
+pub fn render_with(body: impl FnOnce()) -> (MetricsHandle, String) {
+    let recorder = MetricsRecorder::new();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, body);
+    let text = handle.render();
+    (handle, text)
+}
+
+/// Calls every recording function once, with realistic arguments.
+pub fn record_one_of_everything() {
+    let labels = TaskLabels::new("exo:tasks", "web01-1234-a1b2c3d4");
+    record::task_submitted("exo:tasks");
+    record::task_started(labels, 1_800_000_000.0, 1_800_000_002.5);
+    for status in exo_proto::TaskStatus::ALL {
+        record::task_finished(labels, status, Duration::from_millis(1200));
+    }
+    record::tasks_reclaimed(labels, 2);
+    record::queue_measured(
+        "exo:tasks",
+        &QueueSample {
+            depth: 4,
+            lag: Some(3),
+            pending: 1,
+            delayed: 1,
+            dead_letter: 0,
+        },
+    );
+    record::workers_alive(2);
+    record::event_emitted("text");
+    record::events_published(Duration::from_micros(800));
+}
+
+/// One sample line of the text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the sample lines (not `#` lines) of the Prometheus text format.
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    (name.to_owned(), parse_labels(body))
+                }
+            };
+            Sample {
+                name,
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+fn parse_labels(body: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").expect("label key");
+        let end = after.find('"').expect("closing quote");
+        labels.insert(key.to_owned(), after[..end].to_owned());
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    labels
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<Sample> = samples(text)
+        .into_iter()
+        .filter(|sample| {
+            sample.name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(value))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "expected one {name} {labels:?} in:\n{text}");
+    found[0].value
+}
