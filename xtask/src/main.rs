@@ -1,8 +1,12 @@
 //! `cargo xtask <command>`: the project's automation, in Rust.
 //!
-//! - `ci`: format check, clippy with warnings denied, and every test.
+//! - `ci`: format check, clippy with warnings denied, the layering check,
+//!   and every test (all features).
+//! - `tidy`: the layering check alone.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod tidy;
 
 use std::process::Command;
 
@@ -14,8 +18,9 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "ci" => ci(&rest),
+        "tidy" => tidy(),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <ci>");
+            println!("usage: cargo xtask <ci|tidy>");
             Ok(())
         }
         other => bail!("unknown xtask command `{other}`; try `cargo xtask help`"),
@@ -42,14 +47,34 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+fn tidy() -> Result<()> {
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--all-features"])
+        .output()
+        .context("cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("cargo metadata JSON")?;
+    tidy::tidy(&metadata)?;
+    eprintln!("tidy: the layering holds");
+    Ok(())
+}
+
 fn ci(_rest: &[String]) -> Result<()> {
     run("fmt", cargo().args(["fmt", "--all", "--check"]))?;
+    tidy()?;
     run(
         "clippy",
         cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--",
             "-D",
             "warnings",
@@ -57,7 +82,7 @@ fn ci(_rest: &[String]) -> Result<()> {
     )?;
     run(
         "test",
-        cargo().args(["test", "--workspace", "--all-targets"]),
+        cargo().args(["test", "--workspace", "--all-targets", "--all-features"]),
     )?;
     Ok(())
 }

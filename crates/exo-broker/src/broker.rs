@@ -38,14 +38,29 @@ pub struct Broker {
     pub(crate) inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) config: BrokerConfig,
     pub(crate) url: RedisUrl,
     pub(crate) scripts: Scripts,
     round_trips: AtomicU64,
+    pub(crate) publish_observer: std::sync::OnceLock<PublishObserver>,
 }
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Broker")
+            .field("url", &mask_url(&self.config.redis_url))
+            .field("keys", &self.config.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called after each event batch is written: how many events, and how long
+/// the round trip took. Lets the worker record metrics without this crate
+/// knowing about them.
+pub type PublishObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 /// What submitting a task did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +126,17 @@ pub struct QueueStats {
     pub delayed: u64,
     /// Entries in the dead-letter stream.
     pub dead_letter: u64,
+    /// Submission time of the oldest task not yet delivered to a worker.
+    pub oldest_waiting_created_at: Option<f64>,
 }
 
 impl QueueStats {
+    /// Seconds the oldest undelivered task has waited.
+    pub fn oldest_wait(&self, now: f64) -> Option<f64> {
+        self.oldest_waiting_created_at
+            .map(|created| (now - created).max(0.0))
+    }
+
     /// Tasks waiting to start: undelivered entries plus delayed retries.
     pub fn depth(&self) -> u64 {
         let waiting = self
@@ -171,6 +194,7 @@ impl Broker {
                 url,
                 scripts: Scripts::new(),
                 round_trips: AtomicU64::new(0),
+                publish_observer: std::sync::OnceLock::new(),
             }),
         };
         broker.ensure_group().await?;
@@ -190,6 +214,11 @@ impl Broker {
             Err(error) if error.details().contains("BUSYGROUP") => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Sets the observer of event batches (once; later calls are ignored).
+    pub fn on_publish(&self, observer: PublishObserver) {
+        let _ = self.inner.publish_observer.set(observer);
     }
 
     /// The key names in use.
@@ -490,6 +519,11 @@ impl Broker {
                 .collect(),
             delayed: number(4)?.max(0) as u64,
             dead_letter: number(5)?.max(0) as u64,
+            oldest_waiting_created_at: parts
+                .get(6)
+                .map(|value| reply::string("stats", value))
+                .transpose()?
+                .and_then(|text| text.parse().ok()),
         })
     }
 

@@ -79,8 +79,12 @@ async fn flush_loop(broker: Broker, task_id: String, shared: Arc<Shared>) {
             shared.wakeup.notified().await;
             continue;
         }
+        let started = std::time::Instant::now();
         match broker.publish_events(&task_id, &batch).await {
             Ok(()) => {
+                if let Some(observer) = broker.inner.publish_observer.get() {
+                    observer(batch.len(), started.elapsed());
+                }
                 failures = 0;
                 shared
                     .published
@@ -202,6 +206,46 @@ impl Broker {
             finished: false,
             quiet_reads: 0,
         }
+    }
+}
+
+impl Broker {
+    /// The events in a task's stream now, after `from` (exclusive), without
+    /// waiting; at most `count`.
+    pub async fn read_events(
+        &self,
+        task_id: &str,
+        from: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamItem>> {
+        let start = match from.filter(|id| !id.is_empty() && *id != "0" && *id != "0-0") {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        self.count();
+        let value: Value = self
+            .inner
+            .client
+            .xrange(self.keys().event_stream(task_id), start, "+", Some(count))
+            .await?;
+        let mut items = Vec::new();
+        for entry in reply::array("XRANGE", value)? {
+            let mut parts = reply::array("XRANGE", entry)?.into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let id = reply::string("XRANGE", &id)?;
+            if let Some((_, json)) = reply::pairs("XRANGE", fields)?
+                .into_iter()
+                .find(|(field, _)| field == "event")
+            {
+                items.push(StreamItem {
+                    id,
+                    event: exo_proto::decode("event", json.as_bytes())?,
+                });
+            }
+        }
+        Ok(items)
     }
 }
 

@@ -33,7 +33,8 @@ mod scripts;
 mod url;
 
 pub use broker::{
-    Broker, CancelOutcome, DeadLetter, FleetEntry, QueueStats, Submitted, TaskPage, now_seconds,
+    Broker, CancelOutcome, DeadLetter, FleetEntry, PublishObserver, QueueStats, Submitted,
+    TaskPage, now_seconds,
 };
 pub use config::{BrokerConfig, RetryPolicy};
 pub use error::{Error, Result};

@@ -288,12 +288,20 @@ impl Broker {
         Ok(LeaseReport { cancelled, lost })
     }
 
-    /// Removes a stopping worker: its heartbeat hash, and its consumer when
-    /// nothing is pending on it (pending entries stay for the reaper).
+    /// Removes a stopping worker: its heartbeat hash, its fleet entry, and
+    /// its consumer when nothing is pending on it (pending entries stay for
+    /// the reaper). A worker that stops this way is gone from the fleet; one
+    /// that crashes is listed as dead until it has been silent for an hour.
     pub async fn remove_worker(&self, worker_id: &str) -> Result<()> {
         let keys = self.keys();
         self.count();
         let _: Value = self.inner.client.del(keys.worker(worker_id)).await?;
+        self.count();
+        let _: Value = self
+            .inner
+            .client
+            .zrem(keys.worker_registry(), worker_id)
+            .await?;
         self.count();
         let pending: Value = self
             .inner

@@ -56,7 +56,11 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
         .unwrap();
     assert!((29..=30).contains(&ttl));
 
-    broker.remove_worker("web02-2-bbbbbbbb").await.unwrap();
+    // web02 crashes: its heartbeat hash expires, its fleet entry stays.
+    let _: () = client
+        .del(broker.keys().worker("web02-2-bbbbbbbb"))
+        .await
+        .unwrap();
     let start = broker.round_trips();
     let fleet = broker.fleet().await.unwrap();
     assert_eq!(broker.round_trips() - start, 1);
@@ -127,4 +131,8 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
     assert_eq!(stats.dead_letter, 1);
     assert_eq!(stats.lag, Some(4));
     assert_eq!(stats.depth(), 5, "4 waiting plus 1 delayed");
+    let waited = stats
+        .oldest_wait(now_seconds())
+        .expect("the oldest waiting task is known");
+    assert!((0.0..5.0).contains(&waited), "{waited}");
 }

@@ -14,7 +14,9 @@
 //! A missing binary fails with a message that says how to install it.
 //!
 //! Main types: [`RedisServer`] (a process you can stop, restart and kill),
-//! [`TestRedis`] (a URL and a unique prefix), [`TestPostgres`].
+//! [`TestRedis`] (a URL and a unique prefix), [`TestPostgres`], and
+//! [`FakeLlmServer`], a local HTTP server that stands in for LLM APIs by
+//! replaying recorded responses.
 //!
 //! # Feature flags
 //!
@@ -22,10 +24,12 @@
 
 #![allow(clippy::print_stderr)]
 
+mod fake_llm;
 mod postgres;
 mod process;
 mod redis;
 
+pub use fake_llm::{FakeChunk, FakeLlmServer, FakeResponse, RecordedRequest};
 pub use postgres::{PostgresServer, TestPostgres};
 pub use process::{find_binary, free_port, unique_name, wait_for_port};
 pub use redis::{RedisServer, TestRedis, redis_command};

@@ -3,10 +3,11 @@
 -- No script-specific arguments.
 --
 -- Returns {stream length, group lag (-1 when Redis cannot tell),
--- pending count, {consumer, pending, ...}, delayed count, dead-letter count}.
+-- pending count, {consumer, pending, ...}, delayed count, dead-letter count,
+-- created_at of the oldest task not yet delivered ("" when none)}.
 
 local length = redis.call('XLEN', QUEUE)
-local lag, pending = -1, 0
+local lag, pending, last_delivered = -1, 0, nil
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', QUEUE)
 if ok then
   for _, group in ipairs(groups) do
@@ -14,6 +15,7 @@ if ok then
     for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
     if info['name'] == GROUP then
       pending = info['pending'] or 0
+      last_delivered = info['last-delivered-id']
       if type(info['lag']) == 'number' then lag = info['lag'] end
     end
   end
@@ -26,4 +28,17 @@ if summary[4] then
     table.insert(consumers, tonumber(pair[2]))
   end
 end
-return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD) }
+local oldest = ''
+if last_delivered then
+  local first = redis.call('XRANGE', QUEUE, '(' .. last_delivered, '+', 'COUNT', 1)
+  if first[1] then
+    local payload = entry_payload(first[1][2])
+    if payload then
+      local ok, decoded = pcall(cjson.decode, payload)
+      if ok and type(decoded) == 'table' and type(decoded.created_at) == 'number' and decoded.created_at > 0 then
+        oldest = string.format('%.17g', decoded.created_at)
+      end
+    end
+  end
+end
+return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD), oldest }

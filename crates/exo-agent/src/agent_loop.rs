@@ -1,0 +1,483 @@
+//! The step loop of one agent.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use exo_models::{Completion, ModelProvider, ModelRequest, ToolDefinition};
+use exo_proto::{
+    AgentConfig, Content, ErrorEvent, Message, ReasoningEvent, RunStatus, StepEvent, StepStatus,
+    StreamEvent, TextEvent, ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
+    ToolResultEvent, Usage, UsageEvent,
+};
+use futures::{FutureExt, StreamExt};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    runner::RunContext,
+    tool::{Tool, ToolContext},
+};
+
+/// A tool as one agent offers it: the name the model sees and the tool.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundTool {
+    pub(crate) name: String,
+    pub(crate) tool: Arc<dyn Tool>,
+}
+
+/// An agent ready to run: its config, its provider and its tools.
+#[derive(Debug)]
+pub(crate) struct PreparedAgent {
+    pub(crate) config: AgentConfig,
+    pub(crate) provider: Arc<dyn ModelProvider>,
+    pub(crate) tools: Vec<BoundTool>,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) error_type: String,
+    pub(crate) retryable: bool,
+}
+
+/// What one agent's run produced.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AgentRun {
+    /// All text of every step.
+    pub(crate) output: String,
+    /// The text of the last step.
+    pub(crate) final_text: String,
+    pub(crate) failure: Option<Failure>,
+}
+
+impl AgentRun {
+    pub(crate) fn failed(failure: Failure) -> Self {
+        AgentRun {
+            failure: Some(failure),
+            ..AgentRun::default()
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The schema the model sees: the tool's own, with the agent's injected
+/// arguments added as optional properties. An injected value that is an
+/// object is the property's schema; any other value describes a string
+/// property.
+fn definition(bound: &BoundTool, injected: &Map<String, Value>) -> ToolDefinition {
+    let mut parameters = bound.tool.parameters();
+    if !parameters.is_object() {
+        parameters = json!({"type": "object", "properties": {}});
+    }
+    if !injected.is_empty() {
+        let object = parameters.as_object_mut().expect("made an object above");
+        object
+            .entry("type")
+            .or_insert_with(|| Value::from("object"));
+        let properties = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !properties.is_object() {
+            *properties = Value::Object(Map::new());
+        }
+        let properties = properties.as_object_mut().expect("made an object above");
+        for (name, value) in injected {
+            let schema = match value {
+                Value::Object(_) => value.clone(),
+                Value::String(description) => json!({"type": "string", "description": description}),
+                other => json!({"type": "string", "description": other.to_string()}),
+            };
+            properties.insert(name.clone(), schema);
+        }
+    }
+    ToolDefinition {
+        name: bound.name.clone(),
+        description: bound.tool.description().to_owned(),
+        parameters,
+    }
+}
+
+/// How one tool call ended.
+enum ToolEnd {
+    Output(ToolOutput),
+    Error(String),
+    Panic(String),
+}
+
+struct ToolRun {
+    arguments: Map<String, Value>,
+    end: ToolEnd,
+    duration_ms: f64,
+}
+
+/// Parses the model's arguments JSON: empty means no arguments, anything
+/// but an object is an error for the model to fix.
+fn parse_arguments(tool: &str, arguments: &str) -> Result<Map<String, Value>, String> {
+    if arguments.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "Invalid arguments for tool '{tool}': expected a JSON object, got {other}"
+        )),
+        Err(error) => Err(format!("Invalid JSON arguments for tool '{tool}': {error}")),
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
+}
+
+async fn run_tool(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
+    let started = Instant::now();
+    let (arguments, end) = match parse_arguments(&call.name, &call.arguments) {
+        Err(message) => (Map::new(), ToolEnd::Error(message)),
+        Ok(arguments) => {
+            let end = match agent.tools.iter().find(|bound| bound.name == call.name) {
+                None => {
+                    let available: Vec<&str> = agent
+                        .tools
+                        .iter()
+                        .map(|bound| bound.name.as_str())
+                        .collect();
+                    ToolEnd::Error(format!(
+                        "Tool '{}' not found (available: {})",
+                        call.name,
+                        if available.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            available.join(", ")
+                        }
+                    ))
+                }
+                Some(bound) => {
+                    let mut stripped = arguments.clone();
+                    for injected in agent.config.injected_tool_args.keys() {
+                        stripped.remove(injected);
+                    }
+                    let context = ToolContext {
+                        agent_name: agent.config.name.clone(),
+                        tool_call_id: call.id.clone(),
+                        cancel: ctx.cancel.clone(),
+                    };
+                    match AssertUnwindSafe(bound.tool.call(stripped, &context))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(Ok(output)) => ToolEnd::Output(output),
+                        Ok(Err(message)) => ToolEnd::Error(message),
+                        Err(payload) => ToolEnd::Panic(panic_message(payload.as_ref())),
+                    }
+                }
+            };
+            (arguments, end)
+        }
+    };
+    ToolRun {
+        arguments,
+        end,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
+
+/// Runs one agent: the system message from `instructions` when it is not
+/// empty, then `history`, then `input` as the user message, and the step
+/// loop until a step asks for no tools or `max_steps` is reached. Emits
+/// every event of the run except the terminal `status`.
+pub(crate) async fn run_agent(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    input: &str,
+    history: Vec<Message>,
+) -> AgentRun {
+    let config = &agent.config;
+    let name = config.name.as_str();
+    let emitter = &ctx.emitter;
+    emitter
+        .event(StreamEvent::status(
+            RunStatus::Starting,
+            name,
+            format!("Agent '{name}' starting execution"),
+        ))
+        .await;
+
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    if !config.instructions.is_empty() {
+        messages.push(Message::system(config.instructions.clone()));
+    }
+    messages.extend(history);
+    messages.push(Message::user(input));
+    let tools: Vec<ToolDefinition> = agent
+        .tools
+        .iter()
+        .map(|bound| definition(bound, &config.injected_tool_args))
+        .collect();
+
+    let mut output = String::new();
+    for step in 1..=config.max_steps {
+        let started_at = unix_now();
+        emitter
+            .event(StreamEvent::Step(StepEvent {
+                step_number: step,
+                agent_name: name.to_owned(),
+                status: StepStatus::Started,
+                started_at,
+                completed_at: None,
+                usage: None,
+            }))
+            .await;
+
+        let request = ModelRequest {
+            messages: messages.clone(),
+            tools: tools.clone(),
+            temperature: Some(config.temperature),
+            max_tokens: config.max_tokens,
+        };
+        let completion = match stream_step(ctx, agent, &request).await {
+            Ok(completion) => completion,
+            Err(error) => {
+                let failure = Failure {
+                    message: error.to_string(),
+                    error_type: error.error_type().to_owned(),
+                    retryable: error.is_retryable(),
+                };
+                emit_error(ctx, name, &failure, Some(step)).await;
+                return AgentRun {
+                    output,
+                    failure: Some(failure),
+                    ..AgentRun::default()
+                };
+            }
+        };
+        output.push_str(&completion.text);
+        if let Some(usage) = completion.usage {
+            ctx.add_usage(usage);
+            emitter
+                .event(StreamEvent::Usage(UsageEvent {
+                    usage,
+                    agent_name: name.to_owned(),
+                    step_number: step,
+                    model: config.model.clone(),
+                }))
+                .await;
+        }
+        let calls = completion.tool_calls();
+        let assistant = Message::assistant(completion.text.clone(), calls.clone());
+        messages.push(assistant.clone());
+        emitter.message(name, assistant).await;
+
+        let step_completed = |usage: Option<Usage>| {
+            StreamEvent::Step(StepEvent {
+                step_number: step,
+                agent_name: name.to_owned(),
+                status: StepStatus::Completed,
+                started_at,
+                completed_at: Some(unix_now()),
+                usage,
+            })
+        };
+        if calls.is_empty() {
+            emitter.event(step_completed(completion.usage)).await;
+            return AgentRun {
+                output,
+                final_text: completion.text,
+                failure: None,
+            };
+        }
+
+        for call in &calls {
+            emitter
+                .event(StreamEvent::ToolCall(ToolCallEvent {
+                    tool_name: call.name.clone(),
+                    tool_call_id: call.id.clone(),
+                    arguments: call.arguments.clone(),
+                    agent_name: name.to_owned(),
+                }))
+                .await;
+        }
+        let runs =
+            futures::future::join_all(calls.iter().map(|call| run_tool(ctx, agent, call))).await;
+        let mut panicked = None;
+        for (call, run) in calls.iter().zip(runs) {
+            let (result, error) = match run.end {
+                ToolEnd::Output(output) => (output, None),
+                ToolEnd::Error(message) => (ToolOutput::Text(String::new()), Some(message)),
+                ToolEnd::Panic(message) => {
+                    let message = format!("Tool '{}' panicked: {message}", call.name);
+                    panicked.get_or_insert_with(|| message.clone());
+                    (ToolOutput::Text(String::new()), Some(message))
+                }
+            };
+            emitter
+                .event(StreamEvent::ToolResult(ToolResultEvent {
+                    tool_name: call.name.clone(),
+                    tool_call_id: call.id.clone(),
+                    arguments: run.arguments,
+                    result: result.clone(),
+                    success: error.is_none(),
+                    error: error.clone(),
+                    duration_ms: run.duration_ms,
+                    agent_name: name.to_owned(),
+                }))
+                .await;
+            let content = match result {
+                ToolOutput::Text(text) => Content::Text(text),
+                ToolOutput::Blocks(blocks) => Content::Blocks(blocks),
+            };
+            let message = Message::Tool {
+                tool_call_id: call.id.clone(),
+                tool_name: call.name.clone(),
+                content,
+                error,
+            };
+            messages.push(message.clone());
+            emitter.message(name, message).await;
+        }
+        if let Some(message) = panicked {
+            let failure = Failure {
+                message,
+                error_type: "ToolPanic".to_owned(),
+                retryable: false,
+            };
+            emit_error(ctx, name, &failure, Some(step)).await;
+            return AgentRun {
+                output,
+                failure: Some(failure),
+                ..AgentRun::default()
+            };
+        }
+        emitter.event(step_completed(completion.usage)).await;
+    }
+
+    let failure = Failure {
+        message: format!(
+            "Agent '{name}' reached max_steps ({}) without a final answer",
+            config.max_steps
+        ),
+        error_type: "MaxStepsExceeded".to_owned(),
+        retryable: false,
+    };
+    emit_error(ctx, name, &failure, Some(config.max_steps)).await;
+    AgentRun {
+        output,
+        failure: Some(failure),
+        ..AgentRun::default()
+    }
+}
+
+/// Streams one model call, emitting `text`, `reasoning` and
+/// `tool_call_delta` events in stream order, and returns the whole answer.
+async fn stream_step(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    request: &ModelRequest,
+) -> exo_models::Result<Completion> {
+    let name = agent.config.name.as_str();
+    let mut stream = agent.provider.stream(request).await?;
+    let mut completion = Completion::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if let Some(reasoning) = chunk.reasoning.as_ref().filter(|text| !text.is_empty()) {
+            ctx.emitter
+                .event(StreamEvent::Reasoning(ReasoningEvent {
+                    text: reasoning.clone(),
+                    agent_name: name.to_owned(),
+                }))
+                .await;
+        }
+        if !chunk.text.is_empty() {
+            ctx.emitter
+                .event(StreamEvent::Text(TextEvent {
+                    text: chunk.text.clone(),
+                    agent_name: name.to_owned(),
+                }))
+                .await;
+        }
+        for delta in &chunk.tool_calls {
+            ctx.emitter
+                .event(StreamEvent::ToolCallDelta(ToolCallDeltaEvent {
+                    index: delta.index,
+                    tool_call_id: delta.id.clone().unwrap_or_default(),
+                    tool_name: delta.name.clone().unwrap_or_default(),
+                    arguments_delta: delta.arguments.clone(),
+                    agent_name: name.to_owned(),
+                }))
+                .await;
+        }
+        completion.push(&chunk);
+    }
+    Ok(completion)
+}
+
+pub(crate) async fn emit_error(
+    ctx: &RunContext,
+    agent_name: &str,
+    failure: &Failure,
+    step_number: Option<u32>,
+) {
+    ctx.emitter
+        .event(StreamEvent::Error(ErrorEvent {
+            error: failure.message.clone(),
+            error_type: failure.error_type.clone(),
+            agent_name: agent_name.to_owned(),
+            step_number,
+            recoverable: false,
+        }))
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::GetWeather;
+
+    #[test]
+    fn arguments_parse_or_explain() {
+        assert_eq!(parse_arguments("t", ""), Ok(Map::new()));
+        assert_eq!(parse_arguments("t", r#"{"a": 1}"#).unwrap()["a"], json!(1));
+        assert_eq!(
+            parse_arguments("t", "[1]"),
+            Err("Invalid arguments for tool 't': expected a JSON object, got [1]".to_owned())
+        );
+        let error = parse_arguments("t", r#"{"a": "#).unwrap_err();
+        assert!(
+            error.starts_with("Invalid JSON arguments for tool 't': "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn injected_arguments_extend_the_schema() {
+        let bound = BoundTool {
+            name: "get_weather".into(),
+            tool: Arc::new(GetWeather),
+        };
+        let mut injected = Map::new();
+        injected.insert("reason".into(), json!("Why you call this tool."));
+        injected.insert("trace".into(), json!({"type": "integer"}));
+        let definition = definition(&bound, &injected);
+        assert_eq!(
+            definition.parameters["properties"],
+            json!({
+                "city": {"type": "string", "description": "The city."},
+                "reason": {"type": "string", "description": "Why you call this tool."},
+                "trace": {"type": "integer"},
+            })
+        );
+        assert_eq!(definition.parameters["required"], json!(["city"]));
+    }
+}

@@ -1,0 +1,243 @@
+//! Command-line flags, parsed by clap; validated into crate configs by the
+//! commands.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "exo",
+    version,
+    about = "Run AI agents across a fleet of workers on Redis Streams."
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the queue lives; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Global {
+    /// Redis URL: redis://, rediss://, redis+sentinel://host:26379,host2/service or redis+cluster://host:port.
+    #[arg(long, env = "EXO_REDIS_URL", global = true, hide_env_values = true)]
+    pub(crate) redis_url: Option<String>,
+    /// Queue stream name.
+    #[arg(long, env = "EXO_QUEUE", global = true, default_value = "exo:tasks")]
+    pub(crate) queue: String,
+    /// Prefix of task keys (use a hash tag such as '{exo}:' with a matching queue under Redis Cluster).
+    #[arg(long, env = "EXO_KEY_PREFIX", global = true, default_value = "exo:")]
+    pub(crate) key_prefix: String,
+    /// PEM file with extra CA certificates for rediss:// (self-signed servers).
+    #[arg(long, env = "EXO_REDIS_CA_FILE", global = true)]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// Print JSON instead of tables (read commands).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Start a long-running process.
+    #[command(subcommand)]
+    Start(Start),
+    /// Inspect workers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Submit, inspect, follow and cancel tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Inspect the queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Inspect and re-drive the dead-letter stream.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Evaluate the alert rules.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Start {
+    /// Run a worker until SIGINT/SIGTERM (a second signal forces exit).
+    Worker(Box<StartWorker>),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Pretty,
+    Compact,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Executor {
+    Local,
+    Temporal,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StartWorker {
+    /// Concurrent task slots.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) concurrency: usize,
+    /// Worker id (default {hostname}-{pid}-{random}).
+    #[arg(long, env = "EXO_WORKER_ID")]
+    pub(crate) worker_id: Option<String>,
+    /// Heartbeat TTL in seconds; the heartbeat is written every third of it.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) heartbeat_ttl: u64,
+    /// Seconds running tasks may finish after SIGTERM before they are handed back.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+    /// Seconds without a lease renewal after which another worker reclaims a task.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) lease: u64,
+    /// Retries of a failed task when its payload does not say.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) max_retries: u32,
+    /// Seconds before the first retry (doubling each time, capped at 60 s).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) retry_backoff: f64,
+    /// Where tasks run.
+    #[arg(long, value_enum, default_value = "local", env = "EXO_EXECUTOR")]
+    pub(crate) executor: Executor,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "EXO_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "pretty", env = "EXO_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
+    /// A memory store tasks may name: NAME=DSN (sqlite:///path.db, postgres://...). Repeatable.
+    #[arg(long = "memory-store", value_name = "NAME=DSN")]
+    pub(crate) memory_stores: Vec<String>,
+    /// Accept a memory DSN written in a task payload (off: payloads must name a configured store).
+    #[arg(long)]
+    pub(crate) allow_payload_dsn: bool,
+    /// A command MCP stdio servers may run (exact program name or path). Repeatable.
+    #[arg(long = "mcp-allow-command", value_name = "PROGRAM")]
+    pub(crate) mcp_allow_commands: Vec<String>,
+    /// Let agents reach MCP servers over HTTP.
+    #[arg(long)]
+    pub(crate) mcp_allow_http: bool,
+    /// Register the built-in demo tools (get_weather, sleep, echo, fail, panic).
+    #[arg(long, env = "EXO_BUILTIN_TOOLS")]
+    pub(crate) builtin_tools: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkerCommand {
+    /// List workers seen in the last hour; dead ones are marked.
+    List,
+    /// Health check of one worker: healthy (exit 0), degraded (1) or unhealthy (2).
+    Health {
+        /// The worker id.
+        worker_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TaskCommand {
+    /// List tasks, newest first.
+    List {
+        /// Only tasks with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many tasks.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show one task.
+    Status {
+        /// The task id.
+        task_id: String,
+    },
+    /// Cancel a task: a queued one never starts, a running one stops.
+    Cancel {
+        /// The task id.
+        task_id: String,
+    },
+    /// Submit an agent and an input.
+    Submit(Box<SubmitArgs>),
+    /// Show a task's events; --follow streams them live until the task ends.
+    Events {
+        /// The task id.
+        task_id: String,
+        /// Keep reading until the terminal event.
+        #[arg(long)]
+        follow: bool,
+        /// Start after this stream id.
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The agent (or swarm) config: a JSON or YAML file.
+    #[arg(long)]
+    pub(crate) agent: PathBuf,
+    /// The user input.
+    #[arg(long, default_value = "")]
+    pub(crate) input: String,
+    /// Emit the rich event set.
+    #[arg(long)]
+    pub(crate) detailed: bool,
+    /// Stream the events until the task ends.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    /// Fallback model when the config names none.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Execution deadline in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub(crate) timeout: f64,
+    /// Retries when the task fails (the worker's default when unset).
+    #[arg(long)]
+    pub(crate) max_retries: Option<u32>,
+    /// Metadata as a JSON object (e.g. '{"memory": {...}}').
+    #[arg(long)]
+    pub(crate) metadata: Option<String>,
+    /// Prior conversation as a JSON array of messages, or @file.
+    #[arg(long)]
+    pub(crate) messages: Option<String>,
+    /// A duplicate submit with this key returns the first task.
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Depth, lag, pending per worker, delayed retries, dead letters.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// The newest dead-letter entries.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Put an entry back on the queue with a fresh retry budget.
+    Redrive {
+        /// The dead-letter entry id.
+        entry_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsCommand {
+    /// Evaluate the alert rules against live Redis: exit 0 when none fire,
+    /// 1 when only warnings fire, 2 when a critical rule fires, 3 when Redis
+    /// is unreachable.
+    Check {
+        /// Override a threshold: RULE=VALUE (e.g. queue_depth_warning=200). Repeatable.
+        #[arg(long = "threshold", value_name = "RULE=VALUE")]
+        thresholds: Vec<String>,
+    },
+}

@@ -1,0 +1,46 @@
+//! One module per command group.
+
+pub(crate) mod alerts;
+pub(crate) mod queue;
+pub(crate) mod start;
+pub(crate) mod task;
+pub(crate) mod worker;
+
+use exo_broker::{Broker, BrokerConfig};
+use exo_proto::Keys;
+
+use crate::{Failure, args::Global};
+
+/// The Redis URL, or the usage error that says how to give one.
+pub(crate) fn redis_url(global: &Global) -> Result<String, Failure> {
+    match &global.redis_url {
+        Some(url) if !url.trim().is_empty() => Ok(url.clone()),
+        _ => Err(Failure::with_code(
+            2,
+            anyhow::anyhow!(
+                "no Redis URL: pass --redis-url or set EXO_REDIS_URL (e.g. redis://localhost:6379)"
+            ),
+        )),
+    }
+}
+
+/// The broker settings the global flags describe.
+pub(crate) fn broker_config(global: &Global) -> Result<BrokerConfig, Failure> {
+    let mut config = BrokerConfig::new(redis_url(global)?)
+        .with_keys(Keys::new(global.key_prefix.clone(), global.queue.clone()));
+    config.tls_ca_file = global.tls_ca_file.clone();
+    Ok(config)
+}
+
+/// Connects for a read or write command.
+pub(crate) async fn connect(global: &Global) -> Result<Broker, Failure> {
+    Ok(Broker::connect(broker_config(global)?).await?)
+}
+
+/// Prints a value as pretty JSON.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}

@@ -1,0 +1,116 @@
+//! `exo queue stats` and `exo dlq list|redrive`.
+
+use std::process::ExitCode;
+
+use comfy_table::Cell;
+use serde_json::json;
+
+use crate::{
+    Failure, Outcome,
+    args::{DlqCommand, Global, QueueCommand},
+    commands::{connect, print_json},
+    render,
+};
+
+pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
+    let broker = connect(&global).await?;
+    match command {
+        QueueCommand::Stats => {
+            let stats = broker.queue_stats().await?;
+            if global.json {
+                print_json(&json!({
+                    "queue": broker.keys().queue(),
+                    "depth": stats.depth(),
+                    "stream_length": stats.stream_length,
+                    "lag": stats.lag,
+                    "pending": stats.pending,
+                    "pending_by_consumer": stats.pending_by_consumer.iter().map(|(consumer, count)| json!({"consumer": consumer, "pending": count})).collect::<Vec<_>>(),
+                    "delayed": stats.delayed,
+                    "dead_letter": stats.dead_letter,
+                }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("Queue        {}", broker.keys().queue());
+            println!(
+                "Depth        {} (waiting to start, including delayed retries)",
+                stats.depth()
+            );
+            println!(
+                "Lag          {}",
+                stats
+                    .lag
+                    .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string())
+            );
+            println!("Pending      {} (claimed, running)", stats.pending);
+            println!("Delayed      {} (waiting for a retry)", stats.delayed);
+            println!("Dead letter  {}", stats.dead_letter);
+            if !stats.pending_by_consumer.is_empty() {
+                let mut table = render::table(&["Worker", "Pending"]);
+                for (consumer, count) in &stats.pending_by_consumer {
+                    table.add_row(vec![Cell::new(consumer), Cell::new(count)]);
+                }
+                println!("{table}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
+    let broker = connect(&global).await?;
+    match command {
+        DlqCommand::List { limit } => {
+            let letters = broker.dead_letters(limit).await?;
+            if global.json {
+                print_json(&json!(
+                    letters
+                        .iter()
+                        .map(|letter| json!({
+                            "entry_id": letter.entry_id,
+                            "task_id": letter.task_id,
+                            "reason": letter.reason,
+                            "attempts": letter.attempts,
+                            "failed_at": letter.failed_at,
+                            "payload_bytes": letter.payload.len(),
+                        }))
+                        .collect::<Vec<_>>()
+                ));
+                return Ok(ExitCode::SUCCESS);
+            }
+            if letters.is_empty() {
+                println!("The dead-letter stream is empty.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = render::table(&["Entry", "Task ID", "Attempts", "Failed", "Reason"]);
+            for letter in &letters {
+                table.add_row(vec![
+                    Cell::new(&letter.entry_id),
+                    Cell::new(if letter.task_id.is_empty() {
+                        "-"
+                    } else {
+                        &letter.task_id
+                    }),
+                    Cell::new(letter.attempts),
+                    Cell::new(render::utc(letter.failed_at)),
+                    Cell::new(&letter.reason),
+                ]);
+            }
+            println!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Redrive { entry_id } => match broker.redrive(&entry_id).await {
+            Ok(task_id) => {
+                if global.json {
+                    print_json(&json!({"entry_id": entry_id, "task_id": task_id}));
+                } else {
+                    println!("{task_id}: back on the queue");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(exo_broker::Error::Config(reason)) => {
+                Err(Failure::invalid(anyhow::anyhow!(reason)))
+            }
+            Err(error) => Err(error.into()),
+        },
+    }
+}

@@ -1,0 +1,160 @@
+//! `exo start worker`.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use exo_agent::{McpPolicy, ToolRegistry};
+use exo_worker::{ExecutorKind, Worker, WorkerConfig};
+
+use crate::{
+    Failure, Outcome,
+    args::{Executor, Global, LogFormat, Start, StartWorker},
+    commands::redis_url,
+};
+
+pub(crate) async fn run(global: Global, command: Start) -> Outcome {
+    match command {
+        Start::Worker(args) => start_worker(global, *args).await,
+    }
+}
+
+/// Validates the flags into a worker config (the one place flags become
+/// settings).
+fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Failure> {
+    let mut config = WorkerConfig::new(redis_url(global)?);
+    config.worker_id = args.worker_id.clone();
+    config.concurrency = args.concurrency;
+    config.queue_name = global.queue.clone();
+    config.key_prefix = global.key_prefix.clone();
+    config.heartbeat_ttl = Duration::from_secs(args.heartbeat_ttl);
+    config.drain_timeout = Duration::from_secs(args.drain_timeout);
+    config.lease = Duration::from_secs(args.lease);
+    config.retry.max_retries = args.max_retries;
+    if !(args.retry_backoff.is_finite() && args.retry_backoff >= 0.0) {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!("--retry-backoff must be a non-negative number of seconds"),
+        ));
+    }
+    config.retry.base_backoff = Duration::from_secs_f64(args.retry_backoff);
+    config.tls_ca_file = global.tls_ca_file.clone();
+    config.memory_stores = args.memory_stores.clone();
+    config.allow_payload_dsn = args.allow_payload_dsn;
+    config.executor = match args.executor {
+        Executor::Local => ExecutorKind::Local,
+        Executor::Temporal => ExecutorKind::Temporal,
+    };
+    Ok(config)
+}
+
+/// Logs, metrics and (when configured) OTLP for a worker process.
+fn install_telemetry(format: LogFormat) -> Result<exo_observability::Telemetry, Failure> {
+    let mut config = exo_observability::TelemetryConfig::new("exo-worker");
+    config.log_format = match format {
+        LogFormat::Pretty => exo_observability::LogFormat::Pretty,
+        LogFormat::Compact => exo_observability::LogFormat::Compact,
+        LogFormat::Json => exo_observability::LogFormat::Json,
+    };
+    config.metrics = true;
+    let telemetry = exo_observability::install(config).map_err(Failure::invalid)?;
+    exo_observability::record::describe_metrics();
+    Ok(telemetry)
+}
+
+async fn start_worker(global: Global, args: StartWorker) -> Outcome {
+    let config = worker_config(&global, &args)?;
+    let telemetry = install_telemetry(args.log_format)?;
+    let mut tools = ToolRegistry::new();
+    if args.builtin_tools {
+        exo_agent::builtin::register_all(&mut tools);
+    }
+    let mcp = args
+        .mcp_allow_commands
+        .iter()
+        .fold(McpPolicy::deny_all(), |policy, command| {
+            policy.allow_command(command.clone())
+        })
+        .allow_http(args.mcp_allow_http);
+    let worker = Worker::builder(config.redis_url.clone())
+        .configure(|settings| *settings = config.clone())
+        .tools(tools)
+        .mcp_policy(mcp)
+        .build()
+        .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+    println!(
+        "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}",
+        worker.id(),
+        exo_broker::mask_url(&config.redis_url),
+        config.queue_name,
+        config.concurrency,
+        match config.executor {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Temporal => "temporal",
+        }
+    );
+    let status = worker.status();
+    let server = match args.metrics_addr {
+        Some(address) => {
+            let readiness: exo_observability::ReadinessCheck =
+                Arc::new(move || exo_observability::Readiness {
+                    redis_connected: status.connected(),
+                    draining: status.draining(),
+                });
+            let server = exo_observability::serve_http(address, telemetry.metrics(), readiness)
+                .await
+                .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+            println!(
+                "  metrics:     http://{}/metrics (also /healthz, /readyz)",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    tokio::spawn(watch_signals(worker.shutdown_handle()));
+    tokio::spawn(dump_metrics_on_sigusr1(telemetry.metrics()));
+    let result = worker.run().await;
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    if let Err(error) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        tracing::warn!(%error, "telemetry did not shut down cleanly");
+    }
+    result.map_err(|error| Failure::invalid(anyhow::Error::new(error)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGUSR1 prints the in-memory metrics registry to stderr (useful when
+/// neither `--metrics-addr` nor OTLP is configured).
+async fn dump_metrics_on_sigusr1(metrics: Option<exo_observability::MetricsHandle>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Some(metrics), Ok(mut user1)) = (metrics, signal(SignalKind::user_defined1())) else {
+        return;
+    };
+    while user1.recv().await.is_some() {
+        eprintln!("{}", metrics.render());
+    }
+}
+
+/// First SIGINT/SIGTERM: drain. Second: force.
+async fn watch_signals(handle: exo_worker::ShutdownHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::info!("shutdown requested; draining (send the signal again to force)");
+    handle.shutdown();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    tracing::warn!("second signal: stopping running tasks now");
+    handle.force();
+}

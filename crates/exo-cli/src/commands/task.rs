@@ -1,0 +1,342 @@
+//! `exo task list|status|cancel|submit|events`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use comfy_table::Cell;
+use exo_broker::{Broker, CancelOutcome, Submitted};
+use exo_proto::{Message, TaskPayload, TaskStatus};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Failure, Outcome,
+    args::{Global, SubmitArgs, TaskCommand},
+    commands::{connect, print_json},
+    render,
+};
+
+pub(crate) async fn run(global: Global, command: TaskCommand) -> Outcome {
+    // Validate what can be validated before connecting.
+    let status_filter = match &command {
+        TaskCommand::List {
+            status: Some(status),
+            ..
+        } => Some(status.parse::<TaskStatus>().map_err(|_| {
+            let valid: Vec<&str> = TaskStatus::ALL
+                .iter()
+                .map(|status| status.as_str())
+                .collect();
+            Failure::invalid(anyhow::anyhow!(
+                "invalid status `{status}`; valid statuses: {}",
+                valid.join(", ")
+            ))
+        })?),
+        _ => None,
+    };
+    let prepared = match &command {
+        TaskCommand::Submit(args) => Some(prepare_payload(args)?),
+        _ => None,
+    };
+    let broker = connect(&global).await?;
+    match command {
+        TaskCommand::List { limit, .. } => list(&global, &broker, status_filter, limit).await,
+        TaskCommand::Status { task_id } => status(&global, &broker, &task_id).await,
+        TaskCommand::Cancel { task_id } => cancel(&global, &broker, &task_id).await,
+        TaskCommand::Submit(args) => {
+            let payload =
+                prepared.ok_or_else(|| Failure::invalid(anyhow::anyhow!("no payload")))?;
+            submit(&global, &broker, payload, args.follow).await
+        }
+        TaskCommand::Events {
+            task_id,
+            follow,
+            from,
+        } => events(&global, &broker, &task_id, follow, from.as_deref()).await,
+    }
+}
+
+async fn list(
+    global: &Global,
+    broker: &Broker,
+    status: Option<TaskStatus>,
+    limit: usize,
+) -> Outcome {
+    let page = broker.list(status, limit, 0).await?;
+    if global.json {
+        print_json(&json!(
+            page.tasks.iter().map(render::task_json).collect::<Vec<_>>()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if page.tasks.is_empty() {
+        println!(
+            "No tasks{}.",
+            status
+                .map(|status| format!(" with status {status}"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = render::table(&[
+        "Task ID", "Status", "Agent", "Worker", "Retries", "Created", "Duration",
+    ]);
+    for task in &page.tasks {
+        let status_cell = match task.status {
+            TaskStatus::Failed => render::red(task.status),
+            _ => Cell::new(task.status),
+        };
+        table.add_row(vec![
+            Cell::new(&task.task_id),
+            status_cell,
+            Cell::new(task.agent_name.as_deref().unwrap_or("-")),
+            Cell::new(task.worker_id.as_deref().unwrap_or("-")),
+            Cell::new(task.retries.unwrap_or(0)),
+            Cell::new(render::utc(task.created_at.unwrap_or(0.0))),
+            Cell::new(
+                render::task_duration(task)
+                    .map(render::duration)
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
+    let Some(task) = broker.get(task_id).await? else {
+        return Err(Failure::invalid(anyhow::anyhow!(
+            "task `{task_id}` not found"
+        )));
+    };
+    if global.json {
+        print_json(&render::task_json(&task));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut lines = vec![
+        ("Task", task.task_id.clone()),
+        ("Status", task.status.to_string()),
+    ];
+    let mut push = |name: &'static str, value: Option<String>| {
+        if let Some(value) = value {
+            lines.push((name, value));
+        }
+    };
+    push("Agent", task.agent_name.clone());
+    push("Worker", task.worker_id.clone());
+    push("Created", task.created_at.map(render::utc));
+    push("Started", task.started_at.map(render::utc));
+    push(
+        "Completed",
+        task.completed_at
+            .filter(|_| task.status.is_terminal())
+            .map(render::utc),
+    );
+    push(
+        "Duration",
+        render::task_duration(&task).map(render::duration),
+    );
+    push(
+        "Waited",
+        match (task.created_at, task.started_at) {
+            (Some(created), Some(started)) if started >= created => {
+                Some(render::duration(started - created))
+            }
+            _ => None,
+        },
+    );
+    push(
+        "Retries",
+        Some(format!(
+            "{} of {}",
+            task.retries.unwrap_or(0),
+            task.max_retries.map_or("-".into(), |max| max.to_string())
+        )),
+    );
+    push("Attempt", task.attempt.map(|attempt| attempt.to_string()));
+    push("Error", task.error.clone());
+    push("Output", task.output().map(str::to_owned));
+    for (name, value) in lines {
+        println!("{name:<10} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
+    let outcome = broker.cancel(task_id).await?;
+    let (word, message, code) = match outcome {
+        CancelOutcome::Cancelled => ("cancelled", "cancelled before it started".to_owned(), 0),
+        CancelOutcome::Cancelling => (
+            "cancelling",
+            "the running task was signalled and will stop".to_owned(),
+            0,
+        ),
+        CancelOutcome::AlreadyFinished(status) => {
+            ("already_finished", format!("already {status}"), 0)
+        }
+        CancelOutcome::NotFound => ("not_found", "not found".to_owned(), 1),
+    };
+    if global.json {
+        print_json(&json!({"task_id": task_id, "result": word}));
+    } else {
+        println!("{task_id}: {message}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Reads the agent file and builds the payload, validating the config.
+fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
+    let text = std::fs::read_to_string(&args.agent)
+        .with_context(|| format!("cannot read the agent file {}", args.agent.display()))
+        .map_err(Failure::invalid)?;
+    let is_yaml = args
+        .agent
+        .extension()
+        .is_some_and(|extension| extension == "yaml" || extension == "yml");
+    let config: Value = if is_yaml {
+        serde_norway::from_str(&text)
+            .with_context(|| format!("{} is not valid YAML", args.agent.display()))
+            .map_err(Failure::invalid)?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", args.agent.display()))
+            .map_err(Failure::invalid)?
+    };
+    let Value::Object(config) = config else {
+        return Err(Failure::invalid(anyhow::anyhow!(
+            "the agent file must hold an object"
+        )));
+    };
+    let mut payload = TaskPayload::new(
+        uuid::Uuid::new_v4().simple().to_string(),
+        config,
+        args.input.clone(),
+    );
+    payload.model = args.model.clone();
+    payload.detailed = args.detailed;
+    payload.timeout_seconds = args.timeout;
+    payload.max_retries = args.max_retries;
+    payload.idempotency_key = args.idempotency_key.clone();
+    if let Some(metadata) = &args.metadata {
+        payload.metadata = serde_json::from_str::<Map<String, Value>>(metadata)
+            .context("--metadata must be a JSON object")
+            .map_err(Failure::invalid)?;
+    }
+    if let Some(messages) = &args.messages {
+        let text = match messages.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {path}"))
+                .map_err(Failure::invalid)?,
+            None => messages.clone(),
+        };
+        payload.messages = exo_proto::decode::<Vec<Message>>("messages", text.as_bytes())
+            .map_err(Failure::invalid)?;
+    }
+    let mut checked = payload.clone();
+    if checked.model.is_some() && !checked.agent_config.contains_key("model") {
+        checked.agent_config.insert(
+            "model".into(),
+            Value::String(checked.model.clone().unwrap_or_default()),
+        );
+    }
+    checked.agent_spec().map_err(Failure::invalid)?;
+    Ok(payload)
+}
+
+async fn submit(
+    global: &Global,
+    broker: &Broker,
+    mut payload: TaskPayload,
+    follow: bool,
+) -> Outcome {
+    let span = tracing::info_span!(
+        "exo.task.submit",
+        task_id = payload.task_id,
+        queue = broker.keys().queue()
+    );
+    let handle = {
+        let _entered = span.enter();
+        exo_observability::inject_trace_context(&mut payload.metadata);
+        tracing::Instrument::instrument(broker.submit(payload), span.clone()).await?
+    };
+    exo_observability::record::task_submitted(broker.keys().queue());
+    let duplicate = handle.submitted() == Submitted::Duplicate;
+    if global.json && !follow {
+        print_json(&json!({"task_id": handle.task_id(), "duplicate": duplicate}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !global.json {
+        if duplicate {
+            eprintln!(
+                "duplicate submit: following the earlier task {}",
+                handle.task_id()
+            );
+        }
+        println!("{}", handle.task_id());
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    events(global, broker, handle.task_id(), true, None).await
+}
+
+async fn events(
+    global: &Global,
+    broker: &Broker,
+    task_id: &str,
+    follow: bool,
+    from: Option<&str>,
+) -> Outcome {
+    let mut printer = render::EventPrinter::default();
+    let print = |printer: &mut render::EventPrinter, id: &str, event: &exo_proto::StreamEvent| {
+        if global.json {
+            println!(
+                "{}",
+                json!({"id": id, "event": serde_json::to_value(event).unwrap_or(Value::Null)})
+            );
+        } else {
+            printer.print(event);
+        }
+    };
+    if !follow {
+        let items = broker.read_events(task_id, from, 100_000).await?;
+        if items.is_empty() && broker.get(task_id).await?.is_none() {
+            return Err(Failure::invalid(anyhow::anyhow!(
+                "task `{task_id}` not found"
+            )));
+        }
+        for item in &items {
+            print(&mut printer, &item.id, &item.event);
+        }
+        printer.finish();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stream = broker.events(task_id, from);
+    let mut last_terminal = None;
+    while let Some(item) = stream.next().await {
+        let item = match item {
+            Ok(item) => item,
+            Err(exo_broker::Error::NotFound(_)) => {
+                return Err(Failure::invalid(anyhow::anyhow!(
+                    "task `{task_id}` not found"
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        print(&mut printer, &item.id, &item.event);
+        if item.event.is_terminal() {
+            last_terminal = Some(item.event.clone());
+        }
+    }
+    printer.finish();
+    stream.close().await;
+    Ok(match last_terminal {
+        Some(exo_proto::StreamEvent::Status(status))
+            if status.status == exo_proto::RunStatus::Completed =>
+        {
+            ExitCode::SUCCESS
+        }
+        Some(_) => ExitCode::from(1),
+        None => ExitCode::SUCCESS,
+    })
+}

@@ -1,0 +1,109 @@
+//! `exo worker list` and `exo worker health`.
+
+use std::process::ExitCode;
+
+use comfy_table::Cell;
+use serde_json::json;
+
+use crate::{
+    Outcome,
+    args::{Global, WorkerCommand},
+    commands::{connect, print_json},
+    render,
+};
+
+pub(crate) async fn run(global: Global, command: WorkerCommand) -> Outcome {
+    let broker = connect(&global).await?;
+    match command {
+        WorkerCommand::List => list(&global, &broker).await,
+        WorkerCommand::Health { worker_id } => health(&global, &broker, &worker_id).await,
+    }
+}
+
+async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
+    let now = exo_broker::now_seconds();
+    let mut fleet = broker.fleet().await?;
+    fleet.sort_by(|left, right| left.worker_id.cmp(&right.worker_id));
+    if global.json {
+        let rows: Vec<_> = fleet
+            .iter()
+            .map(|entry| {
+                let health = entry.health.as_ref();
+                json!({
+                    "worker_id": entry.worker_id,
+                    "alive": entry.alive(now),
+                    "status": health.map(|health| health.status.as_str()).unwrap_or("dead"),
+                    "hostname": health.map(|health| health.hostname.as_str()),
+                    "tasks_processed": health.map(|health| health.tasks_processed),
+                    "tasks_failed": health.map(|health| health.tasks_failed),
+                    "current_task_id": health.and_then(|health| health.current_task_id.clone()),
+                    "concurrency": health.map(|health| health.concurrency),
+                    "last_heartbeat": health.map_or(entry.last_seen, |health| health.last_heartbeat),
+                })
+            })
+            .collect();
+        print_json(&json!(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if fleet.is_empty() {
+        println!("No workers.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = render::table(&[
+        "Worker ID",
+        "Status",
+        "Hostname",
+        "Tasks",
+        "Failed",
+        "Current Task",
+        "Concurrency",
+        "Last Heartbeat",
+    ]);
+    for entry in &fleet {
+        let alive = entry.alive(now);
+        let row = match &entry.health {
+            Some(health) => vec![
+                Cell::new(&entry.worker_id),
+                if alive {
+                    Cell::new(&health.status)
+                } else {
+                    render::red("dead")
+                },
+                Cell::new(&health.hostname),
+                Cell::new(health.tasks_processed),
+                Cell::new(health.tasks_failed),
+                Cell::new(health.current_task_id.as_deref().unwrap_or("-")),
+                Cell::new(health.concurrency),
+                Cell::new(render::utc(health.last_heartbeat)),
+            ],
+            None => vec![
+                render::red(&entry.worker_id),
+                render::red("dead"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new("-"),
+                Cell::new(render::utc(entry.last_seen)),
+            ],
+        };
+        table.add_row(row);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 healthy, 1 degraded, 2 unhealthy.
+async fn health(global: &Global, broker: &exo_broker::Broker, worker_id: &str) -> Outcome {
+    let now = exo_broker::now_seconds();
+    let heartbeat = broker.worker(worker_id).await?;
+    let report = exo_observability::worker_health(worker_id, heartbeat.as_ref(), now);
+    if global.json {
+        print_json(&exo_observability::health_json(worker_id, &report));
+    } else {
+        println!("{}", exo_observability::format_health(worker_id, &report));
+    }
+    Ok(ExitCode::from(exo_observability::health_exit_code(
+        report.health,
+    )))
+}

@@ -1,0 +1,116 @@
+//! `exo`: run workers, submit and follow tasks, inspect the fleet and the
+//! queue.
+//!
+//! Exit codes: 0 ok, 1 not found or invalid input, 2 usage error, 3 Redis
+//! unreachable (`exo alerts check` and `exo worker health` have their own,
+//! documented with each command).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod args;
+mod commands;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
+}
+
+impl Failure {
+    pub(crate) fn invalid(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+
+    pub(crate) fn with_code(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<exo_broker::Error> for Failure {
+    fn from(error: exo_broker::Error) -> Self {
+        let code = if error.is_unreachable() { 3 } else { 1 };
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        match error.downcast::<exo_broker::Error>() {
+            Ok(broker) => broker.into(),
+            Err(error) => Failure { code: 1, error },
+        }
+    }
+}
+
+pub(crate) type Outcome = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    // Client commands log warnings to stderr, and export their spans (the
+    // submit span, parent of the worker's execute span) when OTLP is
+    // configured. `exo start worker` installs its own.
+    let telemetry = match &cli.command {
+        Command::Start(_) => None,
+        _ => {
+            let mut config = exo_observability::TelemetryConfig::new("exo");
+            config.log_filter =
+                Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()));
+            config.metrics = false;
+            match runtime.block_on(async { exo_observability::install(config) }) {
+                Ok(telemetry) => Some(telemetry),
+                Err(error) => {
+                    eprintln!("warning: telemetry not installed: {error}");
+                    None
+                }
+            }
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Start(command) => commands::start::run(cli.global, command).await,
+            Command::Worker(command) => commands::worker::run(cli.global, command).await,
+            Command::Task(command) => commands::task::run(cli.global, command).await,
+            Command::Queue(command) => commands::queue::run(cli.global, command).await,
+            Command::Dlq(command) => commands::queue::run_dlq(cli.global, command).await,
+            Command::Alerts(command) => commands::alerts::run(cli.global, command).await,
+        }
+    });
+    if let Some(telemetry) = telemetry {
+        let _ = telemetry.shutdown();
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Human output: tables, times, durations, and live event rendering.
+
+use std::io::Write;
+
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL};
+use exo_proto::{StreamEvent, TaskResult, ToolOutput};
+use serde_json::{Value, json};
+
+/// A table with the guide's look.
+pub(crate) fn table(headers: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(headers.iter().map(|header| Cell::new(*header)));
+    table
+}
+
+/// A red cell (dead workers, failed tasks).
+pub(crate) fn red(text: impl ToString) -> Cell {
+    Cell::new(text).fg(Color::Red)
+}
+
+/// Unix seconds as `2026-02-17 10:30:15 UTC`.
+pub(crate) fn utc(seconds: f64) -> String {
+    if seconds <= 0.0 {
+        return "-".to_owned();
+    }
+    let total = seconds.floor() as i64;
+    let (days, rest) = (total.div_euclid(86_400), total.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A duration for people: `850 ms`, `4.2 s`, `3 m 05 s`, `2 h 01 m`.
+pub(crate) fn duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "-".to_owned();
+    }
+    if seconds < 1.0 {
+        format!("{:.0} ms", seconds * 1000.0)
+    } else if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else if seconds < 3600.0 {
+        let whole = seconds as u64;
+        format!("{} m {:02} s", whole / 60, whole % 60)
+    } else {
+        let whole = seconds as u64;
+        format!("{} h {:02} m", whole / 3600, whole % 3600 / 60)
+    }
+}
+
+/// A task hash as JSON.
+pub(crate) fn task_json(task: &TaskResult) -> Value {
+    json!({
+        "task_id": task.task_id,
+        "status": task.status.as_str(),
+        "agent_name": task.agent_name,
+        "worker_id": task.worker_id,
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "completed_at": task.completed_at,
+        "duration_seconds": task_duration(task),
+        "result": task.result,
+        "error": task.error,
+        "retries": task.retries.unwrap_or(0),
+        "max_retries": task.max_retries,
+        "attempt": task.attempt,
+    })
+}
+
+/// How long the latest attempt ran (or has been running).
+pub(crate) fn task_duration(task: &TaskResult) -> Option<f64> {
+    let started = task.started_at?;
+    let ended = if task.status.is_terminal() || task.status == exo_proto::TaskStatus::Retrying {
+        task.completed_at?
+    } else {
+        exo_broker::now_seconds()
+    };
+    Some((ended - started).max(0.0))
+}
+
+/// Renders events in a terminal as they stream: text inline, tool calls and
+/// results on their own lines, usage, errors and the final status.
+#[derive(Debug, Default)]
+pub(crate) struct EventPrinter {
+    mid_line: bool,
+}
+
+impl EventPrinter {
+    fn line(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        if self.mid_line {
+            let _ = writeln!(out);
+            self.mid_line = false;
+        }
+        let _ = writeln!(out, "{text}");
+    }
+
+    pub(crate) fn print(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Text(text) => {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{}", text.text);
+                let _ = out.flush();
+                self.mid_line = !text.text.ends_with('\n');
+            }
+            StreamEvent::Reasoning(reasoning) => {
+                self.line(&format!("  (thinking) {}", reasoning.text))
+            }
+            StreamEvent::ToolCall(call) => {
+                self.line(&format!("→ {}({})", call.tool_name, call.arguments))
+            }
+            StreamEvent::ToolCallDelta(_) => {}
+            StreamEvent::ToolResult(result) => {
+                let body = match &result.result {
+                    ToolOutput::Text(text) => text.clone(),
+                    ToolOutput::Blocks(blocks) => Value::from(blocks.clone()).to_string(),
+                };
+                match &result.error {
+                    Some(error) => self.line(&format!("✗ {} failed: {error}", result.tool_name)),
+                    None => self.line(&format!(
+                        "← {}: {body} ({:.0} ms)",
+                        result.tool_name, result.duration_ms
+                    )),
+                }
+            }
+            StreamEvent::Step(step) => {
+                if step.status == exo_proto::StepStatus::Started && step.step_number > 1 {
+                    self.line(&format!("── step {} ──", step.step_number));
+                }
+            }
+            StreamEvent::Usage(usage) => self.line(&format!(
+                "  [usage: {} in, {} out, {} total{}]",
+                usage.usage.input_tokens,
+                usage.usage.output_tokens,
+                usage.usage.total_tokens,
+                if usage.model.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", usage.model)
+                }
+            )),
+            StreamEvent::Error(error) => self.line(&format!(
+                "error{}: {}",
+                if error.error_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", error.error_type)
+                },
+                error.error
+            )),
+            StreamEvent::Status(status) => {
+                if status.status.is_terminal() {
+                    self.line(&format!("● {}: {}", status.status.as_str(), status.message));
+                } else if !status.message.is_empty() {
+                    self.line(&format!(
+                        "  [{}] {}",
+                        status.status.as_str(),
+                        status.message
+                    ));
+                }
+            }
+            StreamEvent::McpProgress(progress) => self.line(&format!(
+                "  [{}: {}{}] {}",
+                progress.tool_name,
+                progress.progress,
+                progress
+                    .total
+                    .map(|total| format!("/{total}"))
+                    .unwrap_or_default(),
+                progress.message
+            )),
+            StreamEvent::Context(context) => self.line(&format!(
+                "  [context {}: {} → {} messages]",
+                context.action, context.before_count, context.after_count
+            )),
+        }
+    }
+
+    pub(crate) fn finish(&mut self) {
+        if self.mid_line {
+            println!();
+            self.mid_line = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        let cases = [
+            (0.0, "-"),
+            (1_771_324_215.0, "2026-02-17 10:30:15 UTC"),
+            (951_782_400.0, "2000-02-29 00:00:00 UTC"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(utc(seconds), expected);
+        }
+        let cases = [
+            (0.85, "850 ms"),
+            (4.24, "4.2 s"),
+            (185.0, "3 m 05 s"),
+            (7260.0, "2 h 01 m"),
+            (-1.0, "-"),
+        ];
+        for (seconds, expected) in cases {
+            assert_eq!(duration(seconds), expected);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The `exo` binary's contract without a worker: usage errors, exit codes,
+//! and clear messages.
+
+use std::process::Command;
+
+fn exo() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_exo"));
+    command.env_remove("EXO_REDIS_URL");
+    command
+}
+
+/// Each case: arguments, environment, exit code, and words stderr must hold.
+#[test]
+fn exit_codes_and_messages() {
+    let closed = "redis://127.0.0.1:1";
+    let cases: &[(&[&str], Option<&str>, i32, &str)] = &[
+        (&["task", "list"], None, 2, "no Redis URL"),
+        (&["start", "worker"], None, 2, "no Redis URL"),
+        (&["task", "list"], Some(closed), 3, "unreachable"),
+        (&["worker", "list"], Some(closed), 3, "unreachable"),
+        (
+            &["task", "list", "--status", "bogus"],
+            Some(closed),
+            1,
+            "valid statuses: pending, running, completed, failed, cancelled, retrying",
+        ),
+        (
+            &["task", "submit", "--agent", "/no/such/file.json"],
+            Some(closed),
+            1,
+            "cannot read the agent file",
+        ),
+        (
+            &["task", "frobnicate"],
+            Some(closed),
+            2,
+            "unrecognized subcommand",
+        ),
+        (
+            &["alerts", "check", "--threshold", "nonsense=1"],
+            Some(closed),
+            2,
+            "nonsense",
+        ),
+        (
+            &["start", "worker", "--concurrency", "0"],
+            Some(closed),
+            2,
+            "concurrency",
+        ),
+        (
+            &["start", "worker", "--executor", "temporal"],
+            Some(closed),
+            2,
+            "temporal",
+        ),
+    ];
+    for (args, url, code, needle) in cases {
+        let mut command = exo();
+        if let Some(url) = url {
+            command.env("EXO_REDIS_URL", url);
+        }
+        let output = command.args(*args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: `{stderr}` lacks `{needle}`"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_agent_file_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("list.json", "[1, 2]", "must hold an object"),
+        ("ptc.json", r#"{"name": "a", "ptc": true}"#, "ptc"),
+        ("bad.yaml", "name: [", "not valid YAML"),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let output = exo()
+            .env("EXO_REDIS_URL", "redis://127.0.0.1:1")
+            .args(["task", "submit", "--agent", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{name}: `{stderr}` lacks `{needle}`"
+        );
+    }
+}
+
+#[test]
+fn the_banner_masks_the_password() {
+    let output = exo()
+        .env("EXO_REDIS_URL", "redis://:hunter2@127.0.0.1:1")
+        .args(["task", "list"])
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(all.contains("***"), "{all}");
+}

@@ -1,0 +1,256 @@
+//! Running one claimed task: the executor seam and the local executor.
+
+use std::{sync::Arc, time::Duration};
+
+use exo_agent::{OutcomeStatus, RunEvent, RunOptions, RunOutcome, Runner};
+use exo_broker::{Broker, ClaimedTask};
+use exo_proto::{AgentSpec, ErrorEvent, StreamEvent, TaskPayload, Usage};
+use serde_json::Value;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::memory::{Memory, MemorySession};
+
+/// What an executor gets besides the task: when to stop.
+#[derive(Debug, Clone)]
+pub struct RunControl {
+    /// Fires on a client cancel, a lost lease, or a forced shutdown.
+    pub cancel: CancellationToken,
+    /// The task's deadline (`timeout_seconds` after it started).
+    pub deadline: Instant,
+}
+
+/// What an executor returns: the run's outcome and the events it produced
+/// that are not yet in Redis (they go out with the task's final write).
+#[derive(Debug)]
+pub struct Execution {
+    /// How the run ended.
+    pub outcome: RunOutcome,
+    /// Event JSON not yet published.
+    pub unsent_events: Vec<String>,
+}
+
+/// Runs a claimed task's agent and streams its events. The worker claims,
+/// fences, retries and finishes; the executor only runs.
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// Runs the task until it ends, is cancelled, or passes its deadline.
+    async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution;
+}
+
+/// Runs agents in this process.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    broker: Broker,
+    runner: Arc<Runner>,
+    memory: Memory,
+    grace: Duration,
+}
+
+impl LocalExecutor {
+    /// An executor publishing through `broker`, running agents with
+    /// `runner` and hydrating memory from `memory`. A run that has not
+    /// stopped `grace` after its deadline (or its cancel) is aborted.
+    pub fn new(broker: Broker, runner: Arc<Runner>, memory: Memory, grace: Duration) -> Self {
+        LocalExecutor {
+            broker,
+            runner,
+            memory,
+            grace,
+        }
+    }
+}
+
+/// A failed outcome for problems found before the agent runs.
+pub(crate) fn failed_outcome(
+    agent_name: &str,
+    error: String,
+    error_type: &str,
+    retryable: bool,
+) -> RunOutcome {
+    RunOutcome {
+        status: OutcomeStatus::Failed,
+        agent_name: agent_name.to_owned(),
+        is_swarm: false,
+        output: String::new(),
+        usage: Usage::default(),
+        error: Some(error),
+        error_type: Some(error_type.to_owned()),
+        retryable,
+    }
+}
+
+/// The agent config, with the payload's `model` as the fallback when the
+/// config names none.
+pub(crate) fn agent_spec(payload: &TaskPayload) -> exo_proto::Result<AgentSpec> {
+    if let Some(model) = &payload.model
+        && !payload.agent_config.contains_key("model")
+        && !payload.agent_config.contains_key("agents")
+    {
+        let mut config = payload.agent_config.clone();
+        config.insert("model".to_owned(), Value::String(model.clone()));
+        return AgentSpec::from_map(&config);
+    }
+    payload.agent_spec()
+}
+
+/// The name to report for a payload whose config may not even parse.
+pub(crate) fn agent_name_of(payload: &TaskPayload) -> String {
+    payload
+        .agent_config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub(crate) fn error_event(outcome: &RunOutcome) -> StreamEvent {
+    StreamEvent::Error(ErrorEvent {
+        error: outcome.error.clone().unwrap_or_default(),
+        error_type: outcome.error_type.clone().unwrap_or_default(),
+        agent_name: outcome.agent_name.clone(),
+        step_number: None,
+        recoverable: false,
+    })
+}
+
+#[async_trait::async_trait]
+impl Executor for LocalExecutor {
+    async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution {
+        let payload = &task.payload;
+        let publisher = self.broker.publisher(&task.lease.task_id);
+        let spec = match agent_spec(payload) {
+            Ok(spec) => spec,
+            Err(error) => {
+                let outcome = failed_outcome(
+                    &agent_name_of(payload),
+                    error.to_string(),
+                    "ConfigError",
+                    false,
+                );
+                publisher.publish(&error_event(&outcome)).await;
+                return Execution {
+                    outcome,
+                    unsent_events: publisher.close().await,
+                };
+            }
+        };
+        let (memory, history) = match MemorySession::open(&self.memory, payload).await {
+            Ok(Some((session, prior))) => {
+                let mut history = prior;
+                history.extend(payload.messages.iter().cloned());
+                (Some(session), history)
+            }
+            Ok(None) => (None, payload.messages.clone()),
+            Err(failure) => {
+                let outcome = failed_outcome(
+                    &spec.name(),
+                    failure.message,
+                    "MemoryError",
+                    failure.retryable,
+                );
+                publisher.publish(&error_event(&outcome)).await;
+                return Execution {
+                    outcome,
+                    unsent_events: publisher.close().await,
+                };
+            }
+        };
+        let (sender, mut receiver) = mpsc::channel(256);
+        let options = RunOptions {
+            detailed: payload.detailed,
+            cancel: control.cancel.clone(),
+            deadline: Some(control.deadline),
+        };
+        let runner = self.runner.clone();
+        let input = payload.input.clone();
+        let run_spec = spec.clone();
+        let mut run = tokio::spawn(async move {
+            runner
+                .run(&run_spec, &input, history, options, sender)
+                .await
+        });
+        let hard_stop = control.deadline + self.grace;
+        let grace = self.grace;
+        let cancel = control.cancel.clone();
+        let cancel_stop = async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::pin!(cancel_stop);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                event = receiver.recv() => match event {
+                    Some(RunEvent::Stream(event)) => {
+                        exo_observability::record::event_emitted(event.kind());
+                        publisher.publish(&event).await;
+                    }
+                    Some(RunEvent::Message { agent_name, message }) => {
+                        if let Some(memory) = &memory {
+                            memory.save(&agent_name, &message).await;
+                        }
+                    }
+                    Some(_) => {}
+                    None => break match (&mut run).await {
+                        Ok(outcome) => outcome,
+                        Err(error) => panicked(&spec, &error),
+                    },
+                },
+                () = tokio::time::sleep_until(hard_stop) => {
+                    run.abort();
+                    tracing::warn!(task_id = task.lease.task_id, "the run did not stop at its deadline; aborted");
+                    let mut outcome = failed_outcome(&spec.name(), "deadline passed".to_owned(), "TimeoutError", true);
+                    outcome.status = OutcomeStatus::TimedOut;
+                    break outcome;
+                }
+                () = &mut cancel_stop => {
+                    run.abort();
+                    tracing::warn!(task_id = task.lease.task_id, "the run did not stop after its cancel; aborted");
+                    let mut outcome = failed_outcome(&spec.name(), "cancelled".to_owned(), "CancelledError", false);
+                    outcome.status = OutcomeStatus::Cancelled;
+                    break outcome;
+                }
+            }
+        };
+        while let Ok(event) = receiver.try_recv() {
+            match event {
+                RunEvent::Stream(event) => {
+                    exo_observability::record::event_emitted(event.kind());
+                    publisher.publish(&event).await;
+                }
+                RunEvent::Message {
+                    agent_name,
+                    message,
+                } => {
+                    if let Some(memory) = &memory {
+                        memory.save(&agent_name, &message).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(memory);
+        Execution {
+            outcome,
+            unsent_events: publisher.close().await,
+        }
+    }
+}
+
+fn panicked(spec: &AgentSpec, error: &tokio::task::JoinError) -> RunOutcome {
+    let message = if error.is_panic() {
+        format!("the run panicked: {}", panic_text(error))
+    } else {
+        "the run was aborted".to_owned()
+    };
+    failed_outcome(&spec.name(), message, "Panic", true)
+}
+
+fn panic_text(error: &tokio::task::JoinError) -> String {
+    let text = error.to_string();
+    text.strip_prefix("task ")
+        .and_then(|rest| rest.split_once(" panicked with message "))
+        .map(|(_, message)| message.trim_matches('"').to_owned())
+        .unwrap_or(text)
+}

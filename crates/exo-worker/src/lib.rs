@@ -1,0 +1,42 @@
+//! The exo worker runtime: claims tasks from the Redis queue, runs their
+//! agents, streams their events, and records their outcome.
+//!
+//! Depend on this crate to run a worker inside your own program (with your
+//! own tools, provider factory and post-task hook); the `exo` binary is one
+//! such program. It is the only crate that joins the queue, the agent
+//! runtime and memory. It never parses command-line flags and never
+//! installs a log subscriber or metrics exporter.
+//!
+//! A worker has `concurrency` task slots and one claim loop that never takes
+//! more tasks than it has free slots. Each task runs in its own tokio task,
+//! so a panic fails that task (and the retry rules apply), never the worker.
+//! Cancels arrive on one pub/sub subscription per process (and, as a safety
+//! net, through the heartbeat); `timeout_seconds` is enforced. On shutdown
+//! the worker stops claiming, lets running tasks finish within the drain
+//! timeout, hands the rest back to the queue, and removes its heartbeat.
+//!
+//! Main types: [`WorkerBuilder`], [`Worker`], [`WorkerConfig`],
+//! [`TaskHooks`], [`Executor`].
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `sqlite` | SQLite memory stores |
+//! | `postgres` | PostgreSQL memory stores |
+//! | `mcp` | MCP tools in agents |
+
+mod config;
+mod error;
+mod execute;
+mod hooks;
+mod memory;
+mod runtime;
+mod state;
+
+pub use config::{ExecutorKind, WorkerConfig, default_worker_id, hostname};
+pub use error::{Error, Result};
+pub use execute::{Execution, Executor, LocalExecutor, RunControl};
+pub use hooks::{NoHooks, TaskHooks};
+pub use memory::Memory;
+pub use runtime::{ShutdownHandle, Worker, WorkerBuilder, WorkerStatus};

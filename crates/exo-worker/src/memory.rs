@@ -1,0 +1,114 @@
+//! Memory hydration, in the guide's order: open (or reuse) the store the
+//! task names, save the input as a human item, load prior history for the
+//! scope and put it before the payload's messages, persist each assistant
+//! turn and tool result as the run produces them, and release the store in
+//! every outcome.
+
+use std::sync::Arc;
+
+use exo_memory::{
+    MemoryConfig, MemoryItem, MemoryMetadata, MemoryPolicy, MemoryStore, RegistryConfig,
+    StoreRegistry, messages_from_items,
+};
+use exo_proto::{Message, TaskPayload};
+
+/// The worker's memory setup: which stores payloads may use, and one
+/// registry that shares a pool per database within the process.
+#[derive(Debug, Clone)]
+pub struct Memory {
+    policy: Arc<MemoryPolicy>,
+    registry: Arc<StoreRegistry>,
+    history_limit: usize,
+}
+
+impl Memory {
+    /// From `NAME=DSN` store specs; payload DSNs are refused unless
+    /// `allow_payload_dsn`.
+    pub fn new(
+        store_specs: &[String],
+        allow_payload_dsn: bool,
+        history_limit: usize,
+    ) -> exo_memory::Result<Self> {
+        Ok(Memory {
+            policy: Arc::new(MemoryPolicy::from_specs(store_specs, allow_payload_dsn)?),
+            registry: Arc::new(StoreRegistry::new(RegistryConfig::default())),
+            history_limit,
+        })
+    }
+
+    /// Closes every pool (at worker shutdown).
+    pub async fn close(&self) {
+        self.registry.close_all().await;
+    }
+}
+
+/// A task's open memory: where its items go.
+#[derive(Debug)]
+pub(crate) struct MemorySession {
+    store: Arc<dyn MemoryStore>,
+    metadata: MemoryMetadata,
+}
+
+/// Why memory could not be set up for a task.
+#[derive(Debug)]
+pub(crate) struct MemoryFailure {
+    pub(crate) message: String,
+    pub(crate) retryable: bool,
+}
+
+fn failure(error: exo_memory::Error) -> MemoryFailure {
+    use exo_memory::Error;
+    let retryable = matches!(
+        error,
+        Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Database { .. }
+            | Error::Closed { .. }
+    );
+    MemoryFailure {
+        message: format!("memory: {error}"),
+        retryable,
+    }
+}
+
+impl MemorySession {
+    /// Steps 1 to 3: opens the store, saves the input, and returns the prior
+    /// history (oldest first, without the input just saved). `None` when the
+    /// task asks for no memory.
+    pub(crate) async fn open(
+        memory: &Memory,
+        payload: &TaskPayload,
+    ) -> Result<Option<(MemorySession, Vec<Message>)>, MemoryFailure> {
+        let Some(config) = MemoryConfig::from_task_metadata(&payload.metadata).map_err(failure)?
+        else {
+            return Ok(None);
+        };
+        let store = memory
+            .registry
+            .open_for_task(&memory.policy, &config)
+            .await
+            .map_err(failure)?;
+        let metadata = config.metadata_for_task(&payload.task_id);
+        let prior = store
+            .history(&config.history_scope(), memory.history_limit)
+            .await
+            .map_err(failure)?;
+        let input =
+            MemoryItem::from_message(&Message::user(payload.input.as_str()), metadata.clone());
+        store.add(&input).await.map_err(failure)?;
+        let history = messages_from_items(prior.iter().filter(|item| item.id != input.id));
+        Ok(Some((MemorySession { store, metadata }, history)))
+    }
+
+    /// Step 4: persists one message of the run.
+    pub(crate) async fn save(&self, agent_name: &str, message: &Message) {
+        let mut metadata = self.metadata.clone();
+        if metadata.agent_id.is_none() && !agent_name.is_empty() {
+            metadata.agent_id = Some(agent_name.to_owned());
+        }
+        let item = MemoryItem::from_message(message, metadata);
+        if let Err(error) = self.store.add(&item).await {
+            tracing::warn!(%error, "could not save a message to memory");
+        }
+    }
+}

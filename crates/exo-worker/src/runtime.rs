@@ -1,0 +1,916 @@
+//! The worker: its builder, its loops, and how a task attempt ends.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use exo_agent::{McpPolicy, OutcomeStatus, Runner, ToolRegistry};
+use exo_broker::{Broker, BrokerConfig, ClaimedTask, Finished, Outcome};
+use exo_models::ProviderFactory;
+use exo_observability::record::{self, QueueSample, TaskLabels};
+use exo_proto::{Keys, RunStatus, StreamEvent, TaskStatus};
+use futures::FutureExt;
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{ExecutorKind, WorkerConfig, default_worker_id, hostname},
+    error::{Error, Result},
+    execute::{Execution, Executor, LocalExecutor, RunControl},
+    hooks::{NoHooks, TaskHooks},
+    memory::Memory,
+    state::{RunningTask, Shared, StopReason},
+};
+
+/// Builds a [`Worker`]: the guide's options plus tools, providers, hooks and
+/// an MCP allowlist.
+pub struct WorkerBuilder {
+    config: WorkerConfig,
+    providers: Option<ProviderFactory>,
+    tools: ToolRegistry,
+    mcp: McpPolicy,
+    hooks: Arc<dyn TaskHooks>,
+    executor: Option<Arc<dyn Executor>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WorkerBuilder")
+            .field("config", &self.config)
+            .field("custom_providers", &self.providers.is_some())
+            .field("tools", &self.tools)
+            .field("mcp", &self.mcp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerBuilder {
+    /// A builder with the reference defaults.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Self::from_config(WorkerConfig::new(redis_url))
+    }
+
+    /// A builder from a full config.
+    pub fn from_config(config: WorkerConfig) -> Self {
+        WorkerBuilder {
+            config,
+            providers: None,
+            tools: ToolRegistry::new(),
+            mcp: McpPolicy::default(),
+            hooks: Arc::new(NoHooks),
+            executor: None,
+        }
+    }
+
+    /// The worker id (default `{hostname}-{pid}-{8 hex}`).
+    pub fn worker_id(mut self, worker_id: impl Into<String>) -> Self {
+        self.config.worker_id = Some(worker_id.into());
+        self
+    }
+
+    /// Task slots (default 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.config.concurrency = concurrency;
+        self
+    }
+
+    /// The queue stream (default `exo:tasks`).
+    pub fn queue_name(mut self, queue_name: impl Into<String>) -> Self {
+        self.config.queue_name = queue_name.into();
+        self
+    }
+
+    /// The heartbeat TTL (default 30 s).
+    pub fn heartbeat_ttl(mut self, ttl: Duration) -> Self {
+        self.config.heartbeat_ttl = ttl;
+        self
+    }
+
+    /// Where tasks run (default local).
+    pub fn executor(mut self, executor: ExecutorKind) -> Self {
+        self.config.executor = executor;
+        self
+    }
+
+    /// Builds providers from model strings (default: resolved from the
+    /// model string and the environment).
+    pub fn provider_factory(mut self, providers: ProviderFactory) -> Self {
+        self.providers = Some(providers);
+        self
+    }
+
+    /// The tools agents may name.
+    pub fn tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Which MCP servers agents may start or reach.
+    pub fn mcp_policy(mut self, policy: McpPolicy) -> Self {
+        self.mcp = policy;
+        self
+    }
+
+    /// The post-task callback.
+    pub fn hooks(mut self, hooks: Arc<dyn TaskHooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Runs tasks with this executor instead of the one `executor` names.
+    pub fn custom_executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// Edits the config in place.
+    pub fn configure(mut self, edit: impl FnOnce(&mut WorkerConfig)) -> Self {
+        edit(&mut self.config);
+        self
+    }
+
+    /// Validates the settings and builds the worker. Nothing connects yet.
+    pub fn build(self) -> Result<Worker> {
+        self.config.validate().map_err(Error::Config)?;
+        if self.config.executor == ExecutorKind::Temporal && self.executor.is_none() {
+            return Err(Error::Executor(
+                "the temporal executor needs a worker built with the `temporal` feature".into(),
+            ));
+        }
+        let hostname = hostname();
+        let worker_id = self
+            .config
+            .worker_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| default_worker_id(&hostname));
+        let memory = Memory::new(
+            &self.config.memory_stores,
+            self.config.allow_payload_dsn,
+            self.config.memory_history_limit,
+        )
+        .map_err(|error| Error::Config(error.to_string()))?;
+        let providers = self.providers.unwrap_or_else(exo_models::default_factory);
+        let runner = Arc::new(Runner::new(providers, Arc::new(self.tools), self.mcp));
+        Ok(Worker {
+            config: self.config,
+            worker_id,
+            hostname,
+            runner,
+            memory,
+            hooks: self.hooks,
+            executor: self.executor,
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            status: Arc::new(WorkerStatus::default()),
+        })
+    }
+}
+
+/// Whether a running worker is connected and whether it is draining, for
+/// readiness probes.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    connected: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl WorkerStatus {
+    /// Connected to Redis.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Shutting down: no longer claiming.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Stops a running worker from elsewhere (a signal handler, a test).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    shutdown: CancellationToken,
+    force: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Graceful: stop claiming, let running tasks finish within the drain
+    /// timeout, hand the rest back.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Immediate: stop running tasks now and hand them back.
+    pub fn force(&self) {
+        self.shutdown.cancel();
+        self.force.cancel();
+    }
+
+    /// True once a shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+/// A worker process's runtime: claims tasks, runs them on its slots,
+/// heartbeats, reclaims tasks of dead workers, and drains on shutdown.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    worker_id: String,
+    hostname: String,
+    runner: Arc<Runner>,
+    memory: Memory,
+    hooks: Arc<dyn TaskHooks>,
+    executor: Option<Arc<dyn Executor>>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    status: Arc<WorkerStatus>,
+}
+
+impl Worker {
+    /// A builder with the reference defaults.
+    pub fn builder(redis_url: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder::new(redis_url)
+    }
+
+    /// The worker id.
+    pub fn id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Connection and drain state, for readiness probes.
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        self.status.clone()
+    }
+
+    /// A handle that stops this worker.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shutdown: self.shutdown.clone(),
+            force: self.force.clone(),
+        }
+    }
+
+    /// The agent runner (for executors that run agents elsewhere, e.g. in a
+    /// Temporal activity).
+    pub fn runner(&self) -> Arc<Runner> {
+        self.runner.clone()
+    }
+
+    /// The memory setup (for executors that run agents elsewhere).
+    pub fn memory(&self) -> Memory {
+        self.memory.clone()
+    }
+
+    /// The broker settings this worker uses.
+    pub fn broker_config(&self) -> BrokerConfig {
+        let mut config = BrokerConfig::new(self.config.redis_url.clone()).with_keys(Keys::new(
+            self.config.key_prefix.clone(),
+            self.config.queue_name.clone(),
+        ));
+        config.retry = self.config.retry;
+        config.lease = self.config.lease;
+        config.tls_ca_file = self.config.tls_ca_file.clone();
+        config
+    }
+
+    /// Runs until [`ShutdownHandle::shutdown`] is called, then drains. Redis
+    /// outages are ridden out with backoff; only invalid settings end it
+    /// early.
+    pub async fn run(self) -> Result<()> {
+        let broker = match self.connect().await? {
+            Some(broker) => broker,
+            None => return Ok(()),
+        };
+        self.status.connected.store(true, Ordering::Relaxed);
+        broker.on_publish(Arc::new(|_events, took| record::events_published(took)));
+        let executor = self.executor.clone().unwrap_or_else(|| {
+            Arc::new(LocalExecutor::new(
+                broker.clone(),
+                self.runner.clone(),
+                self.memory.clone(),
+                self.config.deadline_grace,
+            ))
+        });
+        let shared = Arc::new(Shared {
+            broker: broker.clone(),
+            config: self.config.clone(),
+            worker_id: self.worker_id.clone(),
+            hostname: self.hostname.clone(),
+            started_at: exo_broker::now_seconds(),
+            running: Mutex::new(Default::default()),
+            processed: Default::default(),
+            failed: Default::default(),
+            draining: AtomicBool::new(false),
+            force: self.force.clone(),
+        });
+        tracing::info!(
+            worker_id = self.worker_id,
+            queue = self.config.queue_name,
+            concurrency = self.config.concurrency,
+            redis = broker.masked_url(),
+            "worker started"
+        );
+        // The first heartbeat goes out before the first claim, so the reaper
+        // of another worker never mistakes this one's tasks for orphans.
+        heartbeat_once(&shared).await;
+        let background = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        loops.spawn(heartbeat_loop(
+            shared.clone(),
+            background.clone(),
+            self.status.clone(),
+        ));
+        loops.spawn(reaper_loop(shared.clone(), background.clone()));
+        loops.spawn(cancel_loop(shared.clone(), background.clone()));
+        if !self.config.stats_interval.is_zero() {
+            loops.spawn(stats_loop(shared.clone(), background.clone()));
+        }
+
+        let mut tasks = JoinSet::new();
+        self.claim_loop(&shared, &executor, &mut tasks).await;
+
+        // Drain.
+        shared.draining.store(true, Ordering::Relaxed);
+        self.status.draining.store(true, Ordering::Relaxed);
+        tracing::info!(running = tasks.len(), timeout = ?self.config.drain_timeout, "draining");
+        heartbeat_once(&shared).await;
+        let drained = tokio::select! {
+            () = wait_all(&mut tasks) => true,
+            () = tokio::time::sleep(self.config.drain_timeout) => false,
+            () = self.force.cancelled() => false,
+        };
+        if !drained {
+            let leases = shared.leases();
+            tracing::warn!(
+                tasks = leases.len(),
+                "drain deadline passed; stopping the remaining tasks and handing them back"
+            );
+            self.force.cancel();
+            for task in shared.running().values() {
+                task.stop(StopReason::Shutdown);
+            }
+            tasks.abort_all();
+            wait_all(&mut tasks).await;
+            match broker.release(&leases).await {
+                Ok(count) => tracing::info!(count, "handed tasks back to the queue"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not hand tasks back; the reaper of another worker will")
+                }
+            }
+        }
+        background.cancel();
+        while loops.join_next().await.is_some() {}
+        if let Err(error) = broker.remove_worker(&self.worker_id).await {
+            tracing::warn!(%error, "could not remove the heartbeat");
+        }
+        broker.close().await;
+        self.memory.close().await;
+        self.status.connected.store(false, Ordering::Relaxed);
+        tracing::info!(worker_id = self.worker_id, "worker stopped");
+        Ok(())
+    }
+
+    /// Connects, retrying with backoff while Redis is unreachable. `None`
+    /// when shut down before a connection was made.
+    async fn connect(&self) -> Result<Option<Broker>> {
+        let mut attempt = 0u32;
+        loop {
+            match Broker::connect(self.broker_config()).await {
+                Ok(broker) => return Ok(Some(broker)),
+                Err(error) if error.is_unreachable() => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "Redis unreachable; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff(attempt)) => {}
+                        () = self.shutdown.cancelled() => return Ok(None),
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    async fn claim_loop(
+        &self,
+        shared: &Arc<Shared>,
+        executor: &Arc<dyn Executor>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut claimer = shared.broker.claimer(self.worker_id.clone());
+        let mut failures = 0u32;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = self.shutdown.cancelled() => break,
+            };
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let free = 1 + slots.available_permits();
+            let claim = match claimer.claim(free, self.config.claim_block).await {
+                Ok(claim) => {
+                    failures = 0;
+                    self.status.connected.store(true, Ordering::Relaxed);
+                    claim
+                }
+                Err(error) => {
+                    drop(first);
+                    failures += 1;
+                    if error.is_unreachable() {
+                        self.status.connected.store(false, Ordering::Relaxed);
+                    }
+                    tracing::warn!(%error, failures, "claim failed; backing off");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff(failures)) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            for rejected in &claim.rejected {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    entry = rejected.entry_id,
+                    reason = rejected.reason,
+                    "queue entry dead-lettered"
+                );
+            }
+            if self.shutdown.is_cancelled() && !claim.tasks.is_empty() {
+                let leases: Vec<_> = claim.tasks.iter().map(|task| task.lease.clone()).collect();
+                if let Err(error) = shared.broker.release(&leases).await {
+                    tracing::warn!(%error, "could not hand back tasks claimed during shutdown");
+                }
+                break;
+            }
+            let mut first = Some(first);
+            for task in claim.tasks {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            tracing::error!(
+                                task_id = task.lease.task_id,
+                                "claimed more tasks than free slots; handing it back"
+                            );
+                            let _ = shared
+                                .broker
+                                .release(std::slice::from_ref(&task.lease))
+                                .await;
+                            continue;
+                        }
+                    },
+                };
+                record::task_started(
+                    TaskLabels::new(&self.config.queue_name, &self.worker_id),
+                    task.payload.created_at,
+                    exo_broker::now_seconds(),
+                );
+                let shared = shared.clone();
+                let executor = executor.clone();
+                let hooks = self.hooks.clone();
+                tasks.spawn(async move {
+                    run_task(shared, executor, hooks, task).await;
+                    drop(permit);
+                });
+            }
+        }
+        claimer.close().await;
+    }
+}
+
+async fn wait_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+fn backoff(attempt: u32) -> Duration {
+    use rand::RngExt;
+    let base = (100u64 << attempt.min(6)).min(5_000);
+    Duration::from_millis(base / 2 + rand::rng().random_range(0..=base / 2))
+}
+
+async fn heartbeat_once(shared: &Shared) -> bool {
+    let health = shared.health();
+    let leases = shared.leases();
+    match shared
+        .broker
+        .heartbeat(&health, shared.config.heartbeat_ttl, &leases)
+        .await
+    {
+        Ok(report) => {
+            for task_id in report.cancelled {
+                if shared.stop_task(&task_id, StopReason::Cancelled) {
+                    tracing::info!(task_id, "cancel found by the heartbeat");
+                }
+            }
+            for task_id in report.lost {
+                if shared.stop_task(&task_id, StopReason::Lost) {
+                    tracing::warn!(
+                        task_id,
+                        "task was reclaimed by another worker; stopping this attempt"
+                    );
+                }
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "heartbeat failed");
+            false
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken, status: Arc<WorkerStatus>) {
+    let interval = (shared.config.heartbeat_ttl / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        let ok = heartbeat_once(&shared).await;
+        status.connected.store(ok, Ordering::Relaxed);
+    }
+}
+
+async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    use rand::RngExt;
+    loop {
+        let jitter = rand::rng().random_range(0.8..1.2);
+        let wait = shared.config.reap_interval.mul_f64(jitter);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+        match shared.broker.reap(&shared.worker_id, 100).await {
+            Ok(report) if report.requeued + report.failed > 0 => {
+                record::tasks_reclaimed(
+                    TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
+                    report.requeued + report.failed,
+                );
+                tracing::warn!(
+                    requeued = report.requeued,
+                    failed = report.failed,
+                    "reclaimed stuck tasks"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "reaper pass failed"),
+        }
+    }
+}
+
+/// Measures the queue (and the fleet) from Redis for the depth gauges.
+async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match shared.broker.queue_stats().await {
+            Ok(stats) => record::queue_measured(
+                &shared.config.queue_name,
+                &QueueSample {
+                    depth: stats.depth(),
+                    lag: stats.lag,
+                    pending: stats.pending,
+                    delayed: stats.delayed,
+                    dead_letter: stats.dead_letter,
+                },
+            ),
+            Err(error) => tracing::debug!(%error, "queue stats failed"),
+        }
+        if let Ok(fleet) = shared.broker.fleet().await {
+            let now = exo_broker::now_seconds();
+            record::workers_alive(fleet.iter().filter(|entry| entry.alive(now)).count() as u64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.stats_interval) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn cancel_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut attempt = 0;
+    loop {
+        let listener = tokio::select! {
+            listener = shared.broker.cancel_listener() => listener,
+            () = stop.cancelled() => return,
+        };
+        let mut listener = match listener {
+            Ok(listener) => listener,
+            Err(error) => {
+                attempt += 1;
+                tracing::warn!(%error, "cannot subscribe to cancel signals; the heartbeat still checks for cancels");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt)) => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        attempt = 0;
+        loop {
+            tokio::select! {
+                task_id = listener.recv() => match task_id {
+                    Some(task_id) => {
+                        if shared.stop_task(&task_id, StopReason::Cancelled) {
+                            tracing::info!(task_id, "cancel signal received");
+                        }
+                    }
+                    None => break,
+                },
+                () = stop.cancelled() => {
+                    listener.close().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one attempt and ends it: the run (in its own tokio task, so a panic
+/// fails the task, not the worker), then the fenced final write, then the
+/// hook.
+async fn run_task(
+    shared: Arc<Shared>,
+    executor: Arc<dyn Executor>,
+    hooks: Arc<dyn TaskHooks>,
+    task: ClaimedTask,
+) {
+    let task_id = task.lease.task_id.clone();
+    let running = Arc::new(RunningTask {
+        lease: task.lease.clone(),
+        cancel: CancellationToken::new(),
+        stop: Mutex::new(None),
+        started: std::time::Instant::now(),
+    });
+    shared.running().insert(task_id.clone(), running.clone());
+    let timeout = Duration::from_secs_f64(task.payload.timeout_seconds.clamp(0.001, 1.0e9));
+    let control = RunControl {
+        cancel: running.cancel.clone(),
+        deadline: Instant::now() + timeout,
+    };
+    let span = tracing::info_span!(
+        "exo.task.execute",
+        task_id,
+        attempt = task.lease.attempt,
+        worker_id = shared.worker_id,
+        queue = shared.config.queue_name
+    );
+    exo_observability::set_parent_from(&span, &task.payload.trace_context());
+    let execution = {
+        let executor = executor.clone();
+        let task = task.clone();
+        async move {
+            std::panic::AssertUnwindSafe(executor.execute(&task, control))
+                .catch_unwind()
+                .await
+        }
+    };
+    let execution = match tracing::Instrument::instrument(execution, span).await {
+        Ok(execution) => execution,
+        Err(panic) => Execution {
+            outcome: crate::execute::failed_outcome(
+                &crate::execute::agent_name_of(&task.payload),
+                format!("the executor panicked: {}", panic_message(&*panic)),
+                "Panic",
+                true,
+            ),
+            unsent_events: Vec::new(),
+        },
+    };
+    shared.running().remove(&task_id);
+    let stop = running.stop_reason();
+    match stop {
+        Some(StopReason::Lost) => {
+            tracing::warn!(
+                task_id,
+                "attempt lost to another worker; its result is dropped"
+            );
+            return;
+        }
+        Some(StopReason::Shutdown) => {
+            // Handed back by the drain; nothing to write.
+            return;
+        }
+        _ => {}
+    }
+    let ran_for = running.started.elapsed();
+    finish(
+        &shared,
+        &hooks,
+        &task,
+        execution,
+        stop == Some(StopReason::Cancelled),
+        timeout,
+        ran_for,
+    )
+    .await;
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Formats `timeout_seconds` as the guide writes it: "timed out after 300 s".
+fn timeout_message(timeout: Duration) -> String {
+    let seconds = timeout.as_secs_f64();
+    if seconds.fract() == 0.0 {
+        format!("timed out after {} s", seconds as u64)
+    } else {
+        format!("timed out after {seconds} s")
+    }
+}
+
+async fn finish(
+    shared: &Shared,
+    hooks: &Arc<dyn TaskHooks>,
+    task: &ClaimedTask,
+    execution: Execution,
+    cancelled: bool,
+    timeout: Duration,
+    ran_for: Duration,
+) {
+    let outcome = execution.outcome;
+    let agent_name = outcome.agent_name.clone();
+    let timeout_text = timeout_message(timeout);
+    let (result, terminal) = match outcome.status {
+        OutcomeStatus::Completed => (
+            Outcome::Completed {
+                output: &outcome.output,
+            },
+            outcome.terminal_event(),
+        ),
+        OutcomeStatus::Cancelled if cancelled => (Outcome::Cancelled, outcome.terminal_event()),
+        OutcomeStatus::Cancelled => (
+            Outcome::Failed {
+                error: "the run stopped without a cancel request",
+                retryable: true,
+            },
+            StreamEvent::status(
+                RunStatus::Error,
+                &agent_name,
+                "the run stopped without a cancel request",
+            ),
+        ),
+        OutcomeStatus::TimedOut => (
+            Outcome::Failed {
+                error: &timeout_text,
+                retryable: true,
+            },
+            StreamEvent::status(RunStatus::Error, &agent_name, timeout_text.clone()),
+        ),
+        OutcomeStatus::Failed => (
+            Outcome::Failed {
+                error: outcome.error.as_deref().unwrap_or("the run failed"),
+                retryable: outcome.retryable,
+            },
+            outcome.terminal_event(),
+        ),
+    };
+    let events = execution.unsent_events;
+    let mut finished = write_outcome(shared, task, result, events.clone(), &terminal).await;
+    if finished == Some(Finished::CancelRequested) {
+        let terminal = StreamEvent::status(
+            RunStatus::Cancelled,
+            &agent_name,
+            format!("Task '{}' was cancelled", task.lease.task_id),
+        );
+        finished = write_outcome(shared, task, Outcome::Cancelled, events, &terminal).await;
+    }
+    let Some(finished) = finished else { return };
+    let (status, output, error) = match &finished {
+        Finished::Completed => {
+            shared.processed.fetch_add(1, Ordering::Relaxed);
+            (TaskStatus::Completed, Some(outcome.output.as_str()), None)
+        }
+        Finished::Cancelled => (TaskStatus::Cancelled, None, None),
+        Finished::Failed | Finished::Retrying { .. } => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            let error = match result {
+                Outcome::Failed { error, .. } => Some(error),
+                _ => None,
+            };
+            (TaskStatus::Failed, None, error)
+        }
+        Finished::Stale { status, attempt } => {
+            tracing::warn!(
+                task_id = task.lease.task_id,
+                status,
+                attempt,
+                "result refused: the attempt is no longer current"
+            );
+            return;
+        }
+        Finished::CancelRequested => return,
+    };
+    let recorded = match &finished {
+        Finished::Retrying { .. } => TaskStatus::Retrying,
+        _ => status,
+    };
+    record::task_finished(
+        TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
+        recorded,
+        ran_for,
+    );
+    match &finished {
+        Finished::Retrying { retry, delay } => {
+            tracing::warn!(
+                task_id = task.lease.task_id,
+                retry,
+                ?delay,
+                error,
+                "attempt failed; retrying"
+            );
+        }
+        Finished::Failed => tracing::warn!(task_id = task.lease.task_id, error, "task failed"),
+        _ => tracing::info!(task_id = task.lease.task_id, %status, "task finished"),
+    }
+    call_hook(
+        hooks,
+        &task.payload,
+        status,
+        output,
+        error,
+        shared.config.hook_timeout,
+    )
+    .await;
+}
+
+/// The fenced final write, retried while Redis is unreachable (the result
+/// must not be lost), until a forced shutdown.
+async fn write_outcome(
+    shared: &Shared,
+    task: &ClaimedTask,
+    outcome: Outcome<'_>,
+    events: Vec<String>,
+    terminal: &StreamEvent,
+) -> Option<Finished> {
+    let mut attempt = 0;
+    loop {
+        match shared
+            .broker
+            .finish(task, outcome, events.clone(), terminal)
+            .await
+        {
+            Ok(finished) => return Some(finished),
+            Err(error) if error.is_unreachable() && !shared.force.is_cancelled() => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, task_id = task.lease.task_id, "cannot record the result yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt)) => {}
+                    () = shared.force.cancelled() => {}
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, task_id = task.lease.task_id, "could not record the result; the task will be reclaimed");
+                return None;
+            }
+        }
+    }
+}
+
+async fn call_hook(
+    hooks: &Arc<dyn TaskHooks>,
+    payload: &exo_proto::TaskPayload,
+    status: TaskStatus,
+    output: Option<&str>,
+    error: Option<&str>,
+    timeout: Duration,
+) {
+    let hooks = hooks.clone();
+    let payload = payload.clone();
+    let output = output.map(str::to_owned);
+    let error = error.map(str::to_owned);
+    let task_id = payload.task_id.clone();
+    let call = tokio::spawn(async move {
+        hooks
+            .on_task_done(&payload, status, output.as_deref(), error.as_deref())
+            .await
+            .map_err(|error| error.to_string())
+    });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(task_id, error, "on_task_done failed"),
+        Ok(Err(join)) => tracing::error!(task_id, error = %join, "on_task_done panicked"),
+        Err(_) => tracing::warn!(task_id, ?timeout, "on_task_done timed out"),
+    }
+}

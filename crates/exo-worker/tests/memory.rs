@@ -1,0 +1,277 @@
+//! Memory hydration end to end: two tasks of one session, the second on
+//! another worker for the persistent backends, with a real OpenAI-compatible
+//! HTTP provider (a local fake server that records what it was sent).
+
+use std::{sync::Arc, time::Duration};
+
+use exo_agent::ToolRegistry;
+use exo_broker::{Broker, BrokerConfig};
+use exo_proto::{Keys, TaskPayload, TaskResult, TaskStatus};
+use exo_testkit::{FakeLlmServer, FakeResponse, TestPostgres, TestRedis};
+use exo_worker::{ShutdownHandle, Worker, WorkerConfig};
+use serde_json::{Value, json};
+
+struct Running {
+    shutdown: ShutdownHandle,
+    handle: tokio::task::JoinHandle<exo_worker::Result<()>>,
+    id: String,
+}
+
+fn start_worker(
+    redis: &TestRedis,
+    llm: &FakeLlmServer,
+    stores: &[String],
+    allow_payload_dsn: bool,
+) -> Running {
+    let mut config = WorkerConfig::new(redis.url());
+    config.key_prefix = redis.prefix().to_owned();
+    config.queue_name = redis.queue();
+    config.claim_block = Duration::from_millis(200);
+    config.memory_stores = stores.to_vec();
+    config.allow_payload_dsn = allow_payload_dsn;
+    config.retry.max_retries = 0;
+    let base_url = llm.openai_base_url();
+    let providers: exo_models::ProviderFactory = Arc::new(move |model: &str| {
+        let base_url = base_url.clone();
+        exo_models::resolve_provider_with_env(model, &move |name| match name {
+            "OPENAI_BASE_URL" => Some(base_url.clone()),
+            "OPENAI_API_KEY" => Some("test-key".to_owned()),
+            _ => None,
+        })
+    });
+    let mut tools = ToolRegistry::new();
+    exo_agent::builtin::register_all(&mut tools);
+    let worker = Worker::builder(redis.url())
+        .configure(|settings| *settings = config)
+        .provider_factory(providers)
+        .tools(tools)
+        .build()
+        .unwrap();
+    let id = worker.id().to_owned();
+    let shutdown = worker.shutdown_handle();
+    Running {
+        shutdown,
+        handle: tokio::spawn(worker.run()),
+        id,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.shutdown();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn broker(redis: &TestRedis) -> Broker {
+    Broker::connect(
+        BrokerConfig::new(redis.url()).with_keys(Keys::new(redis.prefix(), redis.queue())),
+    )
+    .await
+    .unwrap()
+}
+
+fn task(input: &str, memory: Value) -> TaskPayload {
+    let config = json!({"name": "assistant", "model": "openai:gpt-4o-mini", "tools": ["echo"]});
+    let mut payload = TaskPayload::new(
+        uuid::Uuid::new_v4().simple().to_string(),
+        config.as_object().unwrap().clone(),
+        input,
+    );
+    payload.metadata.insert("memory".into(), memory);
+    payload
+}
+
+async fn run(broker: &Broker, payload: TaskPayload) -> TaskResult {
+    let handle = broker.submit(payload).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The messages of the model request, as (role, content, tool names).
+fn conversation(request: &Value) -> Vec<(String, String, Vec<String>)> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            let tools = message["tool_calls"]
+                .as_array()
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|call| call["function"]["name"].as_str().unwrap_or("").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                message["role"].as_str().unwrap_or("").to_owned(),
+                message["content"].as_str().unwrap_or("").to_owned(),
+                tools,
+            )
+        })
+        .collect()
+}
+
+/// Task 1 says its name and calls a tool; task 2 asks for the name. Task 2's
+/// model request must carry the whole first exchange.
+async fn check_session(backend: &str, stores: Vec<String>, memory: Value, second_worker: bool) {
+    let redis = TestRedis::new();
+    let llm = FakeLlmServer::start();
+    llm.push(FakeResponse::openai_tool_calls(&[(
+        "call_1",
+        "echo",
+        r#"{"text": "Ada"}"#,
+    )]));
+    llm.push(FakeResponse::openai_text("Nice to meet you, Ada."));
+    llm.push(FakeResponse::openai_text("Your name is Ada."));
+    let broker = broker(&redis).await;
+
+    let first = start_worker(&redis, &llm, &stores, false);
+    let one = run(&broker, task("my name is Ada", memory.clone())).await;
+    assert_eq!(
+        one.status,
+        TaskStatus::Completed,
+        "{backend}: {:?}",
+        one.error
+    );
+    let second = if second_worker {
+        first.stop().await;
+        start_worker(&redis, &llm, &stores, false)
+    } else {
+        first
+    };
+    let two = run(&broker, task("what is my name?", memory)).await;
+    assert_eq!(
+        two.status,
+        TaskStatus::Completed,
+        "{backend}: {:?}",
+        two.error
+    );
+    assert_eq!(two.output(), Some("Your name is Ada."));
+    if second_worker {
+        assert_eq!(
+            two.worker_id.as_deref(),
+            Some(second.id.as_str()),
+            "{backend}: task 2 ran on the second worker"
+        );
+        assert_ne!(one.worker_id, two.worker_id);
+    }
+    second.stop().await;
+
+    let requests = llm.json_bodies();
+    assert_eq!(requests.len(), 3, "{backend}");
+    let seen = conversation(&requests[2]);
+    let expected = vec![
+        ("user".to_owned(), "my name is Ada".to_owned(), vec![]),
+        (
+            "assistant".to_owned(),
+            String::new(),
+            vec!["echo".to_owned()],
+        ),
+        ("tool".to_owned(), "Ada".to_owned(), vec![]),
+        (
+            "assistant".to_owned(),
+            "Nice to meet you, Ada.".to_owned(),
+            vec![],
+        ),
+        ("user".to_owned(), "what is my name?".to_owned(), vec![]),
+    ];
+    assert_eq!(
+        seen, expected,
+        "{backend}: task 2's request: {}",
+        requests[2]["messages"]
+    );
+}
+
+#[tokio::test]
+async fn short_term_memory_carries_a_session_across_tasks_of_one_worker() {
+    check_session(
+        "short_term",
+        Vec::new(),
+        json!({"backend": "short_term", "scope": {"user_id": "u1", "session_id": "s1"}}),
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_memory_carries_a_session_across_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dsn = format!("sqlite://{}", dir.path().join("memory.db").display());
+    check_session(
+        "sqlite",
+        vec![format!("main={dsn}")],
+        json!({"backend": "sqlite", "store": "main", "scope": {"user_id": "u1", "session_id": "s1"}}),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_memory_carries_a_session_across_workers() {
+    let database = TestPostgres::new();
+    check_session(
+        "postgres",
+        vec![format!("main={}", database.url())],
+        json!({"backend": "postgres", "store": "main", "scope": {"user_id": "u1", "session_id": "s1"}}),
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn payload_dsns_are_refused_and_a_down_store_fails_only_its_task() {
+    let redis = TestRedis::new();
+    let llm = FakeLlmServer::openai("hello");
+    let broker = broker(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sneaky = format!(
+        "sqlite://{}",
+        dir.path().join("chosen-by-the-client.db").display()
+    );
+    let worker = start_worker(
+        &redis,
+        &llm,
+        &["down=postgres://exo@127.0.0.1:1/none".to_owned()],
+        false,
+    );
+
+    let refused = run(
+        &broker,
+        task("x", json!({"backend": "sqlite", "dsn": sneaky})),
+    )
+    .await;
+    assert_eq!(refused.status, TaskStatus::Failed);
+    let error = refused.error.unwrap_or_default();
+    assert!(
+        error.starts_with("memory:") && error.contains("DSN"),
+        "{error}"
+    );
+    assert!(
+        !dir.path().join("chosen-by-the-client.db").exists(),
+        "the payload's file was never created"
+    );
+
+    let down = run(
+        &broker,
+        task("x", json!({"backend": "postgres", "store": "down"})),
+    )
+    .await;
+    assert_eq!(down.status, TaskStatus::Failed);
+    assert!(down.error.unwrap_or_default().starts_with("memory:"));
+
+    let fine = run(&broker, task("x", json!({"backend": "short_term"}))).await;
+    assert_eq!(
+        fine.status,
+        TaskStatus::Completed,
+        "the worker still serves tasks"
+    );
+    worker.stop().await;
+}

@@ -1,0 +1,484 @@
+//! The worker end to end, in process, against a real redis-server and the
+//! scripted provider: golden event sequences, timeout, cancel, panics,
+//! retries, hooks, drain.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use exo_agent::ToolRegistry;
+use exo_broker::{Broker, BrokerConfig, RetryPolicy};
+use exo_proto::{Keys, StreamEvent, TaskPayload, TaskResult, TaskStatus};
+use exo_testkit::TestRedis;
+use exo_worker::{ShutdownHandle, TaskHooks, Worker, WorkerConfig};
+use serde_json::{Value, json};
+
+/// One `on_task_done` call: task id, status, result, error.
+type HookCall = (String, TaskStatus, Option<String>, Option<String>);
+
+/// Records every `on_task_done` call; panics on the first call when asked.
+#[derive(Debug, Default)]
+struct Recorder {
+    calls: Mutex<Vec<HookCall>>,
+    panic_first: bool,
+}
+
+#[async_trait::async_trait]
+impl TaskHooks for Recorder {
+    async fn on_task_done(
+        &self,
+        task: &TaskPayload,
+        status: TaskStatus,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((
+                task.task_id.clone(),
+                status,
+                result.map(str::to_owned),
+                error.map(str::to_owned),
+            ));
+            calls.len() == 1
+        };
+        if self.panic_first && first {
+            panic!("hook exploded");
+        }
+        Ok(())
+    }
+}
+
+struct Harness {
+    redis: TestRedis,
+    broker: Broker,
+    shutdown: ShutdownHandle,
+    worker: tokio::task::JoinHandle<exo_worker::Result<()>>,
+    hooks: Arc<Recorder>,
+    worker_id: String,
+}
+
+fn worker_config(redis: &TestRedis) -> WorkerConfig {
+    let mut config = WorkerConfig::new(redis.url());
+    config.key_prefix = redis.prefix().to_owned();
+    config.queue_name = redis.queue();
+    config.concurrency = 4;
+    config.heartbeat_ttl = Duration::from_secs(3);
+    config.lease = Duration::from_secs(5);
+    config.claim_block = Duration::from_millis(200);
+    config.reap_interval = Duration::from_millis(500);
+    config.drain_timeout = Duration::from_secs(5);
+    config.deadline_grace = Duration::from_millis(500);
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        base_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        jitter: 0.0,
+    };
+    config
+}
+
+async fn start(redis: TestRedis, edit: impl FnOnce(&mut WorkerConfig), hooks: Recorder) -> Harness {
+    let mut config = worker_config(&redis);
+    edit(&mut config);
+    let hooks = Arc::new(hooks);
+    let mut tools = ToolRegistry::new();
+    exo_agent::builtin::register_all(&mut tools);
+    let worker = Worker::builder(redis.url())
+        .configure(|settings| *settings = config.clone())
+        .tools(tools)
+        .hooks(hooks.clone())
+        .build()
+        .unwrap();
+    let worker_id = worker.id().to_owned();
+    let shutdown = worker.shutdown_handle();
+    let worker = tokio::spawn(worker.run());
+    let broker = Broker::connect(BrokerConfig::new(redis.url()).with_keys(Keys::new(
+        config.key_prefix.clone(),
+        config.queue_name.clone(),
+    )))
+    .await
+    .unwrap();
+    Harness {
+        redis,
+        broker,
+        shutdown,
+        worker,
+        hooks,
+        worker_id,
+    }
+}
+
+impl Harness {
+    async fn stop(self) -> (Broker, Arc<Recorder>, TestRedis) {
+        self.shutdown.shutdown();
+        tokio::time::timeout(Duration::from_secs(15), self.worker)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        (self.broker, self.hooks, self.redis)
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../exo-proto/test_data/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn payload(config: Value, input: &str) -> TaskPayload {
+    TaskPayload::new(new_id(), config.as_object().unwrap().clone(), input)
+}
+
+/// Event JSON without timestamps and durations.
+fn normalized(event: &StreamEvent) -> Value {
+    let mut value = serde_json::to_value(event).unwrap();
+    if let Value::Object(map) = &mut value {
+        for key in ["started_at", "completed_at", "duration_ms"] {
+            map.remove(key);
+        }
+    }
+    value
+}
+
+async fn wait(broker: &Broker, task_id: &str) -> (TaskResult, Vec<StreamEvent>) {
+    let events = tokio::time::timeout(
+        Duration::from_secs(20),
+        broker.events(task_id, None).collect(),
+    )
+    .await
+    .expect("the task ended in time")
+    .unwrap();
+    let task = broker.get(task_id).await.unwrap().unwrap();
+    (task, events.into_iter().map(|item| item.event).collect())
+}
+
+#[tokio::test]
+async fn the_golden_runs_stream_the_reference_events() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    for (payload_file, events_file, detailed) in [
+        (
+            "tool_run_detailed.payload.json",
+            "tool_run_detailed.events.jsonl",
+            true,
+        ),
+        (
+            "tool_run_plain.payload.json",
+            "tool_run_plain.events.jsonl",
+            false,
+        ),
+    ] {
+        let mut payload = TaskPayload::from_json(fixture(payload_file).as_bytes()).unwrap();
+        payload.task_id = new_id();
+        payload
+            .agent_config
+            .insert("model".into(), json!("scripted:weather"));
+        payload.created_at = 0.0;
+        assert_eq!(payload.detailed, detailed);
+        harness.broker.submit(payload.clone()).await.unwrap();
+        let (task, events) = wait(&harness.broker, &payload.task_id).await;
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.output(), Some("Let me check. It is sunny in Paris."));
+        let mut expected: Vec<Value> = fixture(events_file)
+            .lines()
+            .map(|line| {
+                normalized(&exo_proto::decode::<StreamEvent>("event", line.as_bytes()).unwrap())
+            })
+            .collect();
+        if !detailed {
+            // The reference never ends a plain run's stream; exo does.
+            expected.push(json!({"type": "status", "status": "completed", "agent_name": "helper", "message": "Agent 'helper' completed execution"}));
+        }
+        let got: Vec<Value> = events
+            .iter()
+            .map(normalized)
+            .map(|mut value| {
+                // The fixture's usage events name the reference's model.
+                if value["type"] == "usage" {
+                    value["model"] = json!("openai:gpt-4o-mini");
+                }
+                value
+            })
+            .collect();
+        assert_eq!(got, expected, "{events_file}");
+    }
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeout_fails_the_attempt_and_retries_apply() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let mut task = payload(
+        json!({"name": "slowpoke", "model": "scripted:slow:10000"}),
+        "x",
+    );
+    task.timeout_seconds = 0.5;
+    task.max_retries = Some(1);
+    let started = std::time::Instant::now();
+    harness.broker.submit(task.clone()).await.unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(state.status, TaskStatus::Failed);
+    assert_eq!(state.error.as_deref(), Some("timed out after 0.5 s"));
+    assert_eq!(state.retries, Some(1), "the timeout was retried once");
+    let terminal: Vec<_> = events.iter().filter(|event| event.is_terminal()).collect();
+    assert_eq!(terminal.len(), 1);
+    assert_eq!(
+        normalized(terminal[0])["message"],
+        json!("timed out after 0.5 s")
+    );
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_task_is_cancelled_within_a_second() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let config = json!({"name": "sleeper", "model": "scripted:{\"turns\":[{\"tool_calls\":[{\"id\":\"c1\",\"name\":\"sleep\",\"arguments\":{\"seconds\":60}}]}]}", "tools": ["sleep"]});
+    let task = payload(config, "x");
+    harness.broker.submit(task.clone()).await.unwrap();
+    // Wait until it runs.
+    for _ in 0..100 {
+        if harness
+            .broker
+            .get(&task.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            == TaskStatus::Running
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancelled_at = std::time::Instant::now();
+    harness.broker.cancel(&task.task_id).await.unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        cancelled_at.elapsed()
+    );
+    assert_eq!(state.status, TaskStatus::Cancelled);
+    let last = events.last().unwrap();
+    assert!(last.is_terminal());
+    assert_eq!(normalized(last)["status"], json!("cancelled"));
+    let (_, hooks, _) = harness.stop().await;
+    assert_eq!(hooks.calls.lock().unwrap()[0].1, TaskStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn a_task_cancelled_while_queued_never_starts() {
+    let redis = TestRedis::new();
+    let config = worker_config(&redis);
+    let broker = Broker::connect(BrokerConfig::new(redis.url()).with_keys(Keys::new(
+        config.key_prefix.clone(),
+        config.queue_name.clone(),
+    )))
+    .await
+    .unwrap();
+    let task = payload(json!({"name": "never", "model": "scripted:echo"}), "x");
+    broker.submit(task.clone()).await.unwrap();
+    broker.cancel(&task.task_id).await.unwrap();
+    let harness = start(redis, |_| {}, Recorder::default()).await;
+    let after = payload(
+        json!({"name": "after", "model": "scripted:echo"}),
+        "hello there",
+    );
+    harness.broker.submit(after.clone()).await.unwrap();
+    let (state, _) = wait(&harness.broker, &after.task_id).await;
+    assert_eq!(state.output(), Some("hello there"));
+    let never = harness.broker.get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (never.status, never.started_at),
+        (TaskStatus::Cancelled, None)
+    );
+    let (_, events) = wait(&harness.broker, &task.task_id).await;
+    assert_eq!(events.len(), 1);
+    let (_, hooks, _) = harness.stop().await;
+    assert!(
+        hooks
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|call| call.0 != task.task_id)
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let config = json!({"name": "boom", "model": "scripted:{\"turns\":[{\"tool_calls\":[{\"id\":\"c1\",\"name\":\"panic\",\"arguments\":\"{}\"}]},{\"text\":\"unreachable\"}]}", "tools": ["panic"]});
+    let mut task = payload(config, "x");
+    task.max_retries = Some(0);
+    harness.broker.submit(task.clone()).await.unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
+    assert_eq!(state.status, TaskStatus::Failed);
+    assert!(
+        state.error.as_deref().unwrap_or_default().contains("panic"),
+        "{:?}",
+        state.error
+    );
+    assert!(events.last().unwrap().is_terminal());
+    let next = payload(
+        json!({"name": "fine", "model": "scripted:echo"}),
+        "still here",
+    );
+    harness.broker.submit(next.clone()).await.unwrap();
+    let (state, _) = wait(&harness.broker, &next.task_id).await;
+    assert_eq!(state.output(), Some("still here"));
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_task_retries_three_times_then_dead_letters_and_hooks_see_every_attempt() {
+    let hooks = Recorder {
+        panic_first: true,
+        ..Recorder::default()
+    };
+    let harness = start(TestRedis::new(), |_| {}, hooks).await;
+    let task = payload(json!({"name": "helper", "model": "scripted:fail"}), "x");
+    harness.broker.submit(task.clone()).await.unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
+    assert_eq!(state.status, TaskStatus::Failed);
+    assert_eq!(state.retries, Some(3));
+    assert_eq!(state.error.as_deref(), Some("provider down"));
+    assert_eq!(events.iter().filter(|event| event.is_terminal()).count(), 1);
+    let errors = events
+        .iter()
+        .filter(|event| matches!(event, StreamEvent::Error(_)))
+        .count();
+    assert_eq!(errors, 4, "one error per attempt");
+    let letters = harness.broker.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 4);
+    // The worker survived the panicking hook.
+    let next = payload(json!({"name": "fine", "model": "scripted:echo"}), "ok");
+    harness.broker.submit(next.clone()).await.unwrap();
+    wait(&harness.broker, &next.task_id).await;
+    let (_, hooks, _) = harness.stop().await;
+    let calls = hooks.calls.lock().unwrap();
+    let failed: Vec<_> = calls.iter().filter(|call| call.0 == task.task_id).collect();
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed
+            .iter()
+            .all(|call| call.1 == TaskStatus::Failed && call.3.as_deref() == Some("provider down"))
+    );
+    assert!(calls.iter().any(|call| call.0 == next.task_id
+        && call.1 == TaskStatus::Completed
+        && call.2.as_deref() == Some("ok")));
+}
+
+#[tokio::test]
+async fn a_bad_config_fails_at_once_without_retries() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let cases = [
+        (
+            json!({"name": "x", "model": "scripted:echo", "ptc": true}),
+            "ptc",
+        ),
+        (
+            json!({"name": "x", "model": "scripted:echo", "tools": ["no.such.tool"]}),
+            "no.such.tool",
+        ),
+        (json!({"model": "scripted:echo"}), "name"),
+    ];
+    for (config, needle) in cases {
+        let task = payload(config, "x");
+        harness.broker.submit(task.clone()).await.unwrap();
+        let (state, events) = wait(&harness.broker, &task.task_id).await;
+        assert_eq!(state.status, TaskStatus::Failed);
+        assert_eq!(state.retries, None, "config errors are not retried");
+        assert!(
+            state.error.as_deref().unwrap_or_default().contains(needle),
+            "{:?}",
+            state.error
+        );
+        assert!(events.last().unwrap().is_terminal());
+    }
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_running_tasks_and_removes_the_heartbeat() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let task = payload(json!({"name": "slow", "model": "scripted:slow:700"}), "x");
+    harness.broker.submit(task.clone()).await.unwrap();
+    for _ in 0..100 {
+        if harness
+            .broker
+            .get(&task.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            == TaskStatus::Running
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let worker_id = harness.worker_id.clone();
+    assert!(harness.broker.worker(&worker_id).await.unwrap().is_some());
+    let (broker, _, _redis) = harness.stop().await;
+    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        state.status,
+        TaskStatus::Completed,
+        "the running task finished during the drain"
+    );
+    assert!(
+        broker.worker(&worker_id).await.unwrap().is_none(),
+        "the heartbeat is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_task_past_the_drain_timeout_is_handed_back() {
+    let harness = start(
+        TestRedis::new(),
+        |config| config.drain_timeout = Duration::from_millis(300),
+        Recorder::default(),
+    )
+    .await;
+    let task = payload(json!({"name": "slow", "model": "scripted:slow:30000"}), "x");
+    harness.broker.submit(task.clone()).await.unwrap();
+    for _ in 0..100 {
+        if harness
+            .broker
+            .get(&task.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            == TaskStatus::Running
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (broker, hooks, _redis) = harness.stop().await;
+    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        state.status,
+        TaskStatus::Pending,
+        "handed back to the queue"
+    );
+    assert_eq!(broker.queue_stats().await.unwrap().depth(), 1);
+    assert!(hooks.calls.lock().unwrap().is_empty());
+}

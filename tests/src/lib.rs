@@ -1,0 +1,238 @@
+//! Helpers for end-to-end tests that run the real `exo` binary: find it,
+//! start workers as processes (killed when dropped), run commands and read
+//! their JSON.
+
+#![allow(clippy::print_stderr)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The `exo` binary built next to this test binary.
+pub fn exo_binary() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let binary = profile_dir.join("exo");
+    assert!(
+        binary.is_file(),
+        "{} does not exist; build it with `cargo build -p exo-cli` (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
+/// Where the commands of one test point: a Redis URL, a key prefix and a
+/// queue.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The Redis URL.
+    pub redis_url: String,
+    /// The key prefix.
+    pub prefix: String,
+    /// The queue name.
+    pub queue: String,
+}
+
+impl Target {
+    /// The target of a test's Redis.
+    pub fn of(redis: &exo_testkit::TestRedis) -> Self {
+        Target {
+            redis_url: redis.url().to_owned(),
+            prefix: redis.prefix().to_owned(),
+            queue: redis.queue(),
+        }
+    }
+
+    /// An `exo` command aimed at this target.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(exo_binary());
+        command
+            .env("EXO_REDIS_URL", &self.redis_url)
+            .env("EXO_KEY_PREFIX", &self.prefix)
+            .env("EXO_QUEUE", &self.queue)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `exo <args>` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run exo")
+    }
+
+    /// Runs `exo <args> --json`, checks it succeeded, and parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let output = self
+            .command()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run exo");
+        assert!(
+            output.status.success(),
+            "exo {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "exo {args:?}: not JSON ({error}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// Starts `exo start worker <args>` as a process.
+    pub fn start_worker(&self, args: &[&str]) -> WorkerProcess {
+        let logs = tempfile::Builder::new()
+            .prefix("exo-worker-")
+            .tempdir()
+            .expect("a log dir");
+        let stdout = std::fs::File::create(logs.path().join("stdout")).expect("a log file");
+        let stderr = std::fs::File::create(logs.path().join("stderr")).expect("a log file");
+        let child = self
+            .command()
+            .args([
+                "start",
+                "worker",
+                "--builtin-tools",
+                "--log-format",
+                "compact",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start the worker");
+        let mut worker = WorkerProcess {
+            child: Some(child),
+            logs,
+            worker_id: String::new(),
+        };
+        worker.worker_id = worker.wait_for_banner();
+        worker
+    }
+}
+
+/// An `exo start worker` process, killed when dropped.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Option<Child>,
+    logs: tempfile::TempDir,
+    /// The id from the startup banner.
+    pub worker_id: String,
+}
+
+impl WorkerProcess {
+    fn wait_for_banner(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let stdout = self.stdout();
+            if let Some(line) = stdout.lines().find(|line| line.starts_with("exo worker ")) {
+                let stderr = self.stderr();
+                if stderr.contains("worker started") {
+                    return line.trim_start_matches("exo worker ").trim().to_owned();
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the worker exited ({status}) before starting:\n{}\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the worker did not start:\n{}\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    /// What it printed on stdout.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// What it logged on stderr.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("a running worker");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the worker") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the worker did not exit within {timeout:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `check` returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes an agent config file and returns its path.
+pub fn agent_file(dir: &Path, name: &str, config: &Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(config).expect("JSON"))
+        .expect("write the agent file");
+    path
+}

@@ -1,0 +1,262 @@
+//! The `exo` binary end to end: workers as processes, tasks through the CLI,
+//! signals, and a SIGKILL mid-task.
+
+use std::time::Duration;
+
+use exo_e2e::{Target, agent_file, eventually};
+use exo_testkit::TestRedis;
+use serde_json::{Value, json};
+
+fn status_of(target: &Target, task_id: &str) -> Value {
+    target.json(&["task", "status", task_id])
+}
+
+#[test]
+fn submit_follow_status_list_and_sigterm() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "helper", "model": "scripted:weather", "tools": ["fixtools.tools.get_weather"]}),
+    );
+    let mut worker = target.start_worker(&["--concurrency", "2"]);
+
+    let output = target.run(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "Weather in Paris?",
+        "--detailed",
+        "--follow",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    let task_id = shown.lines().next().unwrap().trim().to_owned();
+    for needle in [
+        "Let me check.",
+        "→ get_weather({\"city\": \"Paris\"})",
+        "← get_weather: sunny in Paris",
+        "It is sunny in Paris.",
+        "usage: 10 in, 5 out",
+        "● completed",
+    ] {
+        assert!(shown.contains(needle), "`{needle}` missing from:\n{shown}");
+    }
+
+    let status = status_of(&target, &task_id);
+    assert_eq!(status["status"], "completed");
+    assert_eq!(
+        status["result"],
+        json!({"output": "Let me check. It is sunny in Paris."})
+    );
+    assert_eq!(status["worker_id"], json!(worker.worker_id));
+
+    // JSON events, replayed after the fact.
+    let output = target
+        .command()
+        .args(["task", "events", &task_id, "--json"])
+        .output()
+        .unwrap();
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 15, "the detailed fixture has 15 events");
+    assert_eq!(events.last().unwrap()["event"]["status"], "completed");
+
+    let workers = target.json(&["worker", "list"]);
+    let listed: Vec<&str> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|worker| worker["worker_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [worker.worker_id.as_str()]);
+    assert_eq!(workers[0]["alive"], true);
+    let health = target.run(&["worker", "health", &worker.worker_id]);
+    assert_eq!(
+        health.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+
+    worker.signal("TERM");
+    assert!(
+        worker.wait(Duration::from_secs(15)).success(),
+        "{}",
+        worker.stderr()
+    );
+    let workers = target.json(&["worker", "list"]);
+    assert_eq!(workers, json!([]), "the worker is gone after SIGTERM");
+    let health = target.run(&["worker", "health", &worker.worker_id]);
+    assert_eq!(health.status.code(), Some(2));
+}
+
+#[test]
+fn two_worker_processes_share_200_tasks_each_run_once() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "echoer", "model": "scripted:echo"}),
+    );
+    let first = target.start_worker(&["--concurrency", "4"]);
+    let second = target.start_worker(&["--concurrency", "4"]);
+    let mut ids = Vec::new();
+    for index in 0..200 {
+        let submitted = target.json(&[
+            "task",
+            "submit",
+            "--agent",
+            agent.to_str().unwrap(),
+            "--input",
+            &format!("task number {index}"),
+        ]);
+        ids.push(submitted["task_id"].as_str().unwrap().to_owned());
+    }
+    let tasks = eventually(Duration::from_secs(120), "200 completed tasks", || {
+        let tasks = target.json(&["task", "list", "--status", "completed", "--limit", "500"]);
+        (tasks.as_array().unwrap().len() == 200).then_some(tasks)
+    });
+    let mut by_worker = std::collections::BTreeMap::new();
+    for task in tasks.as_array().unwrap() {
+        assert_eq!(task["attempt"], 1, "a task ran more than once: {task}");
+        assert_eq!(task["retries"], 0);
+        *by_worker
+            .entry(task["worker_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    let mut listed: Vec<String> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["task_id"].as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    assert_eq!(by_worker.values().sum::<i32>(), 200);
+    assert!(
+        by_worker.contains_key(&first.worker_id) && by_worker.contains_key(&second.worker_id),
+        "both workers took tasks: {by_worker:?}"
+    );
+}
+
+#[test]
+fn a_task_of_a_sigkilled_worker_completes_on_the_other() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "slow", "model": "scripted:slow:2500"}),
+    );
+    let fast_failover = [
+        "--concurrency",
+        "1",
+        "--heartbeat-ttl",
+        "2",
+        "--lease",
+        "10",
+    ];
+    let victim = target.start_worker(&fast_failover);
+    let submitted = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
+    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the task to start on the victim",
+        || {
+            let status = status_of(&target, &task_id);
+            (status["status"] == "running" && status["worker_id"] == json!(victim.worker_id))
+                .then_some(())
+        },
+    );
+    victim.signal("KILL");
+    let survivor = target.start_worker(&fast_failover);
+    let status = eventually(
+        Duration::from_secs(30),
+        "the task to complete on the survivor",
+        || {
+            let status = status_of(&target, &task_id);
+            (status["status"] == "completed").then_some(status)
+        },
+    );
+    assert_eq!(status["worker_id"], json!(survivor.worker_id));
+    assert_eq!(status["retries"], 1, "the lost attempt counts as a retry");
+    let output = target
+        .command()
+        .args(["task", "events", &task_id, "--json"])
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| {
+            line["event"]["type"] == "status"
+                && ["completed", "error", "cancelled"]
+                    .contains(&line["event"]["status"].as_str().unwrap_or(""))
+        })
+        .count();
+    assert_eq!(terminal, 1, "exactly one terminal event");
+    let workers = target.json(&["worker", "list"]);
+    let victim_row = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["worker_id"] == json!(victim.worker_id));
+    assert!(
+        victim_row.is_none_or(|row| row["alive"] == false),
+        "the killed worker is dead or gone: {workers}"
+    );
+}
+
+#[test]
+fn cancel_through_the_cli_stops_a_running_task() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "slow", "model": "scripted:slow:60000"}),
+    );
+    let _worker = target.start_worker(&[]);
+    let submitted = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
+    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the task to run", || {
+        (status_of(&target, &task_id)["status"] == "running").then_some(())
+    });
+    let cancelled = target.json(&["task", "cancel", &task_id]);
+    assert_eq!(cancelled["result"], "cancelling");
+    let started = std::time::Instant::now();
+    let output = target.run(&["task", "events", &task_id, "--follow"]);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("● cancelled"));
+    assert_eq!(status_of(&target, &task_id)["status"], "cancelled");
+}
