@@ -36,6 +36,17 @@ pub struct Execution {
 pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runs the task until it ends, is cancelled, or passes its deadline.
     async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution;
+
+    /// Whether failures already used the task's retry budget inside the
+    /// executor (Temporal retries activities itself); the worker then
+    /// records a failure as final instead of retrying it again.
+    fn retries_internally(&self) -> bool {
+        false
+    }
+
+    /// Stops whatever the executor runs in the background, at worker
+    /// shutdown after the drain.
+    async fn shutdown(&self) {}
 }
 
 /// Runs agents in this process.
@@ -117,8 +128,17 @@ pub(crate) fn error_event(outcome: &RunOutcome) -> StreamEvent {
 #[async_trait::async_trait]
 impl Executor for LocalExecutor {
     async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution {
-        let payload = &task.payload;
-        let publisher = self.broker.publisher(&task.lease.task_id);
+        self.run_payload(&task.payload, control).await
+    }
+}
+
+impl LocalExecutor {
+    /// Runs a payload's agent here and streams its events; the events not
+    /// yet published come back with the outcome. Needs no lease, so a
+    /// Temporal activity can use it on whichever worker it lands.
+    pub async fn run_payload(&self, payload: &TaskPayload, control: RunControl) -> Execution {
+        let task_id = payload.task_id.as_str();
+        let publisher = self.broker.publisher(task_id);
         let spec = match agent_spec(payload) {
             Ok(spec) => spec,
             Err(error) => {
@@ -199,14 +219,14 @@ impl Executor for LocalExecutor {
                 },
                 () = tokio::time::sleep_until(hard_stop) => {
                     run.abort();
-                    tracing::warn!(task_id = task.lease.task_id, "the run did not stop at its deadline; aborted");
+                    tracing::warn!(task_id, "the run did not stop at its deadline; aborted");
                     let mut outcome = failed_outcome(&spec.name(), "deadline passed".to_owned(), "TimeoutError", true);
                     outcome.status = OutcomeStatus::TimedOut;
                     break outcome;
                 }
                 () = &mut cancel_stop => {
                     run.abort();
-                    tracing::warn!(task_id = task.lease.task_id, "the run did not stop after its cancel; aborted");
+                    tracing::warn!(task_id, "the run did not stop after its cancel; aborted");
                     let mut outcome = failed_outcome(&spec.name(), "cancelled".to_owned(), "CancelledError", false);
                     outcome.status = OutcomeStatus::Cancelled;
                     break outcome;

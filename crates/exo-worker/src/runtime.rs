@@ -137,9 +137,9 @@ impl WorkerBuilder {
     /// Validates the settings and builds the worker. Nothing connects yet.
     pub fn build(self) -> Result<Worker> {
         self.config.validate().map_err(Error::Config)?;
-        if self.config.executor == ExecutorKind::Temporal && self.executor.is_none() {
+        if self.config.executor == ExecutorKind::Temporal && self.executor.is_none() && !cfg!(feature = "temporal") {
             return Err(Error::Executor(
-                "the temporal executor needs a worker built with the `temporal` feature".into(),
+                "--executor temporal needs exo built with the `temporal` feature (cargo install --path crates/exo-cli --features temporal)".into(),
             ));
         }
         let hostname = hostname();
@@ -296,14 +296,22 @@ impl Worker {
         };
         self.status.connected.store(true, Ordering::Relaxed);
         broker.on_publish(Arc::new(|_events, took| record::events_published(took)));
-        let executor = self.executor.clone().unwrap_or_else(|| {
-            Arc::new(LocalExecutor::new(
-                broker.clone(),
-                self.runner.clone(),
-                self.memory.clone(),
-                self.config.deadline_grace,
-            ))
-        });
+        let local = Arc::new(LocalExecutor::new(
+            broker.clone(),
+            self.runner.clone(),
+            self.memory.clone(),
+            self.config.deadline_grace,
+        ));
+        let executor: Arc<dyn Executor> = match (&self.executor, self.config.executor) {
+            (Some(custom), _) => custom.clone(),
+            (None, ExecutorKind::Local) => local,
+            #[cfg(feature = "temporal")]
+            (None, ExecutorKind::Temporal) => crate::temporal::start(&self.config, &self.worker_id, local).await?,
+            #[cfg(not(feature = "temporal"))]
+            (None, ExecutorKind::Temporal) => {
+                return Err(Error::Executor("exo was built without the `temporal` feature".into()));
+            }
+        };
         let shared = Arc::new(Shared {
             broker: broker.clone(),
             config: self.config.clone(),
@@ -373,6 +381,7 @@ impl Worker {
         }
         background.cancel();
         while loops.join_next().await.is_some() {}
+        executor.shutdown().await;
         if let Err(error) = broker.remove_worker(&self.worker_id).await {
             tracing::warn!(%error, "could not remove the heartbeat");
         }
@@ -487,6 +496,7 @@ impl Worker {
                 let shared = shared.clone();
                 let executor = executor.clone();
                 let hooks = self.hooks.clone();
+                // Executors that retry internally have used the budget.
                 tasks.spawn(async move {
                     run_task(shared, executor, hooks, task).await;
                     drop(permit);
@@ -774,7 +784,7 @@ async fn finish(
         OutcomeStatus::TimedOut => (
             Outcome::Failed {
                 error: &timeout_text,
-                retryable: true,
+                retryable: outcome.retryable,
             },
             StreamEvent::status(RunStatus::Error, &agent_name, timeout_text.clone()),
         ),
