@@ -3,12 +3,16 @@
 //! - `ci`: format check, clippy with warnings denied, the layering check,
 //!   and every test (all features).
 //! - `tidy`: the layering check alone.
+//! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
+//! - `bench`: throughput, latency, Redis commands and memory per task.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
+mod demo;
 mod tidy;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -19,12 +23,24 @@ fn main() -> Result<()> {
     match command.as_str() {
         "ci" => ci(&rest),
         "tidy" => tidy(),
+        "demo" => demo::demo(),
+        "bench" => bench::bench(&rest),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <ci|tidy>");
+            println!(
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32] [--kind noop,echo]>"
+            );
             Ok(())
         }
         other => bail!("unknown xtask command `{other}`; try `cargo xtask help`"),
     }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {

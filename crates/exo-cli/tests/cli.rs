@@ -48,11 +48,14 @@ fn exit_codes_and_messages() {
             2,
             "concurrency",
         ),
+        // Built with the `temporal` feature, this starts a worker (see
+        // `temporal_mode_checks_its_settings_first` below).
+        #[cfg(not(feature = "temporal"))]
         (
             &["start", "worker", "--executor", "temporal"],
             Some(closed),
             2,
-            "temporal",
+            "built with the `temporal` feature",
         ),
     ];
     for (args, url, code, needle) in cases {
@@ -110,4 +113,37 @@ fn the_banner_masks_the_password() {
     );
     assert!(!all.contains("hunter2"), "{all}");
     assert!(all.contains("***"), "{all}");
+}
+
+/// With the `temporal` feature, temporal mode reads its settings from the
+/// environment and refuses bad ones before connecting to anything.
+#[cfg(feature = "temporal")]
+#[test]
+fn temporal_mode_checks_its_settings_first() {
+    let cases = [
+        (
+            "EXO_TEMPORAL_HEARTBEAT_TIMEOUT",
+            "soon",
+            "number of seconds",
+        ),
+        ("TEMPORAL_HOST", "redis://127.0.0.1:1", "unsupported scheme"),
+    ];
+    for (variable, value, needle) in cases {
+        let output = exo()
+            .env("EXO_REDIS_URL", "redis://127.0.0.1:1")
+            .env(variable, value)
+            .args(["start", "worker", "--executor", "temporal"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{variable}: `{stderr}` lacks `{needle}`"
+        );
+        assert!(
+            !stderr.contains("built with"),
+            "{variable}: the binary has the feature: {stderr}"
+        );
+    }
 }

@@ -41,6 +41,8 @@ pub const QUEUE_DELAYED: &str = "exo.distributed.queue.delayed";
 pub const QUEUE_DEAD_LETTER: &str = "exo.distributed.queue.dead_letter";
 /// Workers whose heartbeat is recent (gauge).
 pub const WORKERS_ALIVE: &str = "exo.distributed.workers.alive";
+/// Round trips this process made to Redis (counter).
+pub const REDIS_ROUND_TRIPS: &str = "exo.redis.round_trips";
 /// How long a task ran, per attempt, in seconds (histogram).
 pub const TASK_DURATION: &str = "exo.distributed.task.duration";
 /// Time from submission to the start of execution, in seconds (histogram).
@@ -103,6 +105,11 @@ const TASK_LABELS: &[&str] = &[LABEL_QUEUE, LABEL_WORKER];
 
 /// Every metric exo records.
 pub const METRICS: &[MetricSpec] = &[
+    counter(
+        REDIS_ROUND_TRIPS,
+        "Round trips this process made to Redis (each Lua script call is one).",
+        &[LABEL_WORKER],
+    ),
     counter(
         TASKS_SUBMITTED,
         "Tasks submitted to the queue.",
@@ -333,6 +340,11 @@ pub fn queue_measured(queue: &str, sample: &QueueSample) {
 /// The fleet was measured: `count` workers have a recent heartbeat.
 pub fn workers_alive(count: u64) {
     metrics::gauge!(WORKERS_ALIVE).set(count as f64);
+}
+
+/// The process has made `total` round trips to Redis so far.
+pub fn redis_round_trips(worker_id: &str, total: u64) {
+    metrics::counter!(REDIS_ROUND_TRIPS, LABEL_WORKER => worker_id.to_owned()).absolute(total);
 }
 
 /// One event of type `event_type` (see `StreamEvent::kind`) was emitted

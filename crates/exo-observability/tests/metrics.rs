@@ -287,6 +287,7 @@ fn rendered_names_are_the_prometheus_conventions() {
         "exo_distributed_tasks_retried_total counter",
         "exo_distributed_tasks_submitted_total counter",
         "exo_distributed_workers_alive gauge",
+        "exo_redis_round_trips_total counter",
         "exo_stream_event_publish_duration_seconds histogram",
         "exo_stream_events_emitted_total counter",
     ];

@@ -10,11 +10,16 @@
 //!   instead of starting one (tests never flush a shared server).
 //! - `EXO_TEST_POSTGRES_URL`: use this PostgreSQL with a unique database per
 //!   test instead of starting one.
+//! - `EXO_TEST_TEMPORAL_ADDRESS`: use this Temporal server (`host:port`)
+//!   with a unique task queue per test instead of starting a dev server;
+//!   `EXO_TEMPORAL_BIN` names the `temporal` binary to start one with.
 //!
 //! A missing binary fails with a message that says how to install it.
 //!
 //! Main types: [`RedisServer`] (a process you can stop, restart and kill),
-//! [`TestRedis`] (a URL and a unique prefix), [`TestPostgres`], and
+//! [`TestRedis`] (a URL and a unique prefix), [`TestPostgres`],
+//! [`TemporalDevServer`] and [`TestTemporal`] (an address and a unique
+//! task queue), and
 //! [`FakeLlmServer`], a local HTTP server that stands in for LLM APIs by
 //! replaying recorded responses.
 //!
@@ -28,8 +33,10 @@ mod fake_llm;
 mod postgres;
 mod process;
 mod redis;
+mod temporal;
 
 pub use fake_llm::{FakeChunk, FakeLlmServer, FakeResponse, RecordedRequest};
 pub use postgres::{PostgresServer, TestPostgres};
 pub use process::{find_binary, free_port, unique_name, wait_for_port};
 pub use redis::{RedisServer, TestRedis, redis_command};
+pub use temporal::{TemporalDevServer, TestTemporal, temporal_binary};

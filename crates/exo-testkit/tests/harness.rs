@@ -59,3 +59,32 @@ fn postgres_gives_each_test_its_own_database() {
         "databases are isolated"
     );
 }
+
+#[test]
+fn the_temporal_dev_server_serves_and_stops() {
+    let mut server = exo_testkit::TemporalDevServer::start();
+    let health = server.cli(&["operator", "cluster", "health"]);
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("SERVING"),
+        "{health:?}"
+    );
+    let port = server.port();
+    server.kill();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a killed server still accepts connections"
+    );
+}
+
+#[test]
+fn test_temporal_gives_unique_task_queues_on_one_server() {
+    let first = exo_testkit::TestTemporal::new();
+    let second = exo_testkit::TestTemporal::new();
+    assert_eq!(
+        first.address(),
+        second.address(),
+        "one server per test process"
+    );
+    assert_ne!(first.task_queue(), second.task_queue());
+    assert_eq!(first.workflow_status("exo-task-no-such-task"), None);
+}

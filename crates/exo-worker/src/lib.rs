@@ -16,7 +16,8 @@
 //! timeout, hands the rest back to the queue, and removes its heartbeat.
 //!
 //! Main types: [`WorkerBuilder`], [`Worker`], [`WorkerConfig`],
-//! [`TaskHooks`], [`Executor`].
+//! [`TaskHooks`], [`Executor`] (with the `temporal` feature also
+//! `TemporalExecutor`).
 //!
 //! # Feature flags
 //!
@@ -25,6 +26,7 @@
 //! | `sqlite` | SQLite memory stores |
 //! | `postgres` | PostgreSQL memory stores |
 //! | `mcp` | MCP tools in agents |
+//! | `temporal` | `ExecutorKind::Temporal`: tasks run as durable Temporal workflows (`exo-temporal`) |
 
 mod config;
 mod error;
@@ -33,10 +35,17 @@ mod hooks;
 mod memory;
 mod runtime;
 mod state;
+#[cfg(feature = "temporal")]
+mod temporal;
 
 pub use config::{ExecutorKind, WorkerConfig, default_worker_id, hostname};
 pub use error::{Error, Result};
 pub use execute::{Execution, Executor, LocalExecutor, RunControl};
+/// The Temporal settings a worker reads from its environment.
+#[cfg(feature = "temporal")]
+pub use exo_temporal::TemporalConfig;
 pub use hooks::{NoHooks, TaskHooks};
 pub use memory::Memory;
 pub use runtime::{ShutdownHandle, Worker, WorkerBuilder, WorkerStatus};
+#[cfg(feature = "temporal")]
+pub use temporal::TemporalExecutor;

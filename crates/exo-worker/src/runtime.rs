@@ -137,7 +137,10 @@ impl WorkerBuilder {
     /// Validates the settings and builds the worker. Nothing connects yet.
     pub fn build(self) -> Result<Worker> {
         self.config.validate().map_err(Error::Config)?;
-        if self.config.executor == ExecutorKind::Temporal && self.executor.is_none() && !cfg!(feature = "temporal") {
+        if self.config.executor == ExecutorKind::Temporal
+            && self.executor.is_none()
+            && !cfg!(feature = "temporal")
+        {
             return Err(Error::Executor(
                 "--executor temporal needs exo built with the `temporal` feature (cargo install --path crates/exo-cli --features temporal)".into(),
             ));
@@ -306,10 +309,14 @@ impl Worker {
             (Some(custom), _) => custom.clone(),
             (None, ExecutorKind::Local) => local,
             #[cfg(feature = "temporal")]
-            (None, ExecutorKind::Temporal) => crate::temporal::start(&self.config, &self.worker_id, local).await?,
+            (None, ExecutorKind::Temporal) => {
+                crate::temporal::start(&self.config, &self.worker_id, local).await?
+            }
             #[cfg(not(feature = "temporal"))]
             (None, ExecutorKind::Temporal) => {
-                return Err(Error::Executor("exo was built without the `temporal` feature".into()));
+                return Err(Error::Executor(
+                    "exo was built without the `temporal` feature".into(),
+                ));
             }
         };
         let shared = Arc::new(Shared {
@@ -603,6 +610,7 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
             ),
             Err(error) => tracing::debug!(%error, "queue stats failed"),
         }
+        record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
         if let Ok(fleet) = shared.broker.fleet().await {
             let now = exo_broker::now_seconds();
             record::workers_alive(fleet.iter().filter(|entry| entry.alive(now)).count() as u64);
@@ -841,6 +849,7 @@ async fn finish(
         recorded,
         ran_for,
     );
+    record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
     match &finished {
         Finished::Retrying { retry, delay } => {
             tracing::warn!(

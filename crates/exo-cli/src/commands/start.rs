@@ -46,6 +46,30 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     Ok(config)
 }
 
+/// The banner's Temporal line in temporal mode: where workflows run. The
+/// settings come from the environment (`TEMPORAL_HOST`,
+/// `TEMPORAL_NAMESPACE`, `EXO_TEMPORAL_TASK_QUEUE`,
+/// `EXO_TEMPORAL_HEARTBEAT_TIMEOUT`); invalid ones stop the start here.
+#[cfg(feature = "temporal")]
+fn temporal_banner(config: &WorkerConfig) -> Result<String, Failure> {
+    if config.executor != ExecutorKind::Temporal {
+        return Ok(String::new());
+    }
+    let settings = exo_worker::TemporalConfig::from_env()
+        .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+    Ok(format!(
+        "\n  temporal:    {} (namespace {}, task queue {})",
+        settings.host, settings.namespace, settings.task_queue
+    ))
+}
+
+/// Without the `temporal` feature the worker refuses temporal mode before
+/// the banner, so there is never a Temporal line.
+#[cfg(not(feature = "temporal"))]
+fn temporal_banner(_config: &WorkerConfig) -> Result<String, Failure> {
+    Ok(String::new())
+}
+
 /// Logs, metrics and (when configured) OTLP for a worker process.
 fn install_telemetry(format: LogFormat) -> Result<exo_observability::Telemetry, Failure> {
     let mut config = exo_observability::TelemetryConfig::new("exo-worker");
@@ -80,8 +104,9 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
         .mcp_policy(mcp)
         .build()
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+    let temporal = temporal_banner(&config)?;
     println!(
-        "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}",
+        "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}",
         worker.id(),
         exo_broker::mask_url(&config.redis_url),
         config.queue_name,

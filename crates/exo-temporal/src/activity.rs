@@ -1,0 +1,278 @@
+//! The `execute_agent` activity and the host trait it runs agents through.
+
+// The SDK's macros generate marker structs without `Debug`.
+#![allow(missing_debug_implementations)]
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use temporalio_common::error::ApplicationFailure;
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::outcome::{ActivityInput, AgentOutcome, OutcomeKind};
+
+/// One activity attempt, as the host sees it.
+#[derive(Debug, Clone)]
+pub struct ActivityRun {
+    /// The task id.
+    pub task_id: String,
+    /// The task payload, as queued.
+    pub payload_json: String,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// Attempts in all (0 when Temporal reports no limit).
+    pub max_attempts: u32,
+    /// Fires when the workflow was cancelled or this process shuts down;
+    /// the run must then stop promptly.
+    pub cancel: CancellationToken,
+    /// The run's deadline.
+    pub deadline: Instant,
+}
+
+/// Runs agents for the activity. The worker implements it: it runs the
+/// agent with memory, publishes every event it produced (all of them,
+/// before returning, since the attempt may run on another process than the
+/// one that claimed the task), and reports the outcome. It never writes the
+/// terminal status event; the claiming worker does.
+#[async_trait::async_trait]
+pub trait ActivityHost: Send + Sync + 'static {
+    /// Runs one attempt to its end.
+    async fn run(&self, run: ActivityRun) -> AgentOutcome;
+}
+
+/// Why a running activity stopped before its run ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Temporal cancelled the activity (the workflow was cancelled, or the
+    /// attempt is already over on the server).
+    Cancelled,
+    /// This process is shutting down; another worker retries the attempt.
+    Shutdown,
+}
+
+/// What the activity heartbeats: the attempt it is on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Progress {
+    attempt: u32,
+}
+
+/// The activities a [`crate::TemporalWorker`] registers: `execute_agent`.
+pub struct AgentActivities {
+    host: Arc<dyn ActivityHost>,
+    heartbeat_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for AgentActivities {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AgentActivities")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentActivities {
+    /// Activities running agents through `host`, heartbeating every
+    /// `heartbeat_interval`; `shutdown` stops running attempts so another
+    /// worker retries them.
+    pub fn new(
+        host: Arc<dyn ActivityHost>,
+        heartbeat_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AgentActivities {
+            host,
+            heartbeat_interval,
+            shutdown,
+        }
+    }
+}
+
+#[activities]
+impl AgentActivities {
+    /// Runs the task's agent through the host, heartbeating on a timer, and
+    /// turns its outcome into the activity's result: `Ok` for a completed
+    /// run, a cancellation when Temporal cancelled it, and an application
+    /// failure otherwise (retryable unless the outcome says a retry cannot
+    /// help), carrying the outcome as its details.
+    #[activity(name = "execute_agent")]
+    pub async fn execute_agent(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: ActivityInput,
+    ) -> Result<AgentOutcome, ActivityError> {
+        let info = ctx.info();
+        let attempt = info.attempt.max(1);
+        let max_attempts = info
+            .retry_policy
+            .as_ref()
+            .map(|policy| policy.maximum_attempts())
+            .unwrap_or(0);
+        let cancel = CancellationToken::new();
+        let run = ActivityRun {
+            task_id: input.task_id.clone(),
+            payload_json: input.payload_json,
+            attempt,
+            max_attempts,
+            cancel: cancel.clone(),
+            deadline: Instant::now()
+                + Duration::from_secs_f64(input.timeout_seconds.clamp(0.001, 315_360_000.0)),
+        };
+        tracing::info!(task_id = input.task_id, attempt, "activity started");
+        let host = self.host.clone();
+        let mut running = tokio::spawn(async move { host.run(run).await });
+        let mut ticker = tokio::time::interval(self.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = None;
+        let joined = loop {
+            tokio::select! {
+                joined = &mut running => break joined,
+                _ = ticker.tick() => {
+                    if let Err(error) = ctx.record_heartbeat(Progress { attempt }).await {
+                        tracing::warn!(%error, task_id = input.task_id, "heartbeat not recorded");
+                    }
+                }
+                () = ctx.cancelled(), if stop.is_none() => {
+                    tracing::info!(task_id = input.task_id, attempt, "activity cancelled by Temporal; stopping the run");
+                    stop = Some(Stop::Cancelled);
+                    cancel.cancel();
+                }
+                () = self.shutdown.cancelled(), if stop.is_none() => {
+                    tracing::warn!(task_id = input.task_id, attempt, "worker shutting down; stopping the run so another worker retries it");
+                    stop = Some(Stop::Shutdown);
+                    cancel.cancel();
+                }
+            }
+        };
+        let outcome = match joined {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                return Err(application_failure(&AgentOutcome::failed(
+                    String::new(),
+                    format!("the activity's run panicked: {error}"),
+                    "Panic",
+                    true,
+                )));
+            }
+        };
+        tracing::info!(task_id = input.task_id, attempt, status = ?outcome.status, "activity finished");
+        activity_result(outcome, stop)
+    }
+}
+
+/// The activity's result for a run's outcome and what stopped it.
+fn activity_result(
+    outcome: AgentOutcome,
+    stop: Option<Stop>,
+) -> Result<AgentOutcome, ActivityError> {
+    match (outcome.status, stop) {
+        (OutcomeKind::Completed, _) => Ok(outcome),
+        (_, Some(Stop::Shutdown)) => Err(application_failure(&AgentOutcome::failed(
+            outcome.agent_name,
+            "the worker running this attempt shut down",
+            "WorkerShutdown",
+            true,
+        ))),
+        (_, Some(Stop::Cancelled)) => Err(ActivityError::cancelled_with_details(AgentOutcome {
+            status: OutcomeKind::Cancelled,
+            ..outcome
+        })),
+        (OutcomeKind::Cancelled, None) => Err(application_failure(&AgentOutcome {
+            status: OutcomeKind::Failed,
+            error: Some("the run stopped without a cancel request".to_owned()),
+            error_type: Some("RuntimeError".to_owned()),
+            retryable: true,
+            ..outcome
+        })),
+        (OutcomeKind::Failed | OutcomeKind::TimedOut, None) => Err(application_failure(&outcome)),
+    }
+}
+
+/// An application failure named after the outcome's error type, retryable
+/// as the outcome says, with the outcome as its details.
+fn application_failure(outcome: &AgentOutcome) -> ActivityError {
+    let failure = ApplicationFailure::builder(outcome.error_text())
+        .type_name(
+            outcome
+                .error_type
+                .clone()
+                .unwrap_or_else(|| "RuntimeError".to_owned()),
+        )
+        .non_retryable(!outcome.retryable)
+        .details(outcome.clone())
+        .build();
+    ActivityError::application(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_become_activity_results() {
+        let completed = AgentOutcome {
+            status: OutcomeKind::Completed,
+            error: None,
+            error_type: None,
+            output: "done".into(),
+            ..AgentOutcome::failed("a", "", "", false)
+        };
+        let failed = AgentOutcome::failed("a", "bad config", "ConfigError", false);
+        let flaky = AgentOutcome::failed("a", "rate limited", "RuntimeError", true);
+        let timed_out = AgentOutcome::timed_out("a", "deadline passed");
+        let cancelled = AgentOutcome::cancelled("a");
+        // (outcome, stop, expected: Ok, or Err as (kind, type, non-retryable))
+        let cases: Vec<(AgentOutcome, Option<Stop>, Result<(), (&str, &str, bool)>)> = vec![
+            (completed.clone(), None, Ok(())),
+            (completed, Some(Stop::Cancelled), Ok(())),
+            (failed, None, Err(("application", "ConfigError", true))),
+            (
+                flaky.clone(),
+                None,
+                Err(("application", "RuntimeError", false)),
+            ),
+            (timed_out, None, Err(("application", "TimeoutError", false))),
+            (
+                cancelled.clone(),
+                Some(Stop::Cancelled),
+                Err(("cancelled", "", false)),
+            ),
+            (
+                cancelled.clone(),
+                None,
+                Err(("application", "RuntimeError", false)),
+            ),
+            (
+                cancelled,
+                Some(Stop::Shutdown),
+                Err(("application", "WorkerShutdown", false)),
+            ),
+            (
+                flaky,
+                Some(Stop::Shutdown),
+                Err(("application", "WorkerShutdown", false)),
+            ),
+        ];
+        for (outcome, stop, expected) in cases {
+            let label = format!("{:?} {stop:?}", outcome.status);
+            match (activity_result(outcome, stop), expected) {
+                (Ok(_), Ok(())) => {}
+                (Err(ActivityError::Cancelled { details }), Err(("cancelled", _, _))) => {
+                    assert!(details.is_some(), "{label}");
+                }
+                (
+                    Err(ActivityError::Application(failure)),
+                    Err(("application", kind, non_retryable)),
+                ) => {
+                    assert_eq!(failure.type_name(), Some(kind), "{label}");
+                    assert_eq!(failure.is_non_retryable(), non_retryable, "{label}");
+                }
+                (result, expected) => panic!("{label}: {result:?} vs {expected:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `AgentExecutionWorkflow`: one task, one `execute_agent` activity.
+//!
+//! Workflow code must be deterministic: everything here is computed from
+//! the workflow's input and the activity's result, nothing else.
+
+// The SDK's macros generate marker structs without `Debug`.
+#![allow(missing_debug_implementations)]
+
+use temporalio_common::{
+    RetryPolicy,
+    error::{ActivityExecutionError, ApplicationFailure, IncomingError, TimeoutType},
+};
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityOptions, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
+
+use crate::{
+    activity::AgentActivities,
+    outcome::{ActivityInput, AgentOutcome, AgentTask, OutcomeKind},
+};
+
+/// Error types the activity's retry policy never retries.
+pub(crate) const NON_RETRYABLE_ERROR_TYPES: [&str; 1] = ["ConfigError"];
+
+/// Runs one task's agent durably: schedules `execute_agent` with the task's
+/// deadline, heartbeat timeout and retry budget, and ends with the run's
+/// [`AgentOutcome`]: as its result when the run completed, as the details of
+/// its failure when the last attempt failed or timed out, and as the
+/// details of its cancellation when it was cancelled.
+#[workflow]
+#[derive(Debug, Default)]
+pub struct AgentExecutionWorkflow;
+
+#[workflow_methods]
+impl AgentExecutionWorkflow {
+    /// The workflow's body.
+    #[run]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        task: AgentTask,
+    ) -> WorkflowResult<AgentOutcome> {
+        let input = ActivityInput {
+            task_id: task.task_id.clone(),
+            payload_json: task.payload_json.clone(),
+            timeout_seconds: task.timeout_seconds,
+        };
+        match ctx
+            .execute_activity(
+                AgentActivities::execute_agent,
+                input,
+                activity_options(&task),
+            )
+            .await
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(termination(&task, &error)),
+        }
+    }
+}
+
+/// The activity's timeouts, cancellation and retry policy for a task.
+pub(crate) fn activity_options(task: &AgentTask) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(task.start_to_close())
+        .heartbeat_timeout(task.heartbeat_timeout())
+        // The cancel is only over once the run has stopped and published
+        // its last events, so the claiming worker's terminal event comes
+        // after them.
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .retry_policy(retry_policy(task))
+        .summary(format!("exo task {}", task.task_id))
+        .build()
+}
+
+/// `1 + max_retries` attempts with doubling backoff; config errors are
+/// final.
+pub(crate) fn retry_policy(task: &AgentTask) -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(task.retry_initial_interval())
+        .backoff_coefficient(2.0)
+        .maximum_interval(task.retry_max_interval())
+        .maximum_attempts(task.max_attempts())
+        .non_retryable_error_types(NON_RETRYABLE_ERROR_TYPES)
+        .build()
+}
+
+/// How the workflow ends when the activity did not complete.
+fn termination(task: &AgentTask, error: &ActivityExecutionError) -> WorkflowTermination {
+    let outcome = outcome_of_error(task, error);
+    if outcome.status == OutcomeKind::Cancelled {
+        return WorkflowTermination::cancelled_with_details(outcome);
+    }
+    let failure = ApplicationFailure::builder(outcome.error_text())
+        .type_name(
+            outcome
+                .error_type
+                .clone()
+                .unwrap_or_else(|| "RuntimeError".to_owned()),
+        )
+        .non_retryable(true)
+        .details(outcome)
+        .build();
+    WorkflowTermination::failed_application(failure)
+}
+
+/// The outcome an activity error stands for. The activity attaches its
+/// outcome to its failures and cancellations; timeouts and other failures
+/// are described from what Temporal reports.
+pub(crate) fn outcome_of_error(task: &AgentTask, error: &ActivityExecutionError) -> AgentOutcome {
+    match error {
+        ActivityExecutionError::Cancelled(cancelled) => match cancelled.details::<AgentOutcome>() {
+            Ok(Some(outcome)) => AgentOutcome {
+                status: OutcomeKind::Cancelled,
+                ..outcome
+            },
+            _ => AgentOutcome::cancelled(String::new()),
+        },
+        ActivityExecutionError::Failed(failed) => match failed.cause() {
+            Some(IncomingError::Application(application)) => {
+                match application.details::<AgentOutcome>() {
+                    Ok(Some(outcome)) => outcome,
+                    _ => AgentOutcome::failed(
+                        String::new(),
+                        application.to_string(),
+                        application.type_name().unwrap_or("RuntimeError"),
+                        !application.is_non_retryable(),
+                    ),
+                }
+            }
+            Some(IncomingError::Timeout(timeout)) => match timeout.timeout_type() {
+                TimeoutType::StartToClose | TimeoutType::ScheduleToClose => {
+                    AgentOutcome::timed_out(
+                        String::new(),
+                        format!(
+                            "the activity did not finish within its start-to-close timeout of {:.1} s",
+                            task.start_to_close().as_secs_f64()
+                        ),
+                    )
+                }
+                TimeoutType::Heartbeat => AgentOutcome::failed(
+                    String::new(),
+                    format!(
+                        "the activity stopped heartbeating for {:.1} s (its worker died or hung)",
+                        task.heartbeat_timeout().as_secs_f64()
+                    ),
+                    "HeartbeatTimeout",
+                    true,
+                ),
+                other => AgentOutcome::failed(
+                    String::new(),
+                    format!("the activity timed out ({other:?})"),
+                    "TimeoutError",
+                    true,
+                ),
+            },
+            Some(IncomingError::Cancelled(_)) => AgentOutcome::cancelled(String::new()),
+            Some(other) => AgentOutcome::failed(
+                String::new(),
+                other.failure().message.clone(),
+                "RuntimeError",
+                true,
+            ),
+            None => AgentOutcome::failed(
+                String::new(),
+                failed.failure().message.clone(),
+                "RuntimeError",
+                true,
+            ),
+        },
+        other => AgentOutcome::failed(String::new(), other.to_string(), "RuntimeError", false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_policy_spends_the_task_budget() {
+        let task = AgentTask {
+            task_id: "t".into(),
+            payload_json: "{}".into(),
+            timeout_seconds: 30.0,
+            max_retries: 2,
+            retry_initial_interval_ms: 250,
+            retry_max_interval_ms: 4_000,
+            heartbeat_timeout_ms: 5_000,
+            timeout_margin_ms: 2_000,
+        };
+        let policy = retry_policy(&task);
+        assert_eq!(policy.maximum_attempts(), 3);
+        assert_eq!(policy.initial_interval().as_millis(), 250);
+        assert_eq!(
+            policy.maximum_interval().map(|d| d.as_millis()),
+            Some(4_000)
+        );
+        assert_eq!(policy.non_retryable_error_types(), ["ConfigError"]);
+        let options = activity_options(&task);
+        assert_eq!(
+            options.heartbeat_timeout.map(|d| d.as_millis()),
+            Some(5_000)
+        );
+        assert_eq!(
+            options.cancellation_type,
+            ActivityCancellationType::WaitCancellationCompleted
+        );
+    }
+}

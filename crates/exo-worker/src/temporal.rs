@@ -1,0 +1,466 @@
+//! The Temporal executor: each claimed task runs as a durable workflow, and
+//! this process also polls for workflows and activities, so one worker
+//! process is a complete deployment.
+//!
+//! The worker that claimed a task starts (or attaches to) the task's
+//! workflow and awaits it; whichever process polls the activity runs the
+//! agent with [`LocalExecutor::run_payload`] and publishes all its events
+//! before the activity ends. The claiming worker then records the outcome
+//! and writes the terminal event through its normal finish path, exactly as
+//! in local mode. Temporal spends the retry budget (`1 + max_retries`
+//! activity attempts), so a failure the workflow reports is final here.
+//!
+//! Settings come from the environment (see [`exo_temporal::TemporalConfig`]);
+//! the worker's concurrency caps the activities this process runs at once.
+
+use std::{sync::Arc, time::Duration};
+
+use exo_agent::{OutcomeStatus, RunOutcome};
+use exo_broker::{Broker, BrokerConfig, ClaimedTask, RetryPolicy};
+use exo_proto::{AgentSpec, Keys, RunStatus, StreamEvent, TaskPayload, TaskStatus};
+use exo_temporal::{
+    ActivityHost, ActivityRun, AgentOutcome, AgentTask, OutcomeKind, RunningWorkflow,
+    TemporalClient, TemporalConfig, TemporalWorker,
+};
+
+use crate::{
+    config::WorkerConfig,
+    error::{Error, Result},
+    execute::{Execution, Executor, LocalExecutor, RunControl, agent_name_of, agent_spec},
+};
+
+/// Reads the Temporal settings from the environment and starts the
+/// executor (see [`TemporalExecutor::start`]). This process's share of
+/// activities is the worker's concurrency, and its id names it to Temporal.
+pub(crate) async fn start(
+    config: &WorkerConfig,
+    worker_id: &str,
+    local: Arc<LocalExecutor>,
+) -> Result<Arc<dyn Executor>> {
+    let mut settings =
+        TemporalConfig::from_env().map_err(|error| Error::Config(error.to_string()))?;
+    settings.identity = Some(worker_id.to_owned());
+    settings.max_concurrent_activities = config.concurrency;
+    settings.timeout_margin = default_timeout_margin(config);
+    Ok(Arc::new(
+        TemporalExecutor::start(config, settings, local).await?,
+    ))
+}
+
+/// The run's own deadline plus its grace fire first; five more seconds
+/// leave time to publish the last events.
+pub(crate) fn default_timeout_margin(config: &WorkerConfig) -> Duration {
+    config.deadline_grace + Duration::from_secs(5)
+}
+
+/// The broker settings of the worker (the same keys and TLS).
+fn broker_config(config: &WorkerConfig) -> BrokerConfig {
+    let mut broker = BrokerConfig::new(config.redis_url.clone()).with_keys(Keys::new(
+        config.key_prefix.clone(),
+        config.queue_name.clone(),
+    ));
+    broker.retry = config.retry;
+    broker.lease = config.lease;
+    broker.tls_ca_file = config.tls_ca_file.clone();
+    broker
+}
+
+/// Runs each claimed task as a durable Temporal workflow, and runs this
+/// process's share of the workflows and activities (its own Temporal
+/// worker). `exo start worker --executor temporal` builds one from the
+/// environment; a program embedding a worker can build one with explicit
+/// settings and pass it to [`crate::WorkerBuilder::custom_executor`].
+#[derive(Debug)]
+pub struct TemporalExecutor {
+    client: TemporalClient,
+    worker: tokio::sync::Mutex<Option<TemporalWorker>>,
+    broker: Broker,
+    retry: RetryPolicy,
+    grace: Duration,
+    drain_timeout: Duration,
+}
+
+impl TemporalExecutor {
+    /// Connects to Temporal with `settings` (an unreachable server or a
+    /// missing namespace is an error that names them), connects to the
+    /// worker's Redis for publishing events, and starts polling for the
+    /// workflow and the activity, which runs agents with `local`.
+    /// `settings.timeout_margin` must exceed the worker's deadline grace.
+    pub async fn start(
+        config: &WorkerConfig,
+        settings: TemporalConfig,
+        local: Arc<LocalExecutor>,
+    ) -> Result<Self> {
+        if settings.timeout_margin <= config.deadline_grace {
+            return Err(Error::Config(format!(
+                "the Temporal timeout margin ({:?}) must exceed the deadline grace ({:?}), or attempts would be cut off before they stop",
+                settings.timeout_margin, config.deadline_grace
+            )));
+        }
+        let broker = Broker::connect(broker_config(config)).await?;
+        let client = TemporalClient::connect(&settings)
+            .await
+            .map_err(|error| Error::Executor(error.to_string()))?;
+        let host = Arc::new(WorkerHost {
+            local,
+            broker: broker.clone(),
+        });
+        let worker = TemporalWorker::start(&client, host)
+            .await
+            .map_err(|error| Error::Executor(error.to_string()))?;
+        tracing::info!(
+            host = settings.host,
+            namespace = settings.namespace,
+            task_queue = settings.task_queue,
+            "tasks run on Temporal"
+        );
+        Ok(TemporalExecutor {
+            client,
+            worker: tokio::sync::Mutex::new(Some(worker)),
+            broker,
+            retry: config.retry,
+            grace: config.deadline_grace,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The Temporal client, e.g. to look at a task's workflow.
+    pub fn client(&self) -> &TemporalClient {
+        &self.client
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for TemporalExecutor {
+    async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution {
+        let names = Names::of(&task.payload);
+        let agent_task = self.agent_task(task);
+        let workflow = match self.client.start_or_attach(&agent_task).await {
+            Ok(workflow) => workflow,
+            Err(error) => {
+                // Temporal never saw the task: the worker's own retry applies.
+                return execution(names.failed(
+                    format!("cannot run the task on Temporal: {error}"),
+                    "TemporalError",
+                    true,
+                ));
+            }
+        };
+        tracing::debug!(workflow_id = workflow.workflow_id(), run_id = ?workflow.run_id(), "awaiting the task's workflow");
+        let outcome = tokio::select! {
+            outcome = workflow.outcome() => outcome,
+            () = control.cancel.cancelled() => self.stopped(task, &workflow).await,
+        };
+        match outcome {
+            Ok(outcome) => execution(names.run_outcome(outcome)),
+            Err(error) => {
+                // The workflow may still be running; a retry of the task
+                // attaches to it.
+                execution(names.failed(
+                    format!("lost track of the task's Temporal workflow: {error}"),
+                    "TemporalError",
+                    true,
+                ))
+            }
+        }
+    }
+
+    fn retries_internally(&self) -> bool {
+        true
+    }
+
+    async fn shutdown(&self) {
+        let worker = self.worker.lock().await.take();
+        if let Some(mut worker) = worker
+            && let Err(error) = worker.shutdown(self.drain_timeout).await
+        {
+            tracing::warn!(%error, "the Temporal worker did not stop cleanly");
+        }
+    }
+}
+
+impl TemporalExecutor {
+    /// The workflow input for a claimed task. The retries the worker
+    /// already spent on it (e.g. while Temporal was unreachable) come off
+    /// its budget.
+    fn agent_task(&self, task: &ClaimedTask) -> AgentTask {
+        let settings = self.client.config();
+        AgentTask {
+            task_id: task.lease.task_id.clone(),
+            payload_json: task.raw_payload.clone(),
+            timeout_seconds: task.payload.timeout_seconds,
+            max_retries: task.max_retries.saturating_sub(task.retries),
+            retry_initial_interval_ms: millis(self.retry.base_backoff),
+            retry_max_interval_ms: millis(self.retry.max_backoff),
+            heartbeat_timeout_ms: millis(settings.heartbeat_timeout),
+            timeout_margin_ms: millis(settings.timeout_margin),
+        }
+    }
+
+    /// The run was stopped from outside. A client cancel cancels the
+    /// workflow and waits (bounded) for it to end; a lost lease or a forced
+    /// shutdown leaves the workflow running, since whoever claims the task
+    /// next attaches to it (and this attempt's result is dropped anyway).
+    async fn stopped(
+        &self,
+        task: &ClaimedTask,
+        workflow: &RunningWorkflow,
+    ) -> exo_temporal::Result<AgentOutcome> {
+        let task_id = task.lease.task_id.as_str();
+        let cancelled_by_client = match self.broker.get(task_id).await {
+            Ok(Some(state)) => state.status == TaskStatus::Cancelled,
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!(%error, task_id, "cannot tell why the task was stopped; leaving its workflow running");
+                false
+            }
+        };
+        if !cancelled_by_client {
+            return Ok(AgentOutcome::cancelled(String::new()));
+        }
+        if let Err(error) = workflow.cancel("cancelled by an exo client").await {
+            tracing::warn!(%error, task_id, "could not cancel the task's workflow");
+            return Ok(AgentOutcome::cancelled(String::new()));
+        }
+        let settings = self.client.config();
+        let bound = settings.heartbeat_interval * 2 + self.grace + Duration::from_secs(10);
+        match tokio::time::timeout(bound, workflow.outcome()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(
+                    task_id,
+                    ?bound,
+                    "the workflow did not end after its cancel; recording the task as cancelled"
+                );
+                Ok(AgentOutcome::cancelled(String::new()))
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn execution(outcome: RunOutcome) -> Execution {
+    // The activity published every event it produced.
+    Execution {
+        outcome,
+        unsent_events: Vec::new(),
+    }
+}
+
+/// The agent's name and kind from the payload, for outcomes that did not
+/// come from a run (the workflow never started the activity, or Temporal
+/// failed).
+struct Names {
+    agent_name: String,
+    is_swarm: bool,
+}
+
+impl Names {
+    fn of(payload: &TaskPayload) -> Self {
+        match agent_spec(payload) {
+            Ok(spec) => Names {
+                agent_name: spec.name(),
+                is_swarm: matches!(spec, AgentSpec::Swarm(_)),
+            },
+            Err(_) => Names {
+                agent_name: agent_name_of(payload),
+                is_swarm: false,
+            },
+        }
+    }
+
+    fn failed(&self, error: String, error_type: &str, retryable: bool) -> RunOutcome {
+        let mut outcome =
+            crate::execute::failed_outcome(&self.agent_name, error, error_type, retryable);
+        outcome.is_swarm = self.is_swarm;
+        outcome
+    }
+
+    /// The workflow's outcome as the worker's. Temporal spent the retry
+    /// budget, so nothing it reports is retried again.
+    fn run_outcome(&self, outcome: AgentOutcome) -> RunOutcome {
+        let named = !outcome.agent_name.is_empty();
+        RunOutcome {
+            status: match outcome.status {
+                OutcomeKind::Completed => OutcomeStatus::Completed,
+                OutcomeKind::Failed => OutcomeStatus::Failed,
+                OutcomeKind::Cancelled => OutcomeStatus::Cancelled,
+                OutcomeKind::TimedOut => OutcomeStatus::TimedOut,
+            },
+            agent_name: if named {
+                outcome.agent_name
+            } else {
+                self.agent_name.clone()
+            },
+            is_swarm: if named {
+                outcome.is_swarm
+            } else {
+                self.is_swarm
+            },
+            output: outcome.output,
+            usage: outcome.usage,
+            error: outcome.error,
+            error_type: outcome.error_type,
+            retryable: false,
+        }
+    }
+}
+
+/// Runs activity attempts in this process: the agent through the local
+/// executor, then every event it produced out to Redis.
+struct WorkerHost {
+    local: Arc<LocalExecutor>,
+    broker: Broker,
+}
+
+/// How many times publishing an attempt's last events is tried.
+const PUBLISH_ATTEMPTS: u32 = 8;
+
+#[async_trait::async_trait]
+impl ActivityHost for WorkerHost {
+    async fn run(&self, run: ActivityRun) -> AgentOutcome {
+        let payload = match TaskPayload::from_json(run.payload_json.as_bytes()) {
+            Ok(payload) => payload,
+            Err(error) => {
+                return AgentOutcome::failed(
+                    String::new(),
+                    format!("the task payload cannot be read: {error}"),
+                    "ConfigError",
+                    false,
+                );
+            }
+        };
+        let names = Names::of(&payload);
+        if run.attempt > 1 {
+            // As in local mode, a retry is announced on the task's stream.
+            let budget = if run.max_attempts > 0 {
+                format!(" of {}", run.max_attempts - 1)
+            } else {
+                String::new()
+            };
+            let event = StreamEvent::status(
+                RunStatus::Running,
+                &names.agent_name,
+                format!(
+                    "attempt {} did not finish; retry {}{budget} starts on Temporal",
+                    run.attempt - 1,
+                    run.attempt - 1
+                ),
+            );
+            if let Err(error) = self.publish(&run.task_id, &[event.to_json()]).await {
+                return names_failed_to_publish(&names, &error);
+            }
+        }
+        let control = RunControl {
+            cancel: run.cancel.clone(),
+            deadline: run.deadline,
+        };
+        let execution = self.local.run_payload(&payload, control).await;
+        if let Err(error) = self.publish(&run.task_id, &execution.unsent_events).await {
+            return names_failed_to_publish(&names, &error);
+        }
+        agent_outcome(execution.outcome)
+    }
+}
+
+impl WorkerHost {
+    /// Publishes events, retrying while Redis is unreachable.
+    async fn publish(&self, task_id: &str, events: &[String]) -> exo_broker::Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.broker.publish_events(task_id, events).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_unreachable() && attempt + 1 < PUBLISH_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, task_id, "cannot publish the attempt's events yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+fn names_failed_to_publish(names: &Names, error: &exo_broker::Error) -> AgentOutcome {
+    AgentOutcome {
+        is_swarm: names.is_swarm,
+        ..AgentOutcome::failed(
+            names.agent_name.clone(),
+            format!("the attempt's events could not be published: {error}"),
+            "RuntimeError",
+            true,
+        )
+    }
+}
+
+/// A run's outcome as the workflow carries it.
+fn agent_outcome(outcome: RunOutcome) -> AgentOutcome {
+    AgentOutcome {
+        status: match outcome.status {
+            OutcomeStatus::Completed => OutcomeKind::Completed,
+            OutcomeStatus::Failed => OutcomeKind::Failed,
+            OutcomeStatus::Cancelled => OutcomeKind::Cancelled,
+            OutcomeStatus::TimedOut => OutcomeKind::TimedOut,
+        },
+        agent_name: outcome.agent_name,
+        is_swarm: outcome.is_swarm,
+        output: outcome.output,
+        usage: outcome.usage,
+        error: outcome.error,
+        error_type: outcome.error_type,
+        retryable: outcome.retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exo_proto::Usage;
+
+    #[test]
+    fn outcomes_cross_the_workflow_and_come_back_final() {
+        let names = Names {
+            agent_name: "helper".into(),
+            is_swarm: false,
+        };
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            total_tokens: 15,
+        };
+        let statuses = [
+            OutcomeStatus::Completed,
+            OutcomeStatus::Failed,
+            OutcomeStatus::Cancelled,
+            OutcomeStatus::TimedOut,
+        ];
+        for status in statuses {
+            let run = RunOutcome {
+                status,
+                agent_name: "a+b".into(),
+                is_swarm: true,
+                output: "out".into(),
+                usage,
+                error: Some("e".into()),
+                error_type: Some("RuntimeError".into()),
+                retryable: true,
+            };
+            let back = names.run_outcome(agent_outcome(run.clone()));
+            assert_eq!(
+                back,
+                RunOutcome {
+                    retryable: false,
+                    ..run
+                },
+                "{status:?}: Temporal spent the budget"
+            );
+        }
+        // An outcome with no name (the activity never ran) takes the payload's.
+        let back = names.run_outcome(AgentOutcome::cancelled(String::new()));
+        assert_eq!(back.agent_name, "helper");
+        assert_eq!(back.status, OutcomeStatus::Cancelled);
+    }
+}

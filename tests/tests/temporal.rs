@@ -1,0 +1,369 @@
+//! `exo start worker --executor temporal` end to end: worker processes on a
+//! real Redis and a real Temporal dev server. A worker killed in the middle
+//! of an activity loses nothing (Temporal retries the attempt on another
+//! worker), a cancel through the CLI cancels the workflow, and an
+//! unreachable Temporal stops the worker with a clear error.
+//!
+//! Needs `target/debug/exo` built with the `temporal` feature:
+//! `cargo build -p exo-cli --features temporal`, then
+//! `cargo test -p exo-e2e --features temporal --test temporal`.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use exo_e2e::{Target, agent_file, eventually};
+use exo_testkit::{TestRedis, TestTemporal};
+use serde_json::{Value, json};
+
+/// Fails with instructions unless the `exo` binary has the `temporal`
+/// feature. Bad Temporal settings make such a binary exit at once, before
+/// connecting to anything; one without the feature says so instead.
+fn require_temporal_binary(target: &Target) {
+    let output = target
+        .command()
+        .env("EXO_REDIS_URL", "redis://127.0.0.1:1")
+        .env("EXO_TEMPORAL_HEARTBEAT_TIMEOUT", "soon")
+        .args(["start", "worker", "--executor", "temporal"])
+        .output()
+        .expect("run exo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("`temporal` feature"),
+        "target/debug/exo was built without the `temporal` feature; run \
+         `cargo build -p exo-cli --features temporal` first:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("EXO_TEMPORAL_HEARTBEAT_TIMEOUT"),
+        "unexpected answer to bad Temporal settings:\n{stderr}"
+    );
+}
+
+/// An `exo start worker --executor temporal` process, killed when dropped.
+struct TemporalWorker {
+    child: Option<Child>,
+    logs: tempfile::TempDir,
+    worker_id: String,
+}
+
+impl TemporalWorker {
+    /// Starts a worker on the test's Redis and Temporal task queue, with a
+    /// 2 s activity heartbeat timeout, and waits for its banner.
+    fn start(target: &Target, temporal: &TestTemporal, args: &[&str]) -> Self {
+        let logs = tempfile::Builder::new()
+            .prefix("exo-temporal-worker-")
+            .tempdir()
+            .expect("a log dir");
+        let log = |name: &str| std::fs::File::create(logs.path().join(name)).expect("a log file");
+        let child = Self::command(target, temporal)
+            .args([
+                "start",
+                "worker",
+                "--executor",
+                "temporal",
+                "--builtin-tools",
+            ])
+            .args(["--log-format", "compact"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .spawn()
+            .expect("start the worker");
+        let mut worker = TemporalWorker {
+            child: Some(child),
+            logs,
+            worker_id: String::new(),
+        };
+        worker.worker_id = worker.wait_for_banner(temporal);
+        worker
+    }
+
+    fn command(target: &Target, temporal: &TestTemporal) -> Command {
+        let mut command = target.command();
+        command
+            .env("TEMPORAL_HOST", temporal.address())
+            .env("TEMPORAL_NAMESPACE", "default")
+            .env("EXO_TEMPORAL_TASK_QUEUE", temporal.task_queue())
+            .env("EXO_TEMPORAL_HEARTBEAT_TIMEOUT", "2")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn wait_for_banner(&mut self, temporal: &TestTemporal) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let stdout = self.stdout();
+            if let Some(line) = stdout.lines().find(|line| line.starts_with("exo worker "))
+                && self.stderr().contains("worker started")
+            {
+                let expected = format!(
+                    "temporal:    {} (namespace default, task queue {})",
+                    temporal.address(),
+                    temporal.task_queue()
+                );
+                assert!(stdout.contains("executor:    temporal"), "{stdout}");
+                assert!(
+                    stdout.contains(&expected),
+                    "`{expected}` missing:\n{stdout}"
+                );
+                return line.trim_start_matches("exo worker ").trim().to_owned();
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "the worker exited ({status}) before starting:\n{}\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the worker did not start:\n{}\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(&mut self) {
+        let child = self.child.as_mut().expect("a running worker");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the worker") {
+                assert!(
+                    status.success(),
+                    "the worker exited with {status}:\n{}",
+                    self.stderr()
+                );
+                self.child = None;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not stop after SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TemporalWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn status_of(target: &Target, task_id: &str) -> Value {
+    target.json(&["task", "status", task_id])
+}
+
+fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
+    let output = target
+        .command()
+        .args(["task", "events", task_id, "--json"])
+        .output()
+        .expect("run exo");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("an event line")["event"].clone())
+        .collect()
+}
+
+fn is_terminal(event: &Value) -> bool {
+    event["type"] == "status"
+        && ["completed", "error", "cancelled"].contains(&event["status"].as_str().unwrap_or(""))
+}
+
+fn submit(target: &Target, agent: &std::path::Path) -> String {
+    let submitted = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "x",
+        "--detailed",
+    ]);
+    submitted["task_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_worker_killed_mid_activity_loses_nothing() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    require_temporal_binary(&target);
+    let temporal = TestTemporal::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "slow", "model": "scripted:slow:4000"}),
+    );
+    let fast_failover = [
+        "--concurrency",
+        "1",
+        "--heartbeat-ttl",
+        "2",
+        "--lease",
+        "10",
+    ];
+    let mut victim = TemporalWorker::start(&target, &temporal, &fast_failover);
+    let task_id = submit(&target, &agent);
+    // The activity runs on the victim (the only poller) once the run's
+    // first event is in the stream.
+    eventually(
+        Duration::from_secs(20),
+        "the activity to start on the victim",
+        || {
+            let status = status_of(&target, &task_id);
+            (status["status"] == "running"
+                && status["worker_id"] == json!(victim.worker_id)
+                && !events_of(&target, &task_id).is_empty())
+            .then_some(())
+        },
+    );
+    victim.kill();
+    let started = Instant::now();
+    let mut survivor = TemporalWorker::start(&target, &temporal, &fast_failover);
+    let status = eventually(
+        Duration::from_secs(60),
+        "the task to complete on the survivor",
+        || {
+            let status = status_of(&target, &task_id);
+            (status["status"] == "completed").then_some(status)
+        },
+    );
+    let took = started.elapsed();
+    assert_eq!(status["worker_id"], json!(survivor.worker_id));
+    assert_eq!(status["result"], json!({"output": "Done after 4000 ms."}));
+    let events = events_of(&target, &task_id);
+    let terminal: Vec<&Value> = events.iter().filter(|event| is_terminal(event)).collect();
+    assert_eq!(terminal.len(), 1, "exactly one terminal event: {events:#?}");
+    assert_eq!(terminal[0]["status"], "completed");
+    assert!(is_terminal(events.last().unwrap()), "{events:#?}");
+    assert!(
+        events.iter().any(|event| event["type"] == "status"
+            && event["status"] == "running"
+            && event["message"]
+                .as_str()
+                .is_some_and(|text| text.contains("starts on Temporal"))),
+        "Temporal retried the attempt on the survivor: {events:#?}"
+    );
+    assert_eq!(
+        temporal
+            .workflow_status(&format!("exo-task-{task_id}"))
+            .as_deref(),
+        Some("Completed")
+    );
+    assert!(took < Duration::from_secs(60), "failover took {took:?}");
+    survivor.stop();
+}
+
+#[test]
+fn a_cancel_through_the_cli_cancels_the_workflow() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    require_temporal_binary(&target);
+    let temporal = TestTemporal::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "slow", "model": "scripted:slow:60000"}),
+    );
+    let mut worker = TemporalWorker::start(&target, &temporal, &[]);
+    let task_id = submit(&target, &agent);
+    eventually(Duration::from_secs(20), "the activity to start", || {
+        (!events_of(&target, &task_id).is_empty()).then_some(())
+    });
+    let cancelled = target.json(&["task", "cancel", &task_id]);
+    assert_eq!(cancelled["result"], "cancelling");
+    let started = Instant::now();
+    let output = target.run(&["task", "events", &task_id, "--follow"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the cancel took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("● cancelled"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(status_of(&target, &task_id)["status"], "cancelled");
+    let events = events_of(&target, &task_id);
+    assert_eq!(
+        events.last().unwrap(),
+        &json!({"type": "status", "status": "cancelled", "agent_name": "slow", "message": "Agent 'slow' was cancelled"})
+    );
+    let workflow_id = format!("exo-task-{task_id}");
+    assert_eq!(
+        temporal.workflow_status(&workflow_id).as_deref(),
+        Some("Canceled")
+    );
+    // And as an operator would check it, with the temporal CLI.
+    let described = temporal.cli(&["workflow", "describe", "--workflow-id", &workflow_id]);
+    assert!(
+        String::from_utf8_lossy(&described.stdout).contains("CANCELED"),
+        "{}",
+        String::from_utf8_lossy(&described.stdout)
+    );
+    worker.stop();
+}
+
+#[test]
+fn an_unreachable_temporal_stops_the_worker_with_a_clear_error() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    require_temporal_binary(&target);
+    let address = format!("127.0.0.1:{}", exo_testkit::free_port());
+    let started = Instant::now();
+    let output = target
+        .command()
+        .env("TEMPORAL_HOST", &address)
+        .args(["start", "worker", "--executor", "temporal"])
+        .output()
+        .expect("run exo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Temporal server {address} (namespace `default`) is unusable"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
