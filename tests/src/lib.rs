@@ -38,6 +38,8 @@ pub struct Target {
     pub prefix: String,
     /// The queue name.
     pub queue: String,
+    /// Extra environment for every command (CA file, replica acks, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Target {
@@ -47,7 +49,24 @@ impl Target {
             redis_url: redis.url().to_owned(),
             prefix: redis.prefix().to_owned(),
             queue: redis.queue(),
+            env: Vec::new(),
         }
+    }
+
+    /// A target from its parts.
+    pub fn new(redis_url: &str, prefix: &str, queue: &str) -> Self {
+        Target {
+            redis_url: redis_url.to_owned(),
+            prefix: prefix.to_owned(),
+            queue: queue.to_owned(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The same target with one more environment variable.
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// An `exo` command aimed at this target.
@@ -59,6 +78,7 @@ impl Target {
             .env("EXO_QUEUE", &self.queue)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null());
         command
     }

@@ -5,6 +5,10 @@
 //! - `tidy`: the layering check alone.
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
 //! - `bench`: throughput, latency, Redis commands and memory per task.
+//! - `e2e`: the end-to-end suite on every deployment shape (standalone,
+//!   Sentinel with failover, Cluster, ACL user, TLS), with the real `exo`
+//!   binary; `--redis-url` runs the standalone shape (and the process tests)
+//!   against a Redis you give it, e.g. one in Docker.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -24,6 +28,7 @@ fn main() -> Result<()> {
         "ci" => ci(&rest),
         "tidy" => tidy(),
         "demo" => demo::demo(),
+        "e2e" => e2e(&rest),
         "bench" => bench::bench(&rest),
         "help" | "--help" | "-h" => {
             println!(
@@ -79,6 +84,31 @@ fn tidy() -> Result<()> {
     tidy::tidy(&metadata)?;
     eprintln!("tidy: the layering holds");
     Ok(())
+}
+
+fn e2e(rest: &[String]) -> Result<()> {
+    // The tests run the `exo` binary next to them; build it first.
+    run("build exo", cargo().args(["build", "-p", "exo-cli"]))?;
+    let mut command = cargo();
+    command.args([
+        "test",
+        "-p",
+        "exo-e2e",
+        "--test",
+        "deployments",
+        "--test",
+        "worker_process",
+    ]);
+    match rest {
+        [] => {}
+        [flag, url] if flag == "--redis-url" => {
+            command
+                .env("EXO_E2E_REDIS_URL", url)
+                .env("EXO_TEST_REDIS_URL", url);
+        }
+        other => bail!("usage: cargo xtask e2e [--redis-url URL] (got {other:?})"),
+    }
+    run("e2e", &mut command)
 }
 
 fn ci(_rest: &[String]) -> Result<()> {

@@ -44,7 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("exo-e2e", &["exo-testkit"]),
-    ("xtask", &[]),
+    ("xtask", &["exo-proto", "exo-broker", "exo-testkit"]),
 ];
 
 /// External crates a crate's whole normal dependency graph must not contain.
@@ -61,6 +61,12 @@ const OWNED: &[(&str, &str)] = &[
     ("fred", "exo-broker"),
     ("sqlx", "exo-memory"),
     ("anyhow", "exo-cli"),
+    ("temporalio-sdk", "exo-temporal"),
+    ("temporalio-client", "exo-temporal"),
+    ("temporalio-common", "exo-temporal"),
+    ("temporalio-macros", "exo-temporal"),
+    ("temporalio-workflow", "exo-temporal"),
+    ("temporalio-sdk-core", "exo-temporal"),
 ];
 
 pub(crate) fn tidy(metadata: &Value) -> Result<()> {

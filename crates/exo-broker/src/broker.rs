@@ -170,6 +170,11 @@ impl Broker {
         let url = RedisUrl::parse(&config.redis_url)?;
         if url.is_cluster() {
             config.keys.check_single_slot().map_err(Error::Config)?;
+            if config.replica_acks > 0 {
+                return Err(Error::Config(
+                    "replica acknowledgements (WAIT) are not supported with Redis Cluster; set them to 0".into(),
+                ));
+            }
         }
         let client = build_client(&config, &url)?;
         let masked = mask_url(&config.redis_url);
@@ -276,8 +281,53 @@ impl Broker {
         }
     }
 
-    /// Runs a script with the common key and argument header.
-    pub(crate) async fn eval(&self, script: &Script, args: Vec<String>) -> Result<Value> {
+    /// Runs a script that records something a client was promised (a
+    /// submit, a final write, a cancel). With `replica_acks` set, a `WAIT`
+    /// is pipelined after it, so the write is on a replica before this
+    /// returns; still one round trip.
+    pub(crate) async fn eval_durable(&self, script: &Script, args: Vec<String>) -> Result<Value> {
+        let acks = self.inner.config.replica_acks;
+        if acks == 0 {
+            return self.eval(script, args).await;
+        }
+        let (keys, args) = self.script_arguments(args);
+        let timeout = self.inner.config.replica_ack_timeout.as_millis().max(1) as i64;
+        for attempt in 0..2 {
+            let pipeline = self.inner.client.pipeline();
+            let mut evalsha: Vec<String> = Vec::with_capacity(2 + keys.len() + args.len());
+            evalsha.push(script.sha1().to_string());
+            evalsha.push(keys.len().to_string());
+            evalsha.extend(keys.iter().cloned());
+            evalsha.extend(args.iter().cloned());
+            let _: () = pipeline.custom(fred::cmd!("EVALSHA"), evalsha).await?;
+            let _: () = pipeline.wait(i64::from(acks), timeout).await?;
+            self.count();
+            let mut results = pipeline.try_all::<Value>().await.into_iter();
+            let written = results.next().unwrap_or(Ok(Value::Null));
+            let acknowledged = results.next();
+            match written {
+                Err(error) if error.details().starts_with("NOSCRIPT") && attempt == 0 => {
+                    self.count();
+                    script.load(&self.inner.client).await?;
+                }
+                Err(error) => return Err(error.into()),
+                Ok(value) => {
+                    match acknowledged {
+                        Some(Ok(Value::Integer(count))) if count >= i64::from(acks) => {}
+                        other => tracing::warn!(
+                            wanted = acks,
+                            got = ?other,
+                            "a write was not acknowledged by enough replicas in time; it is on the primary"
+                        ),
+                    }
+                    return Ok(value);
+                }
+            }
+        }
+        Err(Error::Redis("the script could not be loaded".into()))
+    }
+
+    fn script_arguments(&self, args: Vec<String>) -> (Vec<String>, Vec<String>) {
         let keys = self.keys();
         let config = &self.inner.config;
         let key_list = vec![
@@ -298,6 +348,12 @@ impl Broker {
         all_args.push(config.event_stream_max_len.to_string());
         all_args.push(config.dead_letter_max_len.to_string());
         all_args.extend(args);
+        (key_list, all_args)
+    }
+
+    /// Runs a script with the common key and argument header.
+    pub(crate) async fn eval(&self, script: &Script, args: Vec<String>) -> Result<Value> {
+        let (key_list, all_args) = self.script_arguments(args);
         self.count();
         let value: Value = script
             .evalsha_with_reload(&self.inner.client, key_list, all_args)
@@ -324,7 +380,7 @@ impl Broker {
             .map(|spec| spec.name())
             .unwrap_or_default();
         let value = self
-            .eval(
+            .eval_durable(
                 &self.inner.scripts.submit,
                 vec![
                     payload.task_id.clone(),
@@ -428,7 +484,7 @@ impl Broker {
     /// signalled and stops within a bounded time.
     pub async fn cancel(&self, task_id: &str) -> Result<CancelOutcome> {
         let value = self
-            .eval(&self.inner.scripts.cancel, vec![task_id.to_owned()])
+            .eval_durable(&self.inner.scripts.cancel, vec![task_id.to_owned()])
             .await?;
         let parts = reply::strings("cancel", value)?;
         Ok(match parts.first().map(String::as_str) {

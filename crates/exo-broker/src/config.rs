@@ -33,6 +33,13 @@ pub struct BrokerConfig {
     /// PEM file with extra CA certificates for `rediss://` (self-signed
     /// servers).
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Replicas that must acknowledge a submit, a final write or a cancel
+    /// before it returns (`WAIT`, pipelined with the write, so still one
+    /// round trip). With Sentinel, 1 means an acknowledged write survives
+    /// the failover of its primary. 0 (the default) does not wait.
+    pub replica_acks: u32,
+    /// How long to wait for those acknowledgements.
+    pub replica_ack_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -51,6 +58,8 @@ impl BrokerConfig {
             retry: RetryPolicy::default(),
             lease: Duration::from_secs(60),
             tls_ca_file: None,
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
         }
     }
 

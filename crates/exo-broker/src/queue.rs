@@ -196,7 +196,7 @@ impl Broker {
             policy.max_retries.to_string(),
         ];
         args.extend(events);
-        let value = self.eval(&self.inner.scripts.finish, args).await?;
+        let value = self.eval_durable(&self.inner.scripts.finish, args).await?;
         let parts = reply::array("finish", value)?;
         let word = parts
             .first()
@@ -412,10 +412,44 @@ impl Broker {
                 )));
             }
         }
-        let receiver = subscriber.message_rx();
+        let mut receiver = subscriber.message_rx();
         let manager = subscriber.manage_subscriptions();
         self.count();
         subscriber.psubscribe(self.keys().cancel_pattern()).await?;
+        // A refused subscription (an ACL without the pattern, say) is not
+        // always reported; prove the channel works with a probe.
+        let probe = self
+            .keys()
+            .cancel_channel(&format!("probe-{}", uuid::Uuid::new_v4().simple()));
+        let deadline = tokio::time::Instant::now()
+            + self
+                .inner
+                .config
+                .command_timeout
+                .min(std::time::Duration::from_secs(3));
+        let mut received = false;
+        while !received && tokio::time::Instant::now() < deadline {
+            self.count();
+            let _: Value = self.inner.client.publish(probe.as_str(), "probe").await?;
+            let wait = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+                loop {
+                    match receiver.recv().await {
+                        Ok(message) if message.channel == probe => return true,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return false,
+                    }
+                }
+            });
+            received = wait.await.unwrap_or(false);
+        }
+        if !received {
+            manager.abort();
+            let _ = subscriber.quit().await;
+            return Err(Error::Redis(format!(
+                "subscribed to {} but a probe message never arrived; check that the Redis user may PSUBSCRIBE that pattern",
+                self.keys().cancel_pattern()
+            )));
+        }
         Ok(CancelListener {
             subscriber,
             receiver,
@@ -440,7 +474,9 @@ impl CancelListener {
         loop {
             match self.receiver.recv().await {
                 Ok(message) => {
-                    if let Some(task_id) = self.keys.task_id_of_cancel_channel(&message.channel) {
+                    if let Some(task_id) = self.keys.task_id_of_cancel_channel(&message.channel)
+                        && !task_id.starts_with("probe-")
+                    {
                         return Some(task_id.to_owned());
                     }
                 }

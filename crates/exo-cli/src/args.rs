@@ -33,6 +33,9 @@ pub(crate) struct Global {
     /// PEM file with extra CA certificates for rediss:// (self-signed servers).
     #[arg(long, env = "EXO_REDIS_CA_FILE", global = true)]
     pub(crate) tls_ca_file: Option<PathBuf>,
+    /// Replicas that must acknowledge each submit, cancel and final write (WAIT); 1 makes them survive a Sentinel failover.
+    #[arg(long, env = "EXO_REPLICA_ACKS", global = true, default_value_t = 0)]
+    pub(crate) replica_acks: u32,
     /// Print JSON instead of tables (read commands).
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -105,6 +108,9 @@ pub(crate) struct StartWorker {
     /// Where tasks run.
     #[arg(long, value_enum, default_value = "local", env = "EXO_EXECUTOR")]
     pub(crate) executor: Executor,
+    /// Seconds between queue-depth measurements for the metrics (0: never).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) stats_interval: f64,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "EXO_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,

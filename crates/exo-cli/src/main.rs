@@ -80,8 +80,10 @@ fn main() -> ExitCode {
         Command::Start(_) => None,
         _ => {
             let mut config = exo_observability::TelemetryConfig::new("exo");
+            // Warnings only, but the CLI's own spans (the submit span) stay
+            // enabled so they can be exported and propagated.
             config.log_filter =
-                Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()));
+                Some(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,exo=info".to_owned()));
             config.metrics = false;
             match runtime.block_on(async { exo_observability::install(config) }) {
                 Ok(telemetry) => Some(telemetry),

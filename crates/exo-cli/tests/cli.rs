@@ -147,3 +147,58 @@ fn temporal_mode_checks_its_settings_first() {
         );
     }
 }
+
+/// The Temporal SDK is in the graph only with the `temporal` feature: a
+/// default build carries none of it.
+#[test]
+fn the_temporal_crates_come_only_with_the_feature() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let temporal_crates = |features: &[&str]| -> Vec<String> {
+        let output = Command::new(&cargo)
+            .args([
+                "tree",
+                "-p",
+                "exo-cli",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--offline",
+            ])
+            .args(features)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo tree {features:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut names: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| name.starts_with("temporalio"))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(
+        temporal_crates(&[]),
+        Vec::<String>::new(),
+        "a default build has no Temporal crate"
+    );
+    let with_feature = temporal_crates(&["--features", "temporal"]);
+    for name in [
+        "temporalio-client",
+        "temporalio-sdk",
+        "temporalio-sdk-core",
+        "temporalio-workflow",
+    ] {
+        assert!(
+            with_feature.iter().any(|found| found == name),
+            "{name} missing: {with_feature:?}"
+        );
+    }
+}

@@ -34,9 +34,11 @@ mod postgres;
 mod process;
 mod redis;
 mod temporal;
+mod topology;
 
 pub use fake_llm::{FakeChunk, FakeLlmServer, FakeResponse, RecordedRequest};
 pub use postgres::{PostgresServer, TestPostgres};
 pub use process::{find_binary, free_port, unique_name, wait_for_port};
 pub use redis::{RedisServer, TestRedis, redis_command};
 pub use temporal::{TemporalDevServer, TestTemporal, temporal_binary};
+pub use topology::{AclRedis, RedisCluster, RedisSentinelSet, TlsRedis};

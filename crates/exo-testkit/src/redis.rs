@@ -24,6 +24,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra_args: Vec<String>,
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -36,6 +37,16 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (e.g.
     /// `["--appendonly", "yes"]`).
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_configured(extra_args, false)
+    }
+
+    /// Starts a server that listens only with TLS on its port (the extra
+    /// arguments carry the certificate settings).
+    pub fn start_tls(extra_args: &[&str]) -> Self {
+        Self::start_configured(extra_args, true)
+    }
+
+    fn start_configured(extra_args: &[&str], tls: bool) -> Self {
         let binary = find_binary("redis-server", &[], INSTALL_REDIS);
         let mut dir = tempfile::Builder::new()
             .prefix("exo-redis-")
@@ -48,6 +59,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+                tls,
                 child: None,
             };
             match server.spawn() {
@@ -70,9 +82,14 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new(&self.binary);
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string());
+        } else {
+            command.arg("--port").arg(self.port.to_string());
+        }
         command
-            .arg("--port")
-            .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -107,9 +124,10 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:{port}`.
+    /// `redis://127.0.0.1:{port}` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's working directory.

@@ -109,27 +109,28 @@ impl TemporalDevServer {
             .spawn()
             .map_err(|error| format!("cannot run {}: {error}", self.binary.display()))?;
         self.child = Some(child);
+        // Ready once the frontend serves the default namespace; a process
+        // that exits (a port taken after all) fails at once.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let ready = wait_for_port(self.port, Duration::from_secs(60))
-            && loop {
-                if self.exited() {
-                    break false;
-                }
-                let health = self.cli(&[
-                    "operator",
-                    "namespace",
-                    "describe",
-                    "--namespace",
-                    "default",
-                ]);
-                if health.status.success() {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
+        let ready = loop {
+            if self.exited() || Instant::now() > deadline {
+                break false;
+            }
+            if wait_for_port(self.port, Duration::from_millis(100))
+                && self
+                    .cli(&[
+                        "operator",
+                        "namespace",
+                        "describe",
+                        "--namespace",
+                        "default",
+                    ])
+                    .status
+                    .success()
+            {
+                break true;
+            }
+        };
         if ready {
             return Ok(());
         }

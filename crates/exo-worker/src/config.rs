@@ -71,6 +71,9 @@ pub struct WorkerConfig {
     pub allow_payload_dsn: bool,
     /// Prior messages loaded per task at most.
     pub memory_history_limit: usize,
+    /// Replicas that must acknowledge each final write (see
+    /// `exo_broker::BrokerConfig::replica_acks`).
+    pub replica_acks: u32,
 }
 
 impl WorkerConfig {
@@ -96,6 +99,7 @@ impl WorkerConfig {
             memory_stores: Vec::new(),
             allow_payload_dsn: false,
             memory_history_limit: 200,
+            replica_acks: 0,
         }
     }
 

@@ -286,6 +286,7 @@ impl Worker {
         config.retry = self.config.retry;
         config.lease = self.config.lease;
         config.tls_ca_file = self.config.tls_ca_file.clone();
+        config.replica_acks = self.config.replica_acks;
         config
     }
 
@@ -728,6 +729,12 @@ async fn run_task(
         _ => {}
     }
     let ran_for = running.started.elapsed();
+    let mut execution = execution;
+    if executor.retries_internally() {
+        // The executor already spent the retry budget (Temporal retries
+        // activities itself): a failure here is final.
+        execution.outcome.retryable = false;
+    }
     finish(
         &shared,
         &hooks,

@@ -10,8 +10,15 @@
 //! in local mode. Temporal spends the retry budget (`1 + max_retries`
 //! activity attempts), so a failure the workflow reports is final here.
 //!
-//! Settings come from the environment (see [`exo_temporal::TemporalConfig`]);
-//! the worker's concurrency caps the activities this process runs at once.
+//! An attempt publishes its events to the Redis of the process that runs
+//! it, so every worker polling one task queue must use the same Redis and
+//! key prefix (and the same memory stores, tools and providers).
+//!
+//! `exo start worker --executor temporal` reads the settings from the
+//! environment (see [`exo_temporal::TemporalConfig`]), and the worker's
+//! concurrency caps the activities this process runs at once; a program
+//! embedding a worker can pass explicit settings to
+//! [`TemporalExecutor::start`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -49,7 +56,7 @@ pub(crate) async fn start(
 
 /// The run's own deadline plus its grace fire first; five more seconds
 /// leave time to publish the last events.
-pub(crate) fn default_timeout_margin(config: &WorkerConfig) -> Duration {
+fn default_timeout_margin(config: &WorkerConfig) -> Duration {
     config.deadline_grace + Duration::from_secs(5)
 }
 
@@ -62,6 +69,7 @@ fn broker_config(config: &WorkerConfig) -> BrokerConfig {
     broker.retry = config.retry;
     broker.lease = config.lease;
     broker.tls_ca_file = config.tls_ca_file.clone();
+    broker.replica_acks = config.replica_acks;
     broker
 }
 
@@ -358,7 +366,15 @@ impl ActivityHost for WorkerHost {
             cancel: run.cancel.clone(),
             deadline: run.deadline,
         };
-        let execution = self.local.run_payload(&payload, control).await;
+        // The attempt joins the submitter's trace, wherever it runs.
+        let span = tracing::info_span!(
+            "exo.task.activity",
+            task_id = run.task_id,
+            attempt = run.attempt
+        );
+        exo_observability::set_parent_from(&span, &payload.trace_context());
+        let execution =
+            tracing::Instrument::instrument(self.local.run_payload(&payload, control), span).await;
         if let Err(error) = self.publish(&run.task_id, &execution.unsent_events).await {
             return names_failed_to_publish(&names, &error);
         }

@@ -482,3 +482,51 @@ async fn a_task_past_the_drain_timeout_is_handed_back() {
     assert_eq!(broker.queue_stats().await.unwrap().depth(), 1);
     assert!(hooks.calls.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_worker_rides_out_a_redis_outage() {
+    let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
+    let Harness {
+        mut redis,
+        broker,
+        shutdown,
+        worker,
+        hooks: _,
+        worker_id: _,
+    } = harness;
+    let before = payload(json!({"name": "a", "model": "scripted:echo"}), "before");
+    broker.submit(before.clone()).await.unwrap();
+    wait(&broker, &before.task_id).await;
+
+    redis.server().unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker is still alive without Redis"
+    );
+    redis.server().unwrap().restart();
+
+    // The restarted server lost everything (no persistence), the consumer
+    // group included; the worker recreates it and carries on.
+    let after = payload(
+        json!({"name": "a", "model": "scripted:echo"}),
+        "after the outage",
+    );
+    let mut submitted = false;
+    for _ in 0..50 {
+        if broker.submit(after.clone()).await.is_ok() {
+            submitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(submitted);
+    let (state, _) = wait(&broker, &after.task_id).await;
+    assert_eq!(state.output(), Some("after the outage"));
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

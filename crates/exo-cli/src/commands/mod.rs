@@ -29,6 +29,7 @@ pub(crate) fn broker_config(global: &Global) -> Result<BrokerConfig, Failure> {
     let mut config = BrokerConfig::new(redis_url(global)?)
         .with_keys(Keys::new(global.key_prefix.clone(), global.queue.clone()));
     config.tls_ca_file = global.tls_ca_file.clone();
+    config.replica_acks = global.replica_acks;
     Ok(config)
 }
 

@@ -36,7 +36,15 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         ));
     }
     config.retry.base_backoff = Duration::from_secs_f64(args.retry_backoff);
+    if !(args.stats_interval.is_finite() && args.stats_interval >= 0.0) {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!("--stats-interval must be a non-negative number of seconds"),
+        ));
+    }
+    config.stats_interval = Duration::from_secs_f64(args.stats_interval);
     config.tls_ca_file = global.tls_ca_file.clone();
+    config.replica_acks = global.replica_acks;
     config.memory_stores = args.memory_stores.clone();
     config.allow_payload_dsn = args.allow_payload_dsn;
     config.executor = match args.executor {

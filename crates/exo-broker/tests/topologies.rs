@@ -1,0 +1,278 @@
+//! The broker on every deployment shape: Redis Cluster (one hash slot per
+//! queue, so no script can ever touch two slots), Sentinel, TLS with a
+//! private CA, and a least-privilege ACL user.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use exo_broker::{Broker, BrokerConfig, Error, Outcome};
+use exo_proto::{Keys, TaskStatus};
+use exo_testkit::{RedisCluster, RedisSentinelSet, TlsRedis};
+
+/// Every broker operation once: submit, claim, publish, finish, cancel,
+/// read events, list, stats, fleet, reap, release, dead letter, redrive.
+async fn lifecycle(broker: &Broker) {
+    let first = payload("one");
+    let second = payload("two");
+    let doomed = payload("doomed");
+    for task in [&first, &second, &doomed] {
+        broker.submit(task.clone()).await.unwrap();
+    }
+    broker.cancel(&doomed.task_id).await.unwrap();
+    let claimed = claim_all(broker, "w1", 2).await;
+    assert_eq!(claimed.len(), 2);
+    let publisher = broker.publisher(&claimed[0].lease.task_id);
+    publisher.publish(&completed("helper")).await;
+    let rest = publisher.close().await;
+    broker
+        .finish(
+            &claimed[0],
+            Outcome::Completed { output: "ok" },
+            rest,
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    broker
+        .finish(
+            &claimed[1],
+            Outcome::Failed {
+                error: "boom",
+                retryable: false,
+            },
+            vec![],
+            &errored("helper", "boom"),
+        )
+        .await
+        .unwrap();
+    let events = broker
+        .events(&claimed[0].lease.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert!(events.last().unwrap().event.is_terminal());
+    assert_eq!(
+        broker
+            .list(Some(TaskStatus::Completed), 10, 0)
+            .await
+            .unwrap()
+            .tasks
+            .len(),
+        1
+    );
+    let stats = broker.queue_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead_letter), (0, 1));
+    broker.fleet().await.unwrap();
+    broker.reap("w1", 10).await.unwrap();
+    let letters = broker.dead_letters(5).await.unwrap();
+    broker.redrive(&letters[0].entry_id).await.unwrap();
+    let again = claim_all(broker, "w2", 1).await;
+    assert_eq!(broker.release(&[again[0].lease.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        broker.get(&doomed.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn cluster_needs_one_slot_and_then_runs_everything() {
+    let cluster = RedisCluster::start(3);
+    // The reference key names spread over slots: refused before any script runs.
+    let error = Broker::connect(BrokerConfig::new(cluster.url()))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error}");
+    assert!(error.to_string().contains("hash slot"), "{error}");
+
+    let keys = Keys::with_prefix("{exo}:");
+    let broker = Broker::connect(BrokerConfig::new(cluster.url()).with_keys(keys.clone()))
+        .await
+        .unwrap();
+    lifecycle(&broker).await;
+    let slot = keys.check_single_slot().unwrap();
+    let owners: std::collections::BTreeSet<u16> = keys
+        .all_sample()
+        .iter()
+        .map(|key| cluster.owner_of(key))
+        .collect();
+    assert_eq!(
+        owners.len(),
+        1,
+        "every key of slot {slot} lives on one node"
+    );
+}
+
+#[tokio::test]
+async fn sentinel_urls_reach_the_primary() {
+    let set = RedisSentinelSet::start();
+    let broker = Broker::connect(BrokerConfig::new(set.url())).await.unwrap();
+    lifecycle(&broker).await;
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let server = TlsRedis::start();
+    let mut config = BrokerConfig::new(server.url());
+    config.connect_timeout = Duration::from_secs(3);
+    let error = Broker::connect(config.clone()).await.unwrap_err();
+    assert!(
+        error.is_unreachable(),
+        "an untrusted certificate is refused: {error}"
+    );
+    config.tls_ca_file = Some(server.ca_file());
+    let broker = Broker::connect(config).await.unwrap();
+    lifecycle(&broker).await;
+}
+
+/// The ACL user of `deploy/acl/exo.acl`, with its password.
+fn acl_line() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/acl/exo.acl"
+    ))
+    .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("user exo "))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_least_privilege_acl_user_runs_everything_and_nothing_more() {
+    let line = acl_line();
+    let server = exo_testkit::AclRedis::start(&[&line]);
+    let url = server.url_for("exo", "change-me-exo-password");
+    let broker = Broker::connect(BrokerConfig::new(url.clone()))
+        .await
+        .unwrap();
+    lifecycle(&broker).await;
+    let listener = broker.cancel_listener().await.unwrap();
+    listener.close().await;
+    // Without the literal pattern PSUBSCRIBE is refused, and the listener
+    // says so instead of waiting for signals that never come.
+    let narrower = line.replace(" &exo:cancel:*", "");
+    let strict = exo_testkit::AclRedis::start(&[&narrower]);
+    let strict_broker = Broker::connect(BrokerConfig::new(
+        strict.url_for("exo", "change-me-exo-password"),
+    ))
+    .await
+    .unwrap();
+    let error = strict_broker.cancel_listener().await.unwrap_err();
+    assert!(error.to_string().contains("PSUBSCRIBE"), "{error}");
+
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    for (command, args) in [
+        ("FLUSHALL", vec![]),
+        ("KEYS", vec!["*"]),
+        ("CONFIG", vec!["GET", "*"]),
+        ("SET", vec!["other:key", "x"]),
+    ] {
+        let result: Result<fred::types::Value, _> = client.custom(fred::cmd!(command), args).await;
+        let error = result.expect_err(command);
+        assert!(
+            error.to_string().contains("NOPERM") || error.to_string().contains("permission"),
+            "{command}: {error}"
+        );
+    }
+}
+
+/// Retries an operation while Redis is unreachable (a failover in
+/// progress), up to `timeout`.
+async fn through_failover<T, F, Fut>(timeout: Duration, mut operation: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = exo_broker::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match operation().await {
+            Ok(value) => return value,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing_free_sleep(&error).await;
+            }
+            Err(error) => panic!("still failing after {timeout:?}: {error}"),
+        }
+    }
+}
+
+async fn tracing_free_sleep(_error: &exo_broker::Error) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_sentinel_failover() {
+    let mut set = RedisSentinelSet::start();
+    let mut config = BrokerConfig::new(set.url());
+    config.replica_acks = 1;
+    config.command_timeout = Duration::from_secs(2);
+    let broker = Broker::connect(config).await.unwrap();
+    let mut acknowledged = Vec::new();
+    for index in 0..10 {
+        let task = payload(&format!("before {index}"));
+        broker.submit(task.clone()).await.unwrap();
+        acknowledged.push(task.task_id);
+    }
+    let claimed = claim_all(&broker, "w1", 3).await;
+    for task in &claimed {
+        broker
+            .finish(
+                task,
+                Outcome::Completed { output: "before" },
+                vec![],
+                &completed("helper"),
+            )
+            .await
+            .unwrap();
+    }
+    let took = set.fail_over(Duration::from_secs(30));
+    // The old primary comes back; the sentinels make it a replica of the new one.
+    set.primary().restart();
+    for index in 0..5 {
+        let task = payload(&format!("after {index}"));
+        through_failover(Duration::from_secs(30), || broker.submit(task.clone())).await;
+        acknowledged.push(task.task_id);
+    }
+    let mut done = claimed
+        .iter()
+        .map(|task| task.lease.task_id.clone())
+        .collect::<Vec<_>>();
+    let mut claimer = broker.claimer("w2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done.len() < acknowledged.len() && tokio::time::Instant::now() < deadline {
+        let claim = match claimer.claim(20, Duration::from_millis(200)).await {
+            Ok(claim) => claim,
+            Err(_) => continue,
+        };
+        let terminal = completed("helper");
+        for task in claim.tasks {
+            through_failover(Duration::from_secs(10), || {
+                broker.finish(
+                    &task,
+                    Outcome::Completed { output: "after" },
+                    vec![],
+                    &terminal,
+                )
+            })
+            .await;
+            done.push(task.lease.task_id.clone());
+        }
+    }
+    done.sort();
+    acknowledged.sort();
+    assert_eq!(
+        done, acknowledged,
+        "every acknowledged task ran once (failover took {took:?})"
+    );
+    for task_id in &acknowledged {
+        assert_eq!(
+            broker.get(task_id).await.unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+    }
+}
