@@ -83,10 +83,10 @@ fn metrics_follow_a_prefilled_queue_down_to_zero() {
     let mut depths = Vec::new();
     eventually(Duration::from_secs(60), "the queue to drain", || {
         let (_, text) = get(port, "/metrics");
-        if let Some(depth) = sample(&text, "exo_distributed_queue_depth", "") {
-            if depths.last() != Some(&depth) {
-                depths.push(depth);
-            }
+        if let Some(depth) = sample(&text, "exo_distributed_queue_depth", "")
+            && depths.last() != Some(&depth)
+        {
+            depths.push(depth);
         }
         let completed = sample(&text, "exo_distributed_tasks_completed_total", "").unwrap_or(0.0);
         (completed as usize == tasks && depths.last() == Some(&0.0)).then_some(())
@@ -216,10 +216,18 @@ fn the_execute_span_is_a_child_of_the_submit_span() {
                 .iter()
                 .find(|span| span.name == "exo.task.execute")
                 .cloned()?;
-            Some((submit, execute))
+            let model = spans
+                .iter()
+                .find(|span| span.name == "exo.model.call")
+                .cloned()?;
+            Some((submit, execute, model))
         },
     );
-    let (submit, execute) = spans;
+    let (submit, execute, model) = spans;
+    assert_eq!(
+        model.parent_span_id, execute.span_id,
+        "the model call is inside the execute span"
+    );
     assert_eq!(
         execute.trace_id, submit.trace_id,
         "one trace crosses the queue"

@@ -143,6 +143,16 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 async fn run_tool(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
+    let span = tracing::info_span!(
+        "exo.tool.call",
+        agent = %agent.config.name,
+        tool = %call.name,
+        tool_call_id = %call.id
+    );
+    tracing::Instrument::instrument(run_tool_in_span(ctx, agent, call), span).await
+}
+
+async fn run_tool_in_span(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
     let started = Instant::now();
     let (arguments, end) = match parse_arguments(&call.name, &call.arguments) {
         Err(message) => (Map::new(), ToolEnd::Error(message)),
@@ -382,6 +392,19 @@ pub(crate) async fn run_agent(
 /// Streams one model call, emitting `text`, `reasoning` and
 /// `tool_call_delta` events in stream order, and returns the whole answer.
 async fn stream_step(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    request: &ModelRequest,
+) -> exo_models::Result<Completion> {
+    let span = tracing::info_span!(
+        "exo.model.call",
+        agent = %agent.config.name,
+        model = %agent.config.model
+    );
+    tracing::Instrument::instrument(stream_step_in_span(ctx, agent, request), span).await
+}
+
+async fn stream_step_in_span(
     ctx: &RunContext,
     agent: &PreparedAgent,
     request: &ModelRequest,

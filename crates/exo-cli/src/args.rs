@@ -242,7 +242,7 @@ pub(crate) enum AlertsCommand {
     /// 1 when only warnings fire, 2 when a critical rule fires, 3 when Redis
     /// is unreachable.
     Check {
-        /// Override a threshold: RULE=VALUE (e.g. queue_depth_warning=200). Repeatable.
+        /// Override a threshold: RULE=VALUE (e.g. queue_depth_high=200, task_failure_rate_high=25%, task_wait_time_high=120s). Repeatable.
         #[arg(long = "threshold", value_name = "RULE=VALUE")]
         thresholds: Vec<String>,
     },

@@ -185,11 +185,13 @@ impl LocalExecutor {
         let runner = self.runner.clone();
         let input = payload.input.clone();
         let run_spec = spec.clone();
-        let mut run = tokio::spawn(async move {
+        // The run keeps the caller's span (the task's execute span), so
+        // model-call and tool-call spans nest under it.
+        let mut run = tokio::spawn(tracing::Instrument::in_current_span(async move {
             runner
                 .run(&run_spec, &input, history, options, sender)
                 .await
-        });
+        }));
         let hard_stop = control.deadline + self.grace;
         let grace = self.grace;
         let cancel = control.cancel.clone();
