@@ -357,9 +357,20 @@ fn without_an_exporter_sigusr1_prints_the_in_memory_registry() {
     let redis = TestRedis::new();
     let target = Target::of(&redis);
     let dir = tempfile::tempdir().unwrap();
-    let agent = agent_file(dir.path(), "agent.json", &json!({"name": "a", "model": "scripted:noop"}));
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "a", "model": "scripted:noop"}),
+    );
     let worker = target.start_worker(&[]);
-    let submitted = target.json(&["task", "submit", "--agent", agent.to_str().unwrap(), "--input", "x"]);
+    let submitted = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "x",
+    ]);
     let task_id = submitted["task_id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(20), "the task to complete", || {
         (target.json(&["task", "status", &task_id])["status"] == "completed").then_some(())
@@ -367,7 +378,13 @@ fn without_an_exporter_sigusr1_prints_the_in_memory_registry() {
     worker.signal("USR1");
     let printed = eventually(Duration::from_secs(10), "the registry on stderr", || {
         let stderr = worker.stderr();
-        stderr.contains("exo_distributed_tasks_completed_total").then_some(stderr)
+        stderr
+            .contains("exo_distributed_tasks_completed_total")
+            .then_some(stderr)
     });
-    assert!(sample(&printed, "exo_distributed_tasks_completed_total", "").is_some_and(|count| count >= 1.0), "{printed}");
+    assert!(
+        sample(&printed, "exo_distributed_tasks_completed_total", "")
+            .is_some_and(|count| count >= 1.0),
+        "{printed}"
+    );
 }

@@ -159,6 +159,21 @@ impl Broker {
         events: Vec<String>,
         terminal: &StreamEvent,
     ) -> Result<Finished> {
+        self.finish_with_retries(task, outcome, events, terminal, 0)
+            .await
+    }
+
+    /// [`Broker::finish`] for an executor that retried inside the attempt
+    /// (Temporal): `retries_used` is added to the task's `retries`, so the
+    /// hash reads the same whichever executor ran the task.
+    pub async fn finish_with_retries(
+        &self,
+        task: &ClaimedTask,
+        outcome: Outcome<'_>,
+        events: Vec<String>,
+        terminal: &StreamEvent,
+        retries_used: u32,
+    ) -> Result<Finished> {
         let policy = self.config().retry;
         let backoff = policy.backoff(task.retries);
         let (kind, text, retryable) = match outcome {
@@ -194,6 +209,7 @@ impl Broker {
             terminal.to_json(),
             retry_event.to_json(),
             policy.max_retries.to_string(),
+            retries_used.to_string(),
         ];
         args.extend(events);
         let value = self.eval_durable(&self.inner.scripts.finish, args).await?;

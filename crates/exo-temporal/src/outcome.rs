@@ -123,6 +123,10 @@ pub struct AgentOutcome {
     /// False when running the task again cannot help.
     #[serde(default)]
     pub retryable: bool,
+    /// The activity attempt that produced it (1 for the first; 0 when not
+    /// known).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl AgentOutcome {
@@ -142,6 +146,7 @@ impl AgentOutcome {
             error: Some(error.into()),
             error_type: Some(error_type.into()),
             retryable,
+            attempt: 0,
         }
     }
 

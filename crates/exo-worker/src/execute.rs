@@ -28,6 +28,10 @@ pub struct Execution {
     pub outcome: RunOutcome,
     /// Event JSON not yet published.
     pub unsent_events: Vec<String>,
+    /// Retries the executor spent inside this attempt (Temporal retries
+    /// activities itself); they are added to the task's `retries`, so the
+    /// task hash reads the same whichever executor ran it.
+    pub retries_used: u32,
 }
 
 /// Runs a claimed task's agent and streams its events. The worker claims,
@@ -36,13 +40,6 @@ pub struct Execution {
 pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runs the task until it ends, is cancelled, or passes its deadline.
     async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution;
-
-    /// Whether failures already used the task's retry budget inside the
-    /// executor (Temporal retries activities itself); the worker then
-    /// records a failure as final instead of retrying it again.
-    fn retries_internally(&self) -> bool {
-        false
-    }
 
     /// Stops whatever the executor runs in the background, at worker
     /// shutdown after the drain.
@@ -152,6 +149,7 @@ impl LocalExecutor {
                 return Execution {
                     outcome,
                     unsent_events: publisher.close().await,
+                    retries_used: 0,
                 };
             }
         };
@@ -173,6 +171,7 @@ impl LocalExecutor {
                 return Execution {
                     outcome,
                     unsent_events: publisher.close().await,
+                    retries_used: 0,
                 };
             }
         };
@@ -256,6 +255,7 @@ impl LocalExecutor {
         Execution {
             outcome,
             unsent_events: publisher.close().await,
+            retries_used: 0,
         }
     }
 }

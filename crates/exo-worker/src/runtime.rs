@@ -710,6 +710,7 @@ async fn run_task(
                 true,
             ),
             unsent_events: Vec::new(),
+            retries_used: 0,
         },
     };
     shared.running().remove(&task_id);
@@ -729,12 +730,6 @@ async fn run_task(
         _ => {}
     }
     let ran_for = running.started.elapsed();
-    let mut execution = execution;
-    if executor.retries_internally() {
-        // The executor already spent the retry budget (Temporal retries
-        // activities itself): a failure here is final.
-        execution.outcome.retryable = false;
-    }
     finish(
         &shared,
         &hooks,
@@ -812,14 +807,31 @@ async fn finish(
         ),
     };
     let events = execution.unsent_events;
-    let mut finished = write_outcome(shared, task, result, events.clone(), &terminal).await;
+    let retries_used = execution.retries_used;
+    let mut finished = write_outcome(
+        shared,
+        task,
+        result,
+        events.clone(),
+        &terminal,
+        retries_used,
+    )
+    .await;
     if finished == Some(Finished::CancelRequested) {
         let terminal = StreamEvent::status(
             RunStatus::Cancelled,
             &agent_name,
             format!("Task '{}' was cancelled", task.lease.task_id),
         );
-        finished = write_outcome(shared, task, Outcome::Cancelled, events, &terminal).await;
+        finished = write_outcome(
+            shared,
+            task,
+            Outcome::Cancelled,
+            events,
+            &terminal,
+            retries_used,
+        )
+        .await;
     }
     let Some(finished) = finished else { return };
     let (status, output, error) = match &finished {
@@ -889,12 +901,13 @@ async fn write_outcome(
     outcome: Outcome<'_>,
     events: Vec<String>,
     terminal: &StreamEvent,
+    retries_used: u32,
 ) -> Option<Finished> {
     let mut attempt = 0;
     loop {
         match shared
             .broker
-            .finish(task, outcome, events.clone(), terminal)
+            .finish_with_retries(task, outcome, events.clone(), terminal, retries_used)
             .await
         {
             Ok(finished) => return Some(finished),

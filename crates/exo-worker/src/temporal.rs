@@ -160,7 +160,13 @@ impl Executor for TemporalExecutor {
             () = control.cancel.cancelled() => self.stopped(task, &workflow).await,
         };
         match outcome {
-            Ok(outcome) => execution(names.run_outcome(outcome)),
+            Ok(outcome) => {
+                let retries_used = outcome.attempt.saturating_sub(1);
+                Execution {
+                    retries_used,
+                    ..execution(names.run_outcome(outcome))
+                }
+            }
             Err(error) => {
                 // The workflow may still be running; a retry of the task
                 // attaches to it.
@@ -171,10 +177,6 @@ impl Executor for TemporalExecutor {
                 ))
             }
         }
-    }
-
-    fn retries_internally(&self) -> bool {
-        true
     }
 
     async fn shutdown(&self) {
@@ -255,6 +257,7 @@ fn execution(outcome: RunOutcome) -> Execution {
     Execution {
         outcome,
         unsent_events: Vec::new(),
+        retries_used: 0,
     }
 }
 
@@ -378,7 +381,10 @@ impl ActivityHost for WorkerHost {
         if let Err(error) = self.publish(&run.task_id, &execution.unsent_events).await {
             return names_failed_to_publish(&names, &error);
         }
-        agent_outcome(execution.outcome)
+        AgentOutcome {
+            attempt: run.attempt,
+            ..agent_outcome(execution.outcome)
+        }
     }
 }
 
@@ -428,6 +434,7 @@ fn agent_outcome(outcome: RunOutcome) -> AgentOutcome {
         error: outcome.error,
         error_type: outcome.error_type,
         retryable: outcome.retryable,
+        attempt: 0,
     }
 }
 

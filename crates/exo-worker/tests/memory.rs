@@ -280,7 +280,9 @@ async fn payload_dsns_are_refused_and_a_down_store_fails_only_its_task() {
 async fn a_swarm_persists_every_members_turns() {
     let redis = TestRedis::new();
     let llm = FakeLlmServer::start();
-    llm.push(FakeResponse::openai_text("Facts: Ada Lovelace wrote the first program."));
+    llm.push(FakeResponse::openai_text(
+        "Facts: Ada Lovelace wrote the first program.",
+    ));
     llm.push(FakeResponse::openai_text("Ada wrote the first program."));
     llm.push(FakeResponse::openai_text("You asked about Ada."));
     let broker = broker(&redis).await;
@@ -294,7 +296,11 @@ async fn a_swarm_persists_every_members_turns() {
         "flow": "researcher >> writer",
         "mode": "workflow"
     });
-    let mut first = TaskPayload::new(uuid::Uuid::new_v4().simple().to_string(), swarm.as_object().unwrap().clone(), "Tell me about Ada");
+    let mut first = TaskPayload::new(
+        uuid::Uuid::new_v4().simple().to_string(),
+        swarm.as_object().unwrap().clone(),
+        "Tell me about Ada",
+    );
     first.metadata.insert("memory".into(), memory.clone());
     let one = run(&broker, first).await;
     assert_eq!(one.status, TaskStatus::Completed, "{:?}", one.error);
@@ -303,10 +309,18 @@ async fn a_swarm_persists_every_members_turns() {
     worker.stop().await;
     let requests = llm.json_bodies();
     let seen = conversation(&requests[2]);
-    let contents: Vec<&str> = seen.iter().map(|(_, content, _)| content.as_str()).collect();
+    let contents: Vec<&str> = seen
+        .iter()
+        .map(|(_, content, _)| content.as_str())
+        .collect();
     assert_eq!(
         contents,
-        ["Tell me about Ada", "Facts: Ada Lovelace wrote the first program.", "Ada wrote the first program.", "What did we talk about?"],
+        [
+            "Tell me about Ada",
+            "Facts: Ada Lovelace wrote the first program.",
+            "Ada wrote the first program.",
+            "What did we talk about?"
+        ],
         "both members' turns were saved: {seen:?}"
     );
 }

@@ -298,6 +298,10 @@ async fn failures_end_the_same_way_after_temporal_spent_the_budget() {
             task.error, local.0.error,
             "the same error text in both modes"
         );
+        assert_eq!(
+            task.retries, local.0.retries,
+            "the same retry count in both modes"
+        );
         if let Some(error) = error {
             assert_eq!(task.error.as_deref(), Some(error));
         }

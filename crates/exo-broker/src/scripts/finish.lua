@@ -11,7 +11,9 @@
 -- ARGV[16] the terminal status event JSON (used when the task ends)
 -- ARGV[17] the status event JSON that announces a retry
 -- ARGV[18] default max retries
--- ARGV[19...] events of the run not yet published
+-- ARGV[19] retries the executor spent inside this attempt (added to
+--          `retries`; Temporal retries activities itself)
+-- ARGV[20...] events of the run not yet published
 --
 -- The write lands only if the attempt is still current. Returns one of
 -- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
@@ -48,8 +50,13 @@ if status ~= 'running' and status ~= 'cancelled' then
 end
 
 local events = {}
-for i = 19, #ARGV do table.insert(events, ARGV[i]) end
+for i = 20, #ARGV do table.insert(events, ARGV[i]) end
 local reply
+local inner_retries = tonumber(ARGV[19]) or 0
+if inner_retries > 0 then
+  redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
+  state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
+end
 
 if outcome == 'completed' then
   write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[12])
