@@ -110,6 +110,27 @@ impl Target {
         })
     }
 
+    /// Submits an agent file with an input (`exo task submit`) and returns
+    /// the task id.
+    pub fn submit(&self, agent: &Path, input: &str) -> String {
+        let agent = agent.to_str().expect("a UTF-8 path");
+        let submitted = self.json(&["task", "submit", "--agent", agent, "--input", input]);
+        submitted["task_id"].as_str().expect("a task id").to_owned()
+    }
+
+    /// `exo task status <id> --json`.
+    pub fn status(&self, task_id: &str) -> Value {
+        self.json(&["task", "status", task_id])
+    }
+
+    /// Waits until the task has `status`; returns its status JSON.
+    pub fn wait_for_status(&self, task_id: &str, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("task {task_id} to be {status}"), || {
+            let state = self.status(task_id);
+            (state["status"] == status).then_some(state)
+        })
+    }
+
     /// Starts `exo start worker <args>` as a process.
     pub fn start_worker(&self, args: &[&str]) -> WorkerProcess {
         let logs = tempfile::Builder::new()

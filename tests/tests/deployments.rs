@@ -73,15 +73,7 @@ fn suite(target: &Target, shape: &str) {
         },
     );
 
-    let submitted = target.json(&[
-        "task",
-        "submit",
-        "--agent",
-        slow.to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
-    let slow_id = submitted["task_id"].as_str().unwrap().to_owned();
+    let slow_id = target.submit(&slow, "x");
     eventually(
         Duration::from_secs(20),
         &format!("{shape}: the slow task to run"),

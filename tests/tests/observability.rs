@@ -181,18 +181,8 @@ fn the_execute_span_is_a_child_of_the_submit_span() {
         &json!({"name": "a", "model": "scripted:echo"}),
     );
     let mut worker = target.start_worker(&[]);
-    let submitted = target.json(&[
-        "task",
-        "submit",
-        "--agent",
-        agent.to_str().unwrap(),
-        "--input",
-        "trace me",
-    ]);
-    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(20), "the task to complete", || {
-        (target.json(&["task", "status", &task_id])["status"] == "completed").then_some(())
-    });
+    let task_id = target.submit(&agent, "trace me");
+    target.wait_for_status(&task_id, "completed", Duration::from_secs(20));
     worker.signal("TERM");
     worker.wait(Duration::from_secs(20));
     let spans = eventually(
@@ -321,9 +311,7 @@ fn alerts_check_fires_and_sets_its_exit_code() {
         "0",
     ]);
     let failed_id = submitted["task_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(20), "the failing task to fail", || {
-        (target.json(&["task", "status", &failed_id])["status"] == "failed").then_some(())
-    });
+    target.wait_for_status(&failed_id, "failed", Duration::from_secs(20));
     let output = target
         .command()
         .args([
@@ -363,18 +351,8 @@ fn without_an_exporter_sigusr1_prints_the_in_memory_registry() {
         &json!({"name": "a", "model": "scripted:noop"}),
     );
     let worker = target.start_worker(&[]);
-    let submitted = target.json(&[
-        "task",
-        "submit",
-        "--agent",
-        agent.to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
-    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(20), "the task to complete", || {
-        (target.json(&["task", "status", &task_id])["status"] == "completed").then_some(())
-    });
+    let task_id = target.submit(&agent, "x");
+    target.wait_for_status(&task_id, "completed", Duration::from_secs(20));
     worker.signal("USR1");
     let printed = eventually(Duration::from_secs(10), "the registry on stderr", || {
         let stderr = worker.stderr();

@@ -7,10 +7,6 @@ use exo_e2e::{Target, agent_file, eventually};
 use exo_testkit::TestRedis;
 use serde_json::{Value, json};
 
-fn status_of(target: &Target, task_id: &str) -> Value {
-    target.json(&["task", "status", task_id])
-}
-
 #[test]
 fn submit_follow_status_list_and_sigterm() {
     let redis = TestRedis::new();
@@ -51,7 +47,7 @@ fn submit_follow_status_list_and_sigterm() {
         assert!(shown.contains(needle), "`{needle}` missing from:\n{shown}");
     }
 
-    let status = status_of(&target, &task_id);
+    let status = target.status(&task_id);
     assert_eq!(status["status"], "completed");
     assert_eq!(
         status["result"],
@@ -172,20 +168,12 @@ fn a_task_of_a_sigkilled_worker_completes_on_the_other() {
         "10",
     ];
     let victim = target.start_worker(&fast_failover);
-    let submitted = target.json(&[
-        "task",
-        "submit",
-        "--agent",
-        agent.to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
-    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
+    let task_id = target.submit(&agent, "x");
     eventually(
         Duration::from_secs(10),
         "the task to start on the victim",
         || {
-            let status = status_of(&target, &task_id);
+            let status = target.status(&task_id);
             (status["status"] == "running" && status["worker_id"] == json!(victim.worker_id))
                 .then_some(())
         },
@@ -196,7 +184,7 @@ fn a_task_of_a_sigkilled_worker_completes_on_the_other() {
         Duration::from_secs(30),
         "the task to complete on the survivor",
         || {
-            let status = status_of(&target, &task_id);
+            let status = target.status(&task_id);
             (status["status"] == "completed").then_some(status)
         },
     );
@@ -240,23 +228,13 @@ fn cancel_through_the_cli_stops_a_running_task() {
         &json!({"name": "slow", "model": "scripted:slow:60000"}),
     );
     let _worker = target.start_worker(&[]);
-    let submitted = target.json(&[
-        "task",
-        "submit",
-        "--agent",
-        agent.to_str().unwrap(),
-        "--input",
-        "x",
-    ]);
-    let task_id = submitted["task_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(10), "the task to run", || {
-        (status_of(&target, &task_id)["status"] == "running").then_some(())
-    });
+    let task_id = target.submit(&agent, "x");
+    target.wait_for_status(&task_id, "running", Duration::from_secs(10));
     let cancelled = target.json(&["task", "cancel", &task_id]);
     assert_eq!(cancelled["result"], "cancelling");
     let started = std::time::Instant::now();
     let output = target.run(&["task", "events", &task_id, "--follow"]);
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(String::from_utf8_lossy(&output.stdout).contains("● cancelled"));
-    assert_eq!(status_of(&target, &task_id)["status"], "cancelled");
+    assert_eq!(target.status(&task_id)["status"], "cancelled");
 }

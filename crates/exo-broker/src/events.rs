@@ -21,6 +21,11 @@ use crate::{
 const BUFFER_LIMIT: usize = 4096;
 /// Events sent in one round trip at most.
 const BATCH_LIMIT: usize = 512;
+/// Quiet reads (of the block time each) a reader waits for a worker to end
+/// the stream of a cancelled running task before it ends it from the hash;
+/// longer than a lease and a reaper pass, so a dead worker's task is ended
+/// by the reaper first.
+const WAIT_FOR_WORKER_READS: u32 = 120;
 
 /// Publishes one task's events in batches: whatever was produced while the
 /// previous batch was in flight goes in the next round trip. Events are
@@ -332,26 +337,60 @@ impl EventStream {
         self.quiet_reads += 1;
         // Nothing new: has the task ended without a terminal event in the
         // stream (expired stream, or a writer that does not send one)?
-        match self.broker.get(&self.task_id).await? {
-            Some(task) if task.status.is_terminal() && self.quiet_reads >= 2 => {
-                let (status, message) = match task.status {
-                    TaskStatus::Completed => (RunStatus::Completed, "Task completed".to_owned()),
-                    TaskStatus::Cancelled => (RunStatus::Cancelled, "Task cancelled".to_owned()),
-                    _ => (
-                        RunStatus::Error,
-                        task.error
-                            .clone()
-                            .unwrap_or_else(|| "Task failed".to_owned()),
-                    ),
-                };
-                self.pending.push_back(StreamItem {
-                    id: String::new(),
-                    event: StreamEvent::status(
-                        status,
-                        task.agent_name.as_deref().unwrap_or(""),
-                        message,
-                    ),
-                });
+        self.broker.count();
+        let state: Vec<Option<String>> = self
+            .broker
+            .inner
+            .client
+            .hmget(
+                self.broker.keys().task(&self.task_id),
+                vec![
+                    "status",
+                    "ended",
+                    "cancel_requested_at",
+                    "agent_name",
+                    "error",
+                ],
+            )
+            .await?;
+        let field = |index: usize| {
+            state
+                .get(index)
+                .cloned()
+                .flatten()
+                .filter(|value| !value.is_empty())
+        };
+        match field(0).map(|status| status.parse::<TaskStatus>()) {
+            Some(Ok(status)) if status.is_terminal() => {
+                // The terminal event is due from a worker (or the reaper)
+                // when a running task was cancelled and nobody ended its
+                // stream yet: wait for it, within a bound. Otherwise (the
+                // stream lost its terminal event, or a writer never sends
+                // one) end now.
+                let awaited = field(1).is_none() && field(2).is_some();
+                let patience = if awaited { WAIT_FOR_WORKER_READS } else { 2 };
+                if self.quiet_reads >= patience {
+                    let (run_status, message) = match status {
+                        TaskStatus::Completed => {
+                            (RunStatus::Completed, "Task completed".to_owned())
+                        }
+                        TaskStatus::Cancelled => {
+                            (RunStatus::Cancelled, "Task cancelled".to_owned())
+                        }
+                        _ => (
+                            RunStatus::Error,
+                            field(4).unwrap_or_else(|| "Task failed".to_owned()),
+                        ),
+                    };
+                    self.pending.push_back(StreamItem {
+                        id: String::new(),
+                        event: StreamEvent::status(
+                            run_status,
+                            field(3).as_deref().unwrap_or(""),
+                            message,
+                        ),
+                    });
+                }
             }
             Some(_) => {}
             None => {

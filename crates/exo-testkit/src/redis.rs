@@ -104,8 +104,12 @@ impl RedisServer {
         }
         let child = command.spawn().map_err(|error| format!("spawn: {error}"))?;
         self.child = Some(child);
-        if wait_for_port(self.port, Duration::from_secs(10)) && self.exited().is_none() {
-            return Ok(());
+        if wait_for_port(self.port, Duration::from_secs(10)) {
+            // Another process may hold the port; ours then exits at once.
+            std::thread::sleep(Duration::from_millis(20));
+            if self.exited().is_none() {
+                return Ok(());
+            }
         }
         let exited = self.exited();
         self.kill();

@@ -327,6 +327,7 @@ impl Worker {
             hostname: self.hostname.clone(),
             started_at: exo_broker::now_seconds(),
             running: Mutex::new(Default::default()),
+            early_cancels: Mutex::new(Default::default()),
             processed: Default::default(),
             failed: Default::default(),
             draining: AtomicBool::new(false),
@@ -648,6 +649,9 @@ async fn cancel_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     Some(task_id) => {
                         if shared.stop_task(&task_id, StopReason::Cancelled) {
                             tracing::info!(task_id, "cancel signal received");
+                        } else {
+                            // Perhaps claimed here but not registered yet.
+                            shared.remember_cancel(&task_id);
                         }
                     }
                     None => break,
@@ -677,7 +681,7 @@ async fn run_task(
         stop: Mutex::new(None),
         started: std::time::Instant::now(),
     });
-    shared.running().insert(task_id.clone(), running.clone());
+    shared.register(running.clone());
     let timeout = Duration::from_secs_f64(task.payload.timeout_seconds.clamp(0.001, 1.0e9));
     let control = RunControl {
         cancel: running.cancel.clone(),

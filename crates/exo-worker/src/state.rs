@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) hostname: String,
     pub(crate) started_at: f64,
     pub(crate) running: Mutex<HashMap<String, Arc<RunningTask>>>,
+    /// Cancel signals for tasks not (yet) running here: a signal can arrive
+    /// between the claim and the task's registration.
+    pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) draining: AtomicBool,
@@ -84,6 +87,32 @@ impl Shared {
             .values()
             .map(|task| task.lease.clone())
             .collect()
+    }
+
+    /// Remembers a cancel for a task that is not running here (yet).
+    pub(crate) fn remember_cancel(&self, task_id: &str) {
+        let mut early = self
+            .early_cancels
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        early.retain(|_, seen| seen.elapsed() < std::time::Duration::from_secs(60));
+        early.insert(task_id.to_owned(), Instant::now());
+    }
+
+    /// Registers a task as running here; stops it at once if its cancel
+    /// came first.
+    pub(crate) fn register(&self, task: Arc<RunningTask>) {
+        let task_id = task.lease.task_id.clone();
+        self.running().insert(task_id.clone(), task.clone());
+        let cancelled_early = self
+            .early_cancels
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&task_id)
+            .is_some();
+        if cancelled_early {
+            task.stop(StopReason::Cancelled);
+        }
     }
 
     pub(crate) fn stop_task(&self, task_id: &str, reason: StopReason) -> bool {
