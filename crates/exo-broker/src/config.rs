@@ -30,6 +30,9 @@ pub struct BrokerConfig {
     pub retry: RetryPolicy,
     /// A running task whose lease is not renewed for this long is reclaimed.
     pub lease: Duration,
+    /// A task of a worker whose heartbeat is gone is reclaimed once its
+    /// entry has been idle this long (sooner than the lease).
+    pub dead_worker_idle: Duration,
     /// PEM file with extra CA certificates for `rediss://` (self-signed
     /// servers).
     pub tls_ca_file: Option<std::path::PathBuf>,
@@ -57,6 +60,7 @@ impl BrokerConfig {
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             lease: Duration::from_secs(60),
+            dead_worker_idle: Duration::from_secs(5),
             tls_ca_file: None,
             replica_acks: 0,
             replica_ack_timeout: Duration::from_secs(1),

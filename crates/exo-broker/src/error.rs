@@ -52,6 +52,29 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Error::Unreachable(_))
     }
+
+    /// True for failures that pass by themselves: Redis unreachable, or
+    /// answering that it is loading, busy with a script, a read-only
+    /// replica after a failover, or a cluster being resharded. Writes that
+    /// must not be lost are retried on these.
+    pub fn is_transient(&self) -> bool {
+        const TRANSIENT: &[&str] = &[
+            "LOADING",
+            "BUSY",
+            "READONLY",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MASTERDOWN",
+            "NOSCRIPT",
+        ];
+        match self {
+            Error::Unreachable(_) => true,
+            Error::Redis(message) => message
+                .split(|character: char| !character.is_ascii_alphanumeric())
+                .any(|word| TRANSIENT.contains(&word)),
+            _ => false,
+        }
+    }
 }
 
 impl From<fred::error::Error> for Error {
@@ -66,6 +89,55 @@ impl From<fred::error::Error> for Error {
             | ErrorKind::Cluster
             | ErrorKind::Sentinel => Error::Unreachable(error.to_string()),
             _ => Error::Redis(error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn transient_errors() {
+        let cases = [
+            (Error::Unreachable("gone".into()), true),
+            (
+                Error::Redis("LOADING Redis is loading the dataset in memory".into()),
+                true,
+            ),
+            (
+                Error::Redis(
+                    "Redis Error - kind: Unknown, details: BUSY Redis is busy running a script"
+                        .into(),
+                ),
+                true,
+            ),
+            (
+                Error::Redis("READONLY You can't write against a read only replica.".into()),
+                true,
+            ),
+            (
+                Error::Redis("TRYAGAIN Multiple keys request during rehashing of slot".into()),
+                true,
+            ),
+            (
+                Error::Redis("BUSYGROUP Consumer Group name already exists".into()),
+                false,
+            ),
+            (
+                Error::Redis("NOPERM this user has no permissions".into()),
+                false,
+            ),
+            (
+                Error::Redis(
+                    "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+                ),
+                false,
+            ),
+            (Error::NotFound("t".into()), false),
+        ];
+        for (error, transient) in cases {
+            assert_eq!(error.is_transient(), transient, "{error}");
         }
     }
 }

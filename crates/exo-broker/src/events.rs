@@ -50,6 +50,17 @@ struct Shared {
 impl Broker {
     /// A batching publisher for one task's events.
     pub fn publisher(&self, task_id: &str) -> EventPublisher {
+        self.publisher_for(task_id, None)
+    }
+
+    /// A publisher fenced on `attempt`: once the attempt is no longer
+    /// current (or the stream has ended), its batches are dropped instead of
+    /// mixing into the next attempt's stream.
+    pub fn fenced_publisher(&self, task_id: &str, attempt: u32) -> EventPublisher {
+        self.publisher_for(task_id, Some(attempt))
+    }
+
+    fn publisher_for(&self, task_id: &str, attempt: Option<u32>) -> EventPublisher {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(VecDeque::new()),
             wakeup: Notify::new(),
@@ -57,7 +68,12 @@ impl Broker {
             closed: std::sync::atomic::AtomicBool::new(false),
             published: std::sync::atomic::AtomicU64::new(0),
         });
-        let flusher = tokio::spawn(flush_loop(self.clone(), task_id.to_owned(), shared.clone()));
+        let flusher = tokio::spawn(flush_loop(
+            self.clone(),
+            task_id.to_owned(),
+            attempt,
+            shared.clone(),
+        ));
         EventPublisher {
             shared,
             flusher: Some(flusher),
@@ -65,7 +81,7 @@ impl Broker {
     }
 }
 
-async fn flush_loop(broker: Broker, task_id: String, shared: Arc<Shared>) {
+async fn flush_loop(broker: Broker, task_id: String, attempt: Option<u32>, shared: Arc<Shared>) {
     use std::sync::atomic::Ordering;
     let mut failures = 0;
     loop {
@@ -85,8 +101,21 @@ async fn flush_loop(broker: Broker, task_id: String, shared: Arc<Shared>) {
             continue;
         }
         let started = std::time::Instant::now();
-        match broker.publish_events(&task_id, &batch).await {
-            Ok(()) => {
+        match broker
+            .publish_events_fenced(&task_id, attempt, &batch)
+            .await
+        {
+            Ok(false) => {
+                // The attempt was superseded: this worker's events no
+                // longer belong in the stream.
+                tracing::debug!(
+                    task_id,
+                    events = batch.len(),
+                    "event batch refused: the attempt is no longer current"
+                );
+                shared.room.add_permits(batch.len());
+            }
+            Ok(true) => {
                 if let Some(observer) = broker.inner.publish_observer.get() {
                     observer(batch.len(), started.elapsed());
                 }

@@ -12,7 +12,7 @@ use fred::{
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
-    broker::{Broker, build_client, is_missing_group, now_seconds},
+    broker::{Broker, build_client, is_missing_group},
     error::{Error, Result},
     scripts::reply,
 };
@@ -119,6 +119,9 @@ pub struct LeaseReport {
     /// Tasks no longer on this worker's attempt (reclaimed elsewhere); stop
     /// them, their writes would be refused.
     pub lost: Vec<String>,
+    /// Orphans (claimed here, never run: the claim's reply was lost) handed
+    /// back to the queue without charging a retry.
+    pub handed_back: u64,
 }
 
 /// What one reaper pass did.
@@ -143,7 +146,7 @@ impl Broker {
             consumer: worker_id.into(),
             blocking: None,
             found_work: true,
-            next_due_ms: None,
+            next_due_at: None,
         }
     }
 
@@ -256,14 +259,34 @@ impl Broker {
     /// Appends a batch of events (JSON strings) to a task's stream and
     /// publishes them, in one round trip.
     pub async fn publish_events(&self, task_id: &str, events: &[String]) -> Result<()> {
+        self.publish_events_fenced(task_id, None, events)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Broker::publish_events`], refused (`Ok(false)`) when `attempt` is
+    /// given and is no longer the task's current attempt, or the task's
+    /// stream has ended: a worker cut off from Redis must not mix its events
+    /// into the next attempt's stream.
+    pub async fn publish_events_fenced(
+        &self,
+        task_id: &str,
+        attempt: Option<u32>,
+        events: &[String],
+    ) -> Result<bool> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let mut args = Vec::with_capacity(events.len() + 1);
+        let mut args = Vec::with_capacity(events.len() + 2);
         args.push(task_id.to_owned());
+        args.push(
+            attempt
+                .map(|attempt| attempt.to_string())
+                .unwrap_or_default(),
+        );
         args.extend(events.iter().cloned());
-        self.eval(&self.inner.scripts.publish, args).await?;
-        Ok(())
+        let written = self.eval(&self.inner.scripts.publish, args).await?;
+        Ok(reply::integer("publish", &written)? >= 0)
     }
 
     /// Writes the worker's heartbeat, renews the leases of its running
@@ -275,9 +298,13 @@ impl Broker {
         running: &[Lease],
     ) -> Result<LeaseReport> {
         let fields = health.to_hash_fields();
+        // An entry pending here that the worker does not run, idle this
+        // long, is an orphan (a claim whose reply never arrived).
+        let orphan_after = (self.config().lease / 2).max(self.config().command_timeout * 2);
         let mut args = vec![
             health.worker_id.clone(),
             ttl.as_secs().max(1).to_string(),
+            orphan_after.as_millis().to_string(),
             fields.len().to_string(),
         ];
         for (name, value) in fields {
@@ -301,7 +328,17 @@ impl Broker {
             .map(|value| reply::strings("heartbeat", value))
             .transpose()?
             .unwrap_or_default();
-        Ok(LeaseReport { cancelled, lost })
+        let handed_back = parts
+            .next()
+            .map(|value| reply::integer("heartbeat", &value))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64;
+        Ok(LeaseReport {
+            cancelled,
+            lost,
+            handed_back,
+        })
     }
 
     /// Removes a stopping worker: its heartbeat hash, its fleet entry, and
@@ -367,6 +404,10 @@ impl Broker {
                     config.lease.as_millis().to_string(),
                     limit.max(1).to_string(),
                     config.retry.max_retries.to_string(),
+                    // A dead worker's entry must have been idle this long:
+                    // a freshly claimed one may belong to a worker whose
+                    // heartbeat is only late.
+                    config.dead_worker_idle.as_millis().to_string(),
                 ],
             )
             .await?;
@@ -522,7 +563,7 @@ pub struct Claimer {
     consumer: String,
     blocking: Option<Client>,
     found_work: bool,
-    next_due_ms: Option<i64>,
+    next_due_at: Option<tokio::time::Instant>,
 }
 
 impl Claimer {
@@ -548,8 +589,8 @@ impl Claimer {
         if max == 0 {
             return Ok(Claim::default());
         }
-        let now_ms = (now_seconds() * 1000.0) as i64;
-        let retry_due = self.next_due_ms.is_some_and(|due| due <= now_ms);
+        let now = tokio::time::Instant::now();
+        let retry_due = self.next_due_at.is_some_and(|due| due <= now);
         if self.found_work || retry_due || block.is_zero() {
             let claim = self.run_script(max, &[]).await?;
             self.found_work = !claim.tasks.is_empty() || !claim.rejected.is_empty();
@@ -557,8 +598,11 @@ impl Claimer {
                 return Ok(claim);
             }
         }
-        let block = match self.next_due_ms {
-            Some(due) => block.min(Duration::from_millis((due - now_ms).max(1) as u64)),
+        let block = match self.next_due_at {
+            Some(due) => block.min(
+                due.saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            ),
             None => block,
         };
         let ids = self.blocking_read(max, block).await?;
@@ -587,7 +631,6 @@ impl Claimer {
             .map(|value| reply::integer("claim", &value))
             .transpose()?
             .unwrap_or(-1);
-        self.next_due_ms = (next_due >= 0).then_some(next_due);
         let rows = parts
             .next()
             .map(|value| reply::strings("claim", value))
@@ -598,6 +641,16 @@ impl Claimer {
             .map(|value| reply::strings("claim", value))
             .transpose()?
             .unwrap_or_default();
+        // The due time is on the server's clock; so is the time it sent.
+        let server_now = parts
+            .next()
+            .map(|value| reply::integer("claim", &value))
+            .transpose()?
+            .unwrap_or(0);
+        self.next_due_at = (next_due >= 0).then(|| {
+            tokio::time::Instant::now()
+                + Duration::from_millis((next_due - server_now).max(0) as u64)
+        });
         let mut claim = Claim {
             tasks: Vec::new(),
             rejected: rejected
@@ -644,7 +697,10 @@ impl Claimer {
                         step_number: None,
                         recoverable: false,
                     });
-                    broker
+                    // The other tasks of this claim are running now; a failed
+                    // write here must not lose them. The reaper finishes
+                    // this one (it cannot decode either) if this write fails.
+                    if let Err(error) = broker
                         .finish(
                             &task,
                             Outcome::Failed {
@@ -654,7 +710,10 @@ impl Claimer {
                             vec![error_event.to_json()],
                             &terminal,
                         )
-                        .await?;
+                        .await
+                    {
+                        tracing::warn!(%error, task_id, "could not fail an undecodable task");
+                    }
                     claim.rejected.push(Rejected {
                         entry_id: entry_id.clone(),
                         task_id: Some(task_id.clone()),

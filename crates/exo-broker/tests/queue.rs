@@ -653,3 +653,135 @@ async fn listing_filters_by_status_and_pages() {
     broker.list(Some(TaskStatus::Pending), 20, 0).await.unwrap();
     assert_eq!(broker.round_trips() - start, 1, "a page is one round trip");
 }
+
+#[tokio::test]
+async fn a_repeated_submit_never_resets_a_task() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let task = claim_all(&broker, "w1", 1).await.remove(0);
+    let again = broker.submit(payload.clone()).await.unwrap();
+    assert_eq!(again.submitted(), Submitted::Duplicate);
+    assert_eq!(
+        broker.get(&payload.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Running
+    );
+    assert_eq!(
+        broker.queue_stats().await.unwrap().stream_length,
+        1,
+        "no second entry"
+    );
+    broker
+        .finish(
+            &task,
+            Outcome::Completed { output: "" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    broker.submit(payload.clone()).await.unwrap();
+    let events = broker
+        .events(&payload.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|item| item.event.is_terminal())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn only_failed_tasks_can_be_redriven() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut payload = payload("x");
+    payload.max_retries = Some(0);
+    broker.submit(payload.clone()).await.unwrap();
+    let task = claim_all(&broker, "w1", 1).await.remove(0);
+    broker
+        .finish(
+            &task,
+            Outcome::Failed {
+                error: "boom",
+                retryable: true,
+            },
+            vec![],
+            &errored("helper", "boom"),
+        )
+        .await
+        .unwrap();
+    let letter = broker.dead_letters(1).await.unwrap().remove(0);
+    broker.redrive(&letter.entry_id).await.unwrap();
+    // Dead-lettered again while it is pending: the copy cannot be re-driven.
+    use fred::prelude::*;
+    let client = raw(&redis).await;
+    let _: String = client
+        .xadd(
+            broker.keys().dead_letter(),
+            false,
+            None,
+            "*",
+            vec![
+                ("task_id", payload.task_id.as_str()),
+                ("payload", payload.to_json().as_str()),
+                ("reason", "copy"),
+            ],
+        )
+        .await
+        .unwrap();
+    let copy = broker.dead_letters(1).await.unwrap().remove(0);
+    let error = broker.redrive(&copy.entry_id).await.unwrap_err();
+    assert!(error.to_string().contains("only failed tasks"), "{error}");
+}
+
+#[tokio::test]
+async fn a_superseded_attempt_cannot_publish() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let task = claim_all(&broker, "w1", 1).await.remove(0);
+    let event = completed("helper").to_json();
+    assert!(
+        broker
+            .publish_events_fenced(
+                &payload.task_id,
+                Some(task.lease.attempt),
+                std::slice::from_ref(&event)
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !broker
+            .publish_events_fenced(
+                &payload.task_id,
+                Some(task.lease.attempt + 1),
+                std::slice::from_ref(&event)
+            )
+            .await
+            .unwrap()
+    );
+    broker
+        .finish(
+            &task,
+            Outcome::Completed { output: "" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !broker
+            .publish_events_fenced(&payload.task_id, Some(task.lease.attempt), &[event])
+            .await
+            .unwrap(),
+        "nothing after the terminal event"
+    );
+}

@@ -293,3 +293,133 @@ async fn the_broker_survives_a_redis_restart() {
     let handle = submitted.expect("submit after restart");
     assert_eq!(handle.status().await.unwrap().status, TaskStatus::Pending);
 }
+
+#[tokio::test]
+async fn a_late_heartbeat_does_not_cost_freshly_claimed_tasks() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.dead_worker_idle = Duration::from_millis(600);
+    let broker = Broker::connect(config).await.unwrap();
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    claim_all(&broker, "late", 1).await;
+    // No heartbeat key for `late`: only an entry idle long enough is taken.
+    assert_eq!(broker.reap("alive", 100).await.unwrap().requeued, 0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(broker.reap("alive", 100).await.unwrap().requeued, 1);
+}
+
+#[tokio::test]
+async fn a_stray_entry_never_touches_its_task() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    use fred::prelude::*;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    let owner = claim_all(&broker, "owner", 1).await.remove(0);
+    broker
+        .heartbeat(
+            &health("owner"),
+            Duration::from_secs(30),
+            std::slice::from_ref(&owner.lease),
+        )
+        .await
+        .unwrap();
+    // A second entry for the same task (a reference client resubmitting,
+    // say), claimed by a worker that then dies.
+    let _: String = client
+        .xadd(
+            broker.keys().queue(),
+            false,
+            None,
+            "*",
+            vec![("payload", payload.to_json())],
+        )
+        .await
+        .unwrap();
+    let skipped = claim_all(&broker, "gone", 1).await;
+    assert!(
+        skipped.is_empty(),
+        "a running task's duplicate entry is skipped at claim"
+    );
+    let _: String = client
+        .xadd(
+            broker.keys().queue(),
+            false,
+            None,
+            "*",
+            vec![("payload", payload.to_json())],
+        )
+        .await
+        .unwrap();
+    let _: fred::types::Value = client
+        .custom(
+            fred::cmd!("XREADGROUP"),
+            vec![
+                "GROUP",
+                &broker.keys().group(),
+                "gone",
+                "COUNT",
+                "1",
+                "STREAMS",
+                broker.keys().queue(),
+                ">",
+            ],
+        )
+        .await
+        .unwrap();
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(
+        (report.requeued, report.failed, report.cleaned),
+        (0, 0, 1),
+        "{report:?}"
+    );
+    let state = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.attempt),
+        (TaskStatus::Running, Some(owner.lease.attempt)),
+        "the owner's attempt stands"
+    );
+    let finished = broker
+        .finish(
+            &owner,
+            Outcome::Completed { output: "ok" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Completed);
+}
+
+#[tokio::test]
+async fn an_orphaned_claim_is_handed_back_by_the_heartbeat_without_a_retry() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(400);
+    config.command_timeout = Duration::from_millis(200);
+    let broker = Broker::connect(config).await.unwrap();
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    // Claimed, but the worker never learned of it (the reply was lost).
+    claim_all(&broker, "w1", 1).await;
+    let report = broker
+        .heartbeat(&health("w1"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.handed_back, 0, "not idle long enough yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = broker
+        .heartbeat(&health("w1"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.handed_back, 1);
+    let state = broker.get(&payload.task_id).await.unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.retries),
+        (TaskStatus::Pending, None),
+        "handed back, no retry charged"
+    );
+    assert_eq!(claim_all(&broker, "w2", 1).await.len(), 1);
+}

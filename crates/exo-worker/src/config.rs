@@ -116,9 +116,9 @@ impl WorkerConfig {
         if self.heartbeat_ttl < Duration::from_secs(1) {
             return Err("the heartbeat TTL must be at least 1 s".into());
         }
-        if self.lease <= self.heartbeat_ttl / 3 {
+        if self.lease < (self.heartbeat_ttl / 3) * 2 {
             return Err(format!(
-                "the lease ({:?}) must be longer than the heartbeat interval ({:?}), or running tasks would be reclaimed",
+                "the lease ({:?}) must be at least two heartbeat intervals ({:?} each), or running tasks would be reclaimed",
                 self.lease,
                 self.heartbeat_ttl / 3
             ));

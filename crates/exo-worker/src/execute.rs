@@ -125,7 +125,18 @@ pub(crate) fn error_event(outcome: &RunOutcome) -> StreamEvent {
 #[async_trait::async_trait]
 impl Executor for LocalExecutor {
     async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution {
-        self.run_payload(&task.payload, control).await
+        self.run(&task.payload, Some(task.lease.attempt), control)
+            .await
+    }
+}
+
+/// A spawned run that is aborted when dropped (the worker may give up on a
+/// task; its agent must not run on unseen).
+struct AbortOnDrop(tokio::task::JoinHandle<RunOutcome>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -134,8 +145,21 @@ impl LocalExecutor {
     /// yet published come back with the outcome. Needs no lease, so a
     /// Temporal activity can use it on whichever worker it lands.
     pub async fn run_payload(&self, payload: &TaskPayload, control: RunControl) -> Execution {
+        self.run(payload, None, control).await
+    }
+
+    /// Runs a payload; with an attempt, its events are fenced on it.
+    async fn run(
+        &self,
+        payload: &TaskPayload,
+        attempt: Option<u32>,
+        control: RunControl,
+    ) -> Execution {
         let task_id = payload.task_id.as_str();
-        let publisher = self.broker.publisher(task_id);
+        let publisher = match attempt {
+            Some(attempt) => self.broker.fenced_publisher(task_id, attempt),
+            None => self.broker.publisher(task_id),
+        };
         let spec = match agent_spec(payload) {
             Ok(spec) => spec,
             Err(error) => {
@@ -186,11 +210,13 @@ impl LocalExecutor {
         let run_spec = spec.clone();
         // The run keeps the caller's span (the task's execute span), so
         // model-call and tool-call spans nest under it.
-        let mut run = tokio::spawn(tracing::Instrument::in_current_span(async move {
-            runner
-                .run(&run_spec, &input, history, options, sender)
-                .await
-        }));
+        let mut run = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(
+            async move {
+                runner
+                    .run(&run_spec, &input, history, options, sender)
+                    .await
+            },
+        )));
         let hard_stop = control.deadline + self.grace;
         let grace = self.grace;
         let cancel = control.cancel.clone();
@@ -199,56 +225,47 @@ impl LocalExecutor {
             tokio::time::sleep(grace).await;
         };
         tokio::pin!(cancel_stop);
+        // The timers come first: a run that streams without pause must not
+        // starve them.
+        let mut channel_open = true;
         let outcome = loop {
             tokio::select! {
                 biased;
-                event = receiver.recv() => match event {
-                    Some(RunEvent::Stream(event)) => {
-                        exo_observability::record::event_emitted(event.kind());
-                        publisher.publish(&event).await;
-                    }
-                    Some(RunEvent::Message { agent_name, message }) => {
-                        if let Some(memory) = &memory {
-                            memory.save(&agent_name, &message).await;
-                        }
-                    }
-                    Some(_) => {}
-                    None => break match (&mut run).await {
-                        Ok(outcome) => outcome,
-                        Err(error) => panicked(&spec, &error),
-                    },
-                },
                 () = tokio::time::sleep_until(hard_stop) => {
-                    run.abort();
+                    run.0.abort();
                     tracing::warn!(task_id, "the run did not stop at its deadline; aborted");
                     let mut outcome = failed_outcome(&spec.name(), "deadline passed".to_owned(), "TimeoutError", true);
                     outcome.status = OutcomeStatus::TimedOut;
                     break outcome;
                 }
                 () = &mut cancel_stop => {
-                    run.abort();
+                    run.0.abort();
                     tracing::warn!(task_id, "the run did not stop after its cancel; aborted");
                     let mut outcome = failed_outcome(&spec.name(), "cancelled".to_owned(), "CancelledError", false);
                     outcome.status = OutcomeStatus::Cancelled;
                     break outcome;
                 }
+                result = &mut run.0, if !channel_open => break match result {
+                    Ok(outcome) => outcome,
+                    Err(error) => panicked(&spec, &error),
+                },
+                event = receiver.recv(), if channel_open => match event {
+                    Some(event) => {
+                        // Publishing waits only when Redis is away and the
+                        // buffer is full; the deadline still holds then.
+                        tokio::select! {
+                            () = forward(event, &publisher, memory.as_ref()) => {}
+                            () = tokio::time::sleep_until(hard_stop) => {}
+                        }
+                    }
+                    None => channel_open = false,
+                },
             }
         };
         while let Ok(event) = receiver.try_recv() {
-            match event {
-                RunEvent::Stream(event) => {
-                    exo_observability::record::event_emitted(event.kind());
-                    publisher.publish(&event).await;
-                }
-                RunEvent::Message {
-                    agent_name,
-                    message,
-                } => {
-                    if let Some(memory) = &memory {
-                        memory.save(&agent_name, &message).await;
-                    }
-                }
-                _ => {}
+            tokio::select! {
+                () = forward(event, &publisher, memory.as_ref()) => {}
+                () = tokio::time::sleep_until(hard_stop + self.grace) => break,
             }
         }
         drop(memory);
@@ -257,6 +274,30 @@ impl LocalExecutor {
             unsent_events: publisher.close().await,
             retries_used: 0,
         }
+    }
+}
+
+/// Sends one thing a run produced where it goes: events to the stream,
+/// messages to memory.
+async fn forward(
+    event: RunEvent,
+    publisher: &exo_broker::EventPublisher,
+    memory: Option<&MemorySession>,
+) {
+    match event {
+        RunEvent::Stream(event) => {
+            exo_observability::record::event_emitted(event.kind());
+            publisher.publish(&event).await;
+        }
+        RunEvent::Message {
+            agent_name,
+            message,
+        } => {
+            if let Some(memory) = memory {
+                memory.save(&agent_name, &message).await;
+            }
+        }
+        _ => {}
     }
 }
 

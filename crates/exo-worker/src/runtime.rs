@@ -23,7 +23,7 @@ use crate::{
     execute::{Execution, Executor, LocalExecutor, RunControl},
     hooks::{NoHooks, TaskHooks},
     memory::Memory,
-    state::{RunningTask, Shared, StopReason},
+    state::{Registry, RunningTask, Shared, StopReason},
 };
 
 /// Builds a [`Worker`]: the guide's options plus tools, providers, hooks and
@@ -326,8 +326,8 @@ impl Worker {
             worker_id: self.worker_id.clone(),
             hostname: self.hostname.clone(),
             started_at: exo_broker::now_seconds(),
-            running: Mutex::new(Default::default()),
-            early_cancels: Mutex::new(Default::default()),
+            registry: Registry::default(),
+            last_heartbeat: Mutex::new(std::time::Instant::now()),
             processed: Default::default(),
             failed: Default::default(),
             draining: AtomicBool::new(false),
@@ -340,9 +340,19 @@ impl Worker {
             redis = broker.masked_url(),
             "worker started"
         );
-        // The first heartbeat goes out before the first claim, so the reaper
+        // The first heartbeat lands before the first claim, so the reaper
         // of another worker never mistakes this one's tasks for orphans.
-        heartbeat_once(&shared).await;
+        let mut attempt = 0;
+        while !heartbeat_once(&shared).await {
+            attempt += 1;
+            tokio::select! {
+                () = tokio::time::sleep(backoff(attempt)) => {}
+                () = self.shutdown.cancelled() => {
+                    broker.close().await;
+                    return Ok(());
+                }
+            }
+        }
         let background = CancellationToken::new();
         let mut loops = JoinSet::new();
         loops.spawn(heartbeat_loop(
@@ -370,13 +380,13 @@ impl Worker {
             () = self.force.cancelled() => false,
         };
         if !drained {
-            let leases = shared.leases();
+            let leases = shared.registry.leases();
             tracing::warn!(
                 tasks = leases.len(),
                 "drain deadline passed; stopping the remaining tasks and handing them back"
             );
             self.force.cancel();
-            for task in shared.running().values() {
+            for task in shared.registry.running().values() {
                 task.stop(StopReason::Shutdown);
             }
             tasks.abort_all();
@@ -528,25 +538,46 @@ fn backoff(attempt: u32) -> Duration {
 
 async fn heartbeat_once(shared: &Shared) -> bool {
     let health = shared.health();
-    let leases = shared.leases();
+    let leases = shared.registry.leases();
     match shared
         .broker
         .heartbeat(&health, shared.config.heartbeat_ttl, &leases)
         .await
     {
         Ok(report) => {
+            shared.heartbeat_succeeded();
+            let attempt_of = |task_id: &str| {
+                leases
+                    .iter()
+                    .find(|lease| lease.task_id == task_id)
+                    .map(|lease| lease.attempt)
+            };
             for task_id in report.cancelled {
-                if shared.stop_task(&task_id, StopReason::Cancelled) {
+                if let Some(attempt) = attempt_of(&task_id)
+                    && shared
+                        .registry
+                        .stop_attempt(&task_id, attempt, StopReason::Cancelled)
+                {
                     tracing::info!(task_id, "cancel found by the heartbeat");
                 }
             }
             for task_id in report.lost {
-                if shared.stop_task(&task_id, StopReason::Lost) {
+                if let Some(attempt) = attempt_of(&task_id)
+                    && shared
+                        .registry
+                        .stop_attempt(&task_id, attempt, StopReason::Lost)
+                {
                     tracing::warn!(
                         task_id,
                         "task was reclaimed by another worker; stopping this attempt"
                     );
                 }
+            }
+            if report.handed_back > 0 {
+                tracing::warn!(
+                    count = report.handed_back,
+                    "handed back tasks whose claim reply was lost"
+                );
             }
             true
         }
@@ -566,6 +597,24 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken, status: Ar
         }
         let ok = heartbeat_once(&shared).await;
         status.connected.store(ok, Ordering::Relaxed);
+        // Cut off from Redis for about a lease: another worker may be
+        // running these tasks now, so this worker stops them (their writes
+        // would be refused anyway) instead of running on in parallel.
+        let cut_off = shared.since_heartbeat();
+        let limit = shared.config.lease.saturating_sub(interval);
+        if !ok && cut_off > limit {
+            let running: Vec<_> = shared.registry.running().values().cloned().collect();
+            if !running.is_empty() {
+                tracing::warn!(
+                    ?cut_off,
+                    tasks = running.len(),
+                    "no heartbeat for about a lease; stopping the running tasks"
+                );
+            }
+            for task in running {
+                task.stop(StopReason::Lost);
+            }
+        }
     }
 }
 
@@ -647,11 +696,11 @@ async fn cancel_loop(shared: Arc<Shared>, stop: CancellationToken) {
             tokio::select! {
                 task_id = listener.recv() => match task_id {
                     Some(task_id) => {
-                        if shared.stop_task(&task_id, StopReason::Cancelled) {
+                        if shared.registry.stop_task(&task_id, StopReason::Cancelled) {
                             tracing::info!(task_id, "cancel signal received");
                         } else {
                             // Perhaps claimed here but not registered yet.
-                            shared.remember_cancel(&task_id);
+                            shared.registry.remember_cancel(&task_id);
                         }
                     }
                     None => break,
@@ -681,7 +730,7 @@ async fn run_task(
         stop: Mutex::new(None),
         started: std::time::Instant::now(),
     });
-    shared.register(running.clone());
+    shared.registry.register(running.clone());
     let timeout = Duration::from_secs_f64(task.payload.timeout_seconds.clamp(0.001, 1.0e9));
     let control = RunControl {
         cancel: running.cancel.clone(),
@@ -717,7 +766,6 @@ async fn run_task(
             retries_used: 0,
         },
     };
-    shared.running().remove(&task_id);
     let stop = running.stop_reason();
     match stop {
         Some(StopReason::Lost) => {
@@ -725,15 +773,19 @@ async fn run_task(
                 task_id,
                 "attempt lost to another worker; its result is dropped"
             );
+            shared.registry.unregister(&running);
             return;
         }
         Some(StopReason::Shutdown) => {
             // Handed back by the drain; nothing to write.
+            shared.registry.unregister(&running);
             return;
         }
         _ => {}
     }
     let ran_for = running.started.elapsed();
+    // The task stays registered until its final write lands, so the
+    // heartbeat keeps renewing its lease while that write is retried.
     finish(
         &shared,
         &hooks,
@@ -744,6 +796,7 @@ async fn run_task(
         ran_for,
     )
     .await;
+    shared.registry.unregister(&running);
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -897,8 +950,10 @@ async fn finish(
     .await;
 }
 
-/// The fenced final write, retried while Redis is unreachable (the result
-/// must not be lost), until a forced shutdown.
+/// The fenced final write, retried while Redis is unreachable or answers
+/// with a passing error (loading, busy, a read-only replica after a
+/// failover, resharding): the result must not be lost. Until a forced
+/// shutdown.
 async fn write_outcome(
     shared: &Shared,
     task: &ClaimedTask,
@@ -915,7 +970,7 @@ async fn write_outcome(
             .await
         {
             Ok(finished) => return Some(finished),
-            Err(error) if error.is_unreachable() && !shared.force.is_cancelled() => {
+            Err(error) if error.is_transient() && !shared.force.is_cancelled() => {
                 attempt += 1;
                 tracing::warn!(%error, attempt, task_id = task.lease.task_id, "cannot record the result yet; retrying");
                 tokio::select! {

@@ -56,26 +56,17 @@ impl RunningTask {
     }
 }
 
-/// Counters and flags the heartbeat and readiness report.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) broker: Broker,
-    pub(crate) config: WorkerConfig,
-    pub(crate) worker_id: String,
-    pub(crate) hostname: String,
-    pub(crate) started_at: f64,
-    pub(crate) running: Mutex<HashMap<String, Arc<RunningTask>>>,
+/// The tasks running in this worker, by task id, and the cancels that
+/// arrived before their task registered.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    running: Mutex<HashMap<String, Arc<RunningTask>>>,
     /// Cancel signals for tasks not (yet) running here: a signal can arrive
     /// between the claim and the task's registration.
-    pub(crate) early_cancels: Mutex<HashMap<String, Instant>>,
-    pub(crate) processed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) draining: AtomicBool,
-    /// Set once the drain deadline passed or a second signal came.
-    pub(crate) force: CancellationToken,
+    early_cancels: Mutex<HashMap<String, Instant>>,
 }
 
-impl Shared {
+impl Registry {
     pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunningTask>>> {
         self.running
             .lock()
@@ -89,21 +80,16 @@ impl Shared {
             .collect()
     }
 
-    /// Remembers a cancel for a task that is not running here (yet).
-    pub(crate) fn remember_cancel(&self, task_id: &str) {
-        let mut early = self
-            .early_cancels
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        early.retain(|_, seen| seen.elapsed() < std::time::Duration::from_secs(60));
-        early.insert(task_id.to_owned(), Instant::now());
-    }
-
     /// Registers a task as running here; stops it at once if its cancel
-    /// came first.
+    /// came first. An older attempt of the same task still registered here
+    /// (reclaimed, then claimed again by this very worker) is stopped as
+    /// lost: only the newest attempt may write.
     pub(crate) fn register(&self, task: Arc<RunningTask>) {
         let task_id = task.lease.task_id.clone();
-        self.running().insert(task_id.clone(), task.clone());
+        let older = self.running().insert(task_id.clone(), task.clone());
+        if let Some(older) = older {
+            older.stop(StopReason::Lost);
+        }
         let cancelled_early = self
             .early_cancels
             .lock()
@@ -115,6 +101,18 @@ impl Shared {
         }
     }
 
+    /// Unregisters a task, unless a newer attempt of it has taken its place.
+    pub(crate) fn unregister(&self, task: &Arc<RunningTask>) {
+        let mut running = self.running();
+        if running
+            .get(&task.lease.task_id)
+            .is_some_and(|current| Arc::ptr_eq(current, task))
+        {
+            running.remove(&task.lease.task_id);
+        }
+    }
+
+    /// Stops whichever attempt of the task runs here.
     pub(crate) fn stop_task(&self, task_id: &str, reason: StopReason) -> bool {
         let task = self.running().get(task_id).cloned();
         match task {
@@ -126,8 +124,67 @@ impl Shared {
         }
     }
 
+    /// Stops the registered task if it is still on `attempt`.
+    pub(crate) fn stop_attempt(&self, task_id: &str, attempt: u32, reason: StopReason) -> bool {
+        let task = self.running().get(task_id).cloned();
+        match task {
+            Some(task) if task.lease.attempt == attempt => {
+                task.stop(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Remembers a cancel for a task that is not running here (yet), for a
+    /// minute.
+    pub(crate) fn remember_cancel(&self, task_id: &str) {
+        let mut early = self
+            .early_cancels
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        early.retain(|_, seen| seen.elapsed() < std::time::Duration::from_secs(60));
+        early.insert(task_id.to_owned(), Instant::now());
+    }
+}
+
+/// Counters and flags the heartbeat and readiness report.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) broker: Broker,
+    pub(crate) config: WorkerConfig,
+    pub(crate) worker_id: String,
+    pub(crate) hostname: String,
+    pub(crate) started_at: f64,
+    pub(crate) registry: Registry,
+    /// When the last heartbeat landed.
+    pub(crate) last_heartbeat: Mutex<Instant>,
+    pub(crate) processed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) draining: AtomicBool,
+    /// Set once the drain deadline passed or a second signal came.
+    pub(crate) force: CancellationToken,
+}
+
+impl Shared {
+    /// Records a heartbeat that landed.
+    pub(crate) fn heartbeat_succeeded(&self) {
+        *self
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+    }
+
+    /// Time since the last heartbeat that landed.
+    pub(crate) fn since_heartbeat(&self) -> std::time::Duration {
+        self.last_heartbeat
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .elapsed()
+    }
+
     pub(crate) fn health(&self) -> WorkerHealth {
-        let running = self.running();
+        let running = self.registry.running();
         let current = running
             .values()
             .max_by_key(|task| task.started)
@@ -152,5 +209,62 @@ impl Shared {
             active_tasks: Some(active),
             queue: Some(self.config.queue_name.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use exo_broker::Lease;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Registry, RunningTask, StopReason};
+
+    fn task(attempt: u32) -> Arc<RunningTask> {
+        Arc::new(RunningTask {
+            lease: Lease {
+                task_id: "t".into(),
+                entry_id: format!("{attempt}-0"),
+                attempt,
+            },
+            cancel: CancellationToken::new(),
+            stop: Mutex::new(None),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_newer_attempt_of_a_task_stops_the_older_and_survives_its_end() {
+        let registry = Registry::default();
+        let first = task(1);
+        let second = task(3);
+        registry.register(first.clone());
+        registry.register(second.clone());
+        assert_eq!(first.stop_reason(), Some(StopReason::Lost));
+        assert_eq!(second.stop_reason(), None);
+        assert!(
+            !registry.stop_attempt("t", 1, StopReason::Lost),
+            "a report about attempt 1 spares attempt 3"
+        );
+        registry.unregister(&first);
+        assert_eq!(
+            registry.leases().len(),
+            1,
+            "the older attempt's end must not unregister the newer"
+        );
+        registry.unregister(&second);
+        assert!(registry.leases().is_empty());
+    }
+
+    #[test]
+    fn a_cancel_that_comes_before_registration_is_kept() {
+        let registry = Registry::default();
+        assert!(!registry.stop_task("t", StopReason::Cancelled));
+        registry.remember_cancel("t");
+        let late = task(1);
+        registry.register(late.clone());
+        assert_eq!(late.stop_reason(), Some(StopReason::Cancelled));
+        assert!(late.cancel.is_cancelled());
     }
 }

@@ -10,12 +10,13 @@
 -- First promotes due retries onto the queue. Then, per entry: a payload that
 -- cannot be decoded goes to the dead letter (and its hash, when an id can be
 -- read, to `failed`); a task already cancelled or finished is acknowledged
--- and skipped; every other task gets attempt+1 (the fencing token) and
--- status `running`.
+-- and skipped; every other task gets attempt+1 (the fencing token), status
+-- `running`, and `entry` (the queue entry that owns the attempt).
 --
--- Returns {next_due_ms, rows, rejected} where rows is a flat list of
--- (entry id, task id, payload, attempt, retries, max retries) and rejected a
--- flat list of (entry id, reason).
+-- Returns {next_due_ms, rows, rejected, server_now_ms} where rows is a flat
+-- list of (entry id, task id, payload, attempt, retries, max retries) and
+-- rejected a flat list of (entry id, reason). The server's clock comes back
+-- so that the worker waits for the next retry by the same clock.
 
 local consumer, count = ARGV[8], tonumber(ARGV[9])
 local default_max, size_limit = ARGV[10], tonumber(ARGV[11])
@@ -79,7 +80,7 @@ for _, entry in ipairs(entries) do
         redis.call('HSET', key, 'agent_name', decoded.agent_config.name)
       end
       redis.call('HDEL', key, 'completed_at', 'result')
-      write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW)
+      write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW, 'entry', entry_id)
       redis.call('ZADD', TIMELINE, 'NX', fields[3] or NOW, task_id)
       table.insert(rows, entry_id)
       table.insert(rows, task_id)
@@ -90,4 +91,4 @@ for _, entry in ipairs(entries) do
     end
   end
 end
-return { next_due(), rows, rejected }
+return { next_due(), rows, rejected, now_ms() }

@@ -106,9 +106,21 @@ local function promote_due(limit)
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now_ms(), 'LIMIT', 0, limit)
   for _, task_id in ipairs(due) do
     local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
-    if payload then redis.call('XADD', QUEUE, '*', 'payload', payload) end
     redis.call('ZREM', DELAYED, task_id)
     redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+    if payload then
+      redis.call('XADD', QUEUE, '*', 'payload', payload)
+    else
+      -- The payload was removed behind exo's back: end the task instead of
+      -- leaving it `retrying` forever.
+      local state = redis.call('HMGET', task_key(task_id), 'status', 'agent_name')
+      if state[1] == 'retrying' then
+        local reason = 'the payload of the retry was lost'
+        local key = write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
+        dead_letter(task_id, '', reason, redis.call('HGET', key, 'attempt'))
+        end_stream(task_id, { error_event(reason, 'LostPayload', state[2], false), status_event('error', state[2], reason) })
+      end
+    end
   end
   return #due
 end

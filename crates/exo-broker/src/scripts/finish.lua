@@ -59,6 +59,7 @@ if inner_retries > 0 then
 end
 
 if outcome == 'completed' then
+  redis.call('HDEL', key, 'error')
   write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[12])
   table.insert(events, ARGV[16])
   reply = { 'completed' }

@@ -1,13 +1,20 @@
 -- publish.lua: append a batch of events to a task's stream.
 --
 -- ARGV[8]     task id
--- ARGV[9...]  event JSON strings, in order
+-- ARGV[9]     attempt ("" to skip the check)
+-- ARGV[10...] event JSON strings, in order
 --
--- One XADD and one PUBLISH per event, one EXPIRE per batch. Returns the
--- number of events written.
+-- One XADD and one PUBLISH per event, one EXPIRE per batch. With an attempt,
+-- the batch is refused when the attempt is no longer current or the stream
+-- has ended (a worker cut off from Redis must not mix its events into the
+-- next attempt's). Returns the number of events written, or -1 if refused.
 
-local task_id = ARGV[8]
+local task_id, attempt = ARGV[8], ARGV[9]
+if attempt ~= '' then
+  local state = redis.call('HMGET', task_key(task_id), 'attempt', 'ended')
+  if state[1] ~= attempt or state[2] == '1' then return -1 end
+end
 local events = {}
-for i = 9, #ARGV do table.insert(events, ARGV[i]) end
+for i = 10, #ARGV do table.insert(events, ARGV[i]) end
 append_events(task_id, events)
 return #events

@@ -4,17 +4,21 @@
 -- ARGV[9]  lease in ms: an entry idle this long is stuck
 -- ARGV[10] max entries to handle per call
 -- ARGV[11] default max retries
+-- ARGV[12] ms an entry of a dead worker must be idle before it is taken
+--          (so a heartbeat that is only late does not cost running tasks)
 --
 -- Also promotes due retries. A stuck entry is one pending on a consumer whose
 -- heartbeat key is gone, or idle past the lease. Its task gets a new attempt
 -- number (so the old worker's late writes are refused) and, within its
 -- retry budget, goes straight back onto the queue as `retrying`; past the
 -- budget it fails into the dead letter. Entries of tasks already finished or
--- cancelled are cleaned up. Consumers of dead workers with nothing left
+-- cancelled are cleaned up, and so are stray entries that do not own their
+-- task's current attempt (a duplicate): those never touch the task. Consumers of dead workers with nothing left
 -- pending are removed from the group.
 -- Returns {promoted, requeued, failed, cleaned}.
 
 local me, lease_ms, limit, default_max = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local dead_idle_ms = tonumber(ARGV[12]) or 0
 local promoted = promote_due(limit)
 
 local stuck, order, dead_consumers = {}, {}, {}
@@ -31,7 +35,7 @@ if summary[4] then
     local consumer = pair[1]
     if consumer ~= me and redis.call('EXISTS', worker_key(consumer)) == 0 then
       table.insert(dead_consumers, consumer)
-      for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, '-', '+', limit, consumer)) do
+      for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', dead_idle_ms, '-', '+', limit, consumer)) do
         mark(pending[1], 'worker ' .. consumer .. ' stopped sending heartbeats')
       end
     end
@@ -55,9 +59,13 @@ for _, entry_id in ipairs(order) do
     failed = failed + 1
   else
     local key = task_key(task_id)
-    local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
+    local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'entry')
     local status, agent = state[1], state[6]
-    if status == 'cancelled' then
+    if state[7] and state[7] ~= entry_id then
+      -- A stray entry: another entry owns the task's current attempt.
+      ack(entry_id)
+      cleaned = cleaned + 1
+    elseif status == 'cancelled' then
       ack(entry_id)
       if state[5] ~= '1' then end_stream(task_id, { status_event('cancelled', agent, 'Task cancelled') }) end
       cleaned = cleaned + 1

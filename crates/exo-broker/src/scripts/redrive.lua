@@ -17,7 +17,12 @@ local parsed_id, _, problem = payload_task_id(payload)
 if problem then return { '', 'the payload cannot run: ' .. problem } end
 task_id = parsed_id
 local key = task_key(task_id)
-redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at')
+local status = redis.call('HGET', key, 'status')
+if status and status ~= 'failed' then
+  return { '', 'task ' .. task_id .. ' is ' .. status .. ', not failed; only failed tasks can be re-driven' }
+end
+redis.call('HINCRBY', key, 'attempt', 1)
+redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry')
 write_task(task_id, 'status', 'pending', 'retries', 0)
 redis.call('DEL', PREFIX .. 'stream:' .. task_id)
 redis.call('XADD', QUEUE, '*', 'payload', payload)

@@ -11,10 +11,11 @@ local released = 0
 for i = 8, #ARGV, 3 do
   local entry_id, task_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt')
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'entry')
   local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
-  if state[1] == 'running' and state[2] == attempt and payload then
+  local owner = (not state[3]) or state[3] == entry_id
+  if state[1] == 'running' and state[2] == attempt and owner and payload then
     redis.call('HINCRBY', key, 'attempt', 1)
     redis.call('HDEL', key, 'worker_id', 'started_at')
     write_task(task_id, 'status', 'pending')

@@ -9,7 +9,8 @@
 -- Writes the queue entry, the task hash with status `pending`, the index set
 -- and the timeline, and trims index entries older than the task TTL.
 -- Returns {task_id, created}: created is 0 when the idempotency key was seen
--- before, and task_id is then the first submission's id.
+-- before (task_id is then the first submission's id) or when a task with
+-- this id exists already (it is left as it is).
 
 local task_id, payload, agent_name = ARGV[8], ARGV[9], ARGV[10]
 local max_retries, idempotency = ARGV[11], ARGV[12]
@@ -21,6 +22,12 @@ if idempotency ~= '' then
   redis.call('SET', idem_key, task_id, 'EX', TASK_TTL)
 end
 
+-- A repeated submit (a retry after a lost reply, say) must not reset a task
+-- that exists: it is the same task.
+if redis.call('EXISTS', task_key(task_id)) == 1 then
+  if idempotency ~= '' then redis.call('DEL', PREFIX .. 'idem:' .. idempotency) end
+  return { task_id, 0 }
+end
 redis.call('XADD', QUEUE, '*', 'payload', payload)
 local key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name)
 if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end

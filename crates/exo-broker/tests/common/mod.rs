@@ -19,6 +19,8 @@ pub fn config(redis: &TestRedis) -> BrokerConfig {
         jitter: 0.0,
     };
     config.command_timeout = Duration::from_secs(5);
+    // Tests kill workers on purpose and reap at once.
+    config.dead_worker_idle = Duration::ZERO;
     config
 }
 
