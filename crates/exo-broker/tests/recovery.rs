@@ -423,3 +423,46 @@ async fn an_orphaned_claim_is_handed_back_by_the_heartbeat_without_a_retry() {
     );
     assert_eq!(claim_all(&broker, "w2", 1).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_entry_read_but_never_marked_is_handed_back_not_dropped() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(400);
+    config.command_timeout = Duration::from_millis(200);
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    use fred::prelude::*;
+    let payload = payload("x");
+    broker.submit(payload.clone()).await.unwrap();
+    // A blocking claim read the entry, then the marking script failed.
+    let _: fred::types::Value = client
+        .custom(
+            fred::cmd!("XREADGROUP"),
+            vec![
+                "GROUP",
+                &broker.keys().group(),
+                "w1",
+                "COUNT",
+                "1",
+                "STREAMS",
+                broker.keys().queue(),
+                ">",
+            ],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = broker
+        .heartbeat(&health("w1"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(report.handed_back, 1);
+    assert_eq!(
+        broker.get(&payload.task_id).await.unwrap().unwrap().status,
+        TaskStatus::Pending
+    );
+    let claimed = claim_all(&broker, "w2", 1).await;
+    assert_eq!(claimed.len(), 1, "the task was not lost");
+    assert_eq!(claimed[0].retries, 0);
+}

@@ -53,19 +53,26 @@ for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms,
     if task_id then
       local key = task_key(task_id)
       local state = redis.call('HMGET', key, 'status', 'entry')
-      if state[1] == 'running' and state[2] == entry_id then
+      local status, owner = state[1], state[2]
+      if owner == entry_id and status == 'running' then
+        -- Claimed and marked running, but the worker never got the reply.
         redis.call('HINCRBY', key, 'attempt', 1)
         redis.call('HDEL', key, 'worker_id', 'started_at', 'entry')
         write_task(task_id, 'status', 'pending')
         redis.call('XADD', QUEUE, '*', 'payload', payload)
+        ack(entry_id)
         handed_back = handed_back + 1
+      elseif owner ~= entry_id and (not status or status == 'pending' or status == 'retrying') then
+        -- Read by a blocking claim that never marked it: back in line as
+        -- it is.
+        redis.call('XADD', QUEUE, '*', 'payload', payload)
+        ack(entry_id)
+        handed_back = handed_back + 1
+      elseif owner and owner ~= entry_id then
+        -- A stray duplicate of a task another entry owns.
+        ack(entry_id)
       end
-    end
-    -- Anything else pending here that this worker does not run is a
-    -- leftover: the reaper's rules apply to it, so leave it for them.
-    if task_id then
-      local state = redis.call('HGET', task_key(task_id), 'entry')
-      if state ~= entry_id then ack(entry_id) end
+      -- Anything else (its own task ended or cancelled) is the reaper's.
     end
   end
 end
