@@ -225,13 +225,15 @@ impl LocalExecutor {
             tokio::time::sleep(grace).await;
         };
         tokio::pin!(cancel_stop);
+        let deadline_stop = tokio::time::sleep_until(hard_stop);
+        tokio::pin!(deadline_stop);
         // The timers come first: a run that streams without pause must not
         // starve them.
         let mut channel_open = true;
         let outcome = loop {
             tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(hard_stop) => {
+                () = &mut deadline_stop => {
                     run.0.abort();
                     tracing::warn!(task_id, "the run did not stop at its deadline; aborted");
                     let mut outcome = failed_outcome(&spec.name(), "deadline passed".to_owned(), "TimeoutError", true);
