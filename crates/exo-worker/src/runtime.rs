@@ -353,6 +353,17 @@ impl Worker {
                 }
             }
         }
+        // Subscribe to cancel signals before the first claim, so a task
+        // cancelled right after it starts hears of it at once. If the
+        // subscription fails, the loop keeps trying and the heartbeat still
+        // finds cancels.
+        let cancels = match broker.cancel_listener().await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to cancel signals yet; retrying in the background");
+                None
+            }
+        };
         let background = CancellationToken::new();
         let mut loops = JoinSet::new();
         loops.spawn(heartbeat_loop(
@@ -361,7 +372,7 @@ impl Worker {
             self.status.clone(),
         ));
         loops.spawn(reaper_loop(shared.clone(), background.clone()));
-        loops.spawn(cancel_loop(shared.clone(), background.clone()));
+        loops.spawn(cancel_loop(shared.clone(), background.clone(), cancels));
         if !self.config.stats_interval.is_zero() {
             loops.spawn(stats_loop(shared.clone(), background.clone()));
         }
@@ -673,12 +684,19 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn cancel_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn cancel_loop(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut first: Option<exo_broker::CancelListener>,
+) {
     let mut attempt = 0;
     loop {
-        let listener = tokio::select! {
-            listener = shared.broker.cancel_listener() => listener,
-            () = stop.cancelled() => return,
+        let listener = match first.take() {
+            Some(listener) => Ok(listener),
+            None => tokio::select! {
+                listener = shared.broker.cancel_listener() => listener,
+                () = stop.cancelled() => return,
+            },
         };
         let mut listener = match listener {
             Ok(listener) => listener,
