@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("exo-broker", &["exo-proto"]),
     ("exo-memory", &["exo-proto"]),
     ("exo-observability", &["exo-proto"]),
-    ("exo-temporal", &["exo-proto", "exo-broker"]),
+    ("exo-temporal", &["exo-proto"]),
     (
         "exo-worker",
         &[

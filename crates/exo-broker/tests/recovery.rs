@@ -353,22 +353,7 @@ async fn a_stray_entry_never_touches_its_task() {
         )
         .await
         .unwrap();
-    let _: fred::types::Value = client
-        .custom(
-            fred::cmd!("XREADGROUP"),
-            vec![
-                "GROUP",
-                &broker.keys().group(),
-                "gone",
-                "COUNT",
-                "1",
-                "STREAMS",
-                broker.keys().queue(),
-                ">",
-            ],
-        )
-        .await
-        .unwrap();
+    read_without_marking(&client, &broker, "gone").await;
     let report = broker.reap("alive", 100).await.unwrap();
     assert_eq!(
         (report.requeued, report.failed, report.cleaned),
@@ -432,26 +417,10 @@ async fn an_entry_read_but_never_marked_is_handed_back_not_dropped() {
     config.command_timeout = Duration::from_millis(200);
     let broker = Broker::connect(config).await.unwrap();
     let client = raw(&redis).await;
-    use fred::prelude::*;
     let payload = payload("x");
     broker.submit(payload.clone()).await.unwrap();
     // A blocking claim read the entry, then the marking script failed.
-    let _: fred::types::Value = client
-        .custom(
-            fred::cmd!("XREADGROUP"),
-            vec![
-                "GROUP",
-                &broker.keys().group(),
-                "w1",
-                "COUNT",
-                "1",
-                "STREAMS",
-                broker.keys().queue(),
-                ">",
-            ],
-        )
-        .await
-        .unwrap();
+    read_without_marking(&client, &broker, "w1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = broker
         .heartbeat(&health("w1"), Duration::from_secs(30), &[])

@@ -87,3 +87,26 @@ pub async fn raw(redis: &TestRedis) -> fred::prelude::Client {
 pub fn texts(events: &[exo_broker::StreamItem]) -> Vec<String> {
     events.iter().map(|item| item.event.to_json()).collect()
 }
+
+/// `XREADGROUP` one entry for `consumer` on a separate connection, without
+/// the claim script: an entry read but never marked running.
+pub async fn read_without_marking(client: &fred::prelude::Client, broker: &Broker, consumer: &str) {
+    use fred::prelude::*;
+    let group = broker.keys().group();
+    let _: fred::types::Value = client
+        .custom(
+            fred::cmd!("XREADGROUP"),
+            vec![
+                "GROUP",
+                &group,
+                consumer,
+                "COUNT",
+                "1",
+                "STREAMS",
+                broker.keys().queue(),
+                ">",
+            ],
+        )
+        .await
+        .unwrap();
+}
