@@ -153,6 +153,7 @@ async fn run_tool(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> T
 }
 
 async fn run_tool_in_span(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
+    ctx.resumed().await;
     let started = Instant::now();
     let (arguments, end) = match parse_arguments(&call.name, &call.arguments) {
         Err(message) => (Map::new(), ToolEnd::Error(message)),
@@ -410,6 +411,7 @@ async fn stream_step_in_span(
     request: &ModelRequest,
 ) -> exo_models::Result<Completion> {
     let name = agent.config.name.as_str();
+    ctx.resumed().await;
     let mut stream = agent.provider.stream(request).await?;
     let mut completion = Completion::default();
     while let Some(chunk) = stream.next().await {

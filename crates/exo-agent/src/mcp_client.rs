@@ -129,7 +129,12 @@ impl Sessions {
             .with_arguments(arguments);
         let options = match spec.server_config.timeout {
             Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
-                PeerRequestOptions::with_timeout(Duration::from_secs_f64(seconds))
+                // A config's `timeout: 1e300` is capped, not a panic.
+                PeerRequestOptions::with_timeout(
+                    Duration::try_from_secs_f64(seconds)
+                        .unwrap_or(MAX_CALL_TIMEOUT)
+                        .min(MAX_CALL_TIMEOUT),
+                )
             }
             _ => PeerRequestOptions::no_options(),
         };
@@ -237,6 +242,9 @@ fn tool_output(result: CallToolResult) -> Result<ToolOutput, String> {
     }
     Ok(output)
 }
+
+/// The longest an MCP tool call may be given.
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 async fn connect(name: &str, config: &McpServerConfig) -> Result<Session, String> {
     let handler = Handler::default();

@@ -34,6 +34,11 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Ends the run as timed out at this instant, promptly.
     pub deadline: Option<Instant>,
+    /// While this reads `true`, the run starts no new model call and no new
+    /// tool call (calls already under way go on); cancel and the deadline
+    /// still take effect. A worker cut off from its queue holds its runs
+    /// here until it knows whether it still owns them.
+    pub pause: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// How a run ended.

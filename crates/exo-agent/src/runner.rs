@@ -31,6 +31,7 @@ pub(crate) struct RunContext {
     pub(crate) emitter: Emitter,
     /// Fires when the run is cancelled, times out, or ends.
     pub(crate) cancel: CancellationToken,
+    pause: Option<tokio::sync::watch::Receiver<bool>>,
     usage: Mutex<Usage>,
     #[cfg(feature = "mcp")]
     pub(crate) sessions: crate::mcp_client::Sessions,
@@ -42,6 +43,16 @@ impl RunContext {
             .usage
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) += usage;
+    }
+
+    /// Returns once the run may start a model or tool call (at once unless
+    /// the caller paused it).
+    pub(crate) async fn resumed(&self) {
+        if let Some(pause) = &self.pause {
+            let mut pause = pause.clone();
+            // An error means the sender is gone: nobody can pause any more.
+            let _ = pause.wait_for(|paused| !*paused).await;
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -116,6 +127,7 @@ impl Runner {
         let ctx = Arc::new(RunContext {
             emitter: Emitter::new(events, options.detailed),
             cancel: options.cancel.child_token(),
+            pause: options.pause.clone(),
             usage: Mutex::new(Usage::default()),
             #[cfg(feature = "mcp")]
             sessions: crate::mcp_client::Sessions::default(),

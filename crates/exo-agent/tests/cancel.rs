@@ -36,6 +36,7 @@ async fn a_sleeping_tool_is_cancelled_within_a_second() {
         detailed: false,
         cancel: cancel.clone(),
         deadline: None,
+        pause: None,
     };
     let (sender, mut receiver) = tokio::sync::mpsc::channel(16);
     let run =
@@ -188,6 +189,7 @@ async fn a_run_cancelled_before_it_starts_does_nothing() {
             detailed: true,
             cancel,
             deadline: None,
+            pause: None,
         },
     )
     .await;
@@ -230,4 +232,63 @@ async fn tool_calls_of_one_step_run_concurrently_and_report_in_call_order() {
         .collect();
     assert_eq!(results, ["slow", "fast", "also"]);
     assert_eq!(run.outcome.output, "done");
+}
+
+#[tokio::test]
+async fn a_paused_run_starts_no_call_until_resumed_and_cancel_still_works() {
+    let (pause, paused) = tokio::sync::watch::channel(true);
+    let runner = runner(scripted_factory());
+    let spec = spec(agent(
+        "helper",
+        "scripted:weather",
+        json!({"tools": ["get_weather"]}),
+    ));
+    let options = RunOptions {
+        detailed: true,
+        pause: Some(paused.clone()),
+        ..RunOptions::default()
+    };
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
+    let run = {
+        let (runner, spec) = (runner.clone(), spec.clone());
+        tokio::spawn(async move { runner.run(&spec, "hi", Vec::new(), options, sender).await })
+    };
+    // Paused before its first model call: nothing but the start status.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(event) = receiver.try_recv() {
+        assert!(
+            !matches!(
+                event,
+                RunEvent::Stream(StreamEvent::Text(_) | StreamEvent::ToolCall(_))
+            ),
+            "a paused run made a call: {event:?}"
+        );
+    }
+    assert!(!run.is_finished());
+    pause.send(false).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the resumed run ended")
+        .unwrap();
+    assert_eq!(outcome.status, OutcomeStatus::Completed);
+
+    // A cancel ends a paused run at once.
+    pause.send(true).unwrap();
+    let cancel = CancellationToken::new();
+    let options = RunOptions {
+        cancel: cancel.clone(),
+        pause: Some(paused),
+        ..RunOptions::default()
+    };
+    let (sender, _receiver) = tokio::sync::mpsc::channel(64);
+    let run =
+        tokio::spawn(async move { runner.run(&spec, "hi", Vec::new(), options, sender).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("the paused run was cancelled promptly")
+        .unwrap();
+    assert_eq!(outcome.status, OutcomeStatus::Cancelled);
+    drop(pause);
 }

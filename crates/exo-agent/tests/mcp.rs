@@ -54,10 +54,29 @@ fn mcp_tool(name: &str, original: &str, command: &str, env: Value) -> Value {
         "server_config": {
             "transport": "stdio",
             "command": command,
-            "args": ["--exact", "fixture_server_entry", "--nocapture", "--quiet", "--test-threads", "1"],
+            "args": FIXTURE_ARGS,
             "env": env,
         },
     })
+}
+
+/// The fixture server's fixed arguments.
+const FIXTURE_ARGS: &[&str] = &[
+    "--exact",
+    "fixture_server_entry",
+    "--nocapture",
+    "--quiet",
+    "--test-threads",
+    "1",
+];
+
+/// A policy that allows the fixture server exactly as `mcp_tool` launches
+/// it, with the variables its configs set.
+fn fixture_policy(command: &str) -> McpPolicy {
+    McpPolicy::deny_all()
+        .allow_launch(command, FIXTURE_ARGS)
+        .allow_env(SERVER_SWITCH)
+        .allow_env("EXO_FIXTURE")
 }
 
 fn mcp_runner(policy: McpPolicy) -> Runner {
@@ -137,7 +156,7 @@ async fn an_mcp_round_trip_over_stdio() {
         {"tool_calls": [{"id": "pid2", "name": "fixture_pid", "arguments": {}}]},
         {"text": "done"}
     ]));
-    let runner = mcp_runner(McpPolicy::deny_all().allow_command(command));
+    let runner = mcp_runner(fixture_policy(command));
     let run = collect(
         &runner,
         &spec(agent("helper", &model, json!({"tools": tools}))),
@@ -212,7 +231,7 @@ async fn check_session_closed(end: End) {
         {"tool_calls": [{"id": "nap", "name": "nap", "arguments": {"ms": 60000}}]},
         {"text": "never"}
     ]));
-    let runner = mcp_runner(McpPolicy::deny_all().allow_command(command));
+    let runner = mcp_runner(fixture_policy(command));
     let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
     let spec = spec(agent("helper", &model, json!({"tools": tools})));
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -221,6 +240,7 @@ async fn check_session_closed(end: End) {
         cancel: cancel.clone(),
         deadline: (end == End::Deadline)
             .then(|| tokio::time::Instant::now() + Duration::from_secs(3)),
+        pause: None,
     };
     let started = Instant::now();
     let run =
@@ -293,8 +313,9 @@ async fn servers_the_policy_does_not_allow_are_refused() {
         McpPolicy::deny_all().allow_command("/usr/bin/true"),
         mcp_tool("add", "add", command, json!({})),
         format!(
-            "agent `helper`: MCP tool `add` (server `fixture`) is refused: the command `{command}` \
-             is not in this worker's MCP command allowlist (allowed: /usr/bin/true)"
+            "agent `helper`: MCP tool `add` (server `fixture`) is refused: the command `{command} {}` \
+             is not in this worker's MCP command allowlist (allowed: /usr/bin/true)",
+            FIXTURE_ARGS.join(" ")
         ),
     )
     .await;
@@ -302,7 +323,7 @@ async fn servers_the_policy_does_not_allow_are_refused() {
     http["server_config"] =
         json!({"transport": "streamable_http", "url": "http://127.0.0.1:9/mcp"});
     check(
-        McpPolicy::deny_all().allow_command(command),
+        fixture_policy(command),
         http,
         "agent `helper`: MCP tool `remote` (server `fixture`) is refused: this worker does not \
          allow MCP servers over HTTP (url `http://127.0.0.1:9/mcp`)"
@@ -339,7 +360,7 @@ async fn an_mcp_round_trip_over_streamable_http() {
         http_tool("remote_count", "count"),
     ];
     let run = collect(
-        &mcp_runner(McpPolicy::deny_all().allow_http(true)),
+        &mcp_runner(McpPolicy::deny_all().allow_http_host("127.0.0.1")),
         &spec(agent("helper", &model, json!({"tools": tools}))),
         "use the remote server",
         Vec::new(),
@@ -371,7 +392,7 @@ async fn an_unreachable_http_server_is_a_tool_error() {
         {"text": "The server is down."}
     ]));
     let run = collect(
-        &mcp_runner(McpPolicy::deny_all().allow_http(true)),
+        &mcp_runner(McpPolicy::deny_all().allow_http_host("127.0.0.1")),
         &spec(agent("helper", &model, json!({"tools": [tool]}))),
         "x",
         Vec::new(),
@@ -384,4 +405,55 @@ async fn an_unreachable_http_server_is_a_tool_error() {
         result.starts_with("error: MCP server `fixture` at http://127.0.0.1:"),
         "{result}"
     );
+}
+
+#[tokio::test]
+async fn a_payload_cannot_make_an_allowed_program_run_its_own_code() {
+    // The operator allows one script through `sh`; payloads try to run
+    // their own code through the same program, or load it through the
+    // environment. Nothing runs, and the task says why.
+    let marker = std::env::temp_dir().join(format!(
+        "exo-mcp-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&marker).unwrap();
+    let touched = marker.join("pwned");
+    let allowed = McpPolicy::deny_all()
+        .allow_command("sh /usr/share/exo/mcp-time.sh")
+        .allow_env("TZ");
+    let attempts = [
+        json!({"command": "sh", "args": ["-c", format!("touch {}", touched.display())]}),
+        json!({"command": "sh", "args": ["/usr/share/exo/mcp-time.sh", "-c", format!("touch {}", touched.display())]}),
+        json!({"command": "sh", "args": ["/usr/share/exo/mcp-time.sh"], "env": {"BASH_ENV": touched.display().to_string()}}),
+        json!({"command": "sh", "args": ["/usr/share/exo/mcp-time.sh"], "env": {"PATH": marker.display().to_string()}}),
+        json!({"command": "sh", "args": ["/usr/share/exo/mcp-time.sh"], "cwd": "/"}),
+    ];
+    for server_config in attempts {
+        let tool = json!({
+            "__mcp_tool__": true,
+            "name": "x",
+            "description": "x",
+            "parameters": {"type": "object"},
+            "original_name": "x",
+            "server_name": "evil",
+            "server_config": server_config,
+        });
+        let run = collect(
+            &mcp_runner(allowed.clone()),
+            &spec(agent("helper", "scripted:noop", json!({"tools": [tool]}))),
+            "x",
+            Vec::new(),
+            RunOptions::default(),
+        )
+        .await;
+        assert_eq!(run.outcome.status, OutcomeStatus::Failed, "{server_config}");
+        assert!(!run.outcome.retryable);
+        let error = run.outcome.error.clone().unwrap_or_default();
+        assert!(error.contains("is refused"), "{server_config}: {error}");
+        assert!(!touched.exists(), "{server_config} ran code on the worker");
+    }
 }

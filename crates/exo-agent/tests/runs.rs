@@ -304,7 +304,7 @@ async fn unresolvable_config_fails_before_the_run_starts() {
         "server_config": {"transport": "stdio", "command": "mcp-server-filesystem", "args": ["/"]}
     });
     let reason = if cfg!(feature = "mcp") {
-        "agent `helper`: MCP tool `read_file` (server `fs`) is refused: the command `mcp-server-filesystem` is not in this worker's MCP command allowlist (which is empty)"
+        "agent `helper`: MCP tool `read_file` (server `fs`) is refused: the command `mcp-server-filesystem /` is not in this worker's MCP command allowlist (which is empty)"
     } else {
         "agent `helper`: tool `read_file` is an MCP tool, but this worker was built without the `mcp` feature"
     };

@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) url: RedisUrl,
     pub(crate) scripts: Scripts,
     round_trips: AtomicU64,
+    /// Tells this process's heartbeats from another's with the same id.
+    pub(crate) nonce: String,
     pub(crate) publish_observer: std::sync::OnceLock<PublishObserver>,
 }
 
@@ -199,6 +201,7 @@ impl Broker {
                 url,
                 scripts: Scripts::new(),
                 round_trips: AtomicU64::new(0),
+                nonce: uuid::Uuid::new_v4().simple().to_string(),
                 publish_observer: std::sync::OnceLock::new(),
             }),
         };
@@ -253,6 +256,60 @@ impl Broker {
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.client.is_connected()
+    }
+
+    /// What in the server's settings voids exo's guarantees, as sentences
+    /// for the log: an eviction policy other than `noeviction` (heartbeats,
+    /// task hashes or the queue itself may be evicted), and persistence that
+    /// is off or does not sync every write (acknowledged writes can be lost
+    /// in a crash). Empty when all is well or the server does not say.
+    pub async fn server_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let info = |section: &'static str| async move {
+            self.count();
+            let text: std::result::Result<String, _> = self
+                .inner
+                .client
+                .custom(fred::cmd!("INFO"), vec![section])
+                .await;
+            text.unwrap_or_default()
+        };
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(|value| value.trim().to_owned())
+        };
+        let memory = info("memory").await;
+        if let Some(policy) = field(&memory, "maxmemory_policy")
+            && policy != "noeviction"
+        {
+            warnings.push(format!(
+                "Redis evicts keys under memory pressure (maxmemory-policy {policy}): heartbeats, task hashes and queue entries may vanish, so live workers look dead and tasks are lost; set maxmemory-policy noeviction"
+            ));
+        }
+        let persistence = info("persistence").await;
+        let aof = field(&persistence, "aof_enabled").as_deref() == Some("1");
+        if !persistence.is_empty() && !aof {
+            warnings.push(
+                "Redis has no append-only file (appendonly no): a restart loses every acknowledged submit, cancel and result since the last snapshot; set appendonly yes with appendfsync always for no loss".to_owned(),
+            );
+        } else if aof {
+            self.count();
+            let fsync: std::result::Result<Vec<String>, _> = self
+                .inner
+                .client
+                .custom(fred::cmd!("CONFIG"), vec!["GET", "appendfsync"])
+                .await;
+            if let Ok(values) = fsync
+                && let Some(mode) = values.get(1)
+                && mode != "always"
+            {
+                warnings.push(format!(
+                    "Redis syncs its append-only file with appendfsync {mode}: a host crash can lose the last second of acknowledged writes (see docs/operations.md); set appendfsync always for no loss"
+                ));
+            }
+        }
+        warnings
     }
 
     /// Sends PING.
@@ -340,7 +397,7 @@ impl Broker {
             keys.worker_registry(),
         ];
         let mut all_args = Vec::with_capacity(7 + args.len());
-        all_args.push(now_seconds().to_string());
+        all_args.push(config.max_payload_bytes.to_string());
         all_args.push(keys.prefix().to_owned());
         all_args.push(keys.group());
         all_args.push(config.task_ttl.as_secs().max(1).to_string());
@@ -367,6 +424,7 @@ impl Broker {
         if payload.created_at <= 0.0 {
             payload.created_at = now_seconds();
         }
+        payload.validate()?;
         let json = payload.to_json();
         let limit = self.inner.config.max_payload_bytes;
         if limit > 0 && json.len() > limit {
@@ -661,6 +719,22 @@ pub(crate) fn build_client(config: &BrokerConfig, url: &RedisUrl) -> Result<Clie
             connection.internal_command_timeout = command_timeout;
             connection.max_command_attempts = 1;
             connection.tcp.nodelay = Some(true);
+            // A connection to a frozen or partitioned server is closed and
+            // made again (through Sentinel, to the new primary) instead of
+            // timing out forever: no reply for a command timeout (blocking
+            // commands excepted), or unacknowledged data past it.
+            connection.tcp.user_timeout = Some(command_timeout);
+            connection.tcp.keepalive = Some(
+                socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(10))
+                    .with_interval(Duration::from_secs(5))
+                    .with_retries(3),
+            );
+            connection.unresponsive = fred::types::config::UnresponsiveConfig {
+                max_timeout: Some(command_timeout),
+                interval: (command_timeout / 4)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            };
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()

@@ -43,6 +43,13 @@ pub struct BrokerConfig {
     pub replica_acks: u32,
     /// How long to wait for those acknowledgements.
     pub replica_ack_timeout: Duration,
+    /// The workers' heartbeat TTL: the reaper's fleet clock treats a gap of
+    /// half of it without any heartbeat as a stall of the server (or of the
+    /// whole fleet) and reclaims nothing for one TTL after it.
+    pub heartbeat_ttl: Duration,
+    /// The most retries a payload may ask for (`max_retries` above this is
+    /// capped).
+    pub max_retries_cap: u32,
 }
 
 impl BrokerConfig {
@@ -64,6 +71,8 @@ impl BrokerConfig {
             tls_ca_file: None,
             replica_acks: 0,
             replica_ack_timeout: Duration::from_secs(1),
+            heartbeat_ttl: Duration::from_secs(30),
+            max_retries_cap: 25,
         }
     }
 

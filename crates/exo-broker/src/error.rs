@@ -33,6 +33,14 @@ pub enum Error {
     /// No such task.
     #[error("task `{0}` not found")]
     NotFound(String),
+    /// Another live process heartbeats under this worker id.
+    #[error(
+        "worker id `{worker_id}` is in use by another live process; give each process its own id"
+    )]
+    WorkerIdInUse {
+        /// The worker id.
+        worker_id: String,
+    },
     /// A payload larger than the configured limit.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -66,6 +74,12 @@ impl Error {
             "CLUSTERDOWN",
             "MASTERDOWN",
             "NOSCRIPT",
+            // Out of memory under `noeviction`, a failed background save, or
+            // too few replicas: all pass once the operator or the server
+            // fixes them, and a final write must outlive them.
+            "OOM",
+            "MISCONF",
+            "NOREPLICAS",
         ];
         match self {
             Error::Unreachable(_) => true,
@@ -133,6 +147,18 @@ mod tests {
                     "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
                 ),
                 false,
+            ),
+            (
+                Error::Redis("OOM command not allowed when used memory > 'maxmemory'.".into()),
+                true,
+            ),
+            (
+                Error::Redis("MISCONF Redis is configured to save RDB snapshots".into()),
+                true,
+            ),
+            (
+                Error::Redis("NOREPLICAS Not enough good replicas to write.".into()),
+                true,
             ),
             (Error::NotFound("t".into()), false),
         ];

@@ -225,6 +225,7 @@ pub struct EventStream {
     pending: VecDeque<StreamItem>,
     finished: bool,
     quiet_reads: u32,
+    skipped: u64,
 }
 
 impl Broker {
@@ -239,6 +240,7 @@ impl Broker {
             pending: VecDeque::new(),
             finished: false,
             quiet_reads: 0,
+            skipped: 0,
         }
     }
 }
@@ -323,6 +325,11 @@ impl EventStream {
         }
     }
 
+    /// Events skipped so far because they could not be decoded.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     /// Collects every remaining event.
     pub async fn collect(mut self) -> Result<Vec<StreamItem>> {
         let mut items = Vec::new();
@@ -358,8 +365,17 @@ impl EventStream {
         if !entries.is_empty() {
             self.quiet_reads = 0;
             for (id, json) in entries {
-                let event: StreamEvent = exo_proto::decode("event", json.as_bytes())?;
-                self.pending.push_back(StreamItem { id, event });
+                match exo_proto::decode::<StreamEvent>("event", json.as_bytes()) {
+                    Ok(event) => self.pending.push_back(StreamItem { id, event }),
+                    Err(error) => {
+                        // One event this version cannot read (a newer or
+                        // foreign writer, or garbage) must not wedge the
+                        // reader: skip it and move past it.
+                        tracing::warn!(task_id = self.task_id, entry = id, %error, "skipping an event that cannot be decoded");
+                        self.skipped += 1;
+                        self.last_id = id;
+                    }
+                }
             }
             return Ok(());
         }

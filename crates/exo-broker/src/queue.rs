@@ -133,8 +133,14 @@ pub struct ReapReport {
     pub requeued: u64,
     /// Stuck tasks out of retries, failed into the dead letter.
     pub failed: u64,
-    /// Entries of tasks already finished, acknowledged.
+    /// Entries of tasks already finished, or stray copies, acknowledged.
     pub cleaned: u64,
+    /// Tasks no entry carried any more (trimmed or evicted), ended with the
+    /// reason.
+    pub reconciled: u64,
+    /// True when the pass reclaimed nothing because the fleet clock saw a
+    /// stall (see [`crate::BrokerConfig::heartbeat_ttl`]).
+    pub quiet: bool,
 }
 
 impl Broker {
@@ -208,7 +214,13 @@ impl Broker {
             text,
             if retryable { "1" } else { "0" }.to_owned(),
             backoff.as_millis().to_string(),
-            task.raw_payload.clone(),
+            // Only a failure needs the payload (for the retry or the dead
+            // letter), and only when its queue entry is gone.
+            if matches!(outcome, Outcome::Failed { .. }) {
+                task.raw_payload.clone()
+            } else {
+                String::new()
+            },
             terminal.to_json(),
             retry_event.to_json(),
             policy.max_retries.to_string(),
@@ -305,6 +317,7 @@ impl Broker {
             health.worker_id.clone(),
             ttl.as_secs().max(1).to_string(),
             orphan_after.as_millis().to_string(),
+            self.inner.nonce.clone(),
             fields.len().to_string(),
         ];
         for (name, value) in fields {
@@ -334,6 +347,16 @@ impl Broker {
             .transpose()?
             .unwrap_or(0)
             .max(0) as u64;
+        let verdict = parts
+            .next()
+            .map(|value| reply::string("heartbeat", &value))
+            .transpose()?
+            .unwrap_or_default();
+        if verdict == "conflict" {
+            return Err(Error::WorkerIdInUse {
+                worker_id: health.worker_id.clone(),
+            });
+        }
         Ok(LeaseReport {
             cancelled,
             lost,
@@ -346,39 +369,14 @@ impl Broker {
     /// the reaper). A worker that stops this way is gone from the fleet; one
     /// that crashes is listed as dead until it has been silent for an hour.
     pub async fn remove_worker(&self, worker_id: &str) -> Result<()> {
-        let keys = self.keys();
-        self.count();
-        let _: Value = self.inner.client.del(keys.worker(worker_id)).await?;
-        self.count();
-        let _: Value = self
-            .inner
-            .client
-            .zrem(keys.worker_registry(), worker_id)
-            .await?;
-        self.count();
-        let pending: Value = self
-            .inner
-            .client
-            .custom(
-                fred::cmd!("XPENDING"),
-                vec![
-                    keys.queue().to_owned(),
-                    keys.group(),
-                    "-".into(),
-                    "+".into(),
-                    "1".into(),
-                    worker_id.to_owned(),
-                ],
+        // Only this process's own heartbeat is deleted: another live
+        // process with the same id keeps its own.
+        let _ = self
+            .eval(
+                &self.inner.scripts.deregister,
+                vec![worker_id.to_owned(), self.inner.nonce.clone()],
             )
             .await?;
-        if reply::array("XPENDING", pending)?.is_empty() {
-            self.count();
-            let _: Value = self
-                .inner
-                .client
-                .xgroup_delconsumer(keys.queue(), keys.group(), worker_id)
-                .await?;
-        }
         Ok(())
     }
 
@@ -408,6 +406,7 @@ impl Broker {
                     // a freshly claimed one may belong to a worker whose
                     // heartbeat is only late.
                     config.dead_worker_idle.as_millis().to_string(),
+                    config.heartbeat_ttl.as_millis().max(1).to_string(),
                 ],
             )
             .await?;
@@ -425,6 +424,8 @@ impl Broker {
             requeued: number(1)?,
             failed: number(2)?,
             cleaned: number(3)?,
+            reconciled: number(4)?,
+            quiet: number(5)? == 1,
         })
     }
 
@@ -621,7 +622,7 @@ impl Claimer {
             self.consumer.clone(),
             max.to_string(),
             config.retry.max_retries.to_string(),
-            config.max_payload_bytes.to_string(),
+            config.max_retries_cap.to_string(),
         ];
         args.extend(ids.iter().cloned());
         let value = broker.eval(&broker.inner.scripts.claim, args).await?;
@@ -633,7 +634,7 @@ impl Claimer {
             .unwrap_or(-1);
         let rows = parts
             .next()
-            .map(|value| reply::strings("claim", value))
+            .map(|value| reply::array("claim", value))
             .transpose()?
             .unwrap_or_default();
         let rejected = parts
@@ -654,12 +655,12 @@ impl Claimer {
         let mut claim = Claim {
             tasks: Vec::new(),
             rejected: rejected
-                .chunks(2)
-                .filter(|pair| pair.len() == 2)
-                .map(|pair| Rejected {
-                    entry_id: pair[0].clone(),
-                    task_id: None,
-                    reason: pair[1].clone(),
+                .chunks(3)
+                .filter(|triple| triple.len() == 3)
+                .map(|triple| Rejected {
+                    entry_id: triple[0].clone(),
+                    task_id: (!triple[1].is_empty()).then(|| triple[1].clone()),
+                    reason: triple[2].clone(),
                 })
                 .collect(),
         };
@@ -667,25 +668,40 @@ impl Claimer {
             let [entry_id, task_id, raw, attempt, retries, max_retries] = row else {
                 continue;
             };
+            let entry_id = reply::string("claim", entry_id)?;
+            let task_id = reply::string("claim", task_id)?;
             let lease = Lease {
                 task_id: task_id.clone(),
                 entry_id: entry_id.clone(),
-                attempt: attempt.parse().unwrap_or(0),
+                attempt: reply::integer("claim", attempt)?.max(0) as u32,
             };
-            match TaskPayload::from_json(raw.as_bytes()) {
+            let retries = reply::integer("claim", retries)?.max(0) as u32;
+            let max_retries = reply::integer("claim", max_retries)
+                .map(|max| max.max(0) as u32)
+                .unwrap_or(config.retry.max_retries);
+            // A payload that is not UTF-8 is refused as it is, never
+            // rewritten: the dead letter keeps its exact bytes.
+            let (raw, decoded) = match reply::utf8("claim", raw)? {
+                Some(raw) => {
+                    let decoded =
+                        TaskPayload::from_json(raw.as_bytes()).map_err(|error| error.to_string());
+                    (raw, decoded)
+                }
+                None => (String::new(), Err("payload is not valid UTF-8".to_owned())),
+            };
+            match decoded {
                 Ok(payload) => claim.tasks.push(ClaimedTask {
                     lease,
                     payload,
-                    raw_payload: raw.clone(),
-                    retries: retries.parse().unwrap_or(0),
-                    max_retries: max_retries.parse().unwrap_or(config.retry.max_retries),
+                    raw_payload: raw,
+                    retries,
+                    max_retries,
                 }),
-                Err(error) => {
-                    let reason = error.to_string();
+                Err(reason) => {
                     let task = ClaimedTask {
                         lease,
                         payload: TaskPayload::new(task_id.clone(), Default::default(), ""),
-                        raw_payload: raw.clone(),
+                        raw_payload: raw,
                         retries: 0,
                         max_retries: 0,
                     };

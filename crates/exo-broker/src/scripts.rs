@@ -26,6 +26,7 @@ pub(crate) struct Scripts {
     pub(crate) list: Script,
     pub(crate) stats: Script,
     pub(crate) redrive: Script,
+    pub(crate) deregister: Script,
 }
 
 impl Scripts {
@@ -43,6 +44,7 @@ impl Scripts {
             list: script!("list.lua"),
             stats: script!("stats.lua"),
             redrive: script!("redrive.lua"),
+            deregister: script!("deregister.lua"),
         }
     }
 }
@@ -75,6 +77,14 @@ pub(crate) mod reply {
                 what,
                 detail: format!("expected a string, got {:?}", other.kind()),
             }),
+        }
+    }
+
+    /// A string reply, or `None` when its bytes are not UTF-8.
+    pub(crate) fn utf8(what: &'static str, value: &Value) -> Result<Option<String>> {
+        match value {
+            Value::Bytes(bytes) => Ok(String::from_utf8(bytes.to_vec()).ok()),
+            other => string(what, other).map(Some),
         }
     }
 

@@ -123,12 +123,20 @@ pub(crate) struct StartWorker {
     /// Accept a memory DSN written in a task payload (off: payloads must name a configured store).
     #[arg(long)]
     pub(crate) allow_payload_dsn: bool,
-    /// A command MCP stdio servers may run (exact program name or path). Repeatable.
-    #[arg(long = "mcp-allow-command", value_name = "PROGRAM")]
+    /// A whole command line MCP stdio servers may run: program and arguments must match exactly
+    /// ("npx -y @modelcontextprotocol/server-time"); a last word `...` allows more arguments. Repeatable.
+    #[arg(long = "mcp-allow-command", value_name = "COMMAND LINE")]
     pub(crate) mcp_allow_commands: Vec<String>,
-    /// Let agents reach MCP servers over HTTP.
-    #[arg(long)]
-    pub(crate) mcp_allow_http: bool,
+    /// An environment variable an MCP server config may set (loader variables such as PATH,
+    /// LD_PRELOAD or NODE_OPTIONS are always refused). Repeatable.
+    #[arg(long = "mcp-allow-env", value_name = "NAME")]
+    pub(crate) mcp_allow_env: Vec<String>,
+    /// A working directory an MCP server config may choose. Repeatable.
+    #[arg(long = "mcp-allow-cwd", value_name = "DIR")]
+    pub(crate) mcp_allow_cwd: Vec<String>,
+    /// A host (any port) or host:port agents may reach MCP servers on over HTTP; `*` for any. Repeatable.
+    #[arg(long = "mcp-allow-http-host", value_name = "HOST[:PORT]")]
+    pub(crate) mcp_allow_http_hosts: Vec<String>,
     /// Register the built-in demo tools (get_weather, sleep, echo, fail, panic).
     #[arg(long, env = "EXO_BUILTIN_TOOLS")]
     pub(crate) builtin_tools: bool,

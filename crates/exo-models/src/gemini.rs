@@ -253,6 +253,56 @@ fn gemini_schema(schema: &Value) -> Value {
     }
 }
 
+/// Gemini model names (`gemini-2.5-flash`, `tunedModels/x`): letters,
+/// digits, `-`, `_`, `.` and one `/` between parts.
+fn check_model_name(model: &str) -> Result<()> {
+    let valid = !model.is_empty()
+        && model.len() <= 200
+        && model.split('/').count() <= 2
+        && model.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(crate::Error::Config(format!(
+            "`{}` is not a Gemini model name (letters, digits, `-`, `_`, `.`)",
+            model.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod model_name_tests {
+    #[test]
+    fn model_names_cannot_reach_other_paths() {
+        for good in [
+            "gemini-2.5-flash",
+            "gemini-1.5-pro-002",
+            "tunedModels/my-model",
+        ] {
+            assert!(super::check_model_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../../v1/files",
+            "x?key=1",
+            "x#y",
+            "a/b/c",
+            "x:generateContent",
+            "a b",
+            "a/..",
+        ] {
+            assert!(super::check_model_name(bad).is_err(), "{bad}");
+        }
+    }
+}
+
 #[async_trait]
 impl ModelProvider for GeminiProvider {
     fn name(&self) -> &str {
@@ -264,6 +314,9 @@ impl ModelProvider for GeminiProvider {
     }
 
     async fn stream(&self, request: &ModelRequest) -> Result<ChunkStream> {
+        // The model name goes into the URL's path: a payload must not be
+        // able to change the path or add a query with it.
+        check_model_name(&self.config.model)?;
         let body = self.request_body(request);
         let url = join_url(
             &self.config.base_url,

@@ -193,9 +193,14 @@ async fn read_error_body(mut response: Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The longest wait a provider's `retry-after` may ask for; longer asks
+/// (`1e300`, say) are cut to this.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The wait a response asks for: `retry-after-ms`, else `retry-after` in
-/// seconds. An HTTP date is not supported and counts as no wait given.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// seconds, at most [`MAX_RETRY_AFTER`]. An HTTP date is not supported and
+/// counts as no wait given.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let number = |name: &str| {
         headers
             .get(name)?
@@ -206,9 +211,37 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .ok()
             .filter(|value| value.is_finite() && *value >= 0.0)
     };
+    let seconds = |value: f64| {
+        Duration::try_from_secs_f64(value)
+            .unwrap_or(MAX_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER)
+    };
     number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .map(|ms| seconds(ms / 1000.0))
+        .or_else(|| number("retry-after").map(seconds))
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn huge_or_odd_waits_are_capped_not_panics() {
+        let cases: &[(&str, &str, Option<Duration>)] = &[
+            ("retry-after", "2", Some(Duration::from_secs(2))),
+            ("retry-after-ms", "1500", Some(Duration::from_millis(1500))),
+            ("retry-after", "1e300", Some(MAX_RETRY_AFTER)),
+            ("retry-after-ms", "1e308", Some(MAX_RETRY_AFTER)),
+            ("retry-after", "-1", None),
+            ("retry-after", "NaN", None),
+            ("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ];
+        for (name, value, expected) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(*name, value.parse().unwrap());
+            assert_eq!(retry_after(&headers), *expected, "{name}: {value}");
+        }
+    }
 }
 
 /// The message and code of a provider error body. OpenAI, Anthropic and

@@ -29,6 +29,9 @@ pub const TASKS_CANCELLED: &str = "exo.distributed.tasks.cancelled";
 pub const TASKS_RETRIED: &str = "exo.distributed.tasks.retried";
 /// Tasks taken over from a worker presumed dead (counter).
 pub const TASKS_RECLAIMED: &str = "exo.distributed.tasks.reclaimed";
+/// Background loops of a worker (heartbeat, reaper, cancel, stats) that
+/// failed a pass or ended and were restarted (counter, label `loop`).
+pub const WORKER_LOOP_ERRORS: &str = "exo.distributed.worker.loop_errors";
 /// Tasks waiting to start: undelivered entries plus delayed retries (gauge).
 pub const QUEUE_DEPTH: &str = "exo.distributed.queue.depth";
 /// Queue entries not yet delivered to any worker (gauge).
@@ -56,6 +59,8 @@ pub const EVENT_PUBLISH_DURATION: &str = "exo.stream.event.publish_duration";
 pub const LABEL_QUEUE: &str = "queue";
 /// The label holding the worker id.
 pub const LABEL_WORKER: &str = "worker_id";
+/// The label naming a worker's background loop.
+pub const LABEL_LOOP: &str = "loop";
 /// The label holding a task status (`completed`, `failed`, ...).
 pub const LABEL_STATUS: &str = "status";
 /// The label holding an event type (`text`, `tool_call`, ...).
@@ -109,6 +114,11 @@ pub const METRICS: &[MetricSpec] = &[
         REDIS_ROUND_TRIPS,
         "Round trips this process made to Redis (each Lua script call is one).",
         &[LABEL_WORKER],
+    ),
+    counter(
+        WORKER_LOOP_ERRORS,
+        "Passes of a worker's background loops (heartbeat, reaper, cancel, stats) that failed, and loops restarted after they ended.",
+        &[LABEL_WORKER, LABEL_LOOP],
     ),
     counter(
         TASKS_SUBMITTED,
@@ -320,6 +330,13 @@ pub fn tasks_reclaimed(labels: TaskLabels<'_>, count: u64) {
     if count > 0 {
         metrics::counter!(TASKS_RECLAIMED, &labels.pairs()).increment(count);
     }
+}
+
+/// A pass of a worker's background loop failed (or the loop ended and was
+/// restarted).
+pub fn loop_error(worker_id: &str, loop_name: &'static str) {
+    metrics::counter!(WORKER_LOOP_ERRORS, LABEL_WORKER => worker_id.to_owned(), LABEL_LOOP => loop_name)
+        .increment(1);
 }
 
 /// The queue was measured; sets the queue gauges. The lag gauge is left

@@ -37,7 +37,9 @@ pub use event::{
 pub use health::{DEAD_AFTER_SECONDS, Health, HealthReport, WorkerHealth};
 pub use keys::{Keys, cluster_slot};
 pub use message::{Content, Message, ToolCall};
-pub use task::{TaskPayload, TaskResult, TaskStatus, Usage};
+pub use task::{
+    MAX_NESTING, RESERVED_TASK_IDS, TaskPayload, TaskResult, TaskStatus, Usage, check_task_id,
+};
 
 /// Decodes JSON bytes into `T`, naming the offending field on failure.
 pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {

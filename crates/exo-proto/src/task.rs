@@ -55,6 +55,60 @@ fn default_timeout() -> f64 {
     300.0
 }
 
+/// The deepest JSON nesting a submitted payload may have.
+pub const MAX_NESTING: usize = 100;
+
+/// Task ids the key layout uses for its own keys (`{prefix}task:index`,
+/// `{prefix}task:timeline`).
+pub const RESERVED_TASK_IDS: &[&str] = &["index", "timeline"];
+
+/// Checks a task id: 1 to 128 ASCII letters, digits, `_` or `-`, and not a
+/// reserved name. The reference writes 32 lowercase hex characters; the same
+/// rule is enforced by the broker's scripts.
+pub fn check_task_id(task_id: &str) -> Result<()> {
+    let problem = if task_id.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if task_id.len() > 128 {
+        Some(format!("is {} characters long; at most 128", task_id.len()))
+    } else if !task_id
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+    {
+        Some("may hold only ASCII letters, digits, `_` and `-`".to_owned())
+    } else if RESERVED_TASK_IDS.contains(&task_id) {
+        Some(format!("`{task_id}` is reserved for the queue's own keys"))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::field("task payload", "task_id", problem)),
+        None => Ok(()),
+    }
+}
+
+/// The nesting depth of a JSON value, counted up to `limit + 1`.
+fn json_depth(value: &Value, limit: usize) -> usize {
+    fn walk(value: &Value, depth: usize, limit: usize) -> usize {
+        if depth > limit {
+            return depth;
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| walk(item, depth + 1, limit))
+                .max()
+                .unwrap_or(depth + 1),
+            Value::Object(map) => map
+                .values()
+                .map(|item| walk(item, depth + 1, limit))
+                .max()
+                .unwrap_or(depth + 1),
+            _ => depth,
+        }
+    }
+    walk(value, 1, limit)
+}
+
 impl TaskPayload {
     /// A payload with the reference defaults for everything but the id,
     /// config and input.
@@ -90,10 +144,30 @@ impl TaskPayload {
         serde_json::to_string(self).expect("a payload is plain JSON")
     }
 
-    fn check(&self) -> Result<()> {
-        if self.task_id.is_empty() {
-            return Err(Error::field("task payload", "task_id", "must not be empty"));
+    /// Checks what the queue needs of a payload before it is submitted: a
+    /// valid task id (see [`check_task_id`]), a positive finite timeout, and
+    /// JSON nested at most [`MAX_NESTING`] levels (the workers' decoders
+    /// must be able to read it).
+    pub fn validate(&self) -> Result<()> {
+        self.check()?;
+        let too_deep = |value: &Value| json_depth(value, MAX_NESTING) > MAX_NESTING;
+        for (field, deep) in [
+            ("agent_config", self.agent_config.values().any(too_deep)),
+            ("metadata", self.metadata.values().any(too_deep)),
+        ] {
+            if deep {
+                return Err(Error::field(
+                    "task payload",
+                    field,
+                    format!("is nested deeper than {MAX_NESTING} levels"),
+                ));
+            }
         }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        check_task_id(&self.task_id)?;
         if !self.timeout_seconds.is_finite() || self.timeout_seconds <= 0.0 {
             return Err(Error::field(
                 "task payload",

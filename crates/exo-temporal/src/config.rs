@@ -88,9 +88,9 @@ impl TemporalConfig {
                     "EXO_TEMPORAL_HEARTBEAT_TIMEOUT must be a number of seconds, not `{timeout}`"
                 ))
             })?;
-            if !(seconds.is_finite() && seconds >= 1.0) {
+            if !(seconds.is_finite() && (1.0..=86_400.0).contains(&seconds)) {
                 return Err(Error::Config(format!(
-                    "EXO_TEMPORAL_HEARTBEAT_TIMEOUT must be at least 1 second, not {seconds}"
+                    "EXO_TEMPORAL_HEARTBEAT_TIMEOUT must be from 1 to 86400 seconds, not {seconds}"
                 )));
             }
             config.heartbeat_timeout = Duration::from_secs_f64(seconds);
@@ -212,7 +212,7 @@ mod tests {
         );
         check(
             &[("EXO_TEMPORAL_HEARTBEAT_TIMEOUT", "0.5")],
-            Err("at least 1 second"),
+            Err("from 1 to 86400 seconds"),
         );
         check(
             &[("TEMPORAL_HOST", "redis://temporal:7233")],

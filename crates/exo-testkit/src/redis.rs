@@ -175,6 +175,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server with SIGSTOP: connections stay open and the kernel
+    /// keeps accepting bytes, but nothing is answered (a stall: a slow
+    /// fsync, a VM pause). [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Starts the server again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();
@@ -200,6 +221,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.thaw();
         self.kill();
     }
 }

@@ -74,6 +74,10 @@ pub struct WorkerConfig {
     /// Replicas that must acknowledge each final write (see
     /// `exo_broker::BrokerConfig::replica_acks`).
     pub replica_acks: u32,
+    /// The most retries a payload's `max_retries` may ask for.
+    pub max_retries_cap: u32,
+    /// The longest deadline a payload's `timeout_seconds` may ask for.
+    pub max_task_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -100,6 +104,8 @@ impl WorkerConfig {
             allow_payload_dsn: false,
             memory_history_limit: 200,
             replica_acks: 0,
+            max_retries_cap: 25,
+            max_task_timeout: Duration::from_secs(24 * 3600),
         }
     }
 
@@ -115,6 +121,21 @@ impl WorkerConfig {
         }
         if self.heartbeat_ttl < Duration::from_secs(1) {
             return Err("the heartbeat TTL must be at least 1 s".into());
+        }
+        if self.max_task_timeout.is_zero() {
+            return Err("the task timeout cap must be positive".into());
+        }
+        if self.retry.max_retries > self.max_retries_cap {
+            return Err(format!(
+                "the default retry budget ({}) is above the cap on payload budgets ({})",
+                self.retry.max_retries, self.max_retries_cap
+            ));
+        }
+        if self.lease < self.heartbeat_ttl {
+            return Err(format!(
+                "the lease ({:?}) must be at least the heartbeat TTL ({:?}): the lease path would reclaim tasks of live workers before the dead-worker path, and before they pause",
+                self.lease, self.heartbeat_ttl
+            ));
         }
         if self.lease < (self.heartbeat_ttl / 3) * 2 {
             return Err(format!(

@@ -18,6 +18,9 @@ pub struct RunControl {
     pub cancel: CancellationToken,
     /// The task's deadline (`timeout_seconds` after it started).
     pub deadline: Instant,
+    /// While `true`, the run starts no new model or tool call: the worker is
+    /// cut off from Redis and does not know whether it still owns the task.
+    pub pause: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What an executor returns: the run's outcome and the events it produced
@@ -204,6 +207,7 @@ impl LocalExecutor {
             detailed: payload.detailed,
             cancel: control.cancel.clone(),
             deadline: Some(control.deadline),
+            pause: control.pause.clone(),
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();

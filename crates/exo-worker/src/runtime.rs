@@ -285,6 +285,8 @@ impl Worker {
         ));
         config.retry = self.config.retry;
         config.lease = self.config.lease;
+        config.heartbeat_ttl = self.config.heartbeat_ttl;
+        config.max_retries_cap = self.config.max_retries_cap;
         config.tls_ca_file = self.config.tls_ca_file.clone();
         config.replica_acks = self.config.replica_acks;
         config
@@ -328,6 +330,7 @@ impl Worker {
             started_at: exo_broker::now_seconds(),
             registry: Registry::default(),
             last_heartbeat: Mutex::new(std::time::Instant::now()),
+            pause: tokio::sync::watch::channel(false).0,
             processed: Default::default(),
             failed: Default::default(),
             draining: AtomicBool::new(false),
@@ -340,15 +343,29 @@ impl Worker {
             redis = broker.masked_url(),
             "worker started"
         );
+        for warning in broker.server_warnings().await {
+            tracing::warn!("{warning}");
+        }
         // The first heartbeat lands before the first claim, so the reaper
         // of another worker never mistakes this one's tasks for orphans.
         let mut attempt = 0;
-        while !heartbeat_once(&shared).await {
+        loop {
+            match heartbeat_once(&shared).await {
+                Beat::Landed => break,
+                Beat::Conflict => {
+                    broker.close().await;
+                    return Err(exo_broker::Error::WorkerIdInUse {
+                        worker_id: self.worker_id.clone(),
+                    }
+                    .into());
+                }
+                Beat::Failed => {}
+            }
             attempt += 1;
             tokio::select! {
                 () = tokio::time::sleep(backoff(attempt)) => {}
                 () = self.shutdown.cancelled() => {
-                    broker.close().await;
+                    let _ = tokio::time::timeout(SHUTDOWN_STEP, broker.close()).await;
                     return Ok(());
                 }
             }
@@ -366,15 +383,48 @@ impl Worker {
         };
         let background = CancellationToken::new();
         let mut loops = JoinSet::new();
-        loops.spawn(heartbeat_loop(
-            shared.clone(),
-            background.clone(),
-            self.status.clone(),
-        ));
-        loops.spawn(reaper_loop(shared.clone(), background.clone()));
-        loops.spawn(cancel_loop(shared.clone(), background.clone(), cancels));
+        {
+            let (shared, stop, status) = (shared.clone(), background.clone(), self.status.clone());
+            let shutdown = self.shutdown.clone();
+            loops.spawn(async move {
+                let end = supervise(shared.clone(), "heartbeat", stop.clone(), move || {
+                    heartbeat_loop(shared.clone(), stop.clone(), status.clone())
+                })
+                .await;
+                if end == LoopEnd::Conflict {
+                    // Another process took this worker id: stop claiming.
+                    shutdown.cancel();
+                }
+                end
+            });
+        }
+        {
+            let (shared, stop) = (shared.clone(), background.clone());
+            loops.spawn(supervise(
+                shared.clone(),
+                "reaper",
+                stop.clone(),
+                move || reaper_loop(shared.clone(), stop.clone()),
+            ));
+        }
+        {
+            let (shared, stop) = (shared.clone(), background.clone());
+            let mut first = Some(cancels);
+            loops.spawn(supervise(
+                shared.clone(),
+                "cancel",
+                stop.clone(),
+                move || cancel_loop(shared.clone(), stop.clone(), first.take().flatten()),
+            ));
+        }
         if !self.config.stats_interval.is_zero() {
-            loops.spawn(stats_loop(shared.clone(), background.clone()));
+            let (shared, stop) = (shared.clone(), background.clone());
+            loops.spawn(supervise(
+                shared.clone(),
+                "stats",
+                stop.clone(),
+                move || stats_loop(shared.clone(), stop.clone()),
+            ));
         }
 
         let mut tasks = JoinSet::new();
@@ -384,7 +434,7 @@ impl Worker {
         shared.draining.store(true, Ordering::Relaxed);
         self.status.draining.store(true, Ordering::Relaxed);
         tracing::info!(running = tasks.len(), timeout = ?self.config.drain_timeout, "draining");
-        heartbeat_once(&shared).await;
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, heartbeat_once(&shared)).await;
         let drained = tokio::select! {
             () = wait_all(&mut tasks) => true,
             () = tokio::time::sleep(self.config.drain_timeout) => false,
@@ -402,23 +452,44 @@ impl Worker {
             }
             tasks.abort_all();
             wait_all(&mut tasks).await;
-            match broker.release(&leases).await {
-                Ok(count) => tracing::info!(count, "handed tasks back to the queue"),
-                Err(error) => {
-                    tracing::warn!(%error, "could not hand tasks back; the reaper of another worker will")
+            match tokio::time::timeout(SHUTDOWN_STEP, broker.release(&leases)).await {
+                Ok(Ok(count)) => tracing::info!(count, "handed tasks back to the queue"),
+                Ok(Err(error)) => {
+                    let tasks: Vec<_> = leases.iter().map(|lease| lease.task_id.as_str()).collect();
+                    tracing::warn!(%error, ?tasks, "could not hand these tasks back; the reaper of another worker will")
+                }
+                Err(_) => {
+                    let tasks: Vec<_> = leases.iter().map(|lease| lease.task_id.as_str()).collect();
+                    tracing::warn!(
+                        ?tasks,
+                        "Redis did not answer; the reaper of another worker will recover these tasks"
+                    )
                 }
             }
         }
         background.cancel();
-        while loops.join_next().await.is_some() {}
-        executor.shutdown().await;
-        if let Err(error) = broker.remove_worker(&self.worker_id).await {
-            tracing::warn!(%error, "could not remove the heartbeat");
+        let mut conflict = false;
+        while let Some(end) = loops.join_next().await {
+            conflict |= matches!(end, Ok(LoopEnd::Conflict));
         }
-        broker.close().await;
-        self.memory.close().await;
+        executor.shutdown().await;
+        // Each step is bounded: a worker told to stop while Redis is away
+        // exits within seconds.
+        match tokio::time::timeout(SHUTDOWN_STEP, broker.remove_worker(&self.worker_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not remove the heartbeat"),
+            Err(_) => tracing::warn!("Redis did not answer; the heartbeat will expire by itself"),
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, broker.close()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, self.memory.close()).await;
         self.status.connected.store(false, Ordering::Relaxed);
         tracing::info!(worker_id = self.worker_id, "worker stopped");
+        if conflict {
+            return Err(exo_broker::Error::WorkerIdInUse {
+                worker_id: self.worker_id.clone(),
+            }
+            .into());
+        }
         Ok(())
     }
 
@@ -463,8 +534,30 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
+            // A worker cut off from Redis takes no new work.
+            if shared.paused() {
+                drop(first);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let free = 1 + slots.available_permits();
-            let claim = match claimer.claim(free, self.config.claim_block).await {
+            let claiming = claimer.claim(free, self.config.claim_block);
+            tokio::pin!(claiming);
+            let claimed = tokio::select! {
+                claimed = &mut claiming => claimed,
+                () = self.shutdown.cancelled() => {
+                    // Give a claim under way a moment to land (its tasks are
+                    // then handed back below); past that, Redis is away.
+                    match tokio::time::timeout(Duration::from_secs(1), &mut claiming).await {
+                        Ok(claimed) => claimed,
+                        Err(_) => break,
+                    }
+                }
+            };
+            let claim = match claimed {
                 Ok(claim) => {
                     failures = 0;
                     self.status.connected.store(true, Ordering::Relaxed);
@@ -537,6 +630,9 @@ impl Worker {
     }
 }
 
+/// The longest one step of a shutdown waits for Redis.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
+
 async fn wait_all(tasks: &mut JoinSet<()>) {
     while tasks.join_next().await.is_some() {}
 }
@@ -547,16 +643,64 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base / 2 + rand::rng().random_range(0..=base / 2))
 }
 
-async fn heartbeat_once(shared: &Shared) -> bool {
+/// What one heartbeat call came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beat {
+    /// It landed; leases are renewed.
+    Landed,
+    /// It failed or timed out.
+    Failed,
+    /// Another live process uses this worker id.
+    Conflict,
+}
+
+/// The heartbeat's fixed rate: a third of the TTL, as the reference writes
+/// it.
+pub(crate) fn heartbeat_interval(config: &WorkerConfig) -> Duration {
+    (config.heartbeat_ttl / 3).max(Duration::from_millis(200))
+}
+
+/// How long one heartbeat call may take: below the interval, so a slow
+/// call never delays the next one.
+fn heartbeat_call_timeout(config: &WorkerConfig) -> Duration {
+    heartbeat_interval(config).mul_f64(0.8)
+}
+
+/// How long after the send of the last heartbeat that landed the worker
+/// pauses its runs: one interval before its key can expire (the key's TTL
+/// started no earlier than that send), so no run starts a model or tool call
+/// once another worker may take its task over. With the reference's
+/// interval of a third of the TTL, that is after one heartbeat failed and
+/// the next has not landed yet.
+pub(crate) fn pause_after(config: &WorkerConfig) -> Duration {
+    let interval = heartbeat_interval(config);
+    config
+        .heartbeat_ttl
+        .saturating_sub(interval)
+        .max(interval * 2)
+}
+
+async fn heartbeat_once(shared: &Shared) -> Beat {
     let health = shared.health();
     let leases = shared.registry.leases();
-    match shared
+    let sent = std::time::Instant::now();
+    let call = shared
         .broker
-        .heartbeat(&health, shared.config.heartbeat_ttl, &leases)
-        .await
-    {
+        .heartbeat(&health, shared.config.heartbeat_ttl, &leases);
+    let result = match tokio::time::timeout(heartbeat_call_timeout(&shared.config), call).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                timeout = ?heartbeat_call_timeout(&shared.config),
+                "heartbeat timed out"
+            );
+            record::loop_error(&shared.worker_id, "heartbeat");
+            return Beat::Failed;
+        }
+    };
+    match result {
         Ok(report) => {
-            shared.heartbeat_succeeded();
+            shared.heartbeat_landed(sent);
             let attempt_of = |task_id: &str| {
                 leases
                     .iter()
@@ -590,74 +734,163 @@ async fn heartbeat_once(shared: &Shared) -> bool {
                     "handed back tasks whose claim reply was lost"
                 );
             }
-            true
+            // Lost attempts are stopped first; the others may go on.
+            if shared.paused() {
+                let _ = shared.pause.send(false);
+                tracing::info!("heartbeat landed again; resuming the paused runs");
+            }
+            Beat::Landed
+        }
+        Err(exo_broker::Error::WorkerIdInUse { worker_id }) => {
+            tracing::error!(
+                worker_id,
+                "another live process heartbeats under this worker id; give each process its own id"
+            );
+            Beat::Conflict
         }
         Err(error) => {
             tracing::warn!(%error, "heartbeat failed");
-            false
+            record::loop_error(&shared.worker_id, "heartbeat");
+            Beat::Failed
         }
     }
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken, status: Arc<WorkerStatus>) {
-    let interval = (shared.config.heartbeat_ttl / 3).max(Duration::from_millis(200));
+/// Heartbeats at a fixed rate. When none has landed for [`pause_after`]
+/// (measured from its send), the worker pauses its runs: they start no new
+/// model or tool call until a heartbeat lands again and says which of them
+/// the worker still owns (those lost are stopped, the others resume). A
+/// Redis stall therefore costs time, not work, and a worker cut off from
+/// Redis stops spending before another may take its tasks. Returns when
+/// stopped, or on a worker-id conflict (the caller stops the worker).
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    status: Arc<WorkerStatus>,
+) -> LoopEnd {
+    let interval = heartbeat_interval(&shared.config);
+    let pause_after = pause_after(&shared.config);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        let pause_at = tokio::time::Instant::from_std(shared.last_landed_send() + pause_after);
+        let paused = shared.paused();
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-        let ok = heartbeat_once(&shared).await;
-        status.connected.store(ok, Ordering::Relaxed);
-        // Cut off from Redis for about a lease: another worker may be
-        // running these tasks now, so this worker stops them (their writes
-        // would be refused anyway) instead of running on in parallel.
-        let cut_off = shared.since_heartbeat();
-        let limit = shared.config.lease.saturating_sub(interval);
-        if !ok && cut_off > limit {
-            let running: Vec<_> = shared.registry.running().values().cloned().collect();
-            if !running.is_empty() {
+            biased;
+            () = stop.cancelled() => return LoopEnd::Stopped,
+            () = tokio::time::sleep_until(pause_at), if !paused => {
+                let running = shared.registry.running().len();
                 tracing::warn!(
-                    ?cut_off,
-                    tasks = running.len(),
-                    "no heartbeat for about a lease; stopping the running tasks"
+                    since = ?shared.last_landed_send().elapsed(),
+                    running,
+                    "no heartbeat has landed for too long; pausing the runs until Redis answers"
                 );
+                let _ = shared.pause.send(true);
             }
-            for task in running {
-                task.stop(StopReason::Lost);
+            _ = ticker.tick() => {
+                let beat = heartbeat_once(&shared).await;
+                status.connected.store(beat == Beat::Landed, Ordering::Relaxed);
+                if beat == Beat::Conflict {
+                    for task in shared.registry.running().values() {
+                        task.stop(StopReason::Lost);
+                    }
+                    return LoopEnd::Conflict;
+                }
             }
         }
     }
 }
 
-async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
+/// How a background loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    /// Told to stop.
+    Stopped,
+    /// The worker id is in use by another process: the worker must stop.
+    Conflict,
+}
+
+/// Runs a background loop, restarting it (with a warning and a metric)
+/// when it ends without being told to or panics, so a worker never goes on
+/// claiming without its heartbeat or reaper.
+async fn supervise<F, Fut>(
+    shared: Arc<Shared>,
+    name: &'static str,
+    stop: CancellationToken,
+    mut start: F,
+) -> LoopEnd
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = LoopEnd> + Send + 'static,
+{
+    let mut restarts = 0u32;
+    loop {
+        let ended = tokio::spawn(start()).await;
+        match ended {
+            Ok(LoopEnd::Conflict) => return LoopEnd::Conflict,
+            Ok(LoopEnd::Stopped) if stop.is_cancelled() => return LoopEnd::Stopped,
+            Ok(LoopEnd::Stopped) => {
+                tracing::warn!(name, "background loop ended by itself; restarting it");
+            }
+            Err(join) => {
+                tracing::error!(name, error = %join, "background loop panicked; restarting it");
+            }
+        }
+        if stop.is_cancelled() {
+            return LoopEnd::Stopped;
+        }
+        record::loop_error(&shared.worker_id, name);
+        restarts += 1;
+        tokio::select! {
+            () = tokio::time::sleep(backoff(restarts)) => {}
+            () = stop.cancelled() => return LoopEnd::Stopped,
+        }
+    }
+}
+
+async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
     use rand::RngExt;
     loop {
         let jitter = rand::rng().random_range(0.8..1.2);
         let wait = shared.config.reap_interval.mul_f64(jitter);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return LoopEnd::Stopped,
+        }
+        // A worker cut off from Redis does not judge others.
+        if shared.paused() {
+            continue;
         }
         match shared.broker.reap(&shared.worker_id, 100).await {
-            Ok(report) if report.requeued + report.failed > 0 => {
-                record::tasks_reclaimed(
-                    TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
-                    report.requeued + report.failed,
-                );
-                tracing::warn!(
-                    requeued = report.requeued,
-                    failed = report.failed,
-                    "reclaimed stuck tasks"
-                );
+            Ok(report) => {
+                if report.requeued + report.failed + report.reconciled > 0 {
+                    record::tasks_reclaimed(
+                        TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
+                        report.requeued + report.failed,
+                    );
+                    tracing::warn!(
+                        requeued = report.requeued,
+                        failed = report.failed,
+                        reconciled = report.reconciled,
+                        "reclaimed stuck tasks"
+                    );
+                }
+                if report.quiet {
+                    tracing::info!(
+                        "the fleet clock saw a stall; reclaiming nothing for one heartbeat TTL"
+                    );
+                }
             }
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "reaper pass failed"),
+            Err(error) => {
+                record::loop_error(&shared.worker_id, "reaper");
+                tracing::warn!(%error, "reaper pass failed");
+            }
         }
     }
 }
 
 /// Measures the queue (and the fleet) from Redis for the depth gauges.
-async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
     loop {
         match shared.broker.queue_stats().await {
             Ok(stats) => record::queue_measured(
@@ -670,7 +903,10 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     dead_letter: stats.dead_letter,
                 },
             ),
-            Err(error) => tracing::debug!(%error, "queue stats failed"),
+            Err(error) => {
+                record::loop_error(&shared.worker_id, "stats");
+                tracing::debug!(%error, "queue stats failed");
+            }
         }
         record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
         if let Ok(fleet) = shared.broker.fleet().await {
@@ -679,7 +915,7 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         tokio::select! {
             () = tokio::time::sleep(shared.config.stats_interval) => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return LoopEnd::Stopped,
         }
     }
 }
@@ -688,14 +924,14 @@ async fn cancel_loop(
     shared: Arc<Shared>,
     stop: CancellationToken,
     mut first: Option<exo_broker::CancelListener>,
-) {
+) -> LoopEnd {
     let mut attempt = 0;
     loop {
         let listener = match first.take() {
             Some(listener) => Ok(listener),
             None => tokio::select! {
                 listener = shared.broker.cancel_listener() => listener,
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return LoopEnd::Stopped,
             },
         };
         let mut listener = match listener {
@@ -705,7 +941,7 @@ async fn cancel_loop(
                 tracing::warn!(%error, "cannot subscribe to cancel signals; the heartbeat still checks for cancels");
                 tokio::select! {
                     () = tokio::time::sleep(backoff(attempt)) => continue,
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return LoopEnd::Stopped,
                 }
             }
         };
@@ -725,7 +961,7 @@ async fn cancel_loop(
                 },
                 () = stop.cancelled() => {
                     listener.close().await;
-                    return;
+                    return LoopEnd::Stopped;
                 }
             }
         }
@@ -749,10 +985,14 @@ async fn run_task(
         started: std::time::Instant::now(),
     });
     shared.registry.register(running.clone());
-    let timeout = Duration::from_secs_f64(task.payload.timeout_seconds.clamp(0.001, 1.0e9));
+    // The payload's deadline, capped by the worker.
+    let timeout = Duration::try_from_secs_f64(task.payload.timeout_seconds.max(0.001))
+        .unwrap_or(Duration::MAX)
+        .min(shared.config.max_task_timeout);
     let control = RunControl {
         cancel: running.cancel.clone(),
         deadline: Instant::now() + timeout,
+        pause: Some(shared.pause.subscribe()),
     };
     let span = tracing::info_span!(
         "exo.task.execute",

@@ -157,8 +157,11 @@ pub(crate) struct Shared {
     pub(crate) hostname: String,
     pub(crate) started_at: f64,
     pub(crate) registry: Registry,
-    /// When the last heartbeat landed.
+    /// When the last heartbeat that landed was sent (its key's TTL started
+    /// no earlier than this).
     pub(crate) last_heartbeat: Mutex<Instant>,
+    /// `true` while the worker's runs are paused (cut off from Redis).
+    pub(crate) pause: tokio::sync::watch::Sender<bool>,
     pub(crate) processed: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) draining: AtomicBool,
@@ -167,20 +170,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Records a heartbeat that landed.
-    pub(crate) fn heartbeat_succeeded(&self) {
+    /// Records a heartbeat that landed, sent at `sent`.
+    pub(crate) fn heartbeat_landed(&self, sent: Instant) {
+        let mut last = self
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// When the last heartbeat that landed was sent.
+    pub(crate) fn last_landed_send(&self) -> Instant {
         *self
             .last_heartbeat
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = Instant::now();
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Time since the last heartbeat that landed.
-    pub(crate) fn since_heartbeat(&self) -> std::time::Duration {
-        self.last_heartbeat
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .elapsed()
+    /// True while runs are paused.
+    pub(crate) fn paused(&self) -> bool {
+        *self.pause.borrow()
     }
 
     pub(crate) fn health(&self) -> WorkerHealth {

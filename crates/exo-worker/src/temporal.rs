@@ -368,6 +368,7 @@ impl ActivityHost for WorkerHost {
         let control = RunControl {
             cancel: run.cancel.clone(),
             deadline: run.deadline,
+            pause: None,
         };
         // The attempt joins the submitter's trace, wherever it runs.
         let span = tracing::info_span!(

@@ -8,9 +8,9 @@
 -- KEYS[3] delayed payloads      KEYS[7] worker registry (zset)
 -- KEYS[4] dead-letter stream
 --
--- ARGV[1] now (Unix seconds, client clock)   ARGV[5] event stream TTL (s)
--- ARGV[2] key prefix, e.g. "exo:"            ARGV[6] event stream max length
--- ARGV[3] consumer group                     ARGV[7] dead-letter max length
+-- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[5] event stream TTL (s)
+-- ARGV[2] key prefix, e.g. "exo:"                 ARGV[6] event stream max length
+-- ARGV[3] consumer group                          ARGV[7] dead-letter max length
 -- ARGV[4] task hash TTL (s)
 --
 -- Script-specific arguments start at ARGV[8].
@@ -22,16 +22,26 @@
 
 local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local INDEX, TIMELINE, REGISTRY = KEYS[5], KEYS[6], KEYS[7]
-local NOW, PREFIX, GROUP = ARGV[1], ARGV[2], ARGV[3]
+local SIZE_LIMIT, PREFIX, GROUP = tonumber(ARGV[1]) or 0, ARGV[2], ARGV[3]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[4]), tonumber(ARGV[5])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[6]), tonumber(ARGV[7])
 
 local function task_key(task_id) return PREFIX .. 'task:' .. task_id end
 local function worker_key(worker_id) return PREFIX .. 'workers:' .. worker_id end
 
-local function now_ms()
-  local time = redis.call('TIME')
-  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- Every timestamp comes from the server's clock, so a client whose clock is
+-- off can neither trim live tasks nor confuse the bookkeeping.
+local SERVER_TIME = redis.call('TIME')
+local NOW_MS = tonumber(SERVER_TIME[1]) * 1000 + math.floor(tonumber(SERVER_TIME[2]) / 1000)
+local NOW = string.format('%d.%06d', tonumber(SERVER_TIME[1]), tonumber(SERVER_TIME[2]))
+local function now_ms() return NOW_MS end
+
+-- Task ids: what the key layout can hold. Letters, digits, `_` and `-`, at
+-- most 128 characters, and never a name the task keys already use.
+local RESERVED_IDS = { index = true, timeline = true }
+local function valid_task_id(task_id)
+  return type(task_id) == 'string' and #task_id > 0 and #task_id <= 128
+    and task_id:match('^[%w_-]+$') ~= nil and not RESERVED_IDS[task_id]
 end
 
 -- Appends event JSON strings to the task's stream and publishes each one for
@@ -67,20 +77,64 @@ local function ack(entry_id)
   redis.call('XDEL', QUEUE, entry_id)
 end
 
+-- Dead-letter entries keep the payload's exact bytes; one over the size
+-- limit keeps only its first 64 KiB (the reason says so), so the dead letter
+-- cannot hold what the queue refused. Entries older than 7 days go.
+local DEAD_PREFIX_BYTES = 65536
+local DEAD_MAX_AGE_MS = 7 * 24 * 3600 * 1000
 local function dead_letter(task_id, payload, reason, attempts)
+  payload = payload or ''
+  local size = #payload
+  if SIZE_LIMIT > 0 and size > SIZE_LIMIT then
+    payload = string.sub(payload, 1, DEAD_PREFIX_BYTES)
+  end
   redis.call('XADD', DEAD, 'MAXLEN', '~', DEAD_MAXLEN, '*',
-    'task_id', task_id or '', 'payload', payload or '', 'reason', reason,
-    'attempts', tostring(attempts or 0), 'failed_at', NOW)
+    'task_id', task_id or '', 'payload', payload, 'reason', reason,
+    'attempts', tostring(attempts or 0), 'failed_at', NOW, 'payload_bytes', tostring(size))
+  redis.call('XTRIM', DEAD, 'MINID', '~', tostring(NOW_MS - DEAD_MAX_AGE_MS))
 end
 
 -- Writes hash fields and keeps the reference's bookkeeping: TTL refreshed on
 -- every write, task id in the index set.
+-- The timeline gets the id too (NX keeps the first time), so every id in
+-- the index is trimmed once its hash has expired.
+-- Tasks not yet ended are also in the active set (scored by their last
+-- transition), which the reaper's reconciliation walks.
+local ACTIVE = QUEUE .. ':active'
+local TERMINAL = { completed = true, failed = true, cancelled = true }
 local function write_task(task_id, ...)
   local key = task_key(task_id)
   redis.call('HSET', key, 'task_id', task_id, ...)
   redis.call('EXPIRE', key, TASK_TTL)
   redis.call('SADD', INDEX, task_id)
+  redis.call('ZADD', TIMELINE, 'NX', NOW, task_id)
+  local fields = { ... }
+  for i = 1, #fields, 2 do
+    if fields[i] == 'status' then
+      if TERMINAL[fields[i + 1]] then
+        redis.call('ZREM', ACTIVE, task_id)
+      else
+        redis.call('ZADD', ACTIVE, NOW_MS, task_id)
+      end
+    end
+  end
   return key
+end
+
+-- Drops up to `limit` ids older than the task TTL from the index and the
+-- timeline (their hashes have expired, unless written since: those are
+-- added back on their next write).
+local function trim_index(limit)
+  local expired = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', NOW_MS / 1000 - TASK_TTL, 'LIMIT', 0, limit)
+  for _, task_id in ipairs(expired) do
+    redis.call('ZREM', TIMELINE, task_id)
+    if redis.call('EXISTS', task_key(task_id)) == 1 then
+      redis.call('ZADD', TIMELINE, NOW, task_id)
+    else
+      redis.call('SREM', INDEX, task_id)
+    end
+  end
+  return #expired
 end
 
 -- Ends a task's event stream with its one terminal status event.
@@ -89,16 +143,37 @@ local function end_stream(task_id, events)
   redis.call('HSET', task_key(task_id), 'ended', '1')
 end
 
--- Fails a task that can never run (bad payload): dead letter, failed hash,
--- terminal events.
+-- Fails a task that can never run (bad payload): dead letter, and, when
+-- the id is valid and the hash is this entry's own (or there is none, as
+-- after a raw XADD), a failed hash and terminal events. A bad entry that
+-- names another entry's task never touches that task.
 local function reject(entry_id, task_id, payload, reason)
   dead_letter(task_id, payload, reason, 0)
   if entry_id then ack(entry_id) end
-  if task_id then
-    local key = write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
-    local agent = redis.call('HGET', key, 'agent_name') or ''
-    end_stream(task_id, { error_event(reason, 'InvalidPayload', agent, false), status_event('error', agent, reason) })
+  if task_id and valid_task_id(task_id) then
+    local key = task_key(task_id)
+    local state = redis.call('HMGET', key, 'status', 'entry', 'agent_name')
+    local owns = (not state[1]) or state[2] == entry_id
+      or (state[1] == 'pending' and not state[2])
+    if owns and state[1] ~= 'completed' and state[1] ~= 'failed' and state[1] ~= 'cancelled' then
+      redis.call('HDEL', key, 'entry')
+      write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
+      local agent = state[3] or ''
+      end_stream(task_id, { error_event(reason, 'InvalidPayload', agent, false), status_event('error', agent, reason) })
+    end
   end
+end
+
+-- Puts a payload back on the queue as a new entry that carries the task
+-- (`entry` always names the entry a waiting or running task is on).
+local function enqueue(task_id, payload)
+  local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
+  if task_id then redis.call('HSET', task_key(task_id), 'entry', entry_id) end
+  return entry_id
+end
+
+local function entry_exists(entry_id)
+  return entry_id and #redis.call('XRANGE', QUEUE, entry_id, entry_id) > 0
 end
 
 -- Moves retries whose backoff has elapsed back onto the queue.
@@ -109,7 +184,12 @@ local function promote_due(limit)
     redis.call('ZREM', DELAYED, task_id)
     redis.call('HDEL', DELAYED_PAYLOADS, task_id)
     if payload then
-      redis.call('XADD', QUEUE, '*', 'payload', payload)
+      local status = redis.call('HGET', task_key(task_id), 'status')
+      if status == 'retrying' then
+        enqueue(task_id, payload)
+      elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
+        enqueue(nil, payload)
+      end
     else
       -- The payload was removed behind exo's back: end the task instead of
       -- leaving it `retrying` forever.
@@ -140,12 +220,45 @@ local function entry_payload(fields)
   return nil
 end
 
+-- Decodes a payload and reads its task id. Returns (task id, decoded,
+-- problem). An oversized payload is never decoded (its id, when one can be
+-- read off its start, comes back so its hash can be failed); one Lua cannot
+-- decode (nested too deep, say) gets its id the same way.
+local function id_from_text(payload)
+  local head = string.sub(payload, 1, 4096)
+  local task_id = head:match('^%s*{%s*"task_id"%s*:%s*"([%w_-]+)"')
+  if valid_task_id(task_id) then return task_id end
+  return nil
+end
+
 local function payload_task_id(payload)
+  if SIZE_LIMIT > 0 and #payload > SIZE_LIMIT then
+    return id_from_text(payload), nil,
+      'payload of ' .. #payload .. ' bytes exceeds the limit of ' .. SIZE_LIMIT .. ' bytes'
+  end
   local ok, decoded = pcall(cjson.decode, payload)
-  if not ok or type(decoded) ~= 'table' then return nil, nil, 'payload is not valid JSON' end
+  if not ok or type(decoded) ~= 'table' then
+    return id_from_text(payload), nil, 'payload is not valid JSON (or nested too deep)'
+  end
   if type(decoded.task_id) ~= 'string' or decoded.task_id == '' then
     return nil, decoded, 'payload has no task_id'
   end
+  if not valid_task_id(decoded.task_id) then
+    return nil, decoded, 'task_id `' .. string.sub(decoded.task_id, 1, 64)
+      .. '` is not a valid task id (1 to 128 letters, digits, `_` or `-`; not `index` or `timeline`)'
+  end
   return decoded.task_id, decoded, nil
+end
+
+-- Runs `work` for one entry under pcall: an error (a key of the wrong type,
+-- say) dead-letters that entry with the reason instead of aborting the
+-- whole batch. Returns true when the entry was handled without an error.
+local function guarded(entry_id, payload, work)
+  local ok, problem = pcall(work)
+  if ok then return true end
+  local reason = 'could not process queue entry: ' .. tostring(type(problem) == 'table' and problem.err or problem)
+  pcall(dead_letter, nil, payload, reason, 0)
+  pcall(ack, entry_id)
+  return false, reason
 end
 

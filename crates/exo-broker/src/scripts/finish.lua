@@ -7,7 +7,8 @@
 -- ARGV[12] completed: the result JSON; failed: the error message
 -- ARGV[13] failed: "1" when the failure may be retried
 -- ARGV[14] failed: backoff before the retry, in ms
--- ARGV[15] failed: the raw payload (for the retry or the dead letter)
+-- ARGV[15] failed: the raw payload, used for the retry or the dead letter
+--          only when the queue entry is gone (its exact bytes are preferred)
 -- ARGV[16] the terminal status event JSON (used when the task ends)
 -- ARGV[17] the status event JSON that announces a retry
 -- ARGV[18] default max retries
@@ -51,6 +52,13 @@ end
 
 local events = {}
 for i = 20, #ARGV do table.insert(events, ARGV[i]) end
+-- The payload exactly as queued, for a retry or the dead letter.
+local function queued_payload()
+  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+  local payload = found[1] and entry_payload(found[1][2])
+  if payload then return payload end
+  return ARGV[15]
+end
 local reply
 local inner_retries = tonumber(ARGV[19]) or 0
 if inner_retries > 0 then
@@ -74,16 +82,19 @@ else
   local max_retries = tonumber(state[4] or ARGV[18])
   if ARGV[13] == '1' and retries < max_retries then
     local due = now_ms() + tonumber(ARGV[14])
+    local payload = queued_payload()
+    -- Waiting in the delayed set now: no entry carries it until promoted.
+    redis.call('HDEL', key, 'entry')
     write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[12], 'completed_at', NOW)
     redis.call('ZADD', DELAYED, due, task_id)
-    redis.call('HSET', DELAYED_PAYLOADS, task_id, ARGV[15])
+    redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
     table.insert(events, ARGV[17])
     ack(entry_id)
     append_events(task_id, events)
     return { 'retrying', retries + 1, due }
   end
   write_task(task_id, 'status', 'failed', 'error', ARGV[12], 'completed_at', NOW)
-  dead_letter(task_id, ARGV[15], ARGV[12], attempt)
+  dead_letter(task_id, queued_payload(), ARGV[12], attempt)
   table.insert(events, ARGV[16])
   reply = { 'failed' }
 end

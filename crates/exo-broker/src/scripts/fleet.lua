@@ -8,7 +8,7 @@
 -- Returns a flat list of (worker id, last seen, {field, value, ...}).
 
 local keep = tonumber(ARGV[8])
-redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', tonumber(NOW) - keep)
+redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - keep)
 local members = redis.call('ZRANGE', REGISTRY, 0, -1, 'WITHSCORES')
 local rows = {}
 for i = 1, #members, 2 do

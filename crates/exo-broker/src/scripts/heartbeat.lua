@@ -4,36 +4,66 @@
 -- ARGV[9]  heartbeat TTL in seconds
 -- ARGV[10] ms after which an entry pending on this worker that it does not
 --          run is an orphan (a claim whose reply was lost)
--- ARGV[11] number of heartbeat fields N
--- ARGV[12 .. 11+2N]  field, value pairs
+-- ARGV[11] this process's nonce (two processes must not share a worker id)
+-- ARGV[12] number of heartbeat fields N
+-- ARGV[13 .. 12+2N]  field, value pairs
 -- then triples (entry id, task id, attempt) of the tasks the worker runs.
 --
--- Writes the heartbeat hash with its TTL and records the worker in the
+-- Refuses (returns {{}, {}, 0, "conflict", other nonce}) when the heartbeat
+-- hash belongs to another live process with the same worker id. Otherwise
+-- writes the heartbeat hash with its TTL and records the worker in the
 -- registry; renews the lease on the worker's running entries (XCLAIM to
--- itself resets their idle time, so the reaper leaves them alone); hands
--- orphans back to the queue without charging a retry; and reports which
--- running tasks were cancelled or are no longer this attempt.
--- Returns {cancelled task ids, lost task ids, orphans handed back}.
+-- itself resets their idle time, so the reaper leaves them alone) and the
+-- TTL of their task hashes and streams, so a run longer than the task TTL
+-- keeps its state; hands orphans back to the queue without charging a
+-- retry; and reports which running tasks were cancelled or are no longer
+-- this attempt.
+--
+-- It also keeps the fleet clock: when no heartbeat of any worker has landed
+-- for half a TTL (the server was stopped, or the whole fleet cut off), the
+-- reaper stays quiet for one TTL, so a stall never looks like the death of
+-- every worker.
+-- Returns {cancelled task ids, lost task ids, orphans handed back, "ok"}.
 
-local worker_id, ttl, orphan_ms, field_count = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local worker_id, ttl, orphan_ms = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local nonce, field_count = ARGV[11], tonumber(ARGV[12])
 local worker = worker_key(worker_id)
-local fields = {}
-for i = 12, 11 + 2 * field_count do table.insert(fields, ARGV[i]) end
-if #fields > 0 then redis.call('HSET', worker, unpack(fields)) end
+
+local owner = redis.call('HGET', worker, 'nonce')
+if owner and owner ~= '' and owner ~= nonce then
+  return { {}, {}, 0, 'conflict', owner }
+end
+
+local beat_key, quiet_key = PREFIX .. 'fleet:beat', PREFIX .. 'fleet:quiet_until'
+local last_beat = tonumber(redis.call('GET', beat_key) or '')
+if last_beat and NOW_MS - last_beat > ttl * 500 then
+  local quiet_until = NOW_MS + ttl * 1000
+  if quiet_until > (tonumber(redis.call('GET', quiet_key) or '0') or 0) then
+    redis.call('SET', quiet_key, quiet_until, 'PX', ttl * 2000)
+  end
+end
+redis.call('SET', beat_key, NOW_MS, 'PX', 24 * 3600 * 1000)
+
+local fields = { 'nonce', nonce }
+for i = 13, 12 + 2 * field_count do table.insert(fields, ARGV[i]) end
+redis.call('HSET', worker, unpack(fields))
 redis.call('EXPIRE', worker, ttl)
 redis.call('ZADD', REGISTRY, NOW, worker_id)
-redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', tonumber(NOW) - 86400)
+redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 86400)
 
 local cancelled, lost, entries, running = {}, {}, {}, {}
-for i = 12 + 2 * field_count, #ARGV, 3 do
+for i = 13 + 2 * field_count, #ARGV, 3 do
   local entry_id, task_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   table.insert(entries, entry_id)
   running[entry_id] = true
-  local state = redis.call('HMGET', task_key(task_id), 'status', 'attempt')
+  local key = task_key(task_id)
+  local state = redis.call('HMGET', key, 'status', 'attempt')
   if state[2] ~= attempt then
     table.insert(lost, task_id)
-  elseif state[1] == 'cancelled' then
-    table.insert(cancelled, task_id)
+  else
+    redis.call('EXPIRE', key, TASK_TTL)
+    redis.call('EXPIRE', PREFIX .. 'stream:' .. task_id, EVENT_TTL)
+    if state[1] == 'cancelled' then table.insert(cancelled, task_id) end
   end
 end
 if #entries > 0 then
@@ -42,6 +72,7 @@ if #entries > 0 then
   table.insert(args, 'JUSTID')
   redis.call('XCLAIM', unpack(args))
 end
+
 -- Orphans: pending here, idle, and not run by this worker.
 local handed_back = 0
 for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms, '-', '+', 100, worker_id)) do
@@ -49,31 +80,46 @@ for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms,
   if not running[entry_id] then
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
     local payload = found[1] and entry_payload(found[1][2])
-    local task_id = payload and payload_task_id(payload)
-    if task_id then
+    guarded(entry_id, payload, function()
+      if not found[1] then
+        redis.call('XACK', QUEUE, GROUP, entry_id)
+        return
+      end
+      if not payload then
+        reject(entry_id, nil, payload, 'queue entry has no `payload` field')
+        return
+      end
+      local task_id, _, problem = payload_task_id(payload)
+      if problem then
+        reject(entry_id, task_id, payload, problem)
+        return
+      end
       local key = task_key(task_id)
       local state = redis.call('HMGET', key, 'status', 'entry')
-      local status, owner = state[1], state[2]
-      if owner == entry_id and status == 'running' then
+      local status, carrier = state[1], state[2]
+      if status == 'running' and carrier == entry_id then
         -- Claimed and marked running, but the worker never got the reply.
         redis.call('HINCRBY', key, 'attempt', 1)
-        redis.call('HDEL', key, 'worker_id', 'started_at', 'entry')
+        redis.call('HDEL', key, 'worker_id', 'started_at')
         write_task(task_id, 'status', 'pending')
-        redis.call('XADD', QUEUE, '*', 'payload', payload)
+        enqueue(task_id, payload)
         ack(entry_id)
         handed_back = handed_back + 1
-      elseif owner ~= entry_id and (not status or status == 'pending' or status == 'retrying') then
+      elseif status == 'running' or status == 'completed' or status == 'failed' or status == 'cancelled' then
+        -- A stray duplicate of a task another entry runs, or a task that
+        -- has ended.
+        ack(entry_id)
+      elseif carrier and carrier ~= entry_id and entry_exists(carrier) then
+        -- Waiting on another entry already: this one is a stray copy.
+        ack(entry_id)
+      else
         -- Read by a blocking claim that never marked it: back in line as
         -- it is.
-        redis.call('XADD', QUEUE, '*', 'payload', payload)
+        enqueue(status and task_id, payload)
         ack(entry_id)
         handed_back = handed_back + 1
-      elseif owner and owner ~= entry_id then
-        -- A stray duplicate of a task another entry owns.
-        ack(entry_id)
       end
-      -- Anything else (its own task ended or cancelled) is the reaper's.
-    end
+    end)
   end
 end
-return { cancelled, lost, handed_back }
+return { cancelled, lost, handed_back, 'ok' }

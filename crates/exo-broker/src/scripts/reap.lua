@@ -1,4 +1,5 @@
--- reap.lua: recover tasks whose worker died or stopped renewing its lease.
+-- reap.lua: recover tasks whose worker died or stopped renewing its lease,
+-- and reconcile tasks that nothing carries any more.
 --
 -- ARGV[8]  the calling worker's id
 -- ARGV[9]  lease in ms: an entry idle this long is stuck
@@ -6,20 +7,47 @@
 -- ARGV[11] default max retries
 -- ARGV[12] ms an entry of a dead worker must be idle before it is taken
 --          (so a heartbeat that is only late does not cost running tasks)
+-- ARGV[13] heartbeat TTL in ms (for the fleet clock; see heartbeat.lua)
 --
--- Also promotes due retries. A stuck entry is one pending on a consumer whose
--- heartbeat key is gone, or idle past the lease. Its task gets a new attempt
--- number (so the old worker's late writes are refused) and, within its
--- retry budget, goes straight back onto the queue as `retrying`; past the
--- budget it fails into the dead letter. Entries of tasks already finished or
--- cancelled are cleaned up, and so are stray entries that do not own their
--- task's current attempt (a duplicate): those never touch the task. Consumers of dead workers with nothing left
--- pending are removed from the group.
--- Returns {promoted, requeued, failed, cleaned}.
+-- Also promotes due retries and trims expired ids from the index. A stuck
+-- entry is one pending on a consumer whose heartbeat key is gone, or idle
+-- past the lease. What happens to it depends on its task (each entry under
+-- pcall, so one bad entry never stops a pass):
+--   running on this entry: a new attempt number (the old worker's late
+--     writes are refused) and, within its retry budget, straight back onto
+--     the queue as `retrying`; past the budget, failed into the dead letter;
+--   running on another entry: a stray, acknowledged;
+--   pending, retrying or without a hash (read, never marked): back on the
+--     queue as it is, no retry charged (unless another live entry carries
+--     it: then it is a stray copy);
+--   ended: acknowledged (a cancelled task's stream is ended).
+-- Reconciliation walks the active set (tasks not yet ended, idle over a
+-- lease) and ends, with the reason, any task whose carrier is gone: a
+-- waiting task whose entry was trimmed or evicted, a retry whose payload
+-- was lost, a running task whose entry is gone and whose worker is dead.
+-- Consumers of dead workers with nothing pending are removed from the
+-- group. While the fleet clock says the server (or every worker) was
+-- stalled, nothing is reclaimed for one TTL.
+-- Returns {promoted, requeued, failed, cleaned, reconciled, quiet (0/1)}.
 
 local me, lease_ms, limit, default_max = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local dead_idle_ms = tonumber(ARGV[12]) or 0
+local ttl_ms = tonumber(ARGV[13]) or 30000
 local promoted = promote_due(limit)
+trim_index(100)
+
+-- The fleet clock: no heartbeat for half a TTL means the server or the
+-- whole fleet was stopped; everyone's keys look expired, so wait one TTL.
+local beat_key, quiet_key = PREFIX .. 'fleet:beat', PREFIX .. 'fleet:quiet_until'
+local last_beat = tonumber(redis.call('GET', beat_key) or '')
+local quiet = false
+if last_beat and NOW_MS - last_beat > ttl_ms / 2 then
+  redis.call('SET', quiet_key, NOW_MS + ttl_ms, 'PX', ttl_ms * 2)
+  quiet = true
+elseif NOW_MS < (tonumber(redis.call('GET', quiet_key) or '0') or 0) then
+  quiet = true
+end
+if quiet then return { promoted, 0, 0, 0, 0, 1 } end
 
 local stuck, order, dead_consumers = {}, {}, {}
 local function mark(entry_id, reason)
@@ -46,55 +74,133 @@ for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', lease_ms, 
 end
 
 local requeued, failed, cleaned = 0, 0, 0
+
+-- Ends a task that can never run again, with the reason.
+local function fail_task(task_id, payload, message, error_type, attempt, agent)
+  redis.call('HDEL', task_key(task_id), 'entry')
+  write_task(task_id, 'status', 'failed', 'error', message, 'completed_at', NOW)
+  dead_letter(task_id, payload, message, attempt)
+  end_stream(task_id, { error_event(message, error_type, agent, false), status_event('error', agent, message) })
+  failed = failed + 1
+end
+
 for _, entry_id in ipairs(order) do
   local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
-  local task_id, _, problem = nil, nil, 'queue entry has no `payload` field'
-  if payload then task_id, _, problem = payload_task_id(payload) end
-  if not found[1] then
-    redis.call('XACK', QUEUE, GROUP, entry_id)
-    cleaned = cleaned + 1
-  elseif problem then
-    reject(entry_id, task_id, payload, problem)
-    failed = failed + 1
-  else
+  local ok = guarded(entry_id, payload, function()
+    if not found[1] then
+      redis.call('XACK', QUEUE, GROUP, entry_id)
+      cleaned = cleaned + 1
+      return
+    end
+    if not payload then
+      reject(entry_id, nil, payload, 'queue entry has no `payload` field')
+      failed = failed + 1
+      return
+    end
+    local task_id, _, problem = payload_task_id(payload)
+    if problem then
+      reject(entry_id, task_id, payload, problem)
+      failed = failed + 1
+      return
+    end
     local key = task_key(task_id)
     local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'entry')
-    local status, agent = state[1], state[6]
-    if state[7] and state[7] ~= entry_id then
-      -- A stray entry: another entry owns the task's current attempt.
-      ack(entry_id)
-      cleaned = cleaned + 1
-    elseif status == 'cancelled' then
+    local status, agent, carrier = state[1], state[6], state[7]
+    if status == 'cancelled' then
       ack(entry_id)
       if state[5] ~= '1' then end_stream(task_id, { status_event('cancelled', agent, 'Task cancelled') }) end
       cleaned = cleaned + 1
     elseif status == 'completed' or status == 'failed' then
       ack(entry_id)
       cleaned = cleaned + 1
+    elseif status == 'running' and carrier and carrier ~= entry_id then
+      -- A stray entry: another entry owns the task's current attempt.
+      ack(entry_id)
+      cleaned = cleaned + 1
+    elseif status ~= 'running' then
+      if carrier and carrier ~= entry_id and entry_exists(carrier) then
+        ack(entry_id)
+        cleaned = cleaned + 1
+      else
+        -- Read by a claim that never marked it: back in line, no retry
+        -- charged (it never started).
+        enqueue(status and task_id, payload)
+        ack(entry_id)
+        requeued = requeued + 1
+      end
     else
       redis.call('HINCRBY', key, 'attempt', 1)
       local retries = tonumber(state[3] or '0')
       local max_retries = tonumber(state[4] or default_max)
       local message = 'attempt ' .. (state[2] or '?') .. ' lost: ' .. stuck[entry_id]
-      ack(entry_id)
       if retries < max_retries then
         write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', message, 'completed_at', NOW)
-        redis.call('XADD', QUEUE, '*', 'payload', payload)
+        enqueue(task_id, payload)
+        ack(entry_id)
         append_events(task_id, { error_event(message, 'WorkerLost', agent, true) })
         requeued = requeued + 1
       else
-        write_task(task_id, 'status', 'failed', 'error', message, 'completed_at', NOW)
-        dead_letter(task_id, payload, message, state[2])
-        end_stream(task_id, { error_event(message, 'WorkerLost', agent, false), status_event('error', agent, message) })
-        failed = failed + 1
+        fail_task(task_id, payload, message, 'WorkerLost', state[2], agent)
+        ack(entry_id)
       end
     end
+  end)
+  if not ok then failed = failed + 1 end
+end
+
+-- Reconciliation: a bounded walk of the active set, from where the last
+-- pass stopped.
+local ACTIVE_SWEEP = QUEUE .. ':active:sweep'
+local offset = tonumber(redis.call('GET', ACTIVE_SWEEP) or '0') or 0
+local candidates = redis.call('ZRANGEBYSCORE', ACTIVE, '-inf', NOW_MS - lease_ms, 'LIMIT', offset, limit)
+if #candidates < limit then offset = 0 else offset = offset + #candidates end
+redis.call('SET', ACTIVE_SWEEP, offset)
+local reconciled = 0
+for _, task_id in ipairs(candidates) do
+  local key = task_key(task_id)
+  local state = redis.call('HMGET', key, 'status', 'entry', 'worker_id', 'attempt', 'agent_name')
+  local status, carrier, worker = state[1], state[2], state[3]
+  if not status or TERMINAL[status] then
+    redis.call('ZREM', ACTIVE, task_id)
+  elseif redis.call('ZSCORE', DELAYED, task_id) then
+    -- Waiting for its retry.
+  elseif carrier and entry_exists(carrier) then
+    -- Carried by a live entry; the lease path covers its worker.
+  elseif status == 'running' then
+    if not carrier or (worker and redis.call('EXISTS', worker_key(worker)) == 0) then
+      fail_task(task_id, '', 'its queue entry was removed (trimmed or evicted) while it ran on ' .. (worker or '?')
+        .. ', which is gone; the payload cannot be recovered', 'LostEntry', state[4], state[5])
+      reconciled = reconciled + 1
+    end
+  elseif carrier or status == 'retrying' then
+    fail_task(task_id, '', 'its queue entry was removed (trimmed or evicted) before it ran; the payload cannot be recovered',
+      'LostEntry', state[4], state[5])
+    reconciled = reconciled + 1
   end
+  -- A pending task without `entry` was written by a reference client; its
+  -- entry is not known, so it is left alone.
 end
 
 for _, consumer in ipairs(dead_consumers) do
   local left = redis.call('XPENDING', QUEUE, GROUP, '-', '+', 1, consumer)
   if #left == 0 then redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, consumer) end
 end
-return { promoted, requeued, failed, cleaned }
+-- Consumers of workers killed while idle: nothing pending, no heartbeat,
+-- idle past the lease.
+local ok_info, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', QUEUE, GROUP)
+if ok_info then
+  local removed = 0
+  for _, consumer in ipairs(consumers) do
+    if removed >= limit then break end
+    local info = {}
+    for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+    local name = info['name']
+    if name and name ~= me and tonumber(info['pending']) == 0 and tonumber(info['idle'] or 0) > lease_ms
+      and redis.call('EXISTS', worker_key(name)) == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, name)
+      removed = removed + 1
+    end
+  end
+end
+return { promoted, requeued, failed, cleaned, reconciled, 0 }

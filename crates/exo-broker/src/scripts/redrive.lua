@@ -25,6 +25,6 @@ redis.call('HINCRBY', key, 'attempt', 1)
 redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry')
 write_task(task_id, 'status', 'pending', 'retries', 0)
 redis.call('DEL', PREFIX .. 'stream:' .. task_id)
-redis.call('XADD', QUEUE, '*', 'payload', payload)
+enqueue(task_id, payload)
 redis.call('XDEL', DEAD, ARGV[8])
 return { task_id }

@@ -19,7 +19,7 @@ for i = 8, #ARGV, 3 do
     redis.call('HINCRBY', key, 'attempt', 1)
     redis.call('HDEL', key, 'worker_id', 'started_at')
     write_task(task_id, 'status', 'pending')
-    redis.call('XADD', QUEUE, '*', 'payload', payload)
+    enqueue(task_id, payload)
     ack(entry_id)
     released = released + 1
   end

@@ -34,10 +34,10 @@ if last_delivered then
   if first[1] then
     local payload = entry_payload(first[1][2])
     if payload then
-      local ok, decoded = pcall(cjson.decode, payload)
-      if ok and type(decoded) == 'table' and type(decoded.created_at) == 'number' and decoded.created_at > 0 then
-        oldest = string.format('%.17g', decoded.created_at)
-      end
+      -- Read off the text, never decoded: a large payload must not stall
+      -- Redis on every stats call.
+      local created = tonumber(string.sub(payload, 1, 65536):match('"created_at"%s*:%s*([%d%.eE+-]+)') or '')
+      if created and created > 0 then oldest = string.format('%.17g', created) end
     end
   end
 end

@@ -6,14 +6,19 @@
 -- ARGV[11] max retries ("" for the worker default)
 -- ARGV[12] idempotency key ("" for none)
 --
--- Writes the queue entry, the task hash with status `pending`, the index set
--- and the timeline, and trims index entries older than the task TTL.
+-- Refuses an invalid task id (see valid_task_id) with an error reply.
+-- Writes the queue entry, the task hash with status `pending` (its `entry`
+-- names the queue entry), the index set and the timeline, and trims index
+-- entries older than the task TTL.
 -- Returns {task_id, created}: created is 0 when the idempotency key was seen
 -- before (task_id is then the first submission's id) or when a task with
 -- this id exists already (it is left as it is).
 
 local task_id, payload, agent_name = ARGV[8], ARGV[9], ARGV[10]
 local max_retries, idempotency = ARGV[11], ARGV[12]
+if not valid_task_id(task_id) then
+  return redis.error_reply('ERR invalid task id: 1 to 128 letters, digits, `_` or `-`, and not `index` or `timeline`')
+end
 
 if idempotency ~= '' then
   local idem_key = PREFIX .. 'idem:' .. idempotency
@@ -28,14 +33,9 @@ if redis.call('EXISTS', task_key(task_id)) == 1 then
   if idempotency ~= '' then redis.call('DEL', PREFIX .. 'idem:' .. idempotency) end
   return { task_id, 0 }
 end
-redis.call('XADD', QUEUE, '*', 'payload', payload)
-local key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name)
+local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
+local key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name, 'entry', entry_id)
 if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end
 redis.call('ZADD', TIMELINE, NOW, task_id)
-
-local expired = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', tonumber(NOW) - TASK_TTL, 'LIMIT', 0, 100)
-if #expired > 0 then
-  redis.call('SREM', INDEX, unpack(expired))
-  redis.call('ZREM', TIMELINE, unpack(expired))
-end
+trim_index(100)
 return { task_id, 1 }

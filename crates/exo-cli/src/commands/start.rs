@@ -29,17 +29,17 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.lease = Duration::from_secs(args.lease);
     config.retry.max_retries = args.max_retries;
-    if !(args.retry_backoff.is_finite() && args.retry_backoff >= 0.0) {
+    if !(args.retry_backoff.is_finite() && (0.0..=86_400.0).contains(&args.retry_backoff)) {
         return Err(Failure::with_code(
             2,
-            anyhow::anyhow!("--retry-backoff must be a non-negative number of seconds"),
+            anyhow::anyhow!("--retry-backoff must be a number of seconds from 0 to 86400"),
         ));
     }
     config.retry.base_backoff = Duration::from_secs_f64(args.retry_backoff);
-    if !(args.stats_interval.is_finite() && args.stats_interval >= 0.0) {
+    if !(args.stats_interval.is_finite() && (0.0..=86_400.0).contains(&args.stats_interval)) {
         return Err(Failure::with_code(
             2,
-            anyhow::anyhow!("--stats-interval must be a non-negative number of seconds"),
+            anyhow::anyhow!("--stats-interval must be a number of seconds from 0 to 86400"),
         ));
     }
     config.stats_interval = Duration::from_secs_f64(args.stats_interval);
@@ -99,13 +99,19 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
     if args.builtin_tools {
         exo_agent::builtin::register_all(&mut tools);
     }
-    let mcp = args
-        .mcp_allow_commands
-        .iter()
-        .fold(McpPolicy::deny_all(), |policy, command| {
-            policy.allow_command(command.clone())
-        })
-        .allow_http(args.mcp_allow_http);
+    let mut mcp = McpPolicy::deny_all();
+    for line in &args.mcp_allow_commands {
+        mcp = mcp.allow_command(line);
+    }
+    for name in &args.mcp_allow_env {
+        mcp = mcp.allow_env(name.clone());
+    }
+    for directory in &args.mcp_allow_cwd {
+        mcp = mcp.allow_cwd(directory.clone());
+    }
+    for host in &args.mcp_allow_http_hosts {
+        mcp = mcp.allow_http_host(host.clone());
+    }
     let worker = Worker::builder(config.redis_url.clone())
         .configure(|settings| *settings = config.clone())
         .tools(tools)

@@ -39,6 +39,7 @@ pub fn record_one_of_everything() {
     record::workers_alive(2);
     record::event_emitted("text");
     record::events_published(Duration::from_micros(800));
+    record::loop_error("web01-1234-a1b2c3d4", "reaper");
 }
 
 /// One sample line of the text format.

@@ -1,0 +1,621 @@
+//! Regression tests for the reliability review (F1–F21), each against a
+//! real redis-server: poison entries, lost retries, trimmed entries,
+//! stalls, duplicate worker ids, unbounded keys, bad bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use exo_broker::{Broker, Error, Finished, Outcome};
+use exo_proto::{TaskPayload, TaskStatus, WorkerHealth};
+use exo_testkit::TestRedis;
+use fred::{
+    prelude::*,
+    types::{Value, streams::XCap},
+};
+use serde_json::json;
+
+fn health(worker_id: &str) -> WorkerHealth {
+    WorkerHealth {
+        worker_id: worker_id.to_owned(),
+        status: "running".into(),
+        tasks_processed: 0,
+        tasks_failed: 0,
+        current_task_id: None,
+        started_at: exo_broker::now_seconds(),
+        last_heartbeat: exo_broker::now_seconds(),
+        concurrency: 1,
+        hostname: "test".into(),
+        heartbeat_ttl: Some(30),
+        active_tasks: None,
+        queue: None,
+    }
+}
+
+/// `XADD {queue} * payload <bytes>`, as any reference client (or attacker)
+/// can.
+async fn raw_xadd(client: &Client, broker: &Broker, payload: impl Into<Value>) -> String {
+    client
+        .custom(
+            fred::cmd!("XADD"),
+            vec![
+                Value::from(broker.keys().queue()),
+                Value::from("*"),
+                Value::from("payload"),
+                payload.into(),
+            ],
+        )
+        .await
+        .unwrap()
+}
+
+async fn dead_reasons(broker: &Broker) -> Vec<String> {
+    broker
+        .dead_letters(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|letter| letter.reason)
+        .collect()
+}
+
+async fn status(broker: &Broker, task_id: &str) -> Option<TaskStatus> {
+    broker.get(task_id).await.unwrap().map(|task| task.status)
+}
+
+#[tokio::test]
+async fn f1_reserved_and_malformed_ids_are_refused_at_submit() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    for bad in ["index", "timeline", "a b", "x:y", "", &"a".repeat(129)] {
+        let payload = TaskPayload::new(bad, Default::default(), "x");
+        let error = broker.submit(payload).await.err();
+        assert!(
+            matches!(error, Some(Error::Wire(_))),
+            "`{bad}` was accepted: {error:?}"
+        );
+    }
+    // The index is still a set and the queue still works.
+    let client = raw(&redis).await;
+    let kind: String = client
+        .custom(fred::cmd!("TYPE"), vec![broker.keys().task_index()])
+        .await
+        .unwrap();
+    assert_ne!(kind, "hash");
+    broker.submit(payload("ok")).await.unwrap();
+    assert_eq!(claim_all(&broker, "w1", 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn f1_a_poison_id_on_the_queue_is_dead_lettered_and_stops_nothing() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(400);
+    config.command_timeout = Duration::from_millis(2000);
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    let first = payload("first");
+    broker.submit(first.clone()).await.unwrap();
+    for poison in [
+        json!({"task_id": "index"}),
+        json!({"task_id": "timeline", "input": "x"}),
+        json!({"task_id": "has space"}),
+        json!({"task_id": 42}),
+    ] {
+        raw_xadd(&client, &broker, poison.to_string()).await;
+    }
+    // A key of the wrong type under a valid id: every write to it fails
+    // with WRONGTYPE, inside the script.
+    let wrong = new_id();
+    let _: () = client
+        .set(broker.keys().task(&wrong), "not a hash", None, None, false)
+        .await
+        .unwrap();
+    raw_xadd(&client, &broker, json!({"task_id": wrong}).to_string()).await;
+    let later = payload("later");
+    broker.submit(later.clone()).await.unwrap();
+
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
+    claimer.close().await;
+    let claimed: Vec<_> = claim.tasks.iter().map(|task| &task.lease.task_id).collect();
+    assert_eq!(claimed, [&first.task_id, &later.task_id]);
+    assert_eq!(claim.rejected.len(), 5, "{:?}", claim.rejected);
+    let reasons = dead_reasons(&broker).await;
+    assert_eq!(reasons.len(), 5);
+    assert!(
+        reasons
+            .iter()
+            .filter(|reason| reason.contains("not a valid task id"))
+            .count()
+            >= 3,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|reason| reason.contains("WRONGTYPE")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|reason| reason.contains("no task_id")));
+
+    // Heartbeat and reap keep working.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker
+        .heartbeat(&health("w1"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    broker.reap("w2", 100).await.unwrap();
+    let stats = broker.queue_stats().await.unwrap();
+    assert_eq!(stats.dead_letter, 5);
+}
+
+#[tokio::test]
+async fn f3_a_promoted_retry_read_by_a_dead_claimer_is_not_lost() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    let first = claim_all(&broker, "w1", 1).await.remove(0);
+    let finished = broker
+        .finish(
+            &first,
+            Outcome::Failed {
+                error: "boom",
+                retryable: true,
+            },
+            vec![],
+            &errored("helper", "boom"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(finished, Finished::Retrying { .. }),
+        "{finished:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.reap("alive", 100).await.unwrap(); // promotes the retry
+    // A blocking claimer reads the promoted entry and dies before marking it.
+    read_without_marking(&client, &broker, "gone").await;
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(report.requeued, 1, "{report:?}");
+    let again = claim_all(&broker, "w2", 1).await;
+    assert_eq!(again.len(), 1, "the retry was lost: {report:?}");
+    assert_eq!(again[0].retries, 1, "no retry charged for the dead claimer");
+}
+
+#[tokio::test]
+async fn f3_a_handed_back_task_read_by_a_dead_claimer_is_not_lost() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    let first = claim_all(&broker, "w1", 1).await.remove(0);
+    assert_eq!(
+        broker
+            .release(std::slice::from_ref(&first.lease))
+            .await
+            .unwrap(),
+        1
+    );
+    read_without_marking(&client, &broker, "gone").await;
+    broker.reap("alive", 100).await.unwrap();
+    let again = claim_all(&broker, "w2", 1).await;
+    assert_eq!(again.len(), 1, "the handed-back task was lost");
+    assert_eq!(again[0].retries, 0);
+}
+
+#[tokio::test]
+async fn f3_a_fresh_task_read_by_a_dead_claimer_costs_no_retry() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let mut task = payload("x");
+    task.max_retries = Some(0);
+    broker.submit(task.clone()).await.unwrap();
+    read_without_marking(&client, &broker, "gone").await;
+    broker.reap("alive", 100).await.unwrap();
+    assert_eq!(
+        status(&broker, &task.task_id).await,
+        Some(TaskStatus::Pending)
+    );
+    let again = claim_all(&broker, "w2", 1).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "a task with no retries failed without running"
+    );
+}
+
+#[tokio::test]
+async fn f7_deep_payloads_are_refused_at_submit_and_dead_lettered_at_claim() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let mut deep = json!("leaf");
+    for _ in 0..1001 {
+        deep = json!([deep]);
+    }
+    let mut too_deep = payload("x");
+    too_deep.metadata.insert("x".into(), deep.clone());
+    assert!(matches!(
+        broker.submit(too_deep.clone()).await,
+        Err(Error::Wire(_))
+    ));
+
+    // The same payload on the queue from another writer: Lua cannot decode
+    // it, reads its id off the text and fails its task.
+    let text = serde_json::to_string(&too_deep).unwrap();
+    raw_xadd(&client, &broker, text.clone()).await;
+    // A second copy naming a task that another entry carries never touches
+    // that task.
+    let victim = payload("victim");
+    broker.submit(victim.clone()).await.unwrap();
+    let mut forged = too_deep.clone();
+    forged.task_id = victim.task_id.clone();
+    raw_xadd(&client, &broker, serde_json::to_string(&forged).unwrap()).await;
+
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
+    claimer.close().await;
+    assert_eq!(claim.rejected.len(), 2, "{:?}", claim.rejected);
+    assert_eq!(claim.tasks.len(), 1);
+    assert_eq!(claim.tasks[0].lease.task_id, victim.task_id);
+    let failed = broker.get(&too_deep.task_id).await.unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert!(failed.error.unwrap().contains("not valid JSON"));
+    let events = broker
+        .events(&too_deep.task_id, None)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|item| item.event.is_terminal())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn f8_tasks_whose_entries_were_trimmed_end_with_the_reason() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(300);
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    let tasks: Vec<_> = (0..3).map(|_| payload("x")).collect();
+    for task in &tasks {
+        broker.submit(task.clone()).await.unwrap();
+    }
+    assert_eq!(claim_all(&broker, "w1", 1).await.len(), 1);
+    let _: Value = client
+        .xtrim(
+            broker.keys().queue(),
+            XCap::try_from(("MAXLEN", "=", 0)).unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut reconciled = 0;
+    for _ in 0..3 {
+        reconciled += broker.reap("alive", 100).await.unwrap().reconciled;
+    }
+    assert_eq!(reconciled, 3);
+    for task in &tasks {
+        let state = broker.get(&task.task_id).await.unwrap().unwrap();
+        assert_eq!(state.status, TaskStatus::Failed, "{}", task.task_id);
+        assert!(state.error.unwrap().contains("queue entry was removed"));
+    }
+}
+
+#[tokio::test]
+async fn f9_an_oversized_entry_is_dead_lettered_without_its_bulk() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.max_payload_bytes = 100 * 1024;
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    let mut big = payload(&"x".repeat(200 * 1024));
+    big.created_at = 1.0;
+    raw_xadd(&client, &broker, serde_json::to_string(&big).unwrap()).await;
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
+    claimer.close().await;
+    assert_eq!(claim.rejected.len(), 1);
+    assert!(claim.rejected[0].reason.contains("exceeds the limit"));
+    let letter = broker.dead_letters(1).await.unwrap().remove(0);
+    assert_eq!(letter.payload.len(), 65536);
+    assert_eq!(letter.task_id, big.task_id);
+    assert_eq!(
+        status(&broker, &big.task_id).await,
+        Some(TaskStatus::Failed)
+    );
+}
+
+#[tokio::test]
+async fn f10_payload_budgets_are_capped_and_long_runs_keep_their_hash() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.task_ttl = Duration::from_secs(2);
+    config.max_retries_cap = 5;
+    let broker = Broker::connect(config).await.unwrap();
+    let mut task = payload("x");
+    task.max_retries = Some(1_000_000_000);
+    broker.submit(task.clone()).await.unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await.remove(0);
+    assert_eq!(claimed.max_retries, 5);
+    // Renewed for 3 s, longer than the task TTL.
+    for _ in 0..10 {
+        let report = broker
+            .heartbeat(
+                &health("w1"),
+                Duration::from_secs(30),
+                std::slice::from_ref(&claimed.lease),
+            )
+            .await
+            .unwrap();
+        assert!(report.lost.is_empty(), "the running task's hash expired");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let finished = broker
+        .finish(
+            &claimed,
+            Outcome::Completed { output: "done" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::Completed);
+}
+
+#[tokio::test]
+async fn f11_a_second_process_with_the_same_worker_id_is_refused() {
+    let redis = TestRedis::new();
+    let first = broker(&redis).await;
+    let second = broker(&redis).await;
+    first
+        .heartbeat(&health("same"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let refused = second
+        .heartbeat(&health("same"), Duration::from_secs(30), &[])
+        .await;
+    assert!(
+        matches!(refused, Err(Error::WorkerIdInUse { .. })),
+        "{refused:?}"
+    );
+    // The second one's clean stop leaves the first one's heartbeat alone.
+    second.remove_worker("same").await.unwrap();
+    assert!(first.worker("same").await.unwrap().is_some());
+    first.remove_worker("same").await.unwrap();
+    assert!(first.worker("same").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn f12_idle_dead_consumers_and_expired_index_ids_are_removed() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(300);
+    config.task_ttl = Duration::from_secs(1);
+    config.max_payload_bytes = 100;
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    // 20 workers killed while idle leave their consumers behind.
+    for index in 0..20 {
+        read_without_marking(&client, &broker, &format!("ghost-{index}")).await;
+    }
+    // 20 payloads too large to run, with ids: rejected into failed hashes.
+    for _ in 0..20 {
+        let task = payload(&"y".repeat(200));
+        raw_xadd(&client, &broker, serde_json::to_string(&task).unwrap()).await;
+    }
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(50, Duration::from_millis(100)).await.unwrap();
+    claimer.close().await;
+    assert_eq!(claim.rejected.len(), 20);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    broker.reap("w1", 100).await.unwrap();
+    let consumers: Vec<Value> = client
+        .custom(
+            fred::cmd!("XINFO"),
+            vec![
+                "CONSUMERS".to_owned(),
+                broker.keys().queue().to_owned(),
+                broker.keys().group(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(consumers.len() <= 1, "{} consumers left", consumers.len());
+    let members: u64 = client.scard(broker.keys().task_index()).await.unwrap();
+    assert_eq!(members, 0);
+}
+
+#[tokio::test]
+async fn f13_nothing_is_appended_after_the_terminal_event() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    broker.cancel(&task.task_id).await.unwrap();
+    broker
+        .publish_events(
+            &task.task_id,
+            &[r#"{"type":"text","text":"late"}"#.to_owned()],
+        )
+        .await
+        .unwrap();
+    let events = broker.events(&task.task_id, None).collect().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].event.is_terminal());
+}
+
+#[tokio::test]
+async fn f15_an_undecodable_event_is_skipped_not_fatal() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    let stream = broker.keys().event_stream(&task.task_id);
+    for event in [r#"{"type":"citation"}"#, "not json"] {
+        let _: Value = client
+            .custom(
+                fred::cmd!("XADD"),
+                vec![stream.as_str(), "*", "event", event],
+            )
+            .await
+            .unwrap();
+    }
+    broker.cancel(&task.task_id).await.unwrap();
+    let mut events = broker.events(&task.task_id, None);
+    let mut seen = Vec::new();
+    while let Some(item) = events.next().await {
+        seen.push(item.unwrap());
+    }
+    assert_eq!(events.skipped(), 2);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].event.is_terminal());
+    assert_eq!(
+        broker.handle(&task.task_id).result().await.unwrap().status,
+        TaskStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn f16_a_payload_that_is_not_utf8_is_refused_with_its_bytes_kept() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    // Replace the queued entry with one whose input holds a 0xff byte.
+    let _: Value = client
+        .xtrim(
+            broker.keys().queue(),
+            XCap::try_from(("MAXLEN", "=", 0)).unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&task).unwrap();
+    let mut bytes = text
+        .replace("\"input\":\"x\"", "\"input\":\"x\u{1}\"")
+        .into_bytes();
+    let at = bytes.iter().position(|byte| *byte == 1).unwrap();
+    bytes[at] = 0xff;
+    let entry = raw_xadd(&client, &broker, Value::Bytes(bytes.clone().into())).await;
+    let _: () = client
+        .hset(broker.keys().task(&task.task_id), ("entry", entry.as_str()))
+        .await
+        .unwrap();
+    let mut claimer = broker.claimer("w1");
+    let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
+    claimer.close().await;
+    assert!(claim.tasks.is_empty());
+    assert_eq!(claim.rejected.len(), 1);
+    assert!(claim.rejected[0].reason.contains("UTF-8"));
+    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(state.status, TaskStatus::Failed);
+    let letters: Value = client
+        .xrevrange(broker.keys().dead_letter(), "+", "-", Some(1))
+        .await
+        .unwrap();
+    let stored = format!("{letters:?}");
+    assert!(
+        stored.contains("x\\xff"),
+        "the dead letter does not hold the original bytes: {stored}"
+    );
+}
+
+#[tokio::test]
+async fn f18_timestamps_come_from_the_server_clock() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    let client = raw(&redis).await;
+    let time: Vec<String> = client
+        .custom(fred::cmd!("TIME"), Vec::<String>::new())
+        .await
+        .unwrap();
+    let server_now: f64 = time[0].parse().unwrap();
+    let created: String = client
+        .hget(broker.keys().task(&task.task_id), "created_at")
+        .await
+        .unwrap();
+    let created: f64 = created.parse().unwrap();
+    assert!(
+        (server_now - created).abs() < 5.0,
+        "{created} vs {server_now}"
+    );
+}
+
+#[tokio::test]
+async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
+    let mut redis = TestRedis::dedicated();
+    let mut config = config(&redis);
+    config.heartbeat_ttl = Duration::from_secs(2);
+    config.command_timeout = Duration::from_millis(500);
+    let broker = Broker::connect(config).await.unwrap();
+    let mut task = payload("x");
+    task.max_retries = Some(0);
+    broker.submit(task.clone()).await.unwrap();
+    broker
+        .heartbeat(&health("w1"), Duration::from_secs(2), &[])
+        .await
+        .unwrap();
+    let claimed = claim_all(&broker, "w1", 1).await.remove(0);
+    broker
+        .heartbeat(
+            &health("w1"),
+            Duration::from_secs(2),
+            std::slice::from_ref(&claimed.lease),
+        )
+        .await
+        .unwrap();
+
+    let server = redis.server().unwrap();
+    server.freeze();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.thaw();
+    // Whoever's write lands first after the stall, the reaper's pass sees
+    // every heartbeat expired; it must take nothing.
+    let mut report = None;
+    for _ in 0..20 {
+        match broker.reap("w2", 100).await {
+            Ok(pass) => {
+                report = Some(pass);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let report = report.expect("Redis answers again");
+    assert!(report.quiet, "{report:?}");
+    assert_eq!(report.requeued + report.failed, 0);
+    let renewed = broker
+        .heartbeat(
+            &health("w1"),
+            Duration::from_secs(2),
+            std::slice::from_ref(&claimed.lease),
+        )
+        .await
+        .unwrap();
+    assert!(renewed.lost.is_empty());
+    assert_eq!(
+        broker
+            .finish(
+                &claimed,
+                Outcome::Completed { output: "ok" },
+                vec![],
+                &completed("helper"),
+            )
+            .await
+            .unwrap(),
+        Finished::Completed
+    );
+}
