@@ -434,7 +434,10 @@ impl Worker {
         shared.draining.store(true, Ordering::Relaxed);
         self.status.draining.store(true, Ordering::Relaxed);
         tracing::info!(running = tasks.len(), timeout = ?self.config.drain_timeout, "draining");
-        let _ = tokio::time::timeout(SHUTDOWN_STEP, heartbeat_once(&shared)).await;
+        // Once Redis has not answered one step of the shutdown, the steps
+        // that only tidy up are skipped: the heartbeat expires by itself and
+        // the reaper of another worker recovers what is left.
+        let mut redis_away = heartbeat_once(&shared).await != Beat::Landed;
         let drained = tokio::select! {
             () = wait_all(&mut tasks) => true,
             () = tokio::time::sleep(self.config.drain_timeout) => false,
@@ -452,7 +455,7 @@ impl Worker {
             }
             tasks.abort_all();
             wait_all(&mut tasks).await;
-            match tokio::time::timeout(SHUTDOWN_STEP, broker.release(&leases)).await {
+            match tokio::time::timeout(SHUTDOWN_STEP * 5, broker.release(&leases)).await {
                 Ok(Ok(count)) => tracing::info!(count, "handed tasks back to the queue"),
                 Ok(Err(error)) => {
                     let tasks: Vec<_> = leases.iter().map(|lease| lease.task_id.as_str()).collect();
@@ -469,18 +472,36 @@ impl Worker {
         }
         background.cancel();
         let mut conflict = false;
-        while let Some(end) = loops.join_next().await {
-            conflict |= matches!(end, Ok(LoopEnd::Conflict));
+        // A loop waiting on a Redis that does not answer is not waited for
+        // long: its pass is abandoned.
+        let joined = tokio::time::timeout(SHUTDOWN_STEP, async {
+            while let Some(end) = loops.join_next().await {
+                conflict |= matches!(end, Ok(LoopEnd::Conflict));
+            }
+        })
+        .await;
+        if joined.is_err() {
+            loops.abort_all();
+            while loops.join_next().await.is_some() {}
         }
         executor.shutdown().await;
         // Each step is bounded: a worker told to stop while Redis is away
         // exits within seconds.
-        match tokio::time::timeout(SHUTDOWN_STEP, broker.remove_worker(&self.worker_id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not remove the heartbeat"),
-            Err(_) => tracing::warn!("Redis did not answer; the heartbeat will expire by itself"),
+        if !redis_away {
+            match tokio::time::timeout(SHUTDOWN_STEP, broker.remove_worker(&self.worker_id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not remove the heartbeat"),
+                Err(_) => {
+                    redis_away = true;
+                    tracing::warn!("Redis did not answer; the heartbeat will expire by itself");
+                }
+            }
+        } else {
+            tracing::warn!("Redis is not answering; the heartbeat will expire by itself");
         }
-        let _ = tokio::time::timeout(SHUTDOWN_STEP, broker.close()).await;
+        if !redis_away {
+            let _ = tokio::time::timeout(SHUTDOWN_STEP, broker.close()).await;
+        }
         let _ = tokio::time::timeout(SHUTDOWN_STEP, self.memory.close()).await;
         self.status.connected.store(false, Ordering::Relaxed);
         tracing::info!(worker_id = self.worker_id, "worker stopped");
@@ -626,12 +647,12 @@ impl Worker {
                 });
             }
         }
-        claimer.close().await;
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, claimer.close()).await;
     }
 }
 
 /// The longest one step of a shutdown waits for Redis.
-const SHUTDOWN_STEP: Duration = Duration::from_secs(2);
+const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
 
 async fn wait_all(tasks: &mut JoinSet<()>) {
     while tasks.join_next().await.is_some() {}
@@ -823,9 +844,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = LoopEnd> + Send + 'static,
 {
+    /// Aborts the loop's task when the supervisor is dropped (aborted at
+    /// shutdown), so no loop outlives its worker.
+    struct AbortOnDrop(tokio::task::JoinHandle<LoopEnd>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
     let mut restarts = 0u32;
     loop {
-        let ended = tokio::spawn(start()).await;
+        let mut running = AbortOnDrop(tokio::spawn(start()));
+        let ended = (&mut running.0).await;
         match ended {
             Ok(LoopEnd::Conflict) => return LoopEnd::Conflict,
             Ok(LoopEnd::Stopped) if stop.is_cancelled() => return LoopEnd::Stopped,
@@ -960,7 +990,7 @@ async fn cancel_loop(
                     None => break,
                 },
                 () = stop.cancelled() => {
-                    listener.close().await;
+                    let _ = tokio::time::timeout(SHUTDOWN_STEP, listener.close()).await;
                     return LoopEnd::Stopped;
                 }
             }

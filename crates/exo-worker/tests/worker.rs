@@ -530,3 +530,268 @@ async fn the_worker_rides_out_a_redis_outage() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_redis_stall_longer_than_the_ttl_costs_time_not_work() {
+    // Heartbeat TTL 3 s; Redis frozen for 5 s while a task runs. Nobody may
+    // take the task over, no retry is charged, and it completes on its
+    // first attempt.
+    let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
+    let mut task = payload(json!({"name": "slow", "model": "scripted:slow:7000"}), "x");
+    task.max_retries = Some(0);
+    harness.broker.submit(task.clone()).await.unwrap();
+    for _ in 0..200 {
+        let state = harness.broker.get(&task.task_id).await.unwrap().unwrap();
+        if state.status == TaskStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Harness {
+        mut redis,
+        broker,
+        shutdown,
+        worker,
+        ..
+    } = harness;
+    redis.server().unwrap().freeze();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.server().unwrap().thaw();
+    let (state, events) = wait(&broker, &task.task_id).await;
+    assert_eq!(state.status, TaskStatus::Completed, "{state:?}");
+    assert_eq!(state.retries.unwrap_or(0), 0, "a retry was charged");
+    assert!(
+        !events
+            .iter()
+            .any(|event| serde_json::to_string(event).unwrap().contains("WorkerLost")),
+        "the stall looked like a death: {events:?}"
+    );
+    assert_eq!(events.iter().filter(|event| event.is_terminal()).count(), 1);
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_worker_told_to_stop_without_redis_exits_within_seconds() {
+    let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
+    let Harness {
+        mut redis,
+        broker,
+        shutdown,
+        worker,
+        ..
+    } = harness;
+    let task = payload(json!({"name": "a", "model": "scripted:echo"}), "x");
+    broker.submit(task.clone()).await.unwrap();
+    wait(&broker, &task.task_id).await;
+    redis.server().unwrap().freeze();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker stopped")
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    redis.server().unwrap().thaw();
+}
+
+/// One hostile or broken queue entry, and what its dead letter or failed
+/// task must say.
+struct BadEntry {
+    name: &'static str,
+    payload: Vec<u8>,
+    /// The task id whose hash must end `failed`, if the entry names one.
+    task_id: Option<String>,
+    reason: &'static str,
+}
+
+fn bad_entries() -> Vec<BadEntry> {
+    let id = || new_id();
+    let json_entry = |name, value: Value, task_id: Option<String>, reason| BadEntry {
+        name,
+        payload: value.to_string().into_bytes(),
+        task_id,
+        reason,
+    };
+    let mut entries = Vec::new();
+    let deep_id = id();
+    let mut deep = String::from("\"x\"");
+    for _ in 0..5000 {
+        deep = format!("[{deep}]");
+    }
+    entries.push(BadEntry {
+        name: "nested 5000 levels",
+        payload: format!("{{\"task_id\":\"{deep_id}\",\"metadata\":{{\"x\":{deep}}}}}")
+            .into_bytes(),
+        task_id: Some(deep_id),
+        reason: "not valid JSON",
+    });
+    let big_id = id();
+    entries.push(BadEntry {
+        name: "10 MB payload",
+        payload: format!(
+            "{{\"task_id\":\"{big_id}\",\"input\":\"{}\"}}",
+            "x".repeat(10 * 1024 * 1024)
+        )
+        .into_bytes(),
+        task_id: Some(big_id),
+        reason: "exceeds the limit",
+    });
+    let utf8_id = id();
+    let mut bytes = format!("{{\"task_id\":\"{utf8_id}\",\"agent_config\":{{\"name\":\"a\",\"model\":\"scripted:echo\"}},\"input\":\"x?\"}}").into_bytes();
+    let at = bytes.iter().position(|byte| *byte == b'?').unwrap();
+    bytes[at] = 0xff;
+    entries.push(BadEntry {
+        name: "invalid UTF-8",
+        payload: bytes,
+        task_id: Some(utf8_id),
+        reason: "UTF-8",
+    });
+    entries.push(json_entry(
+        "reserved id",
+        json!({"task_id": "index"}),
+        None,
+        "not a valid task id",
+    ));
+    entries.push(json_entry(
+        "over-long id",
+        json!({"task_id": "a".repeat(300)}),
+        None,
+        "not a valid task id",
+    ));
+    entries.push(json_entry(
+        "id of the wrong type",
+        json!({"task_id": 7}),
+        None,
+        "no task_id",
+    ));
+    entries.push(BadEntry {
+        name: "not JSON",
+        payload: b"{this is not json".to_vec(),
+        task_id: None,
+        reason: "not valid JSON",
+    });
+    let wrong_types = id();
+    entries.push(json_entry(
+        "fields of the wrong type",
+        json!({"task_id": wrong_types, "messages": "hello", "timeout_seconds": "soon"}),
+        Some(wrong_types),
+        "messages",
+    ));
+    let role = id();
+    entries.push(json_entry(
+        "unknown role",
+        json!({"task_id": role, "agent_config": {"name": "a", "model": "scripted:echo"}, "messages": [{"role": "robot", "content": "x"}]}),
+        Some(role),
+        "robot",
+    ));
+    let tool = id();
+    entries.push(json_entry(
+        "unknown tool",
+        json!({"task_id": tool, "agent_config": {"name": "a", "model": "scripted:echo", "tools": ["app.tools.nope"]}, "input": "x"}),
+        Some(tool),
+        "app.tools.nope",
+    ));
+    let invalid = id();
+    entries.push(json_entry(
+        "config that fails validation",
+        json!({"task_id": invalid, "agent_config": {"name": "", "model": "scripted:echo"}, "input": "x"}),
+        Some(invalid),
+        "name",
+    ));
+    let timeout = id();
+    entries.push(json_entry(
+        "negative timeout",
+        json!({"task_id": timeout, "agent_config": {"name": "a", "model": "scripted:echo"}, "timeout_seconds": -1}),
+        Some(timeout),
+        "timeout_seconds",
+    ));
+    entries
+}
+
+#[tokio::test]
+async fn a_live_worker_survives_a_corpus_of_bad_entries() {
+    let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(harness.redis.url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    let entries = bad_entries();
+    for entry in &entries {
+        let _: String = fred::prelude::ClientLike::custom(
+            &client,
+            fred::cmd!("XADD"),
+            vec![
+                fred::types::Value::from(harness.broker.keys().queue()),
+                "*".into(),
+                "payload".into(),
+                fred::types::Value::Bytes(entry.payload.clone().into()),
+            ],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{}: {error}", entry.name));
+    }
+    // The next normal task completes.
+    let normal = payload(
+        json!({"name": "ok", "model": "scripted:echo"}),
+        "still here",
+    );
+    harness.broker.submit(normal.clone()).await.unwrap();
+    let (state, _) = wait(&harness.broker, &normal.task_id).await;
+    assert_eq!(state.output(), Some("still here"));
+    // Every bad entry is accounted for, with a reason naming its problem.
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = harness.broker.dead_letters(100).await.unwrap();
+        if letters.len() >= entries.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for entry in &entries {
+        let reason = match &entry.task_id {
+            Some(task_id) => {
+                let (state, events) = wait(&harness.broker, task_id).await;
+                assert_eq!(state.status, TaskStatus::Failed, "{}", entry.name);
+                assert_eq!(
+                    events.iter().filter(|event| event.is_terminal()).count(),
+                    1,
+                    "{}",
+                    entry.name
+                );
+                state.error.unwrap_or_default()
+            }
+            None => letters
+                .iter()
+                .find(|letter| letter.task_id.is_empty() && letter.reason.contains(entry.reason))
+                .map(|letter| letter.reason.clone())
+                .unwrap_or_default(),
+        };
+        assert!(
+            reason.contains(entry.reason),
+            "{}: the reason `{reason}` does not name `{}`",
+            entry.name,
+            entry.reason
+        );
+    }
+    assert!(
+        letters.len() >= entries.len(),
+        "{} dead letters for {} bad entries",
+        letters.len(),
+        entries.len()
+    );
+    assert!(!harness.worker.is_finished());
+    harness.stop().await;
+}
