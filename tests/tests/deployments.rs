@@ -248,6 +248,23 @@ fn sentinel_failover_mid_run_loses_nothing() {
     std::thread::sleep(Duration::from_millis(400));
     let took = set.fail_over(Duration::from_secs(30));
     set.primary().restart();
+    // With replica acknowledgements a write counts only once a replica has
+    // it: the submits resume once the old primary is the new one's replica.
+    let new_primary = set.replica().port();
+    eventually(
+        Duration::from_secs(60),
+        "the old primary to replicate from the new one",
+        || {
+            let output = std::process::Command::new("redis-cli")
+                .args(["-p", &new_primary.to_string(), "INFO", "replication"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.lines()
+                .any(|line| line.starts_with("slave0:") && line.contains("state=online"))
+                .then_some(())
+        },
+    );
     for _ in 0..10 {
         submit(&mut ids);
         std::thread::sleep(Duration::from_millis(100));

@@ -31,6 +31,8 @@ struct Options {
     paced: usize,
     concurrencies: Vec<usize>,
     kinds: Vec<String>,
+    /// With `--growth N`: a long run of N tasks instead (memory over time).
+    growth: Option<usize>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -39,6 +41,7 @@ fn options(args: &[String]) -> Result<Options> {
         paced: 200,
         concurrencies: vec![1, 8, 32],
         kinds: vec!["noop".into(), "echo".into()],
+        growth: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -53,8 +56,9 @@ fn options(args: &[String]) -> Result<Options> {
                     .collect::<Result<_, _>>()?
             }
             "--kind" => options.kinds = value()?.split(',').map(str::to_owned).collect(),
+            "--growth" => options.growth = Some(value()?.parse()?),
             other => bail!(
-                "unknown bench option `{other}` (--tasks N, --paced N, --concurrency 1,8,32, --kind noop,echo)"
+                "unknown bench option `{other}` (--tasks N, --paced N, --concurrency 1,8,32, --kind noop,echo, --growth N)"
             ),
         }
     }
@@ -67,6 +71,10 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(tasks) = options.growth {
+        println!("{}", runtime.block_on(growth(&exo, tasks))?);
+        return Ok(());
+    }
     for kind in &options.kinds {
         for &concurrency in &options.concurrencies {
             let line = runtime.block_on(one_run(
@@ -124,11 +132,15 @@ fn command_calls(port: u16) -> Result<BTreeMap<String, u64>> {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:")?
+                line.strip_prefix(field)?
                     .trim()
                     .trim_end_matches("kB")
                     .trim()
@@ -316,5 +328,93 @@ async fn one_run(
         "connections_per_task": ((connections_after - connections_before) as f64 / tasks as f64 * 1000.0).round() / 1000.0,
         "worker_peak_rss_mib": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
         "command_mix": delta,
+    }))
+}
+
+/// The retention window of the growth run: task hashes and event streams
+/// live this long after their last write.
+const GROWTH_RETENTION_SECONDS: u64 = 20;
+
+/// `--growth N`: N echo tasks submitted at a steady rate through one worker
+/// whose task and event TTLs are short, sampling Redis memory, key count and
+/// the worker's RSS as it goes. Bounded growth shows as a plateau: after one
+/// retention window the figures stop rising.
+async fn growth(exo: &std::path::Path, tasks: usize) -> Result<serde_json::Value> {
+    let server = exo_testkit::RedisServer::start();
+    let port = server.port();
+    // Clients and workers agree on the retention (the submit trims the
+    // index by it).
+    let mut config = BrokerConfig::new(server.url());
+    config.task_ttl = Duration::from_secs(GROWTH_RETENTION_SECONDS);
+    config.event_ttl = Duration::from_secs(GROWTH_RETENTION_SECONDS);
+    let broker = Broker::connect(config).await?;
+    let mut worker = Process(
+        Command::new(exo)
+            .args([
+                "start",
+                "worker",
+                "--concurrency",
+                "32",
+                "--log-format",
+                "compact",
+            ])
+            .args(["--task-ttl", &GROWTH_RETENTION_SECONDS.to_string()])
+            .args(["--event-ttl", &GROWTH_RETENTION_SECONDS.to_string()])
+            .env("EXO_REDIS_URL", server.url())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the worker")?,
+    );
+    let pid = worker.0.id();
+    let rate = 1000.0;
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut next_sample = 0;
+    let mut submits = tokio::task::JoinSet::new();
+    let mut next = tokio::time::Instant::now();
+    for index in 0..tasks {
+        next += every;
+        tokio::time::sleep_until(next).await;
+        let broker = broker.clone();
+        let task = payload("echo", index);
+        submits.spawn(async move { broker.submit(task).await.map(|_| ()) });
+        while submits.len() >= 64 {
+            submits.join_next().await.context("submit")???;
+        }
+        if index >= next_sample {
+            next_sample += tasks / 20;
+            let memory = info(port, "memory")?;
+            let keys: u64 = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "DBSIZE"])
+                .output()
+                .ok()
+                .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+                .unwrap_or(0);
+            samples.push(json!({
+                "submitted": index,
+                "seconds": started.elapsed().as_secs(),
+                "redis_used_memory_mib": memory.get("used_memory").and_then(|value| value.parse::<f64>().ok()).map(|bytes| (bytes / 1048576.0 * 10.0).round() / 10.0),
+                "keys": keys,
+                "worker_rss_mib": (status_kib(pid, "VmRSS:") as f64 / 1024.0 * 10.0).round() / 10.0,
+            }));
+        }
+    }
+    while let Some(result) = submits.join_next().await {
+        result??;
+    }
+    wait_empty(&broker, Duration::from_secs(600)).await?;
+    let rss_peak = peak_rss_kib(pid);
+    worker.terminate(Duration::from_secs(30))?;
+    broker.close().await;
+    Ok(json!({
+        "growth_tasks": tasks,
+        "rate_per_second": rate,
+        "retention_seconds": GROWTH_RETENTION_SECONDS,
+        "seconds": started.elapsed().as_secs(),
+        "worker_peak_rss_mib": (rss_peak as f64 / 1024.0 * 10.0).round() / 10.0,
+        "samples": samples,
     }))
 }

@@ -5,6 +5,11 @@
 //! - `tidy`: the layering check alone.
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
 //! - `bench`: throughput, latency, Redis commands and memory per task.
+//! - `chaos`: thousands of tasks through several worker processes while
+//!   workers are SIGKILLed, Redis is killed, restarted and frozen, and tasks
+//!   are cancelled; one JSON line of what was lost, duplicated or changed.
+//! - `fuzz`: every fuzz target under `fuzz/` for a bounded time
+//!   (`--seconds N` each, default 60), with cargo-fuzz.
 //! - `e2e`: the end-to-end suite on every deployment shape (standalone,
 //!   Sentinel with failover, Cluster, ACL user, TLS), with the real `exo`
 //!   binary; `--redis-url` runs the standalone shape (and the process tests)
@@ -13,6 +18,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod chaos;
 mod demo;
 mod tidy;
 
@@ -30,9 +36,11 @@ fn main() -> Result<()> {
         "demo" => demo::demo(),
         "e2e" => e2e(&rest),
         "bench" => bench::bench(&rest),
+        "chaos" => chaos::chaos(&rest),
+        "fuzz" => fuzz(&rest),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32] [--kind noop,echo]>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32] [--kind noop,echo]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
             );
             Ok(())
         }
@@ -64,6 +72,56 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
     );
     if !status.success() {
         bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The fuzz targets of `fuzz/Cargo.toml`.
+const FUZZ_TARGETS: &[&str] = &[
+    "task_payload",
+    "stream_event",
+    "task_hash",
+    "agent_config",
+    "redis_url",
+];
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut seconds = 60u64;
+    let mut targets: Vec<String> = FUZZ_TARGETS.iter().map(|name| (*name).to_owned()).collect();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = args.next().context("--seconds needs a value")?.parse()?,
+            "--target" => targets = vec![args.next().context("--target needs a name")?.clone()],
+            other => bail!("unknown fuzz option `{other}` (--seconds N, --target NAME)"),
+        }
+    }
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !installed {
+        bail!("cargo-fuzz is not installed; install it with `cargo install cargo-fuzz`");
+    }
+    let fuzz_dir = workspace_root().join("fuzz");
+    for target in &targets {
+        // cargo-fuzz passes `-Z` flags; the stable toolchain takes them
+        // with RUSTC_BOOTSTRAP. Its own target dir keeps the instrumented
+        // build apart from the workspace's.
+        run(
+            &format!("fuzz {target} for {seconds}s"),
+            cargo()
+                .current_dir(&fuzz_dir)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env_remove("CARGO_TARGET_DIR")
+                .args([
+                    "fuzz",
+                    "run",
+                    target,
+                    "--",
+                    &format!("-max_total_time={seconds}"),
+                ]),
+        )?;
     }
     Ok(())
 }

@@ -369,15 +369,24 @@ impl Broker {
                 }
                 Err(error) => return Err(error.into()),
                 Ok(value) => {
-                    match acknowledged {
-                        Some(Ok(Value::Integer(count))) if count >= i64::from(acks) => {}
-                        other => tracing::warn!(
-                            wanted = acks,
-                            got = ?other,
-                            "a write was not acknowledged by enough replicas in time; it is on the primary"
-                        ),
-                    }
-                    return Ok(value);
+                    return match acknowledged {
+                        Some(Ok(Value::Integer(count))) if count >= i64::from(acks) => Ok(value),
+                        other => {
+                            // Durability was asked for and not given: the
+                            // caller must not be told the write is safe. The
+                            // error is transient, so final writes are retried
+                            // (they are idempotent); a submit reports it.
+                            tracing::warn!(
+                                wanted = acks,
+                                got = ?other,
+                                "a write was not acknowledged by enough replicas in time; it is on the primary only"
+                            );
+                            Err(Error::Redis(format!(
+                                "NOREPLICAS the write reached the primary but {acks} replica acknowledgement(s) did not arrive within {:?}",
+                                self.inner.config.replica_ack_timeout
+                            )))
+                        }
+                    };
                 }
             }
         }
@@ -509,7 +518,7 @@ impl Broker {
                         .unwrap_or_default(),
                     limit.to_string(),
                     cursor.to_string(),
-                    (limit * 20).max(1000).to_string(),
+                    (limit * 20).clamp(1000, 5000).to_string(),
                 ],
             )
             .await?;

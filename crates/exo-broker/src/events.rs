@@ -53,14 +53,14 @@ impl Broker {
         self.publisher_for(task_id, None)
     }
 
-    /// A publisher fenced on `attempt`: once the attempt is no longer
-    /// current (or the stream has ended), its batches are dropped instead of
+    /// A publisher fenced on `lease`: once the lease no longer holds the
+    /// task (or the stream has ended), its batches are dropped instead of
     /// mixing into the next attempt's stream.
-    pub fn fenced_publisher(&self, task_id: &str, attempt: u32) -> EventPublisher {
-        self.publisher_for(task_id, Some(attempt))
+    pub fn fenced_publisher(&self, task_id: &str, lease: &crate::Lease) -> EventPublisher {
+        self.publisher_for(task_id, Some(lease.clone()))
     }
 
-    fn publisher_for(&self, task_id: &str, attempt: Option<u32>) -> EventPublisher {
+    fn publisher_for(&self, task_id: &str, lease: Option<crate::Lease>) -> EventPublisher {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(VecDeque::new()),
             wakeup: Notify::new(),
@@ -71,7 +71,7 @@ impl Broker {
         let flusher = tokio::spawn(flush_loop(
             self.clone(),
             task_id.to_owned(),
-            attempt,
+            lease,
             shared.clone(),
         ));
         EventPublisher {
@@ -81,7 +81,12 @@ impl Broker {
     }
 }
 
-async fn flush_loop(broker: Broker, task_id: String, attempt: Option<u32>, shared: Arc<Shared>) {
+async fn flush_loop(
+    broker: Broker,
+    task_id: String,
+    lease: Option<crate::Lease>,
+    shared: Arc<Shared>,
+) {
     use std::sync::atomic::Ordering;
     let mut failures = 0;
     loop {
@@ -102,7 +107,7 @@ async fn flush_loop(broker: Broker, task_id: String, attempt: Option<u32>, share
         }
         let started = std::time::Instant::now();
         match broker
-            .publish_events_fenced(&task_id, attempt, &batch)
+            .publish_events_fenced(&task_id, lease.as_ref(), &batch)
             .await
         {
             Ok(false) => {

@@ -28,6 +28,17 @@ pub struct Lease {
     pub entry_id: String,
     /// The attempt number.
     pub attempt: u32,
+    /// The random token of the claim that gave this attempt: with it, an
+    /// attempt number Redis handed out twice (a claim lost in a crash or a
+    /// failover) still fences the first holder off.
+    pub token: String,
+}
+
+impl Lease {
+    /// What the scripts compare: `<attempt>:<token>`.
+    pub fn fence(&self) -> String {
+        format!("{}:{}", self.attempt, self.token)
+    }
 }
 
 /// A task claimed for running.
@@ -209,7 +220,7 @@ impl Broker {
         let mut args = vec![
             task.lease.task_id.clone(),
             task.lease.entry_id.clone(),
-            task.lease.attempt.to_string(),
+            task.lease.fence(),
             kind.to_owned(),
             text,
             if retryable { "1" } else { "0" }.to_owned(),
@@ -276,14 +287,14 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// [`Broker::publish_events`], refused (`Ok(false)`) when `attempt` is
-    /// given and is no longer the task's current attempt, or the task's
-    /// stream has ended: a worker cut off from Redis must not mix its events
-    /// into the next attempt's stream.
+    /// [`Broker::publish_events`], refused (`Ok(false)`) when `lease` is
+    /// given and no longer holds the task, or the task's stream has ended: a
+    /// worker cut off from Redis must not mix its events into the next
+    /// attempt's stream.
     pub async fn publish_events_fenced(
         &self,
         task_id: &str,
-        attempt: Option<u32>,
+        lease: Option<&Lease>,
         events: &[String],
     ) -> Result<bool> {
         if events.is_empty() {
@@ -291,11 +302,7 @@ impl Broker {
         }
         let mut args = Vec::with_capacity(events.len() + 2);
         args.push(task_id.to_owned());
-        args.push(
-            attempt
-                .map(|attempt| attempt.to_string())
-                .unwrap_or_default(),
-        );
+        args.push(lease.map(Lease::fence).unwrap_or_default());
         args.extend(events.iter().cloned());
         let written = self.eval(&self.inner.scripts.publish, args).await?;
         Ok(reply::integer("publish", &written)? >= 0)
@@ -327,7 +334,7 @@ impl Broker {
         for lease in running {
             args.push(lease.entry_id.clone());
             args.push(lease.task_id.clone());
-            args.push(lease.attempt.to_string());
+            args.push(lease.fence());
         }
         let value = self.eval(&self.inner.scripts.heartbeat, args).await?;
         let mut parts = reply::array("heartbeat", value)?.into_iter();
@@ -439,7 +446,7 @@ impl Broker {
         for lease in leases {
             args.push(lease.entry_id.clone());
             args.push(lease.task_id.clone());
-            args.push(lease.attempt.to_string());
+            args.push(lease.fence());
         }
         let value = self.eval(&self.inner.scripts.release, args).await?;
         Ok(reply::integer("release", &value)?.max(0) as u64)
@@ -617,15 +624,21 @@ impl Claimer {
 
     async fn run_script(&mut self, max: usize, ids: &[String]) -> Result<Claim> {
         let broker = &self.broker;
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let config = broker.config();
         let mut args = vec![
             self.consumer.clone(),
             max.to_string(),
             config.retry.max_retries.to_string(),
             config.max_retries_cap.to_string(),
+            token.clone(),
         ];
         args.extend(ids.iter().cloned());
-        let value = broker.eval(&broker.inner.scripts.claim, args).await?;
+        // With replica acknowledgements asked for, a claim is on a replica
+        // before its tasks start: a failover cannot hand them out again.
+        let value = broker
+            .eval_durable(&broker.inner.scripts.claim, args)
+            .await?;
         let mut parts = reply::array("claim", value)?.into_iter();
         let next_due = parts
             .next()
@@ -674,6 +687,7 @@ impl Claimer {
                 task_id: task_id.clone(),
                 entry_id: entry_id.clone(),
                 attempt: reply::integer("claim", attempt)?.max(0) as u32,
+                token: token.clone(),
             };
             let retries = reply::integer("claim", retries)?.max(0) as u32;
             let max_retries = reply::integer("claim", max_retries)

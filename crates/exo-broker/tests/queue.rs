@@ -752,7 +752,7 @@ async fn a_superseded_attempt_cannot_publish() {
         broker
             .publish_events_fenced(
                 &payload.task_id,
-                Some(task.lease.attempt),
+                Some(&task.lease),
                 std::slice::from_ref(&event)
             )
             .await
@@ -762,7 +762,10 @@ async fn a_superseded_attempt_cannot_publish() {
         !broker
             .publish_events_fenced(
                 &payload.task_id,
-                Some(task.lease.attempt + 1),
+                Some(&exo_broker::Lease {
+                    attempt: task.lease.attempt + 1,
+                    ..task.lease.clone()
+                }),
                 std::slice::from_ref(&event)
             )
             .await
@@ -779,7 +782,7 @@ async fn a_superseded_attempt_cannot_publish() {
         .unwrap();
     assert!(
         !broker
-            .publish_events_fenced(&payload.task_id, Some(task.lease.attempt), &[event])
+            .publish_events_fenced(&payload.task_id, Some(&task.lease), &[event])
             .await
             .unwrap(),
         "nothing after the terminal event"

@@ -619,3 +619,93 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
         Finished::Completed
     );
 }
+
+#[tokio::test]
+async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
+    // Redis loses the claim (emulated: a snapshot from before it, then a
+    // crash), so the next claim hands out the same attempt number. The
+    // claim token still tells the two holders apart.
+    let mut redis = TestRedis::dedicated();
+    let broker_a = broker(&redis).await;
+    let task = payload("x");
+    broker_a.submit(task.clone()).await.unwrap();
+    let raw_client = raw(&redis).await;
+    let _: Value = raw_client
+        .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+        .await
+        .unwrap();
+    let held_by_a = claim_all(&broker_a, "w1", 1).await.remove(0);
+    let text = |body: &str| format!(r#"{{"type":"text","text":"{body}"}}"#);
+    assert!(
+        broker_a
+            .publish_events_fenced(&task.task_id, Some(&held_by_a.lease), &[text("A")])
+            .await
+            .unwrap()
+    );
+    let server = redis.server().unwrap();
+    server.kill();
+    server.restart();
+
+    let broker_b = broker(&redis).await;
+    let held_by_b = claim_all(&broker_b, "w2", 1).await.remove(0);
+    assert_eq!(held_by_b.lease.attempt, held_by_a.lease.attempt);
+    assert_ne!(held_by_b.lease.token, held_by_a.lease.token);
+    // A (reconnected) is refused everywhere; B goes on.
+    let mut refused = None;
+    for _ in 0..50 {
+        match broker_a
+            .publish_events_fenced(&task.task_id, Some(&held_by_a.lease), &[text("A2")])
+            .await
+        {
+            Ok(accepted) => {
+                refused = Some(!accepted);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(true),
+        "the first holder's events were accepted"
+    );
+    let report = broker_a
+        .heartbeat(
+            &health("w1"),
+            Duration::from_secs(30),
+            std::slice::from_ref(&held_by_a.lease),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.lost, std::slice::from_ref(&task.task_id));
+    let late = broker_a
+        .finish(
+            &held_by_a,
+            Outcome::Completed { output: "A" },
+            vec![],
+            &completed("helper"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
+    assert!(
+        broker_b
+            .publish_events_fenced(&task.task_id, Some(&held_by_b.lease), &[text("B")])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        broker_b
+            .finish(
+                &held_by_b,
+                Outcome::Completed { output: "B" },
+                vec![],
+                &completed("helper"),
+            )
+            .await
+            .unwrap(),
+        Finished::Completed
+    );
+    let state = broker_b.get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(state.output(), Some("B"));
+}

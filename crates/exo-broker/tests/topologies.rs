@@ -276,3 +276,35 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
         );
     }
 }
+
+#[tokio::test]
+async fn f6_a_frozen_primary_is_left_and_the_failover_followed() {
+    // The primary freezes (SIGSTOP: its sockets stay open, nothing answers)
+    // and Sentinel promotes the replica. The broker's connection to the
+    // frozen primary must be given up and made again through Sentinel,
+    // not waited out until the old primary wakes.
+    let mut set = RedisSentinelSet::start();
+    let mut config = BrokerConfig::new(set.url());
+    config.command_timeout = Duration::from_secs(2);
+    let broker = Broker::connect(config).await.unwrap();
+    broker.submit(payload("before")).await.unwrap();
+    let old = set.primary().port();
+    set.primary().freeze();
+    let frozen_at = std::time::Instant::now();
+    while set.primary_port() == Some(old) {
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let task = payload("after");
+    through_failover(Duration::from_secs(20), || broker.submit(task.clone())).await;
+    let took = frozen_at.elapsed();
+    assert!(
+        broker.get(&task.task_id).await.unwrap().is_some(),
+        "the submit did not reach the new primary"
+    );
+    set.primary().thaw();
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}

@@ -102,6 +102,12 @@ pub(crate) struct StartWorker {
     /// Retries of a failed task when its payload does not say.
     #[arg(long, default_value_t = 3)]
     pub(crate) max_retries: u32,
+    /// Seconds a task hash is kept after its last write (the reference keeps 24 h).
+    #[arg(long, default_value_t = 86_400)]
+    pub(crate) task_ttl: u64,
+    /// Seconds a task's event stream is kept after its last event (the reference keeps 1 h).
+    #[arg(long, default_value_t = 3_600)]
+    pub(crate) event_ttl: u64,
     /// Seconds before the first retry (doubling each time, capped at 60 s).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) retry_backoff: f64,

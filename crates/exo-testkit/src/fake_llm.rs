@@ -113,6 +113,33 @@ impl FakeResponse {
         )
     }
 
+    /// An OpenAI chat-completions stream of `text` in `pieces` chunks, one
+    /// every `every` (so a call takes about `pieces × every`): a model call
+    /// with a known duration, for fault tests that look for overlaps.
+    pub fn openai_text_paced(text: &str, pieces: usize, every: Duration) -> Self {
+        let pieces = pieces.max(1);
+        let mut response = FakeResponse::new(200).header("content-type", "text/event-stream");
+        response = response.chunk(format!(
+            "data: {}\n\n",
+            openai_chunk(json!({"role": "assistant", "content": ""}), None)
+        ));
+        for _ in 0..pieces {
+            response = response.chunk_after(
+                every,
+                format!(
+                    "data: {}\n\n",
+                    openai_chunk(json!({"content": format!("{text} ")}), None)
+                ),
+            );
+        }
+        response
+            .chunk(format!(
+                "data: {}\n\n",
+                openai_chunk(json!({}), Some("stop"))
+            ))
+            .chunk("data: [DONE]\n\n")
+    }
+
     /// A response that closes the connection before sending anything.
     pub fn hang_up() -> Self {
         FakeResponse {
@@ -336,6 +363,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// When its head arrived.
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -529,6 +558,7 @@ fn read_request(stream: &TcpStream) -> Option<RecordedRequest> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
+    let received_at = std::time::Instant::now();
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_owned();
     let path = parts.next()?.to_owned();
@@ -576,6 +606,7 @@ fn read_request(stream: &TcpStream) -> Option<RecordedRequest> {
         path,
         headers,
         body,
+        received_at,
     })
 }
 

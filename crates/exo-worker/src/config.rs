@@ -78,6 +78,11 @@ pub struct WorkerConfig {
     pub max_retries_cap: u32,
     /// The longest deadline a payload's `timeout_seconds` may ask for.
     pub max_task_timeout: Duration,
+    /// How long a task hash is kept after its last write (reference: 24 h).
+    pub task_ttl: Duration,
+    /// How long a task's event stream is kept after its last event
+    /// (reference: 1 h).
+    pub event_ttl: Duration,
 }
 
 impl WorkerConfig {
@@ -106,6 +111,8 @@ impl WorkerConfig {
             replica_acks: 0,
             max_retries_cap: 25,
             max_task_timeout: Duration::from_secs(24 * 3600),
+            task_ttl: Duration::from_secs(24 * 3600),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -121,6 +128,9 @@ impl WorkerConfig {
         }
         if self.heartbeat_ttl < Duration::from_secs(1) {
             return Err("the heartbeat TTL must be at least 1 s".into());
+        }
+        if self.task_ttl < Duration::from_secs(1) || self.event_ttl < Duration::from_secs(1) {
+            return Err("the task and event TTLs must be at least 1 s".into());
         }
         if self.max_task_timeout.is_zero() {
             return Err("the task timeout cap must be positive".into());

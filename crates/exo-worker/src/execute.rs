@@ -128,8 +128,7 @@ pub(crate) fn error_event(outcome: &RunOutcome) -> StreamEvent {
 #[async_trait::async_trait]
 impl Executor for LocalExecutor {
     async fn execute(&self, task: &ClaimedTask, control: RunControl) -> Execution {
-        self.run(&task.payload, Some(task.lease.attempt), control)
-            .await
+        self.run(&task.payload, Some(&task.lease), control).await
     }
 }
 
@@ -151,16 +150,16 @@ impl LocalExecutor {
         self.run(payload, None, control).await
     }
 
-    /// Runs a payload; with an attempt, its events are fenced on it.
+    /// Runs a payload; with a lease, its events are fenced on it.
     async fn run(
         &self,
         payload: &TaskPayload,
-        attempt: Option<u32>,
+        lease: Option<&exo_broker::Lease>,
         control: RunControl,
     ) -> Execution {
         let task_id = payload.task_id.as_str();
-        let publisher = match attempt {
-            Some(attempt) => self.broker.fenced_publisher(task_id, attempt),
+        let publisher = match lease {
+            Some(lease) => self.broker.fenced_publisher(task_id, lease),
             None => self.broker.publisher(task_id),
         };
         let spec = match agent_spec(payload) {

@@ -287,6 +287,8 @@ impl Worker {
         config.lease = self.config.lease;
         config.heartbeat_ttl = self.config.heartbeat_ttl;
         config.max_retries_cap = self.config.max_retries_cap;
+        config.task_ttl = self.config.task_ttl;
+        config.event_ttl = self.config.event_ttl;
         config.tls_ca_file = self.config.tls_ca_file.clone();
         config.replica_acks = self.config.replica_acks;
         config

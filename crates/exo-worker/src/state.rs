@@ -238,6 +238,7 @@ mod tests {
                 task_id: "t".into(),
                 entry_id: format!("{attempt}-0"),
                 attempt,
+                token: String::new(),
             },
             cancel: CancellationToken::new(),
             stop: Mutex::new(None),

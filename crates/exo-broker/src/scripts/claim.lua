@@ -4,7 +4,8 @@
 -- ARGV[9]  count
 -- ARGV[10] default max retries
 -- ARGV[11] the most retries a payload may ask for (the worker's cap)
--- ARGV[12...] entry ids already read by a blocking XREADGROUP (optional);
+-- ARGV[12] this claim's random token (see fence_holds)
+-- ARGV[13...] entry ids already read by a blocking XREADGROUP (optional);
 --             without them the script reads new entries itself.
 --
 -- First promotes due retries onto the queue. Then, per entry (each under
@@ -18,19 +19,20 @@
 -- attempt+1 (the fencing token), status `running`, and `entry`.
 --
 -- Returns {next_due_ms, rows, rejected, server_now_ms} where rows is a flat
--- list of (entry id, task id, payload, attempt, retries, max retries) and
+-- list of (entry id, task id, payload, attempt, retries, max retries) (the
+-- fence is "<attempt>:<token>") and
 -- rejected a flat list of (entry id, task id or "", reason). The server's
 -- clock comes back so that the worker waits for the next retry by the same
 -- clock.
 
 local consumer, count = ARGV[8], tonumber(ARGV[9])
-local default_max, retries_cap = ARGV[10], tonumber(ARGV[11])
+local default_max, retries_cap, token = ARGV[10], tonumber(ARGV[11]), ARGV[12]
 
 promote_due(100)
 
 local entries = {}
-if #ARGV >= 12 then
-  for i = 12, #ARGV do
+if #ARGV >= 13 then
+  for i = 13, #ARGV do
     local found = redis.call('XRANGE', QUEUE, ARGV[i], ARGV[i])
     if #found > 0 then
       table.insert(entries, found[1])
@@ -100,7 +102,7 @@ for _, entry in ipairs(entries) do
       redis.call('HSET', key, 'agent_name', decoded.agent_config.name)
     end
     redis.call('HDEL', key, 'completed_at', 'result')
-    write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW, 'entry', entry_id)
+    write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW, 'entry', entry_id, 'lease', token)
     table.insert(rows, entry_id)
     table.insert(rows, task_id)
     table.insert(rows, payload)

@@ -172,6 +172,19 @@ local function enqueue(task_id, payload)
   return entry_id
 end
 
+-- A fence names one claim of one attempt: "<attempt>:<claim token>". The
+-- attempt number alone could be issued twice when Redis loses a claim (an
+-- AOF tail lost in a crash, an asynchronous failover): the next claim would
+-- hand out the same number. The token is random per claim, so a rolled-back
+-- claim's worker is refused. A fence with no token checks the attempt only.
+local function fence_holds(key, fence)
+  local attempt, token = string.match(fence or '', '^(%d+):?(.*)$')
+  if not attempt then return false end
+  local state = redis.call('HMGET', key, 'attempt', 'lease')
+  if state[1] ~= attempt then return false end
+  return token == '' or state[2] == token
+end
+
 local function entry_exists(entry_id)
   return entry_id and #redis.call('XRANGE', QUEUE, entry_id, entry_id) > 0
 end

@@ -2,7 +2,7 @@
 --
 -- ARGV[8]  task id
 -- ARGV[9]  queue entry id
--- ARGV[10] attempt (the fencing token from claim)
+-- ARGV[10] the fence from claim ("<attempt>:<token>"; see fence_holds)
 -- ARGV[11] outcome: completed | failed | cancelled
 -- ARGV[12] completed: the result JSON; failed: the error message
 -- ARGV[13] failed: "1" when the failure may be retried
@@ -23,12 +23,13 @@
 -- Calling it again with the same arguments after it landed returns the same
 -- outcome, so a retry after a lost reply is safe.
 
-local task_id, entry_id, attempt, outcome = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local task_id, entry_id, fence, outcome = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local attempt = string.match(fence, '^(%d+)') or ''
 local key = task_key(task_id)
 local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
 local status = state[1]
 
-if state[2] ~= attempt then
+if not fence_holds(key, fence) then
   return { 'stale', status or '', state[2] or '' }
 end
 -- A repeat of a call that already landed.

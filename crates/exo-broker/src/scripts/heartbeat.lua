@@ -7,7 +7,7 @@
 -- ARGV[11] this process's nonce (two processes must not share a worker id)
 -- ARGV[12] number of heartbeat fields N
 -- ARGV[13 .. 12+2N]  field, value pairs
--- then triples (entry id, task id, attempt) of the tasks the worker runs.
+-- then triples (entry id, task id, fence) of the tasks the worker runs.
 --
 -- Refuses (returns {{}, {}, 0, "conflict", other nonce}) when the heartbeat
 -- hash belongs to another live process with the same worker id. Otherwise
@@ -49,7 +49,7 @@ for i = 13, 12 + 2 * field_count do table.insert(fields, ARGV[i]) end
 redis.call('HSET', worker, unpack(fields))
 redis.call('EXPIRE', worker, ttl)
 redis.call('ZADD', REGISTRY, NOW, worker_id)
-redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 86400)
+redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 3600)
 
 local cancelled, lost, entries, running = {}, {}, {}, {}
 for i = 13 + 2 * field_count, #ARGV, 3 do
@@ -57,13 +57,13 @@ for i = 13 + 2 * field_count, #ARGV, 3 do
   table.insert(entries, entry_id)
   running[entry_id] = true
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt')
-  if state[2] ~= attempt then
+  local status = redis.call('HGET', key, 'status')
+  if not fence_holds(key, attempt) then
     table.insert(lost, task_id)
   else
     redis.call('EXPIRE', key, TASK_TTL)
     redis.call('EXPIRE', PREFIX .. 'stream:' .. task_id, EVENT_TTL)
-    if state[1] == 'cancelled' then table.insert(cancelled, task_id) end
+    if status == 'cancelled' then table.insert(cancelled, task_id) end
   end
 end
 if #entries > 0 then

@@ -1,7 +1,7 @@
 -- publish.lua: append a batch of events to a task's stream.
 --
 -- ARGV[8]     task id
--- ARGV[9]     attempt ("" to skip the check)
+-- ARGV[9]     the fence ("<attempt>:<token>", "" to skip the check)
 -- ARGV[10...] event JSON strings, in order
 --
 -- One XADD and one PUBLISH per event, one EXPIRE per batch. With an attempt,
@@ -15,7 +15,7 @@ local state = redis.call('HMGET', task_key(task_id), 'attempt', 'ended')
 -- Nothing is ever appended after the terminal event, fenced or not.
 if state[2] == '1' then return -1 end
 if attempt ~= '' then
-  if state[1] ~= attempt then return -1 end
+  if not fence_holds(task_key(task_id), attempt) then return -1 end
   redis.call('EXPIRE', task_key(task_id), TASK_TTL)
 end
 local events = {}

@@ -1,6 +1,6 @@
 -- release.lua: hand tasks back to the queue (a worker shutting down).
 --
--- ARGV[8...] triples (entry id, task id, attempt)
+-- ARGV[8...] triples (entry id, task id, fence)
 --
 -- For each task still on this attempt and running: bump the attempt (so any
 -- late write from this worker is refused), set it back to `pending` and put
@@ -15,7 +15,7 @@ for i = 8, #ARGV, 3 do
   local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
   local owner = (not state[3]) or state[3] == entry_id
-  if state[1] == 'running' and state[2] == attempt and owner and payload then
+  if state[1] == 'running' and fence_holds(key, attempt) and owner and payload then
     redis.call('HINCRBY', key, 'attempt', 1)
     redis.call('HDEL', key, 'worker_id', 'started_at')
     write_task(task_id, 'status', 'pending')

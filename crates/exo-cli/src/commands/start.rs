@@ -28,6 +28,8 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     config.heartbeat_ttl = Duration::from_secs(args.heartbeat_ttl);
     config.drain_timeout = Duration::from_secs(args.drain_timeout);
     config.lease = Duration::from_secs(args.lease);
+    config.task_ttl = Duration::from_secs(args.task_ttl);
+    config.event_ttl = Duration::from_secs(args.event_ttl);
     config.retry.max_retries = args.max_retries;
     if !(args.retry_backoff.is_finite() && (0.0..=86_400.0).contains(&args.retry_backoff)) {
         return Err(Failure::with_code(
