@@ -82,7 +82,6 @@ const FUZZ_TARGETS: &[&str] = &[
     "stream_event",
     "task_hash",
     "agent_config",
-    "redis_url",
 ];
 
 fn fuzz(args: &[String]) -> Result<()> {
