@@ -77,12 +77,7 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
 }
 
 /// The fuzz targets of `fuzz/Cargo.toml`.
-const FUZZ_TARGETS: &[&str] = &[
-    "task_payload",
-    "stream_event",
-    "task_hash",
-    "agent_config",
-];
+const FUZZ_TARGETS: &[&str] = &["task_payload", "stream_event", "task_hash", "agent_config"];
 
 fn fuzz(args: &[String]) -> Result<()> {
     let mut seconds = 60u64;

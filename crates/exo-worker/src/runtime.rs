@@ -1269,8 +1269,35 @@ async fn write_outcome(
                 }
             }
             Err(error) => {
-                tracing::error!(%error, task_id = task.lease.task_id, "could not record the result; the task will be reclaimed");
-                return None;
+                // Redis refuses this write for good (too large, a key of the
+                // wrong type, a missing permission): record the attempt as
+                // a failure with the reason instead, so the task is charged
+                // a retry and ends in the dead letter after its budget,
+                // rather than handed back and run again for free.
+                let reason = format!("the result could not be recorded: {error}");
+                tracing::error!(%error, task_id = task.lease.task_id, "could not record the result; recording the attempt as failed");
+                let terminal =
+                    StreamEvent::status(RunStatus::Error, terminal.agent_name(), reason.clone());
+                return match shared
+                    .broker
+                    .finish_with_retries(
+                        task,
+                        Outcome::Failed {
+                            error: &reason,
+                            retryable: true,
+                        },
+                        Vec::new(),
+                        &terminal,
+                        retries_used,
+                    )
+                    .await
+                {
+                    Ok(finished) => Some(finished),
+                    Err(error) => {
+                        tracing::error!(%error, task_id = task.lease.task_id, "could not record the failure either; the task will be reclaimed");
+                        None
+                    }
+                };
             }
         }
     }

@@ -795,3 +795,51 @@ async fn a_live_worker_survives_a_corpus_of_bad_entries() {
     assert!(!harness.worker.is_finished());
     harness.stop().await;
 }
+
+#[tokio::test]
+async fn a_final_write_refused_for_memory_waits_instead_of_running_the_task_again() {
+    // Redis refuses writes (OOM under noeviction) when the run ends; the
+    // worker keeps the task and retries its final write, so the task is not
+    // handed back and run a second time.
+    let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
+    let task = payload(json!({"name": "slow", "model": "scripted:slow:1500"}), "x");
+    harness.broker.submit(task.clone()).await.unwrap();
+    for _ in 0..200 {
+        let state = harness.broker.get(&task.task_id).await.unwrap().unwrap();
+        if state.status == TaskStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let port = harness
+        .redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    exo_testkit::redis_command(port, &["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    exo_testkit::redis_command(port, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
+    assert_eq!(state.status, TaskStatus::Completed, "{state:?}");
+    assert_eq!(state.retries.unwrap_or(0), 0);
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(harness.redis.url()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    let attempt: String = fred::prelude::HashesInterface::hget(
+        &client,
+        harness.broker.keys().task(&task.task_id),
+        "attempt",
+    )
+    .await
+    .unwrap();
+    assert_eq!(attempt, "1", "the task ran again");
+    assert_eq!(events.iter().filter(|event| event.is_terminal()).count(), 1);
+    harness.stop().await;
+}
