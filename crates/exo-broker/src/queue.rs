@@ -634,11 +634,10 @@ impl Claimer {
             token.clone(),
         ];
         args.extend(ids.iter().cloned());
-        // With replica acknowledgements asked for, a claim is on a replica
-        // before its tasks start: a failover cannot hand them out again.
-        let value = broker
-            .eval_durable(&broker.inner.scripts.claim, args)
-            .await?;
+        // Claims do not wait for replicas: a claim a failover loses is
+        // handed out again with a new token, which fences the first holder
+        // off (see `Lease::token`).
+        let value = broker.eval(&broker.inner.scripts.claim, args).await?;
         let mut parts = reply::array("claim", value)?.into_iter();
         let next_due = parts
             .next()

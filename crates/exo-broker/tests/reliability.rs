@@ -68,7 +68,7 @@ async fn status(broker: &Broker, task_id: &str) -> Option<TaskStatus> {
 async fn f1_reserved_and_malformed_ids_are_refused_at_submit() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
-    for bad in ["index", "timeline", "a b", "x:y", "", &"a".repeat(129)] {
+    for bad in ["index", "timeline", "a b", "x/y", "", &"a".repeat(129)] {
         let payload = TaskPayload::new(bad, Default::default(), "x");
         let error = broker.submit(payload).await.err();
         assert!(
@@ -708,4 +708,120 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
     );
     let state = broker_b.get(&task.task_id).await.unwrap().unwrap();
     assert_eq!(state.output(), Some("B"));
+}
+
+#[tokio::test]
+async fn f8_reconciliation_never_ends_a_task_that_something_carries() {
+    let redis = TestRedis::new();
+    let mut config = config(&redis);
+    config.lease = Duration::from_millis(300);
+    let broker = Broker::connect(config).await.unwrap();
+    let client = raw(&redis).await;
+    // A task re-queued by a writer that does not keep `entry` (a reference
+    // worker, an older exo): the entry its hash names is gone, a copy
+    // carries it.
+    let requeued = payload("requeued");
+    broker.submit(requeued.clone()).await.unwrap();
+    let _: Value = client
+        .xtrim(
+            broker.keys().queue(),
+            XCap::try_from(("MAXLEN", "=", 0)).unwrap(),
+        )
+        .await
+        .unwrap();
+    raw_xadd(&client, &broker, serde_json::to_string(&requeued).unwrap()).await;
+    let _: () = client
+        .hset(
+            broker.keys().task(&requeued.task_id),
+            ("status", "retrying"),
+        )
+        .await
+        .unwrap();
+    // A running task of a live worker whose entry was trimmed.
+    let running = payload("running");
+    broker.submit(running.clone()).await.unwrap();
+    broker
+        .heartbeat(&health("alive"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let mut claimer = broker.claimer("alive");
+    let mut held = None;
+    for _ in 0..5 {
+        let claim = claimer.claim(1, Duration::from_millis(100)).await.unwrap();
+        if let Some(task) = claim
+            .tasks
+            .into_iter()
+            .find(|task| task.lease.task_id == running.task_id)
+        {
+            held = Some(task);
+            break;
+        }
+    }
+    claimer.close().await;
+    let held = held.expect("the running task was claimed");
+    let entry = held.lease.entry_id.clone();
+    let _: Value = client
+        .xdel(broker.keys().queue(), entry.as_str())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker
+        .heartbeat(&health("alive"), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let mut reconciled = 0;
+    for _ in 0..3 {
+        reconciled += broker.reap("reaper", 100).await.unwrap().reconciled;
+    }
+    assert_eq!(reconciled, 0);
+    assert_eq!(
+        status(&broker, &running.task_id).await,
+        Some(TaskStatus::Running)
+    );
+    let again = claim_all(&broker, "w2", 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.task_id, requeued.task_id);
+}
+
+#[tokio::test]
+async fn f1_a_passing_error_leaves_entries_where_they_are() {
+    // Redis refuses writes (OOM) while the reaper handles a stuck entry:
+    // the pass fails, and the entry is neither dead-lettered nor deleted.
+    let redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let task = payload("x");
+    broker.submit(task.clone()).await.unwrap();
+    read_without_marking(&client, &broker, "gone").await;
+    let set = |value: &'static str| {
+        let client = client.clone();
+        async move {
+            let _: Value = client
+                .custom(fred::cmd!("CONFIG"), vec!["SET", "maxmemory", value])
+                .await
+                .unwrap();
+        }
+    };
+    set("1").await;
+    let refused = broker.reap("alive", 100).await;
+    set("0").await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(broker.queue_stats().await.unwrap().dead_letter, 0);
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(report.requeued, 1, "{report:?}");
+    assert_eq!(claim_all(&broker, "w2", 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn f1_poison_read_by_a_dead_claimer_is_dead_lettered_by_the_reaper() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    raw_xadd(&client, &broker, json!({"task_id": "index"}).to_string()).await;
+    read_without_marking(&client, &broker, "gone").await;
+    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    let reasons = dead_reasons(&broker).await;
+    assert!(reasons[0].contains("not a valid task id"), "{reasons:?}");
+    assert_eq!(broker.queue_stats().await.unwrap().pending, 0);
 }

@@ -62,8 +62,8 @@ pub const MAX_NESTING: usize = 100;
 /// `{prefix}task:timeline`).
 pub const RESERVED_TASK_IDS: &[&str] = &["index", "timeline"];
 
-/// Checks a task id: 1 to 128 ASCII letters, digits, `_` or `-`, and not a
-/// reserved name. The reference writes 32 lowercase hex characters; the same
+/// Checks a task id: 1 to 128 ASCII letters, digits, `_`, `-`, `.` or `:`,
+/// and not a reserved name. The reference writes 32 lowercase hex characters; the same
 /// rule is enforced by the broker's scripts.
 pub fn check_task_id(task_id: &str) -> Result<()> {
     let problem = if task_id.is_empty() {
@@ -72,9 +72,9 @@ pub fn check_task_id(task_id: &str) -> Result<()> {
         Some(format!("is {} characters long; at most 128", task_id.len()))
     } else if !task_id
         .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b':'))
     {
-        Some("may hold only ASCII letters, digits, `_` and `-`".to_owned())
+        Some("may hold only ASCII letters, digits, `_`, `-`, `.` and `:`".to_owned())
     } else if RESERVED_TASK_IDS.contains(&task_id) {
         Some(format!("`{task_id}` is reserved for the queue's own keys"))
     } else {

@@ -351,15 +351,28 @@ impl Worker {
         // The first heartbeat lands before the first claim, so the reaper
         // of another worker never mistakes this one's tasks for orphans.
         let mut attempt = 0;
+        let mut conflict_since: Option<std::time::Instant> = None;
         loop {
             match heartbeat_once(&shared).await {
                 Beat::Landed => break,
                 Beat::Conflict => {
-                    broker.close().await;
-                    return Err(exo_broker::Error::WorkerIdInUse {
-                        worker_id: self.worker_id.clone(),
+                    // The hash may be a leftover of this same id's previous
+                    // process (SIGKILLed, OOM-killed): it expires within a
+                    // TTL. Only a hash that outlives that is a live process.
+                    let since = *conflict_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed()
+                        > self.config.heartbeat_ttl + heartbeat_interval(&self.config)
+                    {
+                        broker.close().await;
+                        return Err(exo_broker::Error::WorkerIdInUse {
+                            worker_id: self.worker_id.clone(),
+                        }
+                        .into());
                     }
-                    .into());
+                    tracing::warn!(
+                        worker_id = self.worker_id,
+                        "a heartbeat of this worker id is still in Redis; waiting for it to expire"
+                    );
                 }
                 Beat::Failed => {}
             }
@@ -680,7 +693,13 @@ enum Beat {
 /// The heartbeat's fixed rate: a third of the TTL, as the reference writes
 /// it.
 pub(crate) fn heartbeat_interval(config: &WorkerConfig) -> Duration {
-    (config.heartbeat_ttl / 3).max(Duration::from_millis(200))
+    (key_ttl(config) / 3).max(Duration::from_millis(200))
+}
+
+/// The TTL the heartbeat key really gets: whole seconds (EXPIRE), at least
+/// one.
+fn key_ttl(config: &WorkerConfig) -> Duration {
+    Duration::from_secs(config.heartbeat_ttl.as_secs().max(1))
 }
 
 /// How long one heartbeat call may take: below the interval, so a slow
@@ -697,10 +716,7 @@ fn heartbeat_call_timeout(config: &WorkerConfig) -> Duration {
 /// the next has not landed yet.
 pub(crate) fn pause_after(config: &WorkerConfig) -> Duration {
     let interval = heartbeat_interval(config);
-    config
-        .heartbeat_ttl
-        .saturating_sub(interval)
-        .max(interval * 2)
+    key_ttl(config).saturating_sub(interval).max(interval * 2)
 }
 
 async fn heartbeat_once(shared: &Shared) -> Beat {

@@ -843,3 +843,50 @@ async fn a_final_write_refused_for_memory_waits_instead_of_running_the_task_agai
     assert_eq!(events.iter().filter(|event| event.is_terminal()).count(), 1);
     harness.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_worker_waits_for_its_old_heartbeat_to_expire() {
+    // A fixed worker id, and the previous process's heartbeat (another
+    // nonce) still in Redis: the new process waits for it to expire, then
+    // serves.
+    let redis = TestRedis::new();
+    let config = worker_config(&redis);
+    let worker_id = format!("fixed-{}", new_id());
+    let key = Keys::new(config.key_prefix.clone(), config.queue_name.clone()).worker(&worker_id);
+    let port: u16 = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    exo_testkit::redis_command(
+        port,
+        &[
+            "HSET",
+            &key,
+            "nonce",
+            "previous-process",
+            "status",
+            "running",
+        ],
+    )
+    .unwrap();
+    exo_testkit::redis_command(port, &["EXPIRE", &key, "2"]).unwrap();
+    let harness = start(
+        redis,
+        |config| config.worker_id = Some(worker_id.clone()),
+        Recorder::default(),
+    )
+    .await;
+    let task = payload(
+        json!({"name": "a", "model": "scripted:echo"}),
+        "after the restart",
+    );
+    harness.broker.submit(task.clone()).await.unwrap();
+    let (state, _) = wait(&harness.broker, &task.task_id).await;
+    assert_eq!(state.output(), Some("after the restart"));
+    assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));
+    harness.stop().await;
+}

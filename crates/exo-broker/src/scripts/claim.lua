@@ -84,6 +84,12 @@ for _, entry in ipairs(entries) do
       end
       return
     end
+    if status == 'retrying' then
+      -- Claimed from a copy before its retry was due: the delayed retry
+      -- must not add another entry later.
+      redis.call('ZREM', DELAYED, task_id)
+      redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+    end
     local attempt = redis.call('HINCRBY', key, 'attempt', 1)
     local fields = redis.call('HMGET', key, 'retries', 'max_retries', 'created_at', 'agent_name')
     local max_retries = fields[2]

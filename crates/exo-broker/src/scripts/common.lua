@@ -36,12 +36,13 @@ local NOW_MS = tonumber(SERVER_TIME[1]) * 1000 + math.floor(tonumber(SERVER_TIME
 local NOW = string.format('%d.%06d', tonumber(SERVER_TIME[1]), tonumber(SERVER_TIME[2]))
 local function now_ms() return NOW_MS end
 
--- Task ids: what the key layout can hold. Letters, digits, `_` and `-`, at
--- most 128 characters, and never a name the task keys already use.
+-- Task ids: what the key layout can hold. Letters, digits, `_`, `-`, `.`
+-- and `:`, at most 128 characters, and never a name the task keys already
+-- use.
 local RESERVED_IDS = { index = true, timeline = true }
 local function valid_task_id(task_id)
   return type(task_id) == 'string' and #task_id > 0 and #task_id <= 128
-    and task_id:match('^[%w_-]+$') ~= nil and not RESERVED_IDS[task_id]
+    and task_id:match('^[%w_.:-]+$') ~= nil and not RESERVED_IDS[task_id]
 end
 
 -- Appends event JSON strings to the task's stream and publishes each one for
@@ -239,7 +240,7 @@ end
 -- decode (nested too deep, say) gets its id the same way.
 local function id_from_text(payload)
   local head = string.sub(payload, 1, 4096)
-  local task_id = head:match('^%s*{%s*"task_id"%s*:%s*"([%w_-]+)"')
+  local task_id = head:match('^%s*{%s*"task_id"%s*:%s*"([%w_.:-]+)"')
   if valid_task_id(task_id) then return task_id end
   return nil
 end
@@ -258,20 +259,30 @@ local function payload_task_id(payload)
   end
   if not valid_task_id(decoded.task_id) then
     return nil, decoded, 'task_id `' .. string.sub(decoded.task_id, 1, 64)
-      .. '` is not a valid task id (1 to 128 letters, digits, `_` or `-`; not `index` or `timeline`)'
+      .. '` is not a valid task id (1 to 128 letters, digits, `_`, `-`, `.` or `:`; not `index` or `timeline`)'
   end
   return decoded.task_id, decoded, nil
 end
 
+-- Error codes that pass by themselves (memory, a replica, a failover, a
+-- reshard): an entry that meets one is left as it is for the next pass,
+-- never dead-lettered.
+local PASSING_ERRORS = { OOM = true, READONLY = true, MASTERDOWN = true, NOREPLICAS = true,
+  MISCONF = true, LOADING = true, TRYAGAIN = true, CLUSTERDOWN = true, BUSY = true }
+
 -- Runs `work` for one entry under pcall: an error (a key of the wrong type,
 -- say) dead-letters that entry with the reason instead of aborting the
--- whole batch. Returns true when the entry was handled without an error.
+-- whole batch. A passing error aborts the script instead, so the entry
+-- stays where it is. The entry is acknowledged only once its dead letter
+-- is written. Returns true when the entry was handled without an error.
 local function guarded(entry_id, payload, work)
   local ok, problem = pcall(work)
   if ok then return true end
-  local reason = 'could not process queue entry: ' .. tostring(type(problem) == 'table' and problem.err or problem)
-  pcall(dead_letter, nil, payload, reason, 0)
-  pcall(ack, entry_id)
+  local message = tostring(type(problem) == 'table' and problem.err or problem)
+  local code = string.match(message, '^%-?(%u+)')
+  if PASSING_ERRORS[code] then error(problem) end
+  local reason = 'could not process queue entry: ' .. message
+  local task_id = payload and payload_task_id(payload)
+  if pcall(dead_letter, task_id, payload, reason, 0) then pcall(ack, entry_id) end
   return false, reason
 end
-

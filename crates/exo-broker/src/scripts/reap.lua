@@ -22,9 +22,10 @@
 --     it: then it is a stray copy);
 --   ended: acknowledged (a cancelled task's stream is ended).
 -- Reconciliation walks the active set (tasks not yet ended, idle over a
--- lease) and ends, with the reason, any task whose carrier is gone: a
+-- lease) and ends, with the reason, any task that nothing carries: a
 -- waiting task whose entry was trimmed or evicted, a retry whose payload
--- was lost, a running task whose entry is gone and whose worker is dead.
+-- was lost, a running task whose entry is gone and whose worker is dead
+-- (see below for how carefully "nothing" is checked).
 -- Consumers of dead workers with nothing pending are removed from the
 -- group. While the fleet clock says the server (or every worker) was
 -- stalled, nothing is reclaimed for one TTL.
@@ -150,36 +151,69 @@ for _, entry_id in ipairs(order) do
 end
 
 -- Reconciliation: a bounded walk of the active set, from where the last
--- pass stopped.
+-- pass stopped. A task is ended only when nothing can carry it: not the
+-- delayed set, not the entry its hash names, and not any entry in the queue
+-- (writers that do not keep `entry`, such as reference workers or an older
+-- exo during an upgrade, re-queue by XADD alone), and, when it runs, only
+-- once its worker's heartbeat is gone. The queue scan is skipped, and so is
+-- every ending, when the queue is too long to scan in one pass.
 local ACTIVE_SWEEP = QUEUE .. ':active:sweep'
+local SCAN_LIMIT = 5000
 local offset = tonumber(redis.call('GET', ACTIVE_SWEEP) or '0') or 0
 local candidates = redis.call('ZRANGEBYSCORE', ACTIVE, '-inf', NOW_MS - lease_ms, 'LIMIT', offset, limit)
 if #candidates < limit then offset = 0 else offset = offset + #candidates end
 redis.call('SET', ACTIVE_SWEEP, offset)
 local reconciled = 0
-for _, task_id in ipairs(candidates) do
-  local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'entry', 'worker_id', 'attempt', 'agent_name')
-  local status, carrier, worker = state[1], state[2], state[3]
-  if not status or TERMINAL[status] then
-    redis.call('ZREM', ACTIVE, task_id)
-  elseif redis.call('ZSCORE', DELAYED, task_id) then
-    -- Waiting for its retry.
-  elseif carrier and entry_exists(carrier) then
-    -- Carried by a live entry; the lease path covers its worker.
-  elseif status == 'running' then
-    if not carrier or (worker and redis.call('EXISTS', worker_key(worker)) == 0) then
-      fail_task(task_id, '', 'its queue entry was removed (trimmed or evicted) while it ran on ' .. (worker or '?')
-        .. ', which is gone; the payload cannot be recovered', 'LostEntry', state[4], state[5])
-      reconciled = reconciled + 1
+local carried = nil
+local function queue_carries(task_id)
+  if carried == nil then
+    if redis.call('XLEN', QUEUE) > SCAN_LIMIT then
+      carried = false
+    else
+      carried = {}
+      for _, entry in ipairs(redis.call('XRANGE', QUEUE, '-', '+', 'COUNT', SCAN_LIMIT)) do
+        local payload = entry_payload(entry[2])
+        if payload then
+          for id in string.gmatch(string.sub(payload, 1, 65536), '"task_id"%s*:%s*"([%w_.:-]+)"') do
+            carried[id] = true
+          end
+        end
+      end
     end
-  elseif carrier or status == 'retrying' then
-    fail_task(task_id, '', 'its queue entry was removed (trimmed or evicted) before it ran; the payload cannot be recovered',
-      'LostEntry', state[4], state[5])
-    reconciled = reconciled + 1
   end
-  -- A pending task without `entry` was written by a reference client; its
-  -- entry is not known, so it is left alone.
+  -- Unknown (too long to scan) counts as carried: never end on a guess.
+  return carried == false or carried[task_id] == true
+end
+for _, task_id in ipairs(candidates) do
+  pcall(function()
+    local key = task_key(task_id)
+    local state = redis.call('HMGET', key, 'status', 'entry', 'worker_id', 'attempt', 'agent_name')
+    local status, carrier, worker = state[1], state[2], state[3]
+    if not status or TERMINAL[status] then
+      redis.call('ZREM', ACTIVE, task_id)
+      return
+    end
+    if redis.call('ZSCORE', DELAYED, task_id) then return end
+    if carrier and entry_exists(carrier) then return end
+    if status == 'pending' and not carrier then return end
+    if status == 'running' and worker and redis.call('EXISTS', worker_key(worker)) == 1 then return end
+    if queue_carries(task_id) then return end
+    local reason
+    if status == 'running' then
+      -- A new attempt number, so the old worker's heartbeat reports the
+      -- task lost and its writes are refused.
+      redis.call('HINCRBY', key, 'attempt', 1)
+      reason = 'its queue entry was removed (trimmed or evicted) while it ran on ' .. (worker or '?')
+        .. ', which is gone; the payload cannot be recovered'
+    else
+      reason = 'its queue entry was removed (trimmed or evicted) before it ran; the payload cannot be recovered'
+    end
+    redis.call('HDEL', key, 'entry')
+    write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
+    dead_letter(task_id, '', reason, state[4])
+    end_stream(task_id, { error_event(reason, 'LostEntry', state[5], false), status_event('error', state[5], reason) })
+    reconciled = reconciled + 1
+  end)
 end
 
 for _, consumer in ipairs(dead_consumers) do

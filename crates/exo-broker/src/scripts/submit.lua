@@ -17,7 +17,7 @@
 local task_id, payload, agent_name = ARGV[8], ARGV[9], ARGV[10]
 local max_retries, idempotency = ARGV[11], ARGV[12]
 if not valid_task_id(task_id) then
-  return redis.error_reply('ERR invalid task id: 1 to 128 letters, digits, `_` or `-`, and not `index` or `timeline`')
+  return redis.error_reply('ERR invalid task id: 1 to 128 letters, digits, `_`, `-`, `.` or `:`, and not `index` or `timeline`')
 end
 
 if idempotency ~= '' then
