@@ -184,11 +184,11 @@ impl Broker {
             Ok(Ok(_connection_task)) => {}
             Ok(Err(error)) => {
                 let _ = client.quit().await;
-                return Err(Error::Unreachable(format!("{masked}: {error}")));
+                return Err(Error::unreachable(format!("{masked}: {error}")));
             }
             Err(_) => {
                 let _ = client.quit().await;
-                return Err(Error::Unreachable(format!(
+                return Err(Error::unreachable(format!(
                     "{masked}: no connection within {:?}",
                     config.connect_timeout
                 )));
@@ -219,7 +219,12 @@ impl Broker {
             .await;
         match created {
             Ok(_) => Ok(()),
-            Err(error) if error.details().contains("BUSYGROUP") => Ok(()),
+            Err(error)
+                if crate::error::RedisCode::parse(error.details())
+                    == crate::error::RedisCode::BusyGroup =>
+            {
+                Ok(())
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -330,7 +335,7 @@ impl Broker {
         match tokio::time::timeout(self.inner.config.connect_timeout, client.init()).await {
             Ok(Ok(_)) => Ok(client),
             Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(Error::Unreachable(format!(
+            Err(_) => Err(Error::unreachable(format!(
                 "{}: no connection within {:?}",
                 self.masked_url(),
                 self.inner.config.connect_timeout
@@ -363,7 +368,11 @@ impl Broker {
             let written = results.next().unwrap_or(Ok(Value::Null));
             let acknowledged = results.next();
             match written {
-                Err(error) if error.details().starts_with("NOSCRIPT") && attempt == 0 => {
+                Err(error)
+                    if crate::error::RedisCode::parse(error.details())
+                        == crate::error::RedisCode::NoScript
+                        && attempt == 0 =>
+                {
                     self.count();
                     script.load(&self.inner.client).await?;
                 }
@@ -381,7 +390,7 @@ impl Broker {
                                 got = ?other,
                                 "a write was not acknowledged by enough replicas in time; it is on the primary only"
                             );
-                            Err(Error::Redis(format!(
+                            Err(Error::reply(format!(
                                 "NOREPLICAS the write reached the primary but {acks} replica acknowledgement(s) did not arrive within {:?}",
                                 self.inner.config.replica_ack_timeout
                             )))
@@ -390,7 +399,7 @@ impl Broker {
                 }
             }
         }
-        Err(Error::Redis("the script could not be loaded".into()))
+        Err(Error::reply("the script could not be loaded"))
     }
 
     fn script_arguments(&self, args: Vec<String>) -> (Vec<String>, Vec<String>) {
@@ -700,7 +709,7 @@ impl Broker {
 /// True for the error Redis gives when the consumer group is missing (the
 /// server lost its data, e.g. a restart without persistence).
 pub(crate) fn is_missing_group(error: &Error) -> bool {
-    matches!(error, Error::Redis(message) if message.contains("NOGROUP"))
+    error.redis_code() == Some(&crate::error::RedisCode::NoGroup)
 }
 
 /// Builds a fred client: every command has a timeout, reconnects back off

@@ -37,7 +37,7 @@ pub use broker::{
     TaskPage, now_seconds,
 };
 pub use config::{BrokerConfig, RetryPolicy};
-pub use error::{Error, Result};
+pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem};
 pub use handle::TaskHandle;
 pub use queue::{

@@ -471,7 +471,7 @@ impl Broker {
                 result?;
             }
             Err(_) => {
-                return Err(Error::Unreachable(format!(
+                return Err(Error::unreachable(format!(
                     "{}: no connection",
                     self.masked_url()
                 )));
@@ -510,7 +510,7 @@ impl Broker {
         if !received {
             manager.abort();
             let _ = subscriber.quit().await;
-            return Err(Error::Redis(format!(
+            return Err(Error::reply(format!(
                 "subscribed to {} but a probe message never arrived; check that the Redis user may PSUBSCRIBE that pattern",
                 self.keys().cancel_pattern()
             )));
