@@ -8,6 +8,9 @@
 //! - `chaos`: thousands of tasks through several worker processes while
 //!   workers are SIGKILLed, Redis is killed, restarted and frozen, and tasks
 //!   are cancelled; one JSON line of what was lost, duplicated or changed.
+//! - `check-features`: `cargo check` of the feature combinations users
+//!   name (`exo-worker` with `temporal,postgres`, `exo-cli` with and without
+//!   its defaults, each backend alone).
 //! - `fuzz`: every fuzz target under `fuzz/` for a bounded time
 //!   (`--seconds N` each, default 60), with cargo-fuzz.
 //! - `e2e`: the end-to-end suite on every deployment shape (standalone,
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
         "bench" => bench::bench(&rest),
         "chaos" => chaos::chaos(&rest),
         "fuzz" => fuzz(&rest),
+        "check-features" => check_features(),
         "help" | "--help" | "-h" => {
             println!(
                 "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32] [--kind noop,echo]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
@@ -73,6 +77,32 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
     if !status.success() {
         bail!("{step} failed ({status})");
     }
+    Ok(())
+}
+
+/// The feature combinations users build: (package, cargo arguments).
+const FEATURE_SETS: &[(&str, &[&str])] = &[
+    ("exo-worker", &["--features", "temporal,postgres"]),
+    ("exo-worker", &[]),
+    ("exo-cli", &[]),
+    ("exo-cli", &["--no-default-features"]),
+    ("exo-cli", &["--features", "temporal"]),
+    ("exo-memory", &["--features", "sqlite"]),
+    ("exo-memory", &["--features", "postgres"]),
+    ("exo-agent", &[]),
+    ("exo-agent", &["--features", "mcp"]),
+    ("exo-observability", &[]),
+    ("exo-observability", &["--features", "otlp"]),
+];
+
+fn check_features() -> Result<()> {
+    for (package, args) in FEATURE_SETS {
+        run(
+            &format!("check {package} {}", args.join(" ")),
+            cargo().args(["check", "-p", package]).args(*args),
+        )?;
+    }
+    eprintln!("check-features: {} combinations build", FEATURE_SETS.len());
     Ok(())
 }
 
