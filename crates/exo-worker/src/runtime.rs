@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use exo_agent::{McpPolicy, OutcomeStatus, Runner, ToolRegistry};
+use exo_agent::{McpPolicy, OutcomeStatus, RunOutcome, Runner, ToolRegistry};
 use exo_broker::{Broker, BrokerConfig, ClaimedTask, Finished, Outcome};
 use exo_models::ProviderFactory;
 use exo_observability::record::{self, QueueSample, TaskLabels};
@@ -1123,19 +1123,17 @@ fn timeout_message(timeout: Duration) -> String {
     }
 }
 
-async fn finish(
-    shared: &Shared,
-    hooks: &Arc<dyn TaskHooks>,
-    task: &ClaimedTask,
-    execution: Execution,
+/// What a run's end means for its task: the outcome to record and the
+/// terminal event to end the stream with. `cancelled` says whether a client
+/// asked for the cancel (a run that stopped by itself without one is a
+/// retryable failure); `timeout_text` is the message of a timeout.
+fn settlement<'a>(
+    outcome: &'a RunOutcome,
     cancelled: bool,
-    timeout: Duration,
-    ran_for: Duration,
-) {
-    let outcome = execution.outcome;
-    let agent_name = outcome.agent_name.clone();
-    let timeout_text = timeout_message(timeout);
-    let (result, terminal) = match outcome.status {
+    timeout_text: &'a str,
+) -> (Outcome<'a>, StreamEvent) {
+    let agent_name = outcome.agent_name.as_str();
+    match outcome.status {
         OutcomeStatus::Completed => (
             Outcome::Completed {
                 output: &outcome.output,
@@ -1150,16 +1148,16 @@ async fn finish(
             },
             StreamEvent::status(
                 RunStatus::Error,
-                &agent_name,
+                agent_name,
                 "the run stopped without a cancel request",
             ),
         ),
         OutcomeStatus::TimedOut => (
             Outcome::Failed {
-                error: &timeout_text,
+                error: timeout_text,
                 retryable: outcome.retryable,
             },
-            StreamEvent::status(RunStatus::Error, &agent_name, timeout_text.clone()),
+            StreamEvent::status(RunStatus::Error, agent_name, timeout_text),
         ),
         OutcomeStatus::Failed => (
             Outcome::Failed {
@@ -1168,7 +1166,22 @@ async fn finish(
             },
             outcome.terminal_event(),
         ),
-    };
+    }
+}
+
+async fn finish(
+    shared: &Shared,
+    hooks: &Arc<dyn TaskHooks>,
+    task: &ClaimedTask,
+    execution: Execution,
+    cancelled: bool,
+    timeout: Duration,
+    ran_for: Duration,
+) {
+    let outcome = execution.outcome;
+    let agent_name = outcome.agent_name.clone();
+    let timeout_text = timeout_message(timeout);
+    let (result, terminal) = settlement(&outcome, cancelled, &timeout_text);
     let events = execution.unsent_events;
     let retries_used = execution.retries_used;
     let mut finished = write_outcome(
@@ -1343,5 +1356,93 @@ async fn call_hook(
         Ok(Ok(Err(error))) => tracing::warn!(task_id, error, "on_task_done failed"),
         Ok(Err(join)) => tracing::error!(task_id, error = %join, "on_task_done panicked"),
         Err(_) => tracing::warn!(task_id, ?timeout, "on_task_done timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exo_agent::{OutcomeStatus, RunOutcome};
+    use exo_broker::Outcome;
+
+    use super::settlement;
+
+    fn run(status: OutcomeStatus, error: Option<&str>, retryable: bool) -> RunOutcome {
+        RunOutcome {
+            status,
+            agent_name: "helper".into(),
+            is_swarm: false,
+            output: "the output".into(),
+            usage: Default::default(),
+            error: error.map(str::to_owned),
+            error_type: error.map(|_| "ModelError".to_owned()),
+            retryable,
+        }
+    }
+
+    /// What each way a run ends means for its task: the recorded outcome, and
+    /// the terminal event's status and message.
+    #[test]
+    fn how_a_run_end_settles_its_task() {
+        let cases: &[(RunOutcome, bool, &str, &str)] = &[
+            (
+                run(OutcomeStatus::Completed, None, false),
+                false,
+                "completed: the output",
+                "completed: Agent 'helper' completed execution",
+            ),
+            (
+                run(OutcomeStatus::Cancelled, None, false),
+                true,
+                "cancelled",
+                "cancelled: Agent 'helper' was cancelled",
+            ),
+            (
+                run(OutcomeStatus::Cancelled, None, false),
+                false,
+                "failed (retryable): the run stopped without a cancel request",
+                "error: the run stopped without a cancel request",
+            ),
+            (
+                run(OutcomeStatus::TimedOut, None, true),
+                false,
+                "failed (retryable): timed out after 0.5 s",
+                "error: timed out after 0.5 s",
+            ),
+            (
+                run(OutcomeStatus::Failed, Some("the model refused"), false),
+                false,
+                "failed (final): the model refused",
+                "error: the model refused",
+            ),
+            (
+                run(OutcomeStatus::Failed, None, true),
+                false,
+                "failed (retryable): the run failed",
+                "error: ",
+            ),
+        ];
+        for (outcome, cancelled, recorded, terminal) in cases {
+            let (result, event) = settlement(outcome, *cancelled, "timed out after 0.5 s");
+            let recorded_now = match result {
+                Outcome::Completed { output } => format!("completed: {output}"),
+                Outcome::Cancelled => "cancelled".to_owned(),
+                Outcome::Failed { error, retryable } => format!(
+                    "failed ({}): {error}",
+                    if retryable { "retryable" } else { "final" }
+                ),
+            };
+            let event = serde_json::to_value(&event).unwrap();
+            let terminal_now = format!(
+                "{}: {}",
+                event["status"].as_str().unwrap_or_default(),
+                event["message"].as_str().unwrap_or_default()
+            );
+            assert_eq!(
+                (recorded_now.as_str(), terminal_now.starts_with(terminal)),
+                (*recorded, true),
+                "{:?} cancelled={cancelled}: terminal `{terminal_now}`",
+                outcome.status
+            );
+        }
     }
 }
