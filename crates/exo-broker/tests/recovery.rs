@@ -7,25 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use exo_broker::{Broker, Finished, Lease, Outcome};
-use exo_proto::{TaskStatus, WorkerHealth};
+use exo_proto::TaskStatus;
 use exo_testkit::TestRedis;
-
-fn health(worker_id: &str) -> WorkerHealth {
-    WorkerHealth {
-        worker_id: worker_id.to_owned(),
-        status: "running".into(),
-        tasks_processed: 0,
-        tasks_failed: 0,
-        current_task_id: None,
-        started_at: exo_broker::now_seconds(),
-        last_heartbeat: exo_broker::now_seconds(),
-        concurrency: 1,
-        hostname: "test".into(),
-        heartbeat_ttl: Some(30),
-        active_tasks: None,
-        queue: None,
-    }
-}
 
 async fn short_lease_broker(redis: &TestRedis, lease: Duration) -> Broker {
     let mut config = config(redis);

@@ -8,30 +8,13 @@ use std::time::Duration;
 
 use common::*;
 use exo_broker::{Broker, Error, Finished, Outcome};
-use exo_proto::{TaskPayload, TaskStatus, WorkerHealth};
+use exo_proto::{TaskPayload, TaskStatus};
 use exo_testkit::TestRedis;
 use fred::{
     prelude::*,
     types::{Value, streams::XCap},
 };
 use serde_json::json;
-
-fn health(worker_id: &str) -> WorkerHealth {
-    WorkerHealth {
-        worker_id: worker_id.to_owned(),
-        status: "running".into(),
-        tasks_processed: 0,
-        tasks_failed: 0,
-        current_task_id: None,
-        started_at: exo_broker::now_seconds(),
-        last_heartbeat: exo_broker::now_seconds(),
-        concurrency: 1,
-        hostname: "test".into(),
-        heartbeat_ttl: Some(30),
-        active_tasks: None,
-        queue: None,
-    }
-}
 
 /// `XADD {queue} * payload <bytes>`, as any reference client (or attacker)
 /// can.

@@ -149,6 +149,17 @@ fn normalized(event: &StreamEvent) -> Value {
     value
 }
 
+/// Waits (up to 4 s) until the task runs.
+async fn wait_running(broker: &Broker, task_id: &str) {
+    for _ in 0..200 {
+        let state = broker.get(task_id).await.unwrap().unwrap();
+        if state.status == TaskStatus::Running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait(broker: &Broker, task_id: &str) -> (TaskResult, Vec<StreamEvent>) {
     let events = tokio::time::timeout(
         Duration::from_secs(20),
@@ -540,13 +551,7 @@ async fn a_redis_stall_longer_than_the_ttl_costs_time_not_work() {
     let mut task = payload(json!({"name": "slow", "model": "scripted:slow:7000"}), "x");
     task.max_retries = Some(0);
     harness.broker.submit(task.clone()).await.unwrap();
-    for _ in 0..200 {
-        let state = harness.broker.get(&task.task_id).await.unwrap().unwrap();
-        if state.status == TaskStatus::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&harness.broker, &task.task_id).await;
     let Harness {
         mut redis,
         broker,
@@ -804,13 +809,7 @@ async fn a_final_write_refused_for_memory_waits_instead_of_running_the_task_agai
     let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
     let task = payload(json!({"name": "slow", "model": "scripted:slow:1500"}), "x");
     harness.broker.submit(task.clone()).await.unwrap();
-    for _ in 0..200 {
-        let state = harness.broker.get(&task.task_id).await.unwrap().unwrap();
-        if state.status == TaskStatus::Running {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(&harness.broker, &task.task_id).await;
     let port = harness
         .redis
         .url()

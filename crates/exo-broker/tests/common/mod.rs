@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use exo_broker::{Broker, BrokerConfig, ClaimedTask, RetryPolicy};
-use exo_proto::{Keys, RunStatus, StreamEvent, TaskPayload};
+use exo_proto::{Keys, RunStatus, StreamEvent, TaskPayload, WorkerHealth};
 use exo_testkit::TestRedis;
 use serde_json::json;
 
@@ -109,4 +109,22 @@ pub async fn read_without_marking(client: &fred::prelude::Client, broker: &Broke
         )
         .await
         .unwrap();
+}
+
+/// A heartbeat for `worker_id`, as a live worker writes it.
+pub fn health(worker_id: &str) -> WorkerHealth {
+    WorkerHealth {
+        worker_id: worker_id.to_owned(),
+        status: "running".into(),
+        tasks_processed: 0,
+        tasks_failed: 0,
+        current_task_id: None,
+        started_at: exo_broker::now_seconds(),
+        last_heartbeat: exo_broker::now_seconds(),
+        concurrency: 1,
+        hostname: "test".into(),
+        heartbeat_ttl: Some(30),
+        active_tasks: None,
+        queue: None,
+    }
 }
