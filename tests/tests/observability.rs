@@ -256,7 +256,7 @@ fn alerts_check_fires_and_sets_its_exit_code() {
                 config.as_object().unwrap().clone(),
                 "x",
             );
-            broker.submit(payload).await.unwrap();
+            broker.client().submit(payload).await.unwrap();
         }
     });
     let output = target

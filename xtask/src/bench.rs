@@ -167,7 +167,7 @@ async fn wait_empty(broker: &Broker, timeout: Duration) -> Result<u64> {
     let mut polls = 0;
     loop {
         polls += 1;
-        let stats = broker.queue_stats().await?;
+        let stats = broker.admin().queue_stats().await?;
         if stats.stream_length == 0 && stats.pending == 0 && stats.delayed == 0 {
             return Ok(polls);
         }
@@ -212,7 +212,7 @@ async fn one_run(
     for index in 0..tasks {
         let broker = broker.clone();
         let payload = payload(kind, index);
-        submits.spawn(async move { broker.submit(payload).await.map(|_| ()) });
+        submits.spawn(async move { broker.client().submit(payload).await.map(|_| ()) });
         if submits.len() >= 64 {
             submits.join_next().await.context("submit")???;
         }
@@ -255,6 +255,7 @@ async fn one_run(
     tokio::time::sleep(Duration::from_millis(100)).await;
     let round_trips = worker_round_trips(metrics_port)?;
     let done: Vec<_> = broker
+        .client()
         .list(None, tasks + 10, 0)
         .await?
         .tasks
@@ -293,13 +294,13 @@ async fn one_run(
     let mut latencies = Vec::with_capacity(paced);
     let mut ids = Vec::with_capacity(paced);
     for index in 0..paced {
-        let handle = broker.submit(payload(kind, index)).await?;
+        let handle = broker.client().submit(payload(kind, index)).await?;
         ids.push(handle.task_id().to_owned());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     wait_empty(&broker, Duration::from_secs(120)).await?;
     for id in &ids {
-        if let Some(task) = broker.get(id).await?
+        if let Some(task) = broker.client().get(id).await?
             && let (Some(created), Some(started)) = (task.created_at, task.started_at)
         {
             latencies.push((started - created) * 1000.0);
@@ -380,7 +381,7 @@ async fn growth(exo: &std::path::Path, tasks: usize) -> Result<serde_json::Value
         tokio::time::sleep_until(next).await;
         let broker = broker.clone();
         let task = payload("echo", index);
-        submits.spawn(async move { broker.submit(task).await.map(|_| ()) });
+        submits.spawn(async move { broker.client().submit(task).await.map(|_| ()) });
         while submits.len() >= 64 {
             submits.join_next().await.context("submit")???;
         }

@@ -304,7 +304,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
                 tokio::time::sleep_until(next).await;
                 let task = payload(index);
                 for _ in 0..100 {
-                    match broker.submit(task.clone()).await {
+                    match broker.client().submit(task.clone()).await {
                         Ok(_) => {
                             journal
                                 .lock()
@@ -364,7 +364,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
                 journal.submitted.iter().rev().take(40).cloned().collect()
             };
             for task_id in recent.iter().filter(|_| random(2) == 0) {
-                if let Ok(outcome) = runtime.block_on(broker.cancel(task_id))
+                if let Ok(outcome) = runtime.block_on(broker.client().cancel(task_id))
                     && matches!(
                         outcome,
                         CancelOutcome::Cancelled | CancelOutcome::Cancelling
@@ -467,7 +467,10 @@ fn tempdir() -> Result<PathBuf> {
 /// worker leaves to be reclaimed).
 async fn pending_tasks(broker: &Broker, worker_id: &str) -> Result<Vec<String>> {
     let mut tasks = Vec::new();
-    let page = broker.list(Some(TaskStatus::Running), 500, 0).await?;
+    let page = broker
+        .client()
+        .list(Some(TaskStatus::Running), 500, 0)
+        .await?;
     for task in page.tasks {
         if task.worker_id.as_deref() == Some(worker_id) {
             tasks.push(task.task_id);
@@ -479,7 +482,7 @@ async fn pending_tasks(broker: &Broker, worker_id: &str) -> Result<Vec<String>> 
 async fn open_tasks(broker: &Broker, submitted: &[String]) -> usize {
     let mut open = 0;
     for task_id in submitted {
-        match broker.get(task_id).await {
+        match broker.client().get(task_id).await {
             Ok(Some(task)) if task.status.is_terminal() => {}
             Ok(None) => {}
             _ => open += 1,
@@ -531,7 +534,7 @@ async fn report(
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut detections: Vec<f64> = Vec::new();
     let mut execution_histogram: BTreeMap<usize, u64> = BTreeMap::new();
-    let stats = broker.queue_stats().await?;
+    let stats = broker.admin().queue_stats().await?;
     let mut examples: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let mut example = |kind: &'static str, task_id: &str| {
         let list = examples.entry(kind).or_default();
@@ -540,7 +543,7 @@ async fn report(
         }
     };
     for task_id in &journal.submitted {
-        let Some(task) = broker.get(task_id).await? else {
+        let Some(task) = broker.client().get(task_id).await? else {
             lost += 1;
             example("lost", task_id);
             continue;
@@ -551,6 +554,7 @@ async fn report(
             example("stuck", task_id);
         }
         let events = broker
+            .client()
             .events(task_id, None)
             .collect()
             .await

@@ -1,3 +1,5 @@
+//! The broker's error type, and Redis error codes parsed once.
+
 /// Everything that can go wrong between exo and Redis.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -54,6 +56,13 @@ pub enum Error {
     WorkerIdInUse {
         /// The worker id.
         worker_id: String,
+    },
+    /// Redis refused the operation for a reason the caller can fix (a
+    /// redrive of a task that is not failed, say).
+    #[error("refused: {reason}")]
+    Refused {
+        /// Why.
+        reason: String,
     },
     /// A payload larger than the configured limit.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]

@@ -14,7 +14,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::{
     broker::{Broker, reconnect_delay},
     error::{Error, Result},
-    scripts::reply,
+    ops::reply,
+    session::{Lease, PublishOptions, WorkerSession},
 };
 
 /// Events buffered per task before `publish` waits for Redis.
@@ -47,20 +48,11 @@ struct Shared {
     published: std::sync::atomic::AtomicU64,
 }
 
-impl Broker {
-    /// A batching publisher for one task's events.
-    pub fn publisher(&self, task_id: &str) -> EventPublisher {
-        self.publisher_for(task_id, None)
-    }
-
-    /// A publisher fenced on `lease`: once the lease no longer holds the
-    /// task (or the stream has ended), its batches are dropped instead of
-    /// mixing into the next attempt's stream.
-    pub fn fenced_publisher(&self, task_id: &str, lease: &crate::Lease) -> EventPublisher {
-        self.publisher_for(task_id, Some(lease.clone()))
-    }
-
-    fn publisher_for(&self, task_id: &str, lease: Option<crate::Lease>) -> EventPublisher {
+impl EventPublisher {
+    /// A publisher for one task's events; with `lease`, once the lease no
+    /// longer holds the task (or the stream has ended), its batches are
+    /// dropped instead of mixing into the next attempt's stream.
+    pub(crate) fn new(session: WorkerSession, task_id: &str, lease: Option<Lease>) -> Self {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(VecDeque::new()),
             wakeup: Notify::new(),
@@ -69,7 +61,7 @@ impl Broker {
             published: std::sync::atomic::AtomicU64::new(0),
         });
         let flusher = tokio::spawn(flush_loop(
-            self.clone(),
+            session,
             task_id.to_owned(),
             lease,
             shared.clone(),
@@ -82,9 +74,9 @@ impl Broker {
 }
 
 async fn flush_loop(
-    broker: Broker,
+    session: WorkerSession,
     task_id: String,
-    lease: Option<crate::Lease>,
+    lease: Option<Lease>,
     shared: Arc<Shared>,
 ) {
     use std::sync::atomic::Ordering;
@@ -106,10 +98,10 @@ async fn flush_loop(
             continue;
         }
         let started = std::time::Instant::now();
-        match broker
-            .publish_events_fenced(&task_id, lease.as_ref(), &batch)
-            .await
-        {
+        let options = PublishOptions {
+            fence: lease.as_ref(),
+        };
+        match session.publish(&task_id, &batch, options).await {
             Ok(false) => {
                 // The attempt was superseded: this worker's events no
                 // longer belong in the stream.
@@ -121,7 +113,7 @@ async fn flush_loop(
                 shared.room.add_permits(batch.len());
             }
             Ok(true) => {
-                if let Some(observer) = broker.inner.publish_observer.get() {
+                if let Some(observer) = session.broker().inner.publish_observer.get() {
                     observer(batch.len(), started.elapsed());
                 }
                 failures = 0;
@@ -233,11 +225,11 @@ pub struct EventStream {
     skipped: u64,
 }
 
-impl Broker {
+impl EventStream {
     /// The events of a task, after `from` (`None` or "0" for all).
-    pub fn events(&self, task_id: &str, from: Option<&str>) -> EventStream {
+    pub(crate) fn new(broker: Broker, task_id: &str, from: Option<&str>) -> Self {
         EventStream {
-            broker: self.clone(),
+            broker,
             client: None,
             task_id: task_id.to_owned(),
             last_id: from.filter(|id| !id.is_empty()).unwrap_or("0-0").to_owned(),
@@ -247,46 +239,6 @@ impl Broker {
             quiet_reads: 0,
             skipped: 0,
         }
-    }
-}
-
-impl Broker {
-    /// The events in a task's stream now, after `from` (exclusive), without
-    /// waiting; at most `count`.
-    pub async fn read_events(
-        &self,
-        task_id: &str,
-        from: Option<&str>,
-        count: u64,
-    ) -> Result<Vec<StreamItem>> {
-        let start = match from.filter(|id| !id.is_empty() && *id != "0" && *id != "0-0") {
-            Some(id) => format!("({id}"),
-            None => "-".to_owned(),
-        };
-        self.count();
-        let value: Value = self
-            .inner
-            .client
-            .xrange(self.keys().event_stream(task_id), start, "+", Some(count))
-            .await?;
-        let mut items = Vec::new();
-        for entry in reply::array("XRANGE", value)? {
-            let mut parts = reply::array("XRANGE", entry)?.into_iter();
-            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let id = reply::string("XRANGE", &id)?;
-            if let Some((_, json)) = reply::pairs("XRANGE", fields)?
-                .into_iter()
-                .find(|(field, _)| field == "event")
-            {
-                items.push(StreamItem {
-                    id,
-                    event: exo_proto::decode("event", json.as_bytes())?,
-                });
-            }
-        }
-        Ok(items)
     }
 }
 

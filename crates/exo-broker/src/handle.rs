@@ -3,7 +3,7 @@
 use exo_proto::TaskResult;
 
 use crate::{
-    broker::{Broker, CancelOutcome, Submitted},
+    client::{CancelOutcome, Client, Submitted},
     error::{Error, Result},
     events::EventStream,
 };
@@ -12,15 +12,15 @@ use crate::{
 /// status, or cancel it.
 #[derive(Debug, Clone)]
 pub struct TaskHandle {
-    broker: Broker,
+    client: Client,
     task_id: String,
     submitted: Submitted,
 }
 
 impl TaskHandle {
-    pub(crate) fn new(broker: Broker, task_id: String, submitted: Submitted) -> Self {
+    pub(crate) fn new(client: Client, task_id: String, submitted: Submitted) -> Self {
         TaskHandle {
-            broker,
+            client,
             task_id,
             submitted,
         }
@@ -39,12 +39,12 @@ impl TaskHandle {
 
     /// The task's events from the start; see [`EventStream`].
     pub fn events(&self) -> EventStream {
-        self.broker.events(&self.task_id, None)
+        self.client.events(&self.task_id, None)
     }
 
     /// The task hash now.
     pub async fn status(&self) -> Result<TaskResult> {
-        self.broker
+        self.client
             .get(&self.task_id)
             .await?
             .ok_or_else(|| Error::NotFound(self.task_id.clone()))
@@ -52,7 +52,7 @@ impl TaskHandle {
 
     /// Cancels the task.
     pub async fn cancel(&self) -> Result<CancelOutcome> {
-        self.broker.cancel(&self.task_id).await
+        self.client.cancel(&self.task_id).await
     }
 
     /// Waits until the task ends and returns its final hash. It follows the

@@ -21,10 +21,12 @@ async fn late_and_resuming_readers_see_every_event_in_order() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
 
-    let publisher = broker.publisher(&payload.task_id);
+    let publisher = broker
+        .worker_session("publisher")
+        .publisher(&payload.task_id, Default::default());
     let before = broker.round_trips();
     for index in 0..100 {
         publisher.publish(&text(index)).await;
@@ -36,16 +38,19 @@ async fn late_and_resuming_readers_see_every_event_in_order() {
         "events are batched ({publish_round_trips} round trips for 100 events)"
     );
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "" },
             rest,
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
 
     let all = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -57,6 +62,7 @@ async fn late_and_resuming_readers_see_every_event_in_order() {
     assert!(all[100].event.is_terminal());
 
     let resumed = broker
+        .client()
         .events(&payload.task_id, Some(&all[49].id))
         .collect()
         .await
@@ -73,25 +79,29 @@ async fn a_live_reader_gets_events_as_they_come_and_stops_at_the_end() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     let reader = {
         let broker = broker.clone();
         let task_id = payload.task_id.clone();
-        tokio::spawn(async move { broker.events(&task_id, None).collect().await })
+        tokio::spawn(async move { broker.client().events(&task_id, None).collect().await })
     };
-    let publisher = broker.publisher(&payload.task_id);
+    let publisher = broker
+        .worker_session("publisher")
+        .publisher(&payload.task_id, Default::default());
     for index in 0..5 {
         publisher.publish(&text(index)).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let rest = publisher.close().await;
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "" },
             rest,
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -136,6 +146,7 @@ async fn a_reader_never_hangs_on_a_stream_without_a_terminal_event() {
         .unwrap();
     let started = std::time::Instant::now();
     let events = broker
+        .client()
         .events(&task_id, None)
         .with_block(Duration::from_millis(100))
         .collect()
@@ -153,6 +164,7 @@ async fn a_reader_never_hangs_on_a_stream_without_a_terminal_event() {
     );
 
     let error = broker
+        .client()
         .events("no-such-task", None)
         .collect()
         .await
@@ -164,7 +176,7 @@ async fn a_reader_never_hangs_on_a_stream_without_a_terminal_event() {
 async fn the_handle_waits_for_the_result_without_polling() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
-    let handle = broker.submit(payload("x")).await.unwrap();
+    let handle = broker.client().submit(payload("x")).await.unwrap();
     let waiter = {
         let handle = handle.clone();
         tokio::spawn(async move { handle.result().await })
@@ -173,11 +185,13 @@ async fn the_handle_waits_for_the_result_without_polling() {
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     let before = broker.round_trips();
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "done" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();

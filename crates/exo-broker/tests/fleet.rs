@@ -35,6 +35,7 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
     let client = raw(&redis).await;
     let now = now_seconds();
     broker
+        .worker_session("web01-1-aaaaaaaa")
         .heartbeat(
             &health("web01-1-aaaaaaaa", now),
             Duration::from_secs(30),
@@ -43,6 +44,7 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
         .await
         .unwrap();
     broker
+        .worker_session("web02-2-bbbbbbbb")
         .heartbeat(
             &health("web02-2-bbbbbbbb", now),
             Duration::from_secs(30),
@@ -62,7 +64,7 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
         .await
         .unwrap();
     let start = broker.round_trips();
-    let fleet = broker.fleet().await.unwrap();
+    let fleet = broker.admin().fleet().await.unwrap();
     assert_eq!(broker.round_trips() - start, 1);
     assert_eq!(fleet.len(), 2);
     let live = fleet
@@ -80,11 +82,16 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
         "a stopped worker is listed as dead"
     );
 
-    let one = broker.worker("web01-1-aaaaaaaa").await.unwrap().unwrap();
+    let one = broker
+        .admin()
+        .worker("web01-1-aaaaaaaa")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(one.check(now).health, Health::Healthy);
     assert_eq!(one.check(now + 25.0).health, Health::Degraded);
     assert_eq!(one.check(now + 61.0).health, Health::Unhealthy);
-    assert!(broker.worker("nobody").await.unwrap().is_none());
+    assert!(broker.admin().worker("nobody").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -95,10 +102,15 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
     config.retry.max_backoff = Duration::from_secs(60);
     let broker = exo_broker::Broker::connect(config).await.unwrap();
     for index in 0..6 {
-        broker.submit(payload(&index.to_string())).await.unwrap();
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
     }
     let claimed = claim_all(&broker, "w1", 2).await;
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             exo_broker::Outcome::Failed {
@@ -107,10 +119,12 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
             },
             vec![],
             &errored("helper", "x"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[1],
             exo_broker::Outcome::Failed {
@@ -119,12 +133,13 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
             },
             vec![],
             &errored("helper", "y"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
-    broker.submit(payload("claimed")).await.unwrap();
+    broker.client().submit(payload("claimed")).await.unwrap();
     claim_all(&broker, "w2", 1).await;
-    let stats = broker.queue_stats().await.unwrap();
+    let stats = broker.admin().queue_stats().await.unwrap();
     assert_eq!(stats.pending, 1);
     assert_eq!(stats.pending_by_consumer, [("w2".to_owned(), 1)]);
     assert_eq!(stats.delayed, 1);

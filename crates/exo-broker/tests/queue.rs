@@ -20,16 +20,16 @@ async fn submit_claim_complete_in_three_round_trips() {
     let task_id = payload.task_id.clone();
 
     let before = broker.round_trips();
-    let handle = broker.submit(payload).await.unwrap();
+    let handle = broker.client().submit(payload).await.unwrap();
     assert_eq!(handle.submitted(), Submitted::Created);
-    let task = broker.get(&task_id).await.unwrap().unwrap();
+    let task = broker.client().get(&task_id).await.unwrap().unwrap();
     assert_eq!(
         task.status,
         TaskStatus::Pending,
         "queued tasks are listed as pending"
     );
 
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let start = broker.round_trips();
     let claim = claimer.claim(1, Duration::from_millis(100)).await.unwrap();
     assert_eq!(
@@ -39,18 +39,20 @@ async fn submit_claim_complete_in_three_round_trips() {
     );
     let claimed = &claim.tasks[0];
     assert_eq!(claimed.lease.attempt, 1);
-    let running = broker.get(&task_id).await.unwrap().unwrap();
+    let running = broker.client().get(&task_id).await.unwrap().unwrap();
     assert_eq!(running.status, TaskStatus::Running);
     assert_eq!(running.worker_id.as_deref(), Some("w1"));
     assert!(running.started_at.is_some());
 
     let start = broker.round_trips();
     let finished = broker
+        .worker_session("finisher")
         .finish(
             claimed,
             Outcome::Completed { output: "hello" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -59,7 +61,7 @@ async fn submit_claim_complete_in_three_round_trips() {
     // submit, claim, finish, plus the two reads in between.
     assert_eq!(broker.round_trips() - before, 5);
 
-    let done = broker.get(&task_id).await.unwrap().unwrap();
+    let done = broker.client().get(&task_id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(done.output(), Some("hello"));
     assert!(done.completed_at.is_some());
@@ -80,7 +82,12 @@ async fn submit_claim_complete_in_three_round_trips() {
         .await
         .unwrap();
     assert!(pending.is_empty());
-    let events = broker.events(&task_id, None).collect().await.unwrap();
+    let events = broker
+        .client()
+        .events(&task_id, None)
+        .collect()
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].event.is_terminal());
     claimer.close().await;
@@ -93,7 +100,7 @@ async fn the_reference_wire_shapes_hold() {
     let client = raw(&redis).await;
     let keys = broker.keys().clone();
     let payload = payload("hi");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
 
     let entries: Vec<(String, HashMap<String, String>)> =
         client.xrange(keys.queue(), "-", "+", None).await.unwrap();
@@ -115,7 +122,9 @@ async fn the_reference_wire_shapes_hold() {
     assert!(ttl > 86_000, "task hashes live 24 h, got {ttl}");
 
     let claimed = claim_all(&broker, "w1", 1).await;
-    let publisher = broker.publisher(&payload.task_id);
+    let publisher = broker
+        .worker_session("publisher")
+        .publisher(&payload.task_id, Default::default());
     publisher
         .publish(&StreamEvent::Text(exo_proto::TextEvent {
             text: "x".into(),
@@ -124,11 +133,13 @@ async fn the_reference_wire_shapes_hold() {
         .await;
     let rest = publisher.close().await;
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Completed { output: "x" },
             rest,
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -176,6 +187,7 @@ async fn a_reference_client_submission_is_claimed() {
     let claimed = claim_all(&broker, "w1", 1).await;
     assert_eq!(claimed.len(), 1);
     let task = broker
+        .client()
         .get("ac935881935045c2ac078d3b09511aa8")
         .await
         .unwrap()
@@ -194,12 +206,12 @@ async fn two_workers_start_each_task_exactly_once() {
     for index in 0..200 {
         let payload = payload(&format!("task {index}"));
         ids.push(payload.task_id.clone());
-        broker.submit(payload).await.unwrap();
+        broker.client().submit(payload).await.unwrap();
     }
     let run = |worker: &'static str| {
         let broker = broker.clone();
         tokio::spawn(async move {
-            let mut claimer = broker.claimer(worker);
+            let mut claimer = broker.worker_session(worker).claimer();
             let mut started = Vec::new();
             let mut idle = 0;
             while idle < 3 {
@@ -210,11 +222,13 @@ async fn two_workers_start_each_task_exactly_once() {
                 for task in claim.tasks {
                     started.push(task.lease.task_id.clone());
                     broker
+                        .worker_session("finisher")
                         .finish(
                             &task,
                             Outcome::Completed { output: worker },
                             vec![],
                             &completed("helper"),
+                            exo_broker::FinishOptions::default(),
                         )
                         .await
                         .unwrap();
@@ -229,7 +243,7 @@ async fn two_workers_start_each_task_exactly_once() {
     all.sort();
     ids.sort();
     assert_eq!(all, ids, "every task started exactly once");
-    let stats = broker.queue_stats().await.unwrap();
+    let stats = broker.admin().queue_stats().await.unwrap();
     assert_eq!(
         (stats.stream_length, stats.pending, stats.depth()),
         (0, 0, 0)
@@ -242,18 +256,18 @@ async fn a_cancel_before_claim_means_the_task_never_starts() {
     let broker = broker(&redis).await;
     let doomed = payload("doomed");
     let kept = payload("kept");
-    broker.submit(doomed.clone()).await.unwrap();
-    broker.submit(kept.clone()).await.unwrap();
+    broker.client().submit(doomed.clone()).await.unwrap();
+    broker.client().submit(kept.clone()).await.unwrap();
     assert_eq!(
-        broker.cancel(&doomed.task_id).await.unwrap(),
+        broker.client().cancel(&doomed.task_id).await.unwrap(),
         CancelOutcome::Cancelled
     );
     assert_eq!(
-        broker.cancel(&doomed.task_id).await.unwrap(),
+        broker.client().cancel(&doomed.task_id).await.unwrap(),
         CancelOutcome::AlreadyFinished(TaskStatus::Cancelled)
     );
     assert_eq!(
-        broker.cancel("nope").await.unwrap(),
+        broker.client().cancel("nope").await.unwrap(),
         CancelOutcome::NotFound
     );
     let claimed = claim_all(&broker, "w1", 2).await;
@@ -265,6 +279,7 @@ async fn a_cancel_before_claim_means_the_task_never_starts() {
         [kept.task_id]
     );
     let events = broker
+        .client()
         .events(&doomed.task_id, None)
         .collect()
         .await
@@ -275,11 +290,17 @@ async fn a_cancel_before_claim_means_the_task_never_starts() {
         cancelled_event("helper", "Task cancelled before it started")
     );
     assert_eq!(
-        broker.get(&doomed.task_id).await.unwrap().unwrap().status,
+        broker
+            .client()
+            .get(&doomed.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Cancelled
     );
     assert_eq!(
-        broker.queue_stats().await.unwrap().stream_length,
+        broker.admin().queue_stats().await.unwrap().stream_length,
         1,
         "only the running task's entry is left"
     );
@@ -294,11 +315,15 @@ async fn a_cancel_while_running_is_finished_by_the_worker() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await;
-    let mut listener = broker.cancel_listener().await.unwrap();
+    let mut listener = broker
+        .worker_session("listener")
+        .cancel_listener()
+        .await
+        .unwrap();
     assert_eq!(
-        broker.cancel(&payload.task_id).await.unwrap(),
+        broker.client().cancel(&payload.task_id).await.unwrap(),
         CancelOutcome::Cancelling
     );
     let signalled = tokio::time::timeout(Duration::from_secs(2), listener.recv())
@@ -308,36 +333,43 @@ async fn a_cancel_while_running_is_finished_by_the_worker() {
     listener.close().await;
 
     let refused = broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Completed { output: "late" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(refused, Finished::CancelRequested);
     let done = broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Cancelled,
             vec![],
             &cancelled("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(done, Finished::Cancelled);
     let again = broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Cancelled,
             vec![],
             &cancelled("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(again, Finished::Cancelled, "finishing twice is harmless");
     let events = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -349,7 +381,7 @@ async fn a_cancel_while_running_is_finished_by_the_worker() {
             .count(),
         1
     );
-    assert_eq!(broker.queue_stats().await.unwrap().pending, 0);
+    assert_eq!(broker.admin().queue_stats().await.unwrap().pending, 0);
 }
 
 #[tokio::test]
@@ -357,7 +389,7 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let mut statuses = Vec::new();
     let mut attempts = Vec::new();
     for _ in 0..4 {
@@ -370,6 +402,7 @@ async fn failures_retry_with_backoff_then_dead_letter() {
         );
         attempts.push(claimed[0].lease.attempt);
         let finished = broker
+            .worker_session("finisher")
             .finish(
                 &claimed[0],
                 Outcome::Failed {
@@ -378,10 +411,16 @@ async fn failures_retry_with_backoff_then_dead_letter() {
                 },
                 vec![],
                 &errored("helper", "provider down"),
+                exo_broker::FinishOptions::default(),
             )
             .await
             .unwrap();
-        let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+        let task = broker
+            .client()
+            .get(&payload.task_id)
+            .await
+            .unwrap()
+            .unwrap();
         statuses.push((task.status, task.retries, finished.clone()));
     }
     assert_eq!(attempts, [1, 2, 3, 4]);
@@ -398,12 +437,13 @@ async fn failures_retry_with_backoff_then_dead_letter() {
             assert_eq!(*finished, Finished::Failed);
         }
     }
-    let letters = broker.dead_letters(10).await.unwrap();
+    let letters = broker.admin().dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].task_id, payload.task_id);
     assert_eq!(letters[0].reason, "provider down");
     assert_eq!(letters[0].attempts, 4);
     let events = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -421,21 +461,28 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     );
 
     // Re-drive: the task runs again with a fresh budget.
-    let task_id = broker.redrive(&letters[0].entry_id).await.unwrap();
+    let task_id = broker.admin().redrive(&letters[0].entry_id).await.unwrap();
     assert_eq!(task_id, payload.task_id);
-    assert!(broker.dead_letters(10).await.unwrap().is_empty());
+    assert!(broker.admin().dead_letters(10).await.unwrap().is_empty());
     let claimed = claim_all(&broker, "w2", 1).await;
     assert_eq!(claimed.len(), 1);
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Completed { output: "ok" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
-    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let task = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (task.status, task.output()),
         (TaskStatus::Completed, Some("ok"))
@@ -447,9 +494,10 @@ async fn a_permanent_failure_is_not_retried() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await;
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Failed {
@@ -458,11 +506,12 @@ async fn a_permanent_failure_is_not_retried() {
             },
             vec![],
             &errored("helper", "bad config"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(finished, Finished::Failed);
-    assert_eq!(broker.dead_letters(10).await.unwrap().len(), 1);
+    assert_eq!(broker.admin().dead_letters(10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -471,10 +520,11 @@ async fn a_payload_may_set_its_retry_budget() {
     let broker = broker(&redis).await;
     let mut payload = payload("x");
     payload.max_retries = Some(0);
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await;
     assert_eq!(claimed[0].max_retries, 0);
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Failed {
@@ -483,6 +533,7 @@ async fn a_payload_may_set_its_retry_budget() {
             },
             vec![],
             &errored("helper", "boom"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -514,14 +565,14 @@ async fn undecodable_payloads_go_to_the_dead_letter_and_the_queue_keeps_serving(
             .unwrap();
     }
     let good = payload("fine");
-    broker.submit(good.clone()).await.unwrap();
+    broker.client().submit(good.clone()).await.unwrap();
 
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
     assert_eq!(claim.tasks.len(), 1);
     assert_eq!(claim.tasks[0].lease.task_id, good.task_id);
     assert_eq!(claim.rejected.len(), cases.len());
-    let letters = broker.dead_letters(10).await.unwrap();
+    let letters = broker.admin().dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), cases.len());
     for (_, value, task_id, reason) in cases {
         let letter = letters
@@ -532,15 +583,20 @@ async fn undecodable_payloads_go_to_the_dead_letter_and_the_queue_keeps_serving(
             assert_eq!(letter.payload, *value, "the raw bytes are kept");
         }
         if let Some(task_id) = task_id {
-            let task = broker.get(task_id).await.unwrap().unwrap();
+            let task = broker.client().get(task_id).await.unwrap().unwrap();
             assert_eq!(task.status, TaskStatus::Failed);
             assert!(task.error.unwrap().contains(reason));
-            let events = broker.events(task_id, None).collect().await.unwrap();
+            let events = broker
+                .client()
+                .events(task_id, None)
+                .collect()
+                .await
+                .unwrap();
             assert!(events.last().unwrap().event.is_terminal());
         }
     }
     assert_eq!(
-        broker.queue_stats().await.unwrap().pending,
+        broker.admin().queue_stats().await.unwrap().pending,
         1,
         "only the good task is pending"
     );
@@ -554,7 +610,7 @@ async fn an_oversized_payload_is_refused_at_submit_and_at_claim() {
     config.max_payload_bytes = 1000;
     let broker = exo_broker::Broker::connect(config).await.unwrap();
     let big = payload(&"x".repeat(2000));
-    let error = broker.submit(big.clone()).await.unwrap_err();
+    let error = broker.client().submit(big.clone()).await.unwrap_err();
     assert!(
         error
             .to_string()
@@ -573,14 +629,21 @@ async fn an_oversized_payload_is_refused_at_submit_and_at_claim() {
         .await
         .unwrap();
     let claim = broker
-        .claimer("w1")
+        .worker_session("w1")
+        .claimer()
         .claim(1, Duration::from_millis(50))
         .await
         .unwrap();
     assert!(claim.tasks.is_empty());
     assert!(claim.rejected[0].reason.contains("exceeds the limit"));
     assert_eq!(
-        broker.get(&big.task_id).await.unwrap().unwrap().status,
+        broker
+            .client()
+            .get(&big.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Failed
     );
 }
@@ -593,14 +656,14 @@ async fn idempotent_submits_return_the_first_task() {
     first.idempotency_key = Some("order-42".into());
     let mut second = payload("x");
     second.idempotency_key = Some("order-42".into());
-    let one = broker.submit(first.clone()).await.unwrap();
-    let two = broker.submit(second).await.unwrap();
+    let one = broker.client().submit(first.clone()).await.unwrap();
+    let two = broker.client().submit(second).await.unwrap();
     assert_eq!(two.task_id(), first.task_id);
     assert_eq!(
         (one.submitted(), two.submitted()),
         (Submitted::Created, Submitted::Duplicate)
     );
-    assert_eq!(broker.queue_stats().await.unwrap().stream_length, 1);
+    assert_eq!(broker.admin().queue_stats().await.unwrap().stream_length, 1);
 }
 
 #[tokio::test]
@@ -612,15 +675,17 @@ async fn listing_filters_by_status_and_pages() {
         let mut payload = payload(&index.to_string());
         payload.created_at = 1_000.0 + index as f64;
         ids.push(payload.task_id.clone());
-        broker.submit(payload).await.unwrap();
+        broker.client().submit(payload).await.unwrap();
     }
     for task in claim_all(&broker, "w1", 5).await {
         broker
+            .worker_session("finisher")
             .finish(
                 &task,
                 Outcome::Completed { output: "" },
                 vec![],
                 &completed("helper"),
+                exo_broker::FinishOptions::default(),
             )
             .await
             .unwrap();
@@ -628,7 +693,7 @@ async fn listing_filters_by_status_and_pages() {
     let mut seen = Vec::new();
     let mut cursor = 0;
     loop {
-        let page = broker.list(None, 10, cursor).await.unwrap();
+        let page = broker.client().list(None, 10, cursor).await.unwrap();
         seen.extend(page.tasks.iter().map(|task| task.task_id.clone()));
         match page.next_cursor {
             Some(next) => cursor = next,
@@ -637,11 +702,16 @@ async fn listing_filters_by_status_and_pages() {
     }
     assert_eq!(seen.len(), 25);
     let completed = broker
+        .client()
         .list(Some(TaskStatus::Completed), 100, 0)
         .await
         .unwrap();
     assert_eq!(completed.tasks.len(), 5);
-    let pending = broker.list(Some(TaskStatus::Pending), 3, 0).await.unwrap();
+    let pending = broker
+        .client()
+        .list(Some(TaskStatus::Pending), 3, 0)
+        .await
+        .unwrap();
     assert_eq!(pending.tasks.len(), 3);
     assert!(
         pending
@@ -650,7 +720,11 @@ async fn listing_filters_by_status_and_pages() {
             .all(|task| task.status == TaskStatus::Pending)
     );
     let start = broker.round_trips();
-    broker.list(Some(TaskStatus::Pending), 20, 0).await.unwrap();
+    broker
+        .client()
+        .list(Some(TaskStatus::Pending), 20, 0)
+        .await
+        .unwrap();
     assert_eq!(broker.round_trips() - start, 1, "a page is one round trip");
 }
 
@@ -659,30 +733,39 @@ async fn a_repeated_submit_never_resets_a_task() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
-    let again = broker.submit(payload.clone()).await.unwrap();
+    let again = broker.client().submit(payload.clone()).await.unwrap();
     assert_eq!(again.submitted(), Submitted::Duplicate);
     assert_eq!(
-        broker.get(&payload.task_id).await.unwrap().unwrap().status,
+        broker
+            .client()
+            .get(&payload.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Running
     );
     assert_eq!(
-        broker.queue_stats().await.unwrap().stream_length,
+        broker.admin().queue_stats().await.unwrap().stream_length,
         1,
         "no second entry"
     );
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let events = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -702,9 +785,10 @@ async fn only_failed_tasks_can_be_redriven() {
     let broker = broker(&redis).await;
     let mut payload = payload("x");
     payload.max_retries = Some(0);
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Failed {
@@ -713,11 +797,12 @@ async fn only_failed_tasks_can_be_redriven() {
             },
             vec![],
             &errored("helper", "boom"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
-    let letter = broker.dead_letters(1).await.unwrap().remove(0);
-    broker.redrive(&letter.entry_id).await.unwrap();
+    let letter = broker.admin().dead_letters(1).await.unwrap().remove(0);
+    broker.admin().redrive(&letter.entry_id).await.unwrap();
     // Dead-lettered again while it is pending: the copy cannot be re-driven.
     use fred::prelude::*;
     let client = raw(&redis).await;
@@ -735,8 +820,8 @@ async fn only_failed_tasks_can_be_redriven() {
         )
         .await
         .unwrap();
-    let copy = broker.dead_letters(1).await.unwrap().remove(0);
-    let error = broker.redrive(&copy.entry_id).await.unwrap_err();
+    let copy = broker.admin().dead_letters(1).await.unwrap().remove(0);
+    let error = broker.admin().redrive(&copy.entry_id).await.unwrap_err();
     assert!(error.to_string().contains("only failed tasks"), "{error}");
 }
 
@@ -745,44 +830,59 @@ async fn a_superseded_attempt_cannot_publish() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     let event = completed("helper").to_json();
     assert!(
         broker
-            .publish_events_fenced(
+            .worker_session("publisher")
+            .publish(
                 &payload.task_id,
-                Some(&task.lease),
-                std::slice::from_ref(&event)
+                std::slice::from_ref(&event),
+                exo_broker::PublishOptions {
+                    fence: Some(&task.lease)
+                }
             )
             .await
             .unwrap()
     );
     assert!(
         !broker
-            .publish_events_fenced(
+            .worker_session("publisher")
+            .publish(
                 &payload.task_id,
-                Some(&exo_broker::Lease {
-                    attempt: task.lease.attempt + 1,
-                    ..task.lease.clone()
-                }),
-                std::slice::from_ref(&event)
+                std::slice::from_ref(&event),
+                exo_broker::PublishOptions {
+                    fence: Some(&exo_broker::Lease {
+                        attempt: task.lease.attempt + 1,
+                        ..task.lease.clone()
+                    })
+                }
             )
             .await
             .unwrap()
     );
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert!(
         !broker
-            .publish_events_fenced(&payload.task_id, Some(&task.lease), &[event])
+            .worker_session("publisher")
+            .publish(
+                &payload.task_id,
+                &[event],
+                exo_broker::PublishOptions {
+                    fence: Some(&task.lease)
+                }
+            )
             .await
             .unwrap(),
         "nothing after the terminal event"

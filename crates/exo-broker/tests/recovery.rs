@@ -21,25 +21,32 @@ async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     broker
+        .worker_session("zombie")
         .heartbeat(&health("zombie"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     let zombie_task = claim_all(&broker, "zombie", 1).await.remove(0);
 
     broker
+        .worker_session("alive")
         .heartbeat(&health("alive"), Duration::from_secs(30), &[])
         .await
         .unwrap();
-    let report = broker.reap("alive", 100).await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(report.requeued, 0, "the zombie still has a heartbeat");
 
     // The zombie's heartbeat expires (SIGKILL); a live worker reaps its task.
-    broker.remove_worker("zombie").await.unwrap();
-    let report = broker.reap("alive", 100).await.unwrap();
+    broker.worker_session("zombie").deregister().await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(report.requeued, 1);
-    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let task = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(task.status, TaskStatus::Retrying);
     assert_eq!(
         task.retries,
@@ -55,27 +62,32 @@ async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
     let rerun = claim_all(&broker, "alive", 1).await.remove(0);
     assert!(rerun.lease.attempt > zombie_task.lease.attempt);
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &rerun,
             Outcome::Completed { output: "second" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(finished, Finished::Completed);
 
     let late = broker
+        .worker_session("finisher")
         .finish(
             &zombie_task,
             Outcome::Completed { output: "zombie" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
     let late = broker
+        .worker_session("finisher")
         .finish(
             &zombie_task,
             Outcome::Failed {
@@ -84,17 +96,24 @@ async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
             },
             vec![],
             &errored("helper", "zombie"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
 
-    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let task = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (task.status, task.output()),
         (TaskStatus::Completed, Some("second"))
     );
     let events = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -106,7 +125,7 @@ async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
             .count(),
         1
     );
-    let stats = broker.queue_stats().await.unwrap();
+    let stats = broker.admin().queue_stats().await.unwrap();
     assert_eq!((stats.pending, stats.stream_length), (0, 0));
     assert!(
         !stats
@@ -122,8 +141,8 @@ async fn an_expired_lease_is_reclaimed_but_a_renewed_one_is_not() {
     let broker = short_lease_broker(&redis, Duration::from_millis(300)).await;
     let renewed = payload("renewed");
     let neglected = payload("neglected");
-    broker.submit(renewed.clone()).await.unwrap();
-    broker.submit(neglected.clone()).await.unwrap();
+    broker.client().submit(renewed.clone()).await.unwrap();
+    broker.client().submit(neglected.clone()).await.unwrap();
     let tasks = claim_all(&broker, "slow", 2).await;
     let renewed_lease = tasks
         .iter()
@@ -135,6 +154,7 @@ async fn an_expired_lease_is_reclaimed_but_a_renewed_one_is_not() {
     // The worker stays alive and renews one lease for 1.2 s (4 leases long).
     for _ in 0..12 {
         let report = broker
+            .worker_session("slow")
             .heartbeat(
                 &health("slow"),
                 Duration::from_secs(30),
@@ -144,13 +164,24 @@ async fn an_expired_lease_is_reclaimed_but_a_renewed_one_is_not() {
             .unwrap();
         assert!(report.lost.is_empty());
         tokio::time::sleep(Duration::from_millis(100)).await;
-        broker.reap("reaper", 100).await.unwrap();
+        broker.worker_session("reaper").reap(100).await.unwrap();
     }
     assert_eq!(
-        broker.get(&renewed.task_id).await.unwrap().unwrap().status,
+        broker
+            .client()
+            .get(&renewed.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Running
     );
-    let task = broker.get(&neglected.task_id).await.unwrap().unwrap();
+    let task = broker
+        .client()
+        .get(&neglected.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(task.status, TaskStatus::Retrying);
     assert!(task.error.unwrap().contains("did not renew its lease"));
 
@@ -162,6 +193,7 @@ async fn an_expired_lease_is_reclaimed_but_a_renewed_one_is_not() {
         .lease
         .clone();
     let report = broker
+        .worker_session("slow")
         .heartbeat(
             &health("slow"),
             Duration::from_secs(30),
@@ -177,10 +209,11 @@ async fn the_heartbeat_reports_cancels_the_signal_may_have_missed() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
-    broker.cancel(&payload.task_id).await.unwrap();
+    broker.client().cancel(&payload.task_id).await.unwrap();
     let report = broker
+        .worker_session("w1")
         .heartbeat(
             &health("w1"),
             Duration::from_secs(30),
@@ -197,19 +230,25 @@ async fn a_reclaimed_task_out_of_retries_fails_into_the_dead_letter() {
     let broker = broker(&redis).await;
     let mut payload = payload("x");
     payload.max_retries = Some(0);
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     claim_all(&broker, "gone", 1).await;
-    let report = broker.reap("alive", 100).await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!((report.requeued, report.failed), (0, 1));
-    let task = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let task = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(task.status, TaskStatus::Failed);
-    let letters = broker.dead_letters(5).await.unwrap();
+    let letters = broker.admin().dead_letters(5).await.unwrap();
     assert!(
         letters[0]
             .reason
             .contains("gone stopped sending heartbeats")
     );
     let events = broker
+        .client()
         .events(&payload.task_id, None)
         .collect()
         .await
@@ -222,24 +261,42 @@ async fn released_tasks_go_back_to_the_queue() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     for index in 0..3 {
-        broker.submit(payload(&index.to_string())).await.unwrap();
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
     }
     let tasks = claim_all(&broker, "leaving", 3).await;
     let leases: Vec<Lease> = tasks.iter().map(|task| task.lease.clone()).collect();
-    assert_eq!(broker.release(&leases).await.unwrap(), 3);
+    assert_eq!(
+        broker
+            .worker_session("releaser")
+            .release(&leases)
+            .await
+            .unwrap(),
+        3
+    );
     for task in &tasks {
-        let state = broker.get(&task.lease.task_id).await.unwrap().unwrap();
+        let state = broker
+            .client()
+            .get(&task.lease.task_id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(state.status, TaskStatus::Pending);
         assert_eq!(state.retries, None, "a hand-back is not a retry");
     }
     let again = claim_all(&broker, "other", 3).await;
     assert_eq!(again.len(), 3);
     let late = broker
+        .worker_session("finisher")
         .finish(
             &tasks[0],
             Outcome::Completed { output: "" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -250,16 +307,16 @@ async fn released_tasks_go_back_to_the_queue() {
 async fn the_broker_survives_a_redis_restart() {
     let mut redis = TestRedis::dedicated();
     let broker = broker(&redis).await;
-    broker.submit(payload("before")).await.unwrap();
+    broker.client().submit(payload("before")).await.unwrap();
     redis.server().unwrap().kill();
-    let error = broker.submit(payload("during")).await.unwrap_err();
+    let error = broker.client().submit(payload("during")).await.unwrap_err();
     assert!(error.is_unreachable(), "{error}");
     redis.server().unwrap().restart();
     // The server lost everything (no persistence), scripts included: the
     // next calls reconnect and reload the scripts.
     let mut submitted = None;
     for _ in 0..50 {
-        match broker.submit(payload("after")).await {
+        match broker.client().submit(payload("after")).await {
             Ok(handle) => {
                 submitted = Some(handle);
                 break;
@@ -284,12 +341,28 @@ async fn a_late_heartbeat_does_not_cost_freshly_claimed_tasks() {
     config.dead_worker_idle = Duration::from_millis(600);
     let broker = Broker::connect(config).await.unwrap();
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     claim_all(&broker, "late", 1).await;
     // No heartbeat key for `late`: only an entry idle long enough is taken.
-    assert_eq!(broker.reap("alive", 100).await.unwrap().requeued, 0);
+    assert_eq!(
+        broker
+            .worker_session("alive")
+            .reap(100)
+            .await
+            .unwrap()
+            .requeued,
+        0
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(broker.reap("alive", 100).await.unwrap().requeued, 1);
+    assert_eq!(
+        broker
+            .worker_session("alive")
+            .reap(100)
+            .await
+            .unwrap()
+            .requeued,
+        1
+    );
 }
 
 #[tokio::test]
@@ -299,9 +372,10 @@ async fn a_stray_entry_never_touches_its_task() {
     let client = raw(&redis).await;
     use fred::prelude::*;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let owner = claim_all(&broker, "owner", 1).await.remove(0);
     broker
+        .worker_session("owner")
         .heartbeat(
             &health("owner"),
             Duration::from_secs(30),
@@ -337,24 +411,31 @@ async fn a_stray_entry_never_touches_its_task() {
         .await
         .unwrap();
     read_without_marking(&client, &broker, "gone").await;
-    let report = broker.reap("alive", 100).await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(
         (report.requeued, report.failed, report.cleaned),
         (0, 0, 1),
         "{report:?}"
     );
-    let state = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let state = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (state.status, state.attempt),
         (TaskStatus::Running, Some(owner.lease.attempt)),
         "the owner's attempt stands"
     );
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &owner,
             Outcome::Completed { output: "ok" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -369,21 +450,28 @@ async fn an_orphaned_claim_is_handed_back_by_the_heartbeat_without_a_retry() {
     config.command_timeout = Duration::from_millis(200);
     let broker = Broker::connect(config).await.unwrap();
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     // Claimed, but the worker never learned of it (the reply was lost).
     claim_all(&broker, "w1", 1).await;
     let report = broker
+        .worker_session("w1")
         .heartbeat(&health("w1"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     assert_eq!(report.handed_back, 0, "not idle long enough yet");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = broker
+        .worker_session("w1")
         .heartbeat(&health("w1"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     assert_eq!(report.handed_back, 1);
-    let state = broker.get(&payload.task_id).await.unwrap().unwrap();
+    let state = broker
+        .client()
+        .get(&payload.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (state.status, state.retries),
         (TaskStatus::Pending, None),
@@ -401,17 +489,24 @@ async fn an_entry_read_but_never_marked_is_handed_back_not_dropped() {
     let broker = Broker::connect(config).await.unwrap();
     let client = raw(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     // A blocking claim read the entry, then the marking script failed.
     read_without_marking(&client, &broker, "w1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = broker
+        .worker_session("w1")
         .heartbeat(&health("w1"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     assert_eq!(report.handed_back, 1);
     assert_eq!(
-        broker.get(&payload.task_id).await.unwrap().unwrap().status,
+        broker
+            .client()
+            .get(&payload.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Pending
     );
     let claimed = claim_all(&broker, "w2", 1).await;

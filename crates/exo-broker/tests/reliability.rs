@@ -35,6 +35,7 @@ async fn raw_xadd(client: &Client, broker: &Broker, payload: impl Into<Value>) -
 
 async fn dead_reasons(broker: &Broker) -> Vec<String> {
     broker
+        .admin()
         .dead_letters(100)
         .await
         .unwrap()
@@ -44,7 +45,12 @@ async fn dead_reasons(broker: &Broker) -> Vec<String> {
 }
 
 async fn status(broker: &Broker, task_id: &str) -> Option<TaskStatus> {
-    broker.get(task_id).await.unwrap().map(|task| task.status)
+    broker
+        .client()
+        .get(task_id)
+        .await
+        .unwrap()
+        .map(|task| task.status)
 }
 
 #[tokio::test]
@@ -53,7 +59,7 @@ async fn f1_reserved_and_malformed_ids_are_refused_at_submit() {
     let broker = broker(&redis).await;
     for bad in ["index", "timeline", "a b", "x/y", "", &"a".repeat(129)] {
         let payload = TaskPayload::new(bad, Default::default(), "x");
-        let error = broker.submit(payload).await.err();
+        let error = broker.client().submit(payload).await.err();
         assert!(
             matches!(error, Some(Error::Wire(_))),
             "`{bad}` was accepted: {error:?}"
@@ -66,7 +72,7 @@ async fn f1_reserved_and_malformed_ids_are_refused_at_submit() {
         .await
         .unwrap();
     assert_ne!(kind, "hash");
-    broker.submit(payload("ok")).await.unwrap();
+    broker.client().submit(payload("ok")).await.unwrap();
     assert_eq!(claim_all(&broker, "w1", 1).await.len(), 1);
 }
 
@@ -79,7 +85,7 @@ async fn f1_a_poison_id_on_the_queue_is_dead_lettered_and_stops_nothing() {
     let broker = Broker::connect(config).await.unwrap();
     let client = raw(&redis).await;
     let first = payload("first");
-    broker.submit(first.clone()).await.unwrap();
+    broker.client().submit(first.clone()).await.unwrap();
     for poison in [
         json!({"task_id": "index"}),
         json!({"task_id": "timeline", "input": "x"}),
@@ -97,9 +103,9 @@ async fn f1_a_poison_id_on_the_queue_is_dead_lettered_and_stops_nothing() {
         .unwrap();
     raw_xadd(&client, &broker, json!({"task_id": wrong}).to_string()).await;
     let later = payload("later");
-    broker.submit(later.clone()).await.unwrap();
+    broker.client().submit(later.clone()).await.unwrap();
 
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
     claimer.close().await;
     let claimed: Vec<_> = claim.tasks.iter().map(|task| &task.lease.task_id).collect();
@@ -124,11 +130,12 @@ async fn f1_a_poison_id_on_the_queue_is_dead_lettered_and_stops_nothing() {
     // Heartbeat and reap keep working.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker
+        .worker_session("w1")
         .heartbeat(&health("w1"), Duration::from_secs(30), &[])
         .await
         .unwrap();
-    broker.reap("w2", 100).await.unwrap();
-    let stats = broker.queue_stats().await.unwrap();
+    broker.worker_session("w2").reap(100).await.unwrap();
+    let stats = broker.admin().queue_stats().await.unwrap();
     assert_eq!(stats.dead_letter, 5);
 }
 
@@ -138,9 +145,10 @@ async fn f3_a_promoted_retry_read_by_a_dead_claimer_is_not_lost() {
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     let first = claim_all(&broker, "w1", 1).await.remove(0);
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &first,
             Outcome::Failed {
@@ -149,6 +157,7 @@ async fn f3_a_promoted_retry_read_by_a_dead_claimer_is_not_lost() {
             },
             vec![],
             &errored("helper", "boom"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -157,10 +166,10 @@ async fn f3_a_promoted_retry_read_by_a_dead_claimer_is_not_lost() {
         "{finished:?}"
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    broker.reap("alive", 100).await.unwrap(); // promotes the retry
+    broker.worker_session("alive").reap(100).await.unwrap(); // promotes the retry
     // A blocking claimer reads the promoted entry and dies before marking it.
     read_without_marking(&client, &broker, "gone").await;
-    let report = broker.reap("alive", 100).await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(report.requeued, 1, "{report:?}");
     let again = claim_all(&broker, "w2", 1).await;
     assert_eq!(again.len(), 1, "the retry was lost: {report:?}");
@@ -173,17 +182,18 @@ async fn f3_a_handed_back_task_read_by_a_dead_claimer_is_not_lost() {
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     let first = claim_all(&broker, "w1", 1).await.remove(0);
     assert_eq!(
         broker
+            .worker_session("releaser")
             .release(std::slice::from_ref(&first.lease))
             .await
             .unwrap(),
         1
     );
     read_without_marking(&client, &broker, "gone").await;
-    broker.reap("alive", 100).await.unwrap();
+    broker.worker_session("alive").reap(100).await.unwrap();
     let again = claim_all(&broker, "w2", 1).await;
     assert_eq!(again.len(), 1, "the handed-back task was lost");
     assert_eq!(again[0].retries, 0);
@@ -196,9 +206,9 @@ async fn f3_a_fresh_task_read_by_a_dead_claimer_costs_no_retry() {
     let client = raw(&redis).await;
     let mut task = payload("x");
     task.max_retries = Some(0);
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     read_without_marking(&client, &broker, "gone").await;
-    broker.reap("alive", 100).await.unwrap();
+    broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(
         status(&broker, &task.task_id).await,
         Some(TaskStatus::Pending)
@@ -223,7 +233,7 @@ async fn f7_deep_payloads_are_refused_at_submit_and_dead_lettered_at_claim() {
     let mut too_deep = payload("x");
     too_deep.metadata.insert("x".into(), deep.clone());
     assert!(matches!(
-        broker.submit(too_deep.clone()).await,
+        broker.client().submit(too_deep.clone()).await,
         Err(Error::Wire(_))
     ));
 
@@ -234,21 +244,27 @@ async fn f7_deep_payloads_are_refused_at_submit_and_dead_lettered_at_claim() {
     // A second copy naming a task that another entry carries never touches
     // that task.
     let victim = payload("victim");
-    broker.submit(victim.clone()).await.unwrap();
+    broker.client().submit(victim.clone()).await.unwrap();
     let mut forged = too_deep.clone();
     forged.task_id = victim.task_id.clone();
     raw_xadd(&client, &broker, serde_json::to_string(&forged).unwrap()).await;
 
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
     claimer.close().await;
     assert_eq!(claim.rejected.len(), 2, "{:?}", claim.rejected);
     assert_eq!(claim.tasks.len(), 1);
     assert_eq!(claim.tasks[0].lease.task_id, victim.task_id);
-    let failed = broker.get(&too_deep.task_id).await.unwrap().unwrap();
+    let failed = broker
+        .client()
+        .get(&too_deep.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
     assert!(failed.error.unwrap().contains("not valid JSON"));
     let events = broker
+        .client()
         .events(&too_deep.task_id, None)
         .collect()
         .await
@@ -271,7 +287,7 @@ async fn f8_tasks_whose_entries_were_trimmed_end_with_the_reason() {
     let client = raw(&redis).await;
     let tasks: Vec<_> = (0..3).map(|_| payload("x")).collect();
     for task in &tasks {
-        broker.submit(task.clone()).await.unwrap();
+        broker.client().submit(task.clone()).await.unwrap();
     }
     assert_eq!(claim_all(&broker, "w1", 1).await.len(), 1);
     let _: Value = client
@@ -284,11 +300,16 @@ async fn f8_tasks_whose_entries_were_trimmed_end_with_the_reason() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut reconciled = 0;
     for _ in 0..3 {
-        reconciled += broker.reap("alive", 100).await.unwrap().reconciled;
+        reconciled += broker
+            .worker_session("alive")
+            .reap(100)
+            .await
+            .unwrap()
+            .reconciled;
     }
     assert_eq!(reconciled, 3);
     for task in &tasks {
-        let state = broker.get(&task.task_id).await.unwrap().unwrap();
+        let state = broker.client().get(&task.task_id).await.unwrap().unwrap();
         assert_eq!(state.status, TaskStatus::Failed, "{}", task.task_id);
         assert!(state.error.unwrap().contains("queue entry was removed"));
     }
@@ -304,12 +325,12 @@ async fn f9_an_oversized_entry_is_dead_lettered_without_its_bulk() {
     let mut big = payload(&"x".repeat(200 * 1024));
     big.created_at = 1.0;
     raw_xadd(&client, &broker, serde_json::to_string(&big).unwrap()).await;
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
     claimer.close().await;
     assert_eq!(claim.rejected.len(), 1);
     assert!(claim.rejected[0].reason.contains("exceeds the limit"));
-    let letter = broker.dead_letters(1).await.unwrap().remove(0);
+    let letter = broker.admin().dead_letters(1).await.unwrap().remove(0);
     assert_eq!(letter.payload.len(), 65536);
     assert_eq!(letter.task_id, big.task_id);
     assert_eq!(
@@ -327,12 +348,13 @@ async fn f10_payload_budgets_are_capped_and_long_runs_keep_their_hash() {
     let broker = Broker::connect(config).await.unwrap();
     let mut task = payload("x");
     task.max_retries = Some(1_000_000_000);
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await.remove(0);
     assert_eq!(claimed.max_retries, 5);
     // Renewed for 3 s, longer than the task TTL.
     for _ in 0..10 {
         let report = broker
+            .worker_session("w1")
             .heartbeat(
                 &health("w1"),
                 Duration::from_secs(30),
@@ -344,11 +366,13 @@ async fn f10_payload_budgets_are_capped_and_long_runs_keep_their_hash() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let finished = broker
+        .worker_session("finisher")
         .finish(
             &claimed,
             Outcome::Completed { output: "done" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
@@ -361,10 +385,12 @@ async fn f11_a_second_process_with_the_same_worker_id_is_refused() {
     let first = broker(&redis).await;
     let second = broker(&redis).await;
     first
+        .worker_session("same")
         .heartbeat(&health("same"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     let refused = second
+        .worker_session("same")
         .heartbeat(&health("same"), Duration::from_secs(30), &[])
         .await;
     assert!(
@@ -372,10 +398,10 @@ async fn f11_a_second_process_with_the_same_worker_id_is_refused() {
         "{refused:?}"
     );
     // The second one's clean stop leaves the first one's heartbeat alone.
-    second.remove_worker("same").await.unwrap();
-    assert!(first.worker("same").await.unwrap().is_some());
-    first.remove_worker("same").await.unwrap();
-    assert!(first.worker("same").await.unwrap().is_none());
+    second.worker_session("same").deregister().await.unwrap();
+    assert!(first.admin().worker("same").await.unwrap().is_some());
+    first.worker_session("same").deregister().await.unwrap();
+    assert!(first.admin().worker("same").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -396,12 +422,12 @@ async fn f12_idle_dead_consumers_and_expired_index_ids_are_removed() {
         let task = payload(&"y".repeat(200));
         raw_xadd(&client, &broker, serde_json::to_string(&task).unwrap()).await;
     }
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(50, Duration::from_millis(100)).await.unwrap();
     claimer.close().await;
     assert_eq!(claim.rejected.len(), 20);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    broker.reap("w1", 100).await.unwrap();
+    broker.worker_session("w1").reap(100).await.unwrap();
     let consumers: Vec<Value> = client
         .custom(
             fred::cmd!("XINFO"),
@@ -423,16 +449,23 @@ async fn f13_nothing_is_appended_after_the_terminal_event() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
-    broker.cancel(&task.task_id).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
+    broker.client().cancel(&task.task_id).await.unwrap();
     broker
-        .publish_events(
+        .worker_session("publisher")
+        .publish(
             &task.task_id,
             &[r#"{"type":"text","text":"late"}"#.to_owned()],
+            exo_broker::PublishOptions::default(),
         )
         .await
         .unwrap();
-    let events = broker.events(&task.task_id, None).collect().await.unwrap();
+    let events = broker
+        .client()
+        .events(&task.task_id, None)
+        .collect()
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].event.is_terminal());
 }
@@ -443,7 +476,7 @@ async fn f15_an_undecodable_event_is_skipped_not_fatal() {
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     let stream = broker.keys().event_stream(&task.task_id);
     for event in [r#"{"type":"citation"}"#, "not json"] {
         let _: Value = client
@@ -454,8 +487,8 @@ async fn f15_an_undecodable_event_is_skipped_not_fatal() {
             .await
             .unwrap();
     }
-    broker.cancel(&task.task_id).await.unwrap();
-    let mut events = broker.events(&task.task_id, None);
+    broker.client().cancel(&task.task_id).await.unwrap();
+    let mut events = broker.client().events(&task.task_id, None);
     let mut seen = Vec::new();
     while let Some(item) = events.next().await {
         seen.push(item.unwrap());
@@ -464,7 +497,13 @@ async fn f15_an_undecodable_event_is_skipped_not_fatal() {
     assert_eq!(seen.len(), 1);
     assert!(seen[0].event.is_terminal());
     assert_eq!(
-        broker.handle(&task.task_id).result().await.unwrap().status,
+        broker
+            .client()
+            .handle(&task.task_id)
+            .result()
+            .await
+            .unwrap()
+            .status,
         TaskStatus::Cancelled
     );
 }
@@ -475,7 +514,7 @@ async fn f16_a_payload_that_is_not_utf8_is_refused_with_its_bytes_kept() {
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     // Replace the queued entry with one whose input holds a 0xff byte.
     let _: Value = client
         .xtrim(
@@ -495,13 +534,13 @@ async fn f16_a_payload_that_is_not_utf8_is_refused_with_its_bytes_kept() {
         .hset(broker.keys().task(&task.task_id), ("entry", entry.as_str()))
         .await
         .unwrap();
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     let claim = claimer.claim(10, Duration::from_millis(100)).await.unwrap();
     claimer.close().await;
     assert!(claim.tasks.is_empty());
     assert_eq!(claim.rejected.len(), 1);
     assert!(claim.rejected[0].reason.contains("UTF-8"));
-    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    let state = broker.client().get(&task.task_id).await.unwrap().unwrap();
     assert_eq!(state.status, TaskStatus::Failed);
     let letters: Value = client
         .xrevrange(broker.keys().dead_letter(), "+", "-", Some(1))
@@ -519,7 +558,7 @@ async fn f18_timestamps_come_from_the_server_clock() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     let client = raw(&redis).await;
     let time: Vec<String> = client
         .custom(fred::cmd!("TIME"), Vec::<String>::new())
@@ -546,13 +585,15 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
     let broker = Broker::connect(config).await.unwrap();
     let mut task = payload("x");
     task.max_retries = Some(0);
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     broker
+        .worker_session("w1")
         .heartbeat(&health("w1"), Duration::from_secs(2), &[])
         .await
         .unwrap();
     let claimed = claim_all(&broker, "w1", 1).await.remove(0);
     broker
+        .worker_session("w1")
         .heartbeat(
             &health("w1"),
             Duration::from_secs(2),
@@ -569,7 +610,7 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
     // every heartbeat expired; it must take nothing.
     let mut report = None;
     for _ in 0..20 {
-        match broker.reap("w2", 100).await {
+        match broker.worker_session("w2").reap(100).await {
             Ok(pass) => {
                 report = Some(pass);
                 break;
@@ -581,6 +622,7 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
     assert!(report.quiet, "{report:?}");
     assert_eq!(report.requeued + report.failed, 0);
     let renewed = broker
+        .worker_session("w1")
         .heartbeat(
             &health("w1"),
             Duration::from_secs(2),
@@ -591,11 +633,13 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
     assert!(renewed.lost.is_empty());
     assert_eq!(
         broker
+            .worker_session("finisher")
             .finish(
                 &claimed,
                 Outcome::Completed { output: "ok" },
                 vec![],
                 &completed("helper"),
+                exo_broker::FinishOptions::default(),
             )
             .await
             .unwrap(),
@@ -611,7 +655,7 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
     let mut redis = TestRedis::dedicated();
     let broker_a = broker(&redis).await;
     let task = payload("x");
-    broker_a.submit(task.clone()).await.unwrap();
+    broker_a.client().submit(task.clone()).await.unwrap();
     let raw_client = raw(&redis).await;
     let _: Value = raw_client
         .custom(fred::cmd!("SAVE"), Vec::<String>::new())
@@ -621,7 +665,14 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
     let text = |body: &str| format!(r#"{{"type":"text","text":"{body}"}}"#);
     assert!(
         broker_a
-            .publish_events_fenced(&task.task_id, Some(&held_by_a.lease), &[text("A")])
+            .worker_session("publisher")
+            .publish(
+                &task.task_id,
+                &[text("A")],
+                exo_broker::PublishOptions {
+                    fence: Some(&held_by_a.lease)
+                }
+            )
             .await
             .unwrap()
     );
@@ -637,7 +688,14 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
     let mut refused = None;
     for _ in 0..50 {
         match broker_a
-            .publish_events_fenced(&task.task_id, Some(&held_by_a.lease), &[text("A2")])
+            .worker_session("publisher")
+            .publish(
+                &task.task_id,
+                &[text("A2")],
+                exo_broker::PublishOptions {
+                    fence: Some(&held_by_a.lease),
+                },
+            )
             .await
         {
             Ok(accepted) => {
@@ -653,6 +711,7 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
         "the first holder's events were accepted"
     );
     let report = broker_a
+        .worker_session("w1")
         .heartbeat(
             &health("w1"),
             Duration::from_secs(30),
@@ -662,34 +721,45 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
         .unwrap();
     assert_eq!(report.lost, std::slice::from_ref(&task.task_id));
     let late = broker_a
+        .worker_session("finisher")
         .finish(
             &held_by_a,
             Outcome::Completed { output: "A" },
             vec![],
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
     assert!(
         broker_b
-            .publish_events_fenced(&task.task_id, Some(&held_by_b.lease), &[text("B")])
+            .worker_session("publisher")
+            .publish(
+                &task.task_id,
+                &[text("B")],
+                exo_broker::PublishOptions {
+                    fence: Some(&held_by_b.lease)
+                }
+            )
             .await
             .unwrap()
     );
     assert_eq!(
         broker_b
+            .worker_session("finisher")
             .finish(
                 &held_by_b,
                 Outcome::Completed { output: "B" },
                 vec![],
                 &completed("helper"),
+                exo_broker::FinishOptions::default(),
             )
             .await
             .unwrap(),
         Finished::Completed
     );
-    let state = broker_b.get(&task.task_id).await.unwrap().unwrap();
+    let state = broker_b.client().get(&task.task_id).await.unwrap().unwrap();
     assert_eq!(state.output(), Some("B"));
 }
 
@@ -704,7 +774,7 @@ async fn f8_reconciliation_never_ends_a_task_that_something_carries() {
     // worker, an older exo): the entry its hash names is gone, a copy
     // carries it.
     let requeued = payload("requeued");
-    broker.submit(requeued.clone()).await.unwrap();
+    broker.client().submit(requeued.clone()).await.unwrap();
     let _: Value = client
         .xtrim(
             broker.keys().queue(),
@@ -722,12 +792,13 @@ async fn f8_reconciliation_never_ends_a_task_that_something_carries() {
         .unwrap();
     // A running task of a live worker whose entry was trimmed.
     let running = payload("running");
-    broker.submit(running.clone()).await.unwrap();
+    broker.client().submit(running.clone()).await.unwrap();
     broker
+        .worker_session("alive")
         .heartbeat(&health("alive"), Duration::from_secs(30), &[])
         .await
         .unwrap();
-    let mut claimer = broker.claimer("alive");
+    let mut claimer = broker.worker_session("alive").claimer();
     let mut held = None;
     for _ in 0..5 {
         let claim = claimer.claim(1, Duration::from_millis(100)).await.unwrap();
@@ -749,12 +820,18 @@ async fn f8_reconciliation_never_ends_a_task_that_something_carries() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     broker
+        .worker_session("alive")
         .heartbeat(&health("alive"), Duration::from_secs(30), &[])
         .await
         .unwrap();
     let mut reconciled = 0;
     for _ in 0..3 {
-        reconciled += broker.reap("reaper", 100).await.unwrap().reconciled;
+        reconciled += broker
+            .worker_session("reaper")
+            .reap(100)
+            .await
+            .unwrap()
+            .reconciled;
     }
     assert_eq!(reconciled, 0);
     assert_eq!(
@@ -774,7 +851,7 @@ async fn f1_a_passing_error_leaves_entries_where_they_are() {
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
     let task = payload("x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     read_without_marking(&client, &broker, "gone").await;
     let set = |value: &'static str| {
         let client = client.clone();
@@ -786,11 +863,11 @@ async fn f1_a_passing_error_leaves_entries_where_they_are() {
         }
     };
     set("1").await;
-    let refused = broker.reap("alive", 100).await;
+    let refused = broker.worker_session("alive").reap(100).await;
     set("0").await;
     assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(broker.queue_stats().await.unwrap().dead_letter, 0);
-    let report = broker.reap("alive", 100).await.unwrap();
+    assert_eq!(broker.admin().queue_stats().await.unwrap().dead_letter, 0);
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(report.requeued, 1, "{report:?}");
     assert_eq!(claim_all(&broker, "w2", 1).await.len(), 1);
 }
@@ -802,9 +879,9 @@ async fn f1_poison_read_by_a_dead_claimer_is_dead_lettered_by_the_reaper() {
     let client = raw(&redis).await;
     raw_xadd(&client, &broker, json!({"task_id": "index"}).to_string()).await;
     read_without_marking(&client, &broker, "gone").await;
-    let report = broker.reap("alive", 100).await.unwrap();
+    let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(report.failed, 1, "{report:?}");
     let reasons = dead_reasons(&broker).await;
     assert!(reasons[0].contains("not a valid task id"), "{reasons:?}");
-    assert_eq!(broker.queue_stats().await.unwrap().pending, 0);
+    assert_eq!(broker.admin().queue_stats().await.unwrap().pending, 0);
 }

@@ -42,13 +42,17 @@ async fn lifecycle(batch: usize, tasks: usize) -> (f64, f64, BTreeMap<String, u6
     let redis = TestRedis::dedicated();
     let broker = broker(&redis).await;
     let stats_client = raw(&redis).await;
-    let mut claimer = broker.claimer("w1");
+    let mut claimer = broker.worker_session("w1").claimer();
     // Warm the scripts and the blocking connection.
     claimer.claim(1, Duration::from_millis(1)).await.unwrap();
     let before_server = commandstats(&stats_client).await;
     let before = broker.round_trips();
     for index in 0..tasks {
-        broker.submit(payload(&index.to_string())).await.unwrap();
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
     }
     let mut done = 0;
     while done < tasks {
@@ -58,11 +62,13 @@ async fn lifecycle(batch: usize, tasks: usize) -> (f64, f64, BTreeMap<String, u6
             .unwrap();
         for task in claim.tasks {
             broker
+                .worker_session("finisher")
                 .finish(
                     &task,
                     Outcome::Completed { output: "" },
                     vec![],
                     &completed("helper"),
+                    exo_broker::FinishOptions::default(),
                 )
                 .await
                 .unwrap();
@@ -98,7 +104,7 @@ async fn an_event_batch_is_one_round_trip() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let payload = payload("x");
-    broker.submit(payload.clone()).await.unwrap();
+    broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     let events: Vec<String> = (0..10)
         .map(|index| {
@@ -111,7 +117,12 @@ async fn an_event_batch_is_one_round_trip() {
         .collect();
     let before = broker.round_trips();
     broker
-        .publish_events(&payload.task_id, &events)
+        .worker_session("publisher")
+        .publish(
+            &payload.task_id,
+            &events,
+            exo_broker::PublishOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(broker.round_trips() - before, 1);
@@ -119,17 +130,20 @@ async fn an_event_batch_is_one_round_trip() {
     // 10-event task can finish in the same round trip as its completion.
     let before = broker.round_trips();
     broker
+        .worker_session("finisher")
         .finish(
             &task,
             Outcome::Completed { output: "" },
             events,
             &completed("a"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     assert_eq!(broker.round_trips() - before, 1);
     assert_eq!(
         broker
+            .client()
             .events(&payload.task_id, None)
             .collect()
             .await

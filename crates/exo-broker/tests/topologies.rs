@@ -18,24 +18,29 @@ async fn lifecycle(broker: &Broker) {
     let second = payload("two");
     let doomed = payload("doomed");
     for task in [&first, &second, &doomed] {
-        broker.submit(task.clone()).await.unwrap();
+        broker.client().submit(task.clone()).await.unwrap();
     }
-    broker.cancel(&doomed.task_id).await.unwrap();
+    broker.client().cancel(&doomed.task_id).await.unwrap();
     let claimed = claim_all(broker, "w1", 2).await;
     assert_eq!(claimed.len(), 2);
-    let publisher = broker.publisher(&claimed[0].lease.task_id);
+    let publisher = broker
+        .worker_session("publisher")
+        .publisher(&claimed[0].lease.task_id, Default::default());
     publisher.publish(&completed("helper")).await;
     let rest = publisher.close().await;
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[0],
             Outcome::Completed { output: "ok" },
             rest,
             &completed("helper"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     broker
+        .worker_session("finisher")
         .finish(
             &claimed[1],
             Outcome::Failed {
@@ -44,10 +49,12 @@ async fn lifecycle(broker: &Broker) {
             },
             vec![],
             &errored("helper", "boom"),
+            exo_broker::FinishOptions::default(),
         )
         .await
         .unwrap();
     let events = broker
+        .client()
         .events(&claimed[0].lease.task_id, None)
         .collect()
         .await
@@ -55,6 +62,7 @@ async fn lifecycle(broker: &Broker) {
     assert!(events.last().unwrap().event.is_terminal());
     assert_eq!(
         broker
+            .client()
             .list(Some(TaskStatus::Completed), 10, 0)
             .await
             .unwrap()
@@ -62,16 +70,29 @@ async fn lifecycle(broker: &Broker) {
             .len(),
         1
     );
-    let stats = broker.queue_stats().await.unwrap();
+    let stats = broker.admin().queue_stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead_letter), (0, 1));
-    broker.fleet().await.unwrap();
-    broker.reap("w1", 10).await.unwrap();
-    let letters = broker.dead_letters(5).await.unwrap();
-    broker.redrive(&letters[0].entry_id).await.unwrap();
+    broker.admin().fleet().await.unwrap();
+    broker.worker_session("w1").reap(10).await.unwrap();
+    let letters = broker.admin().dead_letters(5).await.unwrap();
+    broker.admin().redrive(&letters[0].entry_id).await.unwrap();
     let again = claim_all(broker, "w2", 1).await;
-    assert_eq!(broker.release(&[again[0].lease.clone()]).await.unwrap(), 1);
     assert_eq!(
-        broker.get(&doomed.task_id).await.unwrap().unwrap().status,
+        broker
+            .worker_session("releaser")
+            .release(&[again[0].lease.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        broker
+            .client()
+            .get(&doomed.task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         TaskStatus::Cancelled
     );
 }
@@ -148,7 +169,11 @@ async fn the_least_privilege_acl_user_runs_everything_and_nothing_more() {
         .await
         .unwrap();
     lifecycle(&broker).await;
-    let listener = broker.cancel_listener().await.unwrap();
+    let listener = broker
+        .worker_session("listener")
+        .cancel_listener()
+        .await
+        .unwrap();
     listener.close().await;
     // Without the literal pattern PSUBSCRIBE is refused, and the listener
     // says so instead of waiting for signals that never come.
@@ -159,7 +184,11 @@ async fn the_least_privilege_acl_user_runs_everything_and_nothing_more() {
     ))
     .await
     .unwrap();
-    let error = strict_broker.cancel_listener().await.unwrap_err();
+    let error = strict_broker
+        .worker_session("listener")
+        .cancel_listener()
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("PSUBSCRIBE"), "{error}");
 
     use fred::prelude::*;
@@ -215,17 +244,19 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
     let mut acknowledged = Vec::new();
     for index in 0..10 {
         let task = payload(&format!("before {index}"));
-        broker.submit(task.clone()).await.unwrap();
+        broker.client().submit(task.clone()).await.unwrap();
         acknowledged.push(task.task_id);
     }
     let claimed = claim_all(&broker, "w1", 3).await;
     for task in &claimed {
         broker
+            .worker_session("finisher")
             .finish(
                 task,
                 Outcome::Completed { output: "before" },
                 vec![],
                 &completed("helper"),
+                exo_broker::FinishOptions::default(),
             )
             .await
             .unwrap();
@@ -235,14 +266,15 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
     set.primary().restart();
     for index in 0..5 {
         let task = payload(&format!("after {index}"));
-        through_failover(Duration::from_secs(30), || broker.submit(task.clone())).await;
+        let client = broker.client();
+        through_failover(Duration::from_secs(30), || client.submit(task.clone())).await;
         acknowledged.push(task.task_id);
     }
     let mut done = claimed
         .iter()
         .map(|task| task.lease.task_id.clone())
         .collect::<Vec<_>>();
-    let mut claimer = broker.claimer("w2");
+    let mut claimer = broker.worker_session("w2").claimer();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while done.len() < acknowledged.len() && tokio::time::Instant::now() < deadline {
         let claim = match claimer.claim(20, Duration::from_millis(200)).await {
@@ -250,13 +282,15 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
             Err(_) => continue,
         };
         let terminal = completed("helper");
+        let session = broker.worker_session("w2");
         for task in claim.tasks {
             through_failover(Duration::from_secs(10), || {
-                broker.finish(
+                session.finish(
                     &task,
                     Outcome::Completed { output: "after" },
                     vec![],
                     &terminal,
+                    exo_broker::FinishOptions::default(),
                 )
             })
             .await;
@@ -271,7 +305,7 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
     );
     for task_id in &acknowledged {
         assert_eq!(
-            broker.get(task_id).await.unwrap().unwrap().status,
+            broker.client().get(task_id).await.unwrap().unwrap().status,
             TaskStatus::Completed
         );
     }
@@ -287,7 +321,7 @@ async fn f6_a_frozen_primary_is_left_and_the_failover_followed() {
     let mut config = BrokerConfig::new(set.url());
     config.command_timeout = Duration::from_secs(2);
     let broker = Broker::connect(config).await.unwrap();
-    broker.submit(payload("before")).await.unwrap();
+    broker.client().submit(payload("before")).await.unwrap();
     let old = set.primary().port();
     set.primary().freeze();
     let frozen_at = std::time::Instant::now();
@@ -299,10 +333,11 @@ async fn f6_a_frozen_primary_is_left_and_the_failover_followed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let task = payload("after");
-    through_failover(Duration::from_secs(20), || broker.submit(task.clone())).await;
+    let client = broker.client();
+    through_failover(Duration::from_secs(20), || client.submit(task.clone())).await;
     let took = frozen_at.elapsed();
     assert!(
-        broker.get(&task.task_id).await.unwrap().is_some(),
+        broker.client().get(&task.task_id).await.unwrap().is_some(),
         "the submit did not reach the new primary"
     );
     set.primary().thaw();

@@ -63,9 +63,36 @@ impl Keys {
         format!("{}:delayed", self.queue)
     }
 
+    /// Extension: the payloads of tasks waiting for a retry, by task id.
+    pub fn delayed_payloads(&self) -> String {
+        format!("{}:delayed:payloads", self.queue)
+    }
+
     /// Extension: the dead-letter stream.
     pub fn dead_letter(&self) -> String {
         format!("{}:dead", self.queue)
+    }
+
+    /// Extension: the tasks not yet ended, scored by their last transition
+    /// (ms), which the reaper's reconciliation walks.
+    pub fn active(&self) -> String {
+        format!("{}:active", self.queue)
+    }
+
+    /// Extension: where the reconciliation walk of [`Keys::active`] resumes.
+    pub fn active_sweep(&self) -> String {
+        format!("{}:active:sweep", self.queue)
+    }
+
+    /// Extension: the server time (ms) of the fleet's last heartbeat.
+    pub fn fleet_beat(&self) -> String {
+        format!("{}fleet:beat", self.prefix)
+    }
+
+    /// Extension: until when (ms) the reaper reclaims nothing, after the
+    /// fleet's heartbeats stalled.
+    pub fn fleet_quiet_until(&self) -> String {
+        format!("{}fleet:quiet_until", self.prefix)
     }
 
     /// The task hash.
@@ -73,7 +100,8 @@ impl Keys {
         format!("{}task:{task_id}", self.prefix)
     }
 
-    /// The prefix of task hashes, for scripts that build them.
+    /// The prefix of task hashes: scripts that find task ids as they go get
+    /// it as a key and append the id.
     pub fn task_prefix(&self) -> String {
         format!("{}task:", self.prefix)
     }
@@ -93,7 +121,7 @@ impl Keys {
         format!("{}events:{task_id}", self.prefix)
     }
 
-    /// The prefix of event channels, for scripts.
+    /// The prefix of event channels (see [`Keys::task_prefix`]).
     pub fn events_channel_prefix(&self) -> String {
         format!("{}events:", self.prefix)
     }
@@ -103,7 +131,7 @@ impl Keys {
         format!("{}stream:{task_id}", self.prefix)
     }
 
-    /// The prefix of event streams, for scripts.
+    /// The prefix of event streams (see [`Keys::task_prefix`]).
     pub fn event_stream_prefix(&self) -> String {
         format!("{}stream:", self.prefix)
     }
@@ -111,6 +139,11 @@ impl Keys {
     /// The pub/sub channel of a task's cancel signal.
     pub fn cancel_channel(&self, task_id: &str) -> String {
         format!("{}cancel:{task_id}", self.prefix)
+    }
+
+    /// The prefix of cancel channels (see [`Keys::task_prefix`]).
+    pub fn cancel_channel_prefix(&self) -> String {
+        format!("{}cancel:", self.prefix)
     }
 
     /// The pattern matching every cancel channel.
@@ -128,7 +161,7 @@ impl Keys {
         format!("{}workers:{worker_id}", self.prefix)
     }
 
-    /// The prefix of heartbeat hashes, for scripts.
+    /// The prefix of heartbeat hashes (see [`Keys::task_prefix`]).
     pub fn worker_prefix(&self) -> String {
         format!("{}workers:", self.prefix)
     }
@@ -143,20 +176,40 @@ impl Keys {
         format!("{}idem:{key}", self.prefix)
     }
 
-    /// A sample of every kind of key, for slot checks.
+    /// The prefix of idempotency keys (see [`Keys::task_prefix`]).
+    pub fn idempotency_prefix(&self) -> String {
+        format!("{}idem:", self.prefix)
+    }
+
+    /// A sample of every kind of key and channel, for slot checks: every
+    /// name this type builds appears here once.
     pub fn all_sample(&self) -> Vec<String> {
         let id = "0123456789abcdef0123456789abcdef";
         vec![
             self.queue.clone(),
+            self.group(),
             self.delayed(),
+            self.delayed_payloads(),
             self.dead_letter(),
+            self.active(),
+            self.active_sweep(),
+            self.fleet_beat(),
+            self.fleet_quiet_until(),
             self.task(id),
+            self.task_prefix(),
             self.task_index(),
             self.task_timeline(),
             self.event_stream(id),
+            self.event_stream_prefix(),
+            self.events_channel(id),
+            self.events_channel_prefix(),
+            self.cancel_channel(id),
+            self.cancel_channel_prefix(),
             self.worker("w"),
+            self.worker_prefix(),
             self.worker_registry(),
             self.idempotency("k"),
+            self.idempotency_prefix(),
         ]
     }
 
@@ -239,7 +292,8 @@ mod tests {
             cluster_slot("{user1000}.following"),
             cluster_slot("user1000")
         );
-        assert_eq!(cluster_slot("{}.x"), cluster_slot("{}.x"));
+        // An empty tag hashes the whole key.
+        assert_eq!(cluster_slot("{}.x"), 7237);
         assert_eq!(cluster_slot("123456789"), 0x31C3);
     }
 

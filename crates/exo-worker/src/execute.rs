@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use exo_agent::{OutcomeStatus, RunEvent, RunOptions, RunOutcome, Runner};
-use exo_broker::{Broker, ClaimedTask};
+use exo_broker::{ClaimedTask, PublishOptions, WorkerSession};
 use exo_proto::{AgentSpec, ErrorEvent, StreamEvent, TaskPayload, Usage};
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
@@ -52,23 +52,33 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
 /// Runs agents in this process.
 #[derive(Debug, Clone)]
 pub struct LocalExecutor {
-    broker: Broker,
+    session: WorkerSession,
     runner: Arc<Runner>,
     memory: Memory,
     grace: Duration,
 }
 
 impl LocalExecutor {
-    /// An executor publishing through `broker`, running agents with
+    /// An executor publishing through `session`, running agents with
     /// `runner` and hydrating memory from `memory`. A run that has not
     /// stopped `grace` after its deadline (or its cancel) is aborted.
-    pub fn new(broker: Broker, runner: Arc<Runner>, memory: Memory, grace: Duration) -> Self {
+    pub fn new(
+        session: WorkerSession,
+        runner: Arc<Runner>,
+        memory: Memory,
+        grace: Duration,
+    ) -> Self {
         LocalExecutor {
-            broker,
+            session,
             runner,
             memory,
             grace,
         }
+    }
+
+    /// The worker session it publishes through.
+    pub(crate) fn session(&self) -> &WorkerSession {
+        &self.session
     }
 }
 
@@ -159,8 +169,10 @@ impl LocalExecutor {
     ) -> Execution {
         let task_id = payload.task_id.as_str();
         let publisher = match lease {
-            Some(lease) => self.broker.fenced_publisher(task_id, lease),
-            None => self.broker.publisher(task_id),
+            Some(lease) => self
+                .session
+                .publisher(task_id, PublishOptions { fence: Some(lease) }),
+            None => self.session.publisher(task_id, PublishOptions::default()),
         };
         let spec = match agent_spec(payload) {
             Ok(spec) => spec,

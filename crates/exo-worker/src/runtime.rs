@@ -9,7 +9,7 @@ use std::{
 };
 
 use exo_agent::{McpPolicy, OutcomeStatus, RunOutcome, Runner, ToolRegistry};
-use exo_broker::{Broker, BrokerConfig, ClaimedTask, Finished, Outcome};
+use exo_broker::{Broker, BrokerConfig, ClaimedTask, FinishOptions, Finished, Outcome};
 use exo_models::ProviderFactory;
 use exo_observability::record::{self, QueueSample, TaskLabels};
 use exo_proto::{Keys, RunStatus, StreamEvent, TaskStatus};
@@ -304,8 +304,9 @@ impl Worker {
         };
         self.status.connected.store(true, Ordering::Relaxed);
         broker.on_publish(Arc::new(|_events, took| record::events_published(took)));
+        let session = broker.worker_session(self.worker_id.clone());
         let local = Arc::new(LocalExecutor::new(
-            broker.clone(),
+            session.clone(),
             self.runner.clone(),
             self.memory.clone(),
             self.config.deadline_grace,
@@ -326,6 +327,7 @@ impl Worker {
         };
         let shared = Arc::new(Shared {
             broker: broker.clone(),
+            session: session.clone(),
             config: self.config.clone(),
             worker_id: self.worker_id.clone(),
             hostname: self.hostname.clone(),
@@ -389,7 +391,7 @@ impl Worker {
         // cancelled right after it starts hears of it at once. If the
         // subscription fails, the loop keeps trying and the heartbeat still
         // finds cancels.
-        let cancels = match broker.cancel_listener().await {
+        let cancels = match session.cancel_listener().await {
             Ok(listener) => Some(listener),
             Err(error) => {
                 tracing::warn!(%error, "cannot subscribe to cancel signals yet; retrying in the background");
@@ -470,7 +472,7 @@ impl Worker {
             }
             tasks.abort_all();
             wait_all(&mut tasks).await;
-            match tokio::time::timeout(SHUTDOWN_STEP * 5, broker.release(&leases)).await {
+            match tokio::time::timeout(SHUTDOWN_STEP * 5, session.release(&leases)).await {
                 Ok(Ok(count)) => tracing::info!(count, "handed tasks back to the queue"),
                 Ok(Err(error)) => {
                     let tasks: Vec<_> = leases.iter().map(|lease| lease.task_id.as_str()).collect();
@@ -503,7 +505,7 @@ impl Worker {
         // Each step is bounded: a worker told to stop while Redis is away
         // exits within seconds.
         if !redis_away {
-            match tokio::time::timeout(SHUTDOWN_STEP, broker.remove_worker(&self.worker_id)).await {
+            match tokio::time::timeout(SHUTDOWN_STEP, session.deregister()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "could not remove the heartbeat"),
                 Err(_) => {
@@ -556,7 +558,7 @@ impl Worker {
         tasks: &mut JoinSet<()>,
     ) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
-        let mut claimer = shared.broker.claimer(self.worker_id.clone());
+        let mut claimer = shared.session.claimer();
         let mut failures = 0u32;
         loop {
             while tasks.try_join_next().is_some() {}
@@ -623,7 +625,7 @@ impl Worker {
             }
             if self.shutdown.is_cancelled() && !claim.tasks.is_empty() {
                 let leases: Vec<_> = claim.tasks.iter().map(|task| task.lease.clone()).collect();
-                if let Err(error) = shared.broker.release(&leases).await {
+                if let Err(error) = shared.session.release(&leases).await {
                     tracing::warn!(%error, "could not hand back tasks claimed during shutdown");
                 }
                 break;
@@ -640,7 +642,7 @@ impl Worker {
                                 "claimed more tasks than free slots; handing it back"
                             );
                             let _ = shared
-                                .broker
+                                .session
                                 .release(std::slice::from_ref(&task.lease))
                                 .await;
                             continue;
@@ -724,7 +726,7 @@ async fn heartbeat_once(shared: &Shared) -> Beat {
     let leases = shared.registry.leases();
     let sent = std::time::Instant::now();
     let call = shared
-        .broker
+        .session
         .heartbeat(&health, shared.config.heartbeat_ttl, &leases);
     let result = match tokio::time::timeout(heartbeat_call_timeout(&shared.config), call).await {
         Ok(result) => result,
@@ -909,7 +911,7 @@ async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
         if shared.paused() {
             continue;
         }
-        match shared.broker.reap(&shared.worker_id, 100).await {
+        match shared.session.reap(100).await {
             Ok(report) => {
                 if report.requeued + report.failed + report.reconciled > 0 {
                     record::tasks_reclaimed(
@@ -940,7 +942,7 @@ async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
 /// Measures the queue (and the fleet) from Redis for the depth gauges.
 async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
     loop {
-        match shared.broker.queue_stats().await {
+        match shared.broker.admin().queue_stats().await {
             Ok(stats) => record::queue_measured(
                 &shared.config.queue_name,
                 &QueueSample {
@@ -957,7 +959,7 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
             }
         }
         record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
-        if let Ok(fleet) = shared.broker.fleet().await {
+        if let Ok(fleet) = shared.broker.admin().fleet().await {
             let now = exo_broker::now_seconds();
             record::workers_alive(fleet.iter().filter(|entry| entry.alive(now)).count() as u64);
         }
@@ -978,7 +980,7 @@ async fn cancel_loop(
         let listener = match first.take() {
             Some(listener) => Ok(listener),
             None => tokio::select! {
-                listener = shared.broker.cancel_listener() => listener,
+                listener = shared.session.cancel_listener() => listener,
                 () = stop.cancelled() => return LoopEnd::Stopped,
             },
         };
@@ -1283,9 +1285,12 @@ async fn write_outcome(
 ) -> Option<Finished> {
     let mut attempt = 0;
     loop {
+        let options = FinishOptions {
+            inner_retries: retries_used,
+        };
         match shared
-            .broker
-            .finish_with_retries(task, outcome, events.clone(), terminal, retries_used)
+            .session
+            .finish(task, outcome, events.clone(), terminal, options)
             .await
         {
             Ok(finished) => return Some(finished),
@@ -1308,8 +1313,8 @@ async fn write_outcome(
                 let terminal =
                     StreamEvent::status(RunStatus::Error, terminal.agent_name(), reason.clone());
                 return match shared
-                    .broker
-                    .finish_with_retries(
+                    .session
+                    .finish(
                         task,
                         Outcome::Failed {
                             error: &reason,
@@ -1317,7 +1322,7 @@ async fn write_outcome(
                         },
                         Vec::new(),
                         &terminal,
-                        retries_used,
+                        options,
                     )
                     .await
                 {

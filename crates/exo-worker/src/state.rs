@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use exo_broker::{Broker, Lease};
+use exo_broker::{Broker, Lease, WorkerSession};
 use exo_proto::WorkerHealth;
 use tokio_util::sync::CancellationToken;
 
@@ -152,6 +152,8 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Broker,
+    /// This worker's operations on the queue.
+    pub(crate) session: WorkerSession,
     pub(crate) config: WorkerConfig,
     pub(crate) worker_id: String,
     pub(crate) hostname: String,

@@ -23,7 +23,7 @@
 use std::{sync::Arc, time::Duration};
 
 use exo_agent::{OutcomeStatus, RunOutcome};
-use exo_broker::{Broker, BrokerConfig, ClaimedTask, RetryPolicy};
+use exo_broker::{Broker, BrokerConfig, ClaimedTask, PublishOptions, RetryPolicy};
 use exo_proto::{AgentSpec, Keys, RunStatus, StreamEvent, TaskPayload, TaskStatus};
 use exo_temporal::{
     ActivityHost, ActivityRun, AgentOutcome, AgentTask, OutcomeKind, RunningWorkflow,
@@ -109,10 +109,7 @@ impl TemporalExecutor {
         let client = TemporalClient::connect(&settings)
             .await
             .map_err(|error| Error::Executor(error.to_string()))?;
-        let host = Arc::new(WorkerHost {
-            local,
-            broker: broker.clone(),
-        });
+        let host = Arc::new(WorkerHost { local });
         let worker = TemporalWorker::start(&client, host)
             .await
             .map_err(|error| Error::Executor(error.to_string()))?;
@@ -217,7 +214,7 @@ impl TemporalExecutor {
         workflow: &RunningWorkflow,
     ) -> exo_temporal::Result<AgentOutcome> {
         let task_id = task.lease.task_id.as_str();
-        let cancelled_by_client = match self.broker.get(task_id).await {
+        let cancelled_by_client = match self.broker.client().get(task_id).await {
             Ok(Some(state)) => state.status == TaskStatus::Cancelled,
             Ok(None) => false,
             Err(error) => {
@@ -324,7 +321,6 @@ impl Names {
 /// executor, then every event it produced out to Redis.
 struct WorkerHost {
     local: Arc<LocalExecutor>,
-    broker: Broker,
 }
 
 /// How many times publishing an attempt's last events is tried.
@@ -394,8 +390,13 @@ impl WorkerHost {
     async fn publish(&self, task_id: &str, events: &[String]) -> exo_broker::Result<()> {
         let mut attempt = 0;
         loop {
-            match self.broker.publish_events(task_id, events).await {
-                Ok(()) => return Ok(()),
+            let published = self
+                .local
+                .session()
+                .publish(task_id, events, PublishOptions::default())
+                .await;
+            match published {
+                Ok(_) => return Ok(()),
                 Err(error) if error.is_unreachable() && attempt + 1 < PUBLISH_ATTEMPTS => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, task_id, "cannot publish the attempt's events yet; retrying");

@@ -87,7 +87,7 @@ fn task(input: &str, memory: Value) -> TaskPayload {
 }
 
 async fn run(broker: &Broker, payload: TaskPayload) -> TaskResult {
-    let handle = broker.submit(payload).await.unwrap();
+    let handle = broker.client().submit(payload).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), handle.result())
         .await
         .unwrap()

@@ -87,7 +87,7 @@ async fn start(temporal_mode: bool) -> Harness {
         ));
         let memory = Memory::new(&[], false, 200).unwrap();
         let local = Arc::new(LocalExecutor::new(
-            broker_for(&config).await,
+            broker_for(&config).await.worker_session("temporal-worker"),
             runner,
             memory,
             config.deadline_grace,
@@ -167,11 +167,11 @@ fn hash_shape(task: &TaskResult) -> Value {
 }
 
 async fn wait(broker: &Broker, task_id: &str, timeout: Duration) -> (TaskResult, Vec<StreamEvent>) {
-    let events = tokio::time::timeout(timeout, broker.events(task_id, None).collect())
+    let events = tokio::time::timeout(timeout, broker.client().events(task_id, None).collect())
         .await
         .expect("the task ended in time")
         .unwrap();
-    let task = broker.get(task_id).await.unwrap().unwrap();
+    let task = broker.client().get(task_id).await.unwrap().unwrap();
     (task, events.into_iter().map(|item| item.event).collect())
 }
 
@@ -186,7 +186,12 @@ async fn run_in_both_modes(payload: &TaskPayload) -> (Ended, Ended) {
         let harness = start(temporal_mode).await;
         let mut payload = payload.clone();
         payload.task_id = new_id();
-        harness.broker.submit(payload.clone()).await.unwrap();
+        harness
+            .broker
+            .client()
+            .submit(payload.clone())
+            .await
+            .unwrap();
         let (task, events) = wait(&harness.broker, &payload.task_id, Duration::from_secs(60)).await;
         assert_eq!(
             task.worker_id.as_deref(),
@@ -329,9 +334,9 @@ async fn a_cancel_stops_the_workflow_and_ends_the_task_cancelled() {
     let config = json!({"name": "sleeper", "model": "scripted:{\"turns\":[{\"tool_calls\":[{\"id\":\"c1\",\"name\":\"sleep\",\"arguments\":{\"seconds\":60}}]}]}", "tools": ["sleep"]});
     let mut task = payload(config, "x");
     task.detailed = true;
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     // Wait until the agent runs (its first event is in the stream).
-    let mut stream = harness.broker.events(&task.task_id, None);
+    let mut stream = harness.broker.client().events(&task.task_id, None);
     tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
         .expect("the agent started")
@@ -339,7 +344,7 @@ async fn a_cancel_stops_the_workflow_and_ends_the_task_cancelled() {
         .unwrap();
     stream.close().await;
     let cancelled_at = std::time::Instant::now();
-    harness.broker.cancel(&task.task_id).await.unwrap();
+    harness.broker.client().cancel(&task.task_id).await.unwrap();
     let (state, events) = wait(&harness.broker, &task.task_id, Duration::from_secs(30)).await;
     assert!(
         cancelled_at.elapsed() < Duration::from_secs(5),

@@ -152,7 +152,7 @@ fn normalized(event: &StreamEvent) -> Value {
 /// Waits (up to 4 s) until the task runs.
 async fn wait_running(broker: &Broker, task_id: &str) {
     for _ in 0..200 {
-        let state = broker.get(task_id).await.unwrap().unwrap();
+        let state = broker.client().get(task_id).await.unwrap().unwrap();
         if state.status == TaskStatus::Running {
             return;
         }
@@ -163,12 +163,12 @@ async fn wait_running(broker: &Broker, task_id: &str) {
 async fn wait(broker: &Broker, task_id: &str) -> (TaskResult, Vec<StreamEvent>) {
     let events = tokio::time::timeout(
         Duration::from_secs(20),
-        broker.events(task_id, None).collect(),
+        broker.client().events(task_id, None).collect(),
     )
     .await
     .expect("the task ended in time")
     .unwrap();
-    let task = broker.get(task_id).await.unwrap().unwrap();
+    let task = broker.client().get(task_id).await.unwrap().unwrap();
     (task, events.into_iter().map(|item| item.event).collect())
 }
 
@@ -194,7 +194,12 @@ async fn the_golden_runs_stream_the_reference_events() {
             .insert("model".into(), json!("scripted:weather"));
         payload.created_at = 0.0;
         assert_eq!(payload.detailed, detailed);
-        harness.broker.submit(payload.clone()).await.unwrap();
+        harness
+            .broker
+            .client()
+            .submit(payload.clone())
+            .await
+            .unwrap();
         let (task, events) = wait(&harness.broker, &payload.task_id).await;
         assert_eq!(task.status, TaskStatus::Completed);
         assert_eq!(task.output(), Some("Let me check. It is sunny in Paris."));
@@ -234,7 +239,7 @@ async fn a_timeout_fails_the_attempt_and_retries_apply() {
     task.timeout_seconds = 0.5;
     task.max_retries = Some(1);
     let started = std::time::Instant::now();
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     let (state, events) = wait(&harness.broker, &task.task_id).await;
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -258,11 +263,12 @@ async fn a_running_task_is_cancelled_within_a_second() {
     let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
     let config = json!({"name": "sleeper", "model": "scripted:{\"turns\":[{\"tool_calls\":[{\"id\":\"c1\",\"name\":\"sleep\",\"arguments\":{\"seconds\":60}}]}]}", "tools": ["sleep"]});
     let task = payload(config, "x");
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     // Wait until it runs.
     for _ in 0..100 {
         if harness
             .broker
+            .client()
             .get(&task.task_id)
             .await
             .unwrap()
@@ -276,7 +282,7 @@ async fn a_running_task_is_cancelled_within_a_second() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cancelled_at = std::time::Instant::now();
-    harness.broker.cancel(&task.task_id).await.unwrap();
+    harness.broker.client().cancel(&task.task_id).await.unwrap();
     let (state, events) = wait(&harness.broker, &task.task_id).await;
     assert!(
         cancelled_at.elapsed() < Duration::from_secs(1),
@@ -302,17 +308,23 @@ async fn a_task_cancelled_while_queued_never_starts() {
     .await
     .unwrap();
     let task = payload(json!({"name": "never", "model": "scripted:echo"}), "x");
-    broker.submit(task.clone()).await.unwrap();
-    broker.cancel(&task.task_id).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
+    broker.client().cancel(&task.task_id).await.unwrap();
     let harness = start(redis, |_| {}, Recorder::default()).await;
     let after = payload(
         json!({"name": "after", "model": "scripted:echo"}),
         "hello there",
     );
-    harness.broker.submit(after.clone()).await.unwrap();
+    harness.broker.client().submit(after.clone()).await.unwrap();
     let (state, _) = wait(&harness.broker, &after.task_id).await;
     assert_eq!(state.output(), Some("hello there"));
-    let never = harness.broker.get(&task.task_id).await.unwrap().unwrap();
+    let never = harness
+        .broker
+        .client()
+        .get(&task.task_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (never.status, never.started_at),
         (TaskStatus::Cancelled, None)
@@ -336,7 +348,7 @@ async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
     let config = json!({"name": "boom", "model": "scripted:{\"turns\":[{\"tool_calls\":[{\"id\":\"c1\",\"name\":\"panic\",\"arguments\":\"{}\"}]},{\"text\":\"unreachable\"}]}", "tools": ["panic"]});
     let mut task = payload(config, "x");
     task.max_retries = Some(0);
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     let (state, events) = wait(&harness.broker, &task.task_id).await;
     assert_eq!(state.status, TaskStatus::Failed);
     assert!(
@@ -349,7 +361,7 @@ async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
         json!({"name": "fine", "model": "scripted:echo"}),
         "still here",
     );
-    harness.broker.submit(next.clone()).await.unwrap();
+    harness.broker.client().submit(next.clone()).await.unwrap();
     let (state, _) = wait(&harness.broker, &next.task_id).await;
     assert_eq!(state.output(), Some("still here"));
     harness.stop().await;
@@ -363,7 +375,7 @@ async fn a_failing_task_retries_three_times_then_dead_letters_and_hooks_see_ever
     };
     let harness = start(TestRedis::new(), |_| {}, hooks).await;
     let task = payload(json!({"name": "helper", "model": "scripted:fail"}), "x");
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     let (state, events) = wait(&harness.broker, &task.task_id).await;
     assert_eq!(state.status, TaskStatus::Failed);
     assert_eq!(state.retries, Some(3));
@@ -374,12 +386,12 @@ async fn a_failing_task_retries_three_times_then_dead_letters_and_hooks_see_ever
         .filter(|event| matches!(event, StreamEvent::Error(_)))
         .count();
     assert_eq!(errors, 4, "one error per attempt");
-    let letters = harness.broker.dead_letters(10).await.unwrap();
+    let letters = harness.broker.admin().dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 4);
     // The worker survived the panicking hook.
     let next = payload(json!({"name": "fine", "model": "scripted:echo"}), "ok");
-    harness.broker.submit(next.clone()).await.unwrap();
+    harness.broker.client().submit(next.clone()).await.unwrap();
     wait(&harness.broker, &next.task_id).await;
     let (_, hooks, _) = harness.stop().await;
     let calls = hooks.calls.lock().unwrap();
@@ -411,7 +423,7 @@ async fn a_bad_config_fails_at_once_without_retries() {
     ];
     for (config, needle) in cases {
         let task = payload(config, "x");
-        harness.broker.submit(task.clone()).await.unwrap();
+        harness.broker.client().submit(task.clone()).await.unwrap();
         let (state, events) = wait(&harness.broker, &task.task_id).await;
         assert_eq!(state.status, TaskStatus::Failed);
         assert_eq!(state.retries, None, "config errors are not retried");
@@ -429,10 +441,11 @@ async fn a_bad_config_fails_at_once_without_retries() {
 async fn shutdown_drains_running_tasks_and_removes_the_heartbeat() {
     let harness = start(TestRedis::new(), |_| {}, Recorder::default()).await;
     let task = payload(json!({"name": "slow", "model": "scripted:slow:700"}), "x");
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     for _ in 0..100 {
         if harness
             .broker
+            .client()
             .get(&task.task_id)
             .await
             .unwrap()
@@ -445,16 +458,24 @@ async fn shutdown_drains_running_tasks_and_removes_the_heartbeat() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let worker_id = harness.worker_id.clone();
-    assert!(harness.broker.worker(&worker_id).await.unwrap().is_some());
+    assert!(
+        harness
+            .broker
+            .admin()
+            .worker(&worker_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let (broker, _, _redis) = harness.stop().await;
-    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    let state = broker.client().get(&task.task_id).await.unwrap().unwrap();
     assert_eq!(
         state.status,
         TaskStatus::Completed,
         "the running task finished during the drain"
     );
     assert!(
-        broker.worker(&worker_id).await.unwrap().is_none(),
+        broker.admin().worker(&worker_id).await.unwrap().is_none(),
         "the heartbeat is gone"
     );
 }
@@ -468,10 +489,11 @@ async fn a_task_past_the_drain_timeout_is_handed_back() {
     )
     .await;
     let task = payload(json!({"name": "slow", "model": "scripted:slow:30000"}), "x");
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     for _ in 0..100 {
         if harness
             .broker
+            .client()
             .get(&task.task_id)
             .await
             .unwrap()
@@ -484,13 +506,13 @@ async fn a_task_past_the_drain_timeout_is_handed_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (broker, hooks, _redis) = harness.stop().await;
-    let state = broker.get(&task.task_id).await.unwrap().unwrap();
+    let state = broker.client().get(&task.task_id).await.unwrap().unwrap();
     assert_eq!(
         state.status,
         TaskStatus::Pending,
         "handed back to the queue"
     );
-    assert_eq!(broker.queue_stats().await.unwrap().depth(), 1);
+    assert_eq!(broker.admin().queue_stats().await.unwrap().depth(), 1);
     assert!(hooks.calls.lock().unwrap().is_empty());
 }
 
@@ -506,7 +528,7 @@ async fn the_worker_rides_out_a_redis_outage() {
         worker_id: _,
     } = harness;
     let before = payload(json!({"name": "a", "model": "scripted:echo"}), "before");
-    broker.submit(before.clone()).await.unwrap();
+    broker.client().submit(before.clone()).await.unwrap();
     wait(&broker, &before.task_id).await;
 
     redis.server().unwrap().kill();
@@ -525,7 +547,7 @@ async fn the_worker_rides_out_a_redis_outage() {
     );
     let mut submitted = false;
     for _ in 0..50 {
-        if broker.submit(after.clone()).await.is_ok() {
+        if broker.client().submit(after.clone()).await.is_ok() {
             submitted = true;
             break;
         }
@@ -550,7 +572,7 @@ async fn a_redis_stall_longer_than_the_ttl_costs_time_not_work() {
     let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
     let mut task = payload(json!({"name": "slow", "model": "scripted:slow:7000"}), "x");
     task.max_retries = Some(0);
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     wait_running(&harness.broker, &task.task_id).await;
     let Harness {
         mut redis,
@@ -591,7 +613,7 @@ async fn an_idle_worker_told_to_stop_without_redis_exits_within_seconds() {
         ..
     } = harness;
     let task = payload(json!({"name": "a", "model": "scripted:echo"}), "x");
-    broker.submit(task.clone()).await.unwrap();
+    broker.client().submit(task.clone()).await.unwrap();
     wait(&broker, &task.task_id).await;
     redis.server().unwrap().freeze();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -753,13 +775,18 @@ async fn a_live_worker_survives_a_corpus_of_bad_entries() {
         json!({"name": "ok", "model": "scripted:echo"}),
         "still here",
     );
-    harness.broker.submit(normal.clone()).await.unwrap();
+    harness
+        .broker
+        .client()
+        .submit(normal.clone())
+        .await
+        .unwrap();
     let (state, _) = wait(&harness.broker, &normal.task_id).await;
     assert_eq!(state.output(), Some("still here"));
     // Every bad entry is accounted for, with a reason naming its problem.
     let mut letters = Vec::new();
     for _ in 0..100 {
-        letters = harness.broker.dead_letters(100).await.unwrap();
+        letters = harness.broker.admin().dead_letters(100).await.unwrap();
         if letters.len() >= entries.len() {
             break;
         }
@@ -808,7 +835,7 @@ async fn a_final_write_refused_for_memory_waits_instead_of_running_the_task_agai
     // handed back and run a second time.
     let harness = start(TestRedis::dedicated(), |_| {}, Recorder::default()).await;
     let task = payload(json!({"name": "slow", "model": "scripted:slow:1500"}), "x");
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     wait_running(&harness.broker, &task.task_id).await;
     let port = harness
         .redis
@@ -883,7 +910,7 @@ async fn a_restarted_worker_waits_for_its_old_heartbeat_to_expire() {
         json!({"name": "a", "model": "scripted:echo"}),
         "after the restart",
     );
-    harness.broker.submit(task.clone()).await.unwrap();
+    harness.broker.client().submit(task.clone()).await.unwrap();
     let (state, _) = wait(&harness.broker, &task.task_id).await;
     assert_eq!(state.output(), Some("after the restart"));
     assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));

@@ -57,7 +57,7 @@ pub fn cancelled(agent: &str) -> StreamEvent {
 
 /// Claims until `count` tasks arrived or three claims in a row found none.
 pub async fn claim_all(broker: &Broker, worker: &str, count: usize) -> Vec<ClaimedTask> {
-    let mut claimer = broker.claimer(worker);
+    let mut claimer = broker.worker_session(worker).claimer();
     let mut tasks = Vec::new();
     let mut empty = 0;
     while tasks.len() < count && empty < 3 {

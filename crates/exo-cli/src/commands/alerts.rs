@@ -24,9 +24,9 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
     let broker = connect(&global).await?;
     let now = exo_broker::now_seconds();
-    let stats = broker.queue_stats().await?;
-    let fleet = broker.fleet().await?;
-    let recent = broker.list(None, RECENT_TASKS, 0).await?;
+    let stats = broker.admin().queue_stats().await?;
+    let fleet = broker.admin().fleet().await?;
+    let recent = broker.client().list(None, RECENT_TASKS, 0).await?;
     let count = |status: TaskStatus| {
         recent
             .tasks

@@ -16,7 +16,7 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
     let broker = connect(&global).await?;
     match command {
         QueueCommand::Stats => {
-            let stats = broker.queue_stats().await?;
+            let stats = broker.admin().queue_stats().await?;
             if global.json {
                 print_json(&json!({
                     "queue": broker.keys().queue(),
@@ -60,7 +60,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
     let broker = connect(&global).await?;
     match command {
         DlqCommand::List { limit } => {
-            let letters = broker.dead_letters(limit).await?;
+            let letters = broker.admin().dead_letters(limit).await?;
             if global.json {
                 print_json(&json!(
                     letters
@@ -98,7 +98,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
             println!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Redrive { entry_id } => match broker.redrive(&entry_id).await {
+        DlqCommand::Redrive { entry_id } => match broker.admin().redrive(&entry_id).await {
             Ok(task_id) => {
                 if global.json {
                     print_json(&json!({"entry_id": entry_id, "task_id": task_id}));

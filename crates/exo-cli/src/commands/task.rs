@@ -61,7 +61,7 @@ async fn list(
     status: Option<TaskStatus>,
     limit: usize,
 ) -> Outcome {
-    let page = broker.list(status, limit, 0).await?;
+    let page = broker.client().list(status, limit, 0).await?;
     if global.json {
         print_json(&json!(
             page.tasks.iter().map(render::task_json).collect::<Vec<_>>()
@@ -104,7 +104,7 @@ async fn list(
 }
 
 async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
-    let Some(task) = broker.get(task_id).await? else {
+    let Some(task) = broker.client().get(task_id).await? else {
         return Err(Failure::invalid(anyhow::anyhow!(
             "task `{task_id}` not found"
         )));
@@ -163,7 +163,7 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
 }
 
 async fn cancel(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
-    let outcome = broker.cancel(task_id).await?;
+    let outcome = broker.client().cancel(task_id).await?;
     let (word, message, code) = match outcome {
         CancelOutcome::Cancelled => ("cancelled", "cancelled before it started".to_owned(), 0),
         CancelOutcome::Cancelling => (
@@ -257,7 +257,7 @@ async fn submit(
     let handle = {
         let _entered = span.enter();
         exo_observability::inject_trace_context(&mut payload.metadata);
-        tracing::Instrument::instrument(broker.submit(payload), span.clone()).await?
+        tracing::Instrument::instrument(broker.client().submit(payload), span.clone()).await?
     };
     exo_observability::record::task_submitted(broker.keys().queue());
     let duplicate = handle.submitted() == Submitted::Duplicate;
@@ -299,8 +299,8 @@ async fn events(
         }
     };
     if !follow {
-        let items = broker.read_events(task_id, from, 100_000).await?;
-        if items.is_empty() && broker.get(task_id).await?.is_none() {
+        let items = broker.client().read_events(task_id, from, 100_000).await?;
+        if items.is_empty() && broker.client().get(task_id).await?.is_none() {
             return Err(Failure::invalid(anyhow::anyhow!(
                 "task `{task_id}` not found"
             )));
@@ -311,7 +311,7 @@ async fn events(
         printer.finish();
         return Ok(ExitCode::SUCCESS);
     }
-    let mut stream = broker.events(task_id, from);
+    let mut stream = broker.client().events(task_id, from);
     let mut last_terminal = None;
     while let Some(item) = stream.next().await {
         let item = match item {

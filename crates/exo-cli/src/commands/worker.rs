@@ -22,7 +22,7 @@ pub(crate) async fn run(global: Global, command: WorkerCommand) -> Outcome {
 
 async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
     let now = exo_broker::now_seconds();
-    let mut fleet = broker.fleet().await?;
+    let mut fleet = broker.admin().fleet().await?;
     fleet.sort_by(|left, right| left.worker_id.cmp(&right.worker_id));
     if global.json {
         let rows: Vec<_> = fleet
@@ -96,7 +96,7 @@ async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
 /// Exit 0 healthy, 1 degraded, 2 unhealthy.
 async fn health(global: &Global, broker: &exo_broker::Broker, worker_id: &str) -> Outcome {
     let now = exo_broker::now_seconds();
-    let heartbeat = broker.worker(worker_id).await?;
+    let heartbeat = broker.admin().worker(worker_id).await?;
     let report = exo_observability::worker_health(worker_id, heartbeat.as_ref(), now);
     if global.json {
         print_json(&exo_observability::health_json(worker_id, &report));

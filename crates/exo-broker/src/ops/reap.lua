@@ -1,13 +1,13 @@
 -- reap.lua: recover tasks whose worker died or stopped renewing its lease,
 -- and reconcile tasks that nothing carries any more.
 --
--- ARGV[8]  the calling worker's id
--- ARGV[9]  lease in ms: an entry idle this long is stuck
--- ARGV[10] max entries to handle per call
--- ARGV[11] default max retries
--- ARGV[12] ms an entry of a dead worker must be idle before it is taken
+-- ARGV[7]  the calling worker's id
+-- ARGV[8]  lease in ms: an entry idle this long is stuck
+-- ARGV[9]  max entries to handle per call
+-- ARGV[10] default max retries
+-- ARGV[11] ms an entry of a dead worker must be idle before it is taken
 --          (so a heartbeat that is only late does not cost running tasks)
--- ARGV[13] heartbeat TTL in ms (for the fleet clock; see heartbeat.lua)
+-- ARGV[12] heartbeat TTL in ms (for the fleet clock; see heartbeat.lua)
 --
 -- Also promotes due retries and trims expired ids from the index. A stuck
 -- entry is one pending on a consumer whose heartbeat key is gone, or idle
@@ -31,15 +31,15 @@
 -- stalled, nothing is reclaimed for one TTL.
 -- Returns {promoted, requeued, failed, cleaned, reconciled, quiet (0/1)}.
 
-local me, lease_ms, limit, default_max = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
-local dead_idle_ms = tonumber(ARGV[12]) or 0
-local ttl_ms = tonumber(ARGV[13]) or 30000
+local me, lease_ms, limit, default_max = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local dead_idle_ms = tonumber(ARGV[11]) or 0
+local ttl_ms = tonumber(ARGV[12]) or 30000
 local promoted = promote_due(limit)
 trim_index(100)
 
 -- The fleet clock: no heartbeat for half a TTL means the server or the
 -- whole fleet was stopped; everyone's keys look expired, so wait one TTL.
-local beat_key, quiet_key = PREFIX .. 'fleet:beat', PREFIX .. 'fleet:quiet_until'
+local beat_key, quiet_key = FLEET_BEAT, FLEET_QUIET_UNTIL
 local last_beat = tonumber(redis.call('GET', beat_key) or '')
 local quiet = false
 if last_beat and NOW_MS - last_beat > ttl_ms / 2 then
@@ -157,7 +157,7 @@ end
 -- exo during an upgrade, re-queue by XADD alone), and, when it runs, only
 -- once its worker's heartbeat is gone. The queue scan is skipped, and so is
 -- every ending, when the queue is too long to scan in one pass.
-local ACTIVE_SWEEP = QUEUE .. ':active:sweep'
+
 local SCAN_LIMIT = 5000
 local offset = tonumber(redis.call('GET', ACTIVE_SWEEP) or '0') or 0
 local candidates = redis.call('ZRANGEBYSCORE', ACTIVE, '-inf', NOW_MS - lease_ms, 'LIMIT', offset, limit)

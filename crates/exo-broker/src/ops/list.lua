@@ -1,15 +1,15 @@
 -- list.lua: a page of tasks, newest first, optionally of one status.
 --
--- ARGV[8]  status filter ("" for all)
--- ARGV[9]  page size
--- ARGV[10] cursor: the timeline rank to start from (0 for the newest)
--- ARGV[11] how many timeline entries to examine at most
+-- ARGV[7]  status filter ("" for all)
+-- ARGV[8]  page size
+-- ARGV[9]  cursor: the timeline rank to start from (0 for the newest)
+-- ARGV[10] how many timeline entries to examine at most
 --
 -- Walks the timeline and reads each task hash; hashes that expired are
 -- dropped from the timeline and the index on the way.
 -- Returns {next cursor (-1 at the end), {{field, value, ...}, ...}}.
 
-local wanted, size, cursor, budget = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local wanted, size, cursor, budget = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local found, examined, rank = {}, 0, cursor
 while #found < size and examined < budget do
   local batch = math.min(100, budget - examined)

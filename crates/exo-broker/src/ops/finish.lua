@@ -1,20 +1,20 @@
 -- finish.lua: end one attempt (completed, failed or cancelled), fenced.
 --
--- ARGV[8]  task id
--- ARGV[9]  queue entry id
--- ARGV[10] the fence from claim ("<attempt>:<token>"; see fence_holds)
--- ARGV[11] outcome: completed | failed | cancelled
--- ARGV[12] completed: the result JSON; failed: the error message
--- ARGV[13] failed: "1" when the failure may be retried
--- ARGV[14] failed: backoff before the retry, in ms
--- ARGV[15] failed: the raw payload, used for the retry or the dead letter
+-- ARGV[7]  task id
+-- ARGV[8]  queue entry id
+-- ARGV[9]  the fence from claim ("<attempt>:<token>"; see fence_holds)
+-- ARGV[10] outcome: completed | failed | cancelled
+-- ARGV[11] completed: the result JSON; failed: the error message
+-- ARGV[12] failed: "1" when the failure may be retried
+-- ARGV[13] failed: backoff before the retry, in ms
+-- ARGV[14] failed: the raw payload, used for the retry or the dead letter
 --          only when the queue entry is gone (its exact bytes are preferred)
--- ARGV[16] the terminal status event JSON (used when the task ends)
--- ARGV[17] the status event JSON that announces a retry
--- ARGV[18] default max retries
--- ARGV[19] retries the executor spent inside this attempt (added to
+-- ARGV[15] the terminal status event JSON (used when the task ends)
+-- ARGV[16] the status event JSON that announces a retry
+-- ARGV[17] default max retries
+-- ARGV[18] retries the executor spent inside this attempt (added to
 --          `retries`; Temporal retries activities itself)
--- ARGV[20...] events of the run not yet published
+-- ARGV[19...] events of the run not yet published
 --
 -- The write lands only if the attempt is still current. Returns one of
 -- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
@@ -23,7 +23,7 @@
 -- Calling it again with the same arguments after it landed returns the same
 -- outcome, so a retry after a lost reply is safe.
 
-local task_id, entry_id, fence, outcome = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local attempt = string.match(fence, '^(%d+)') or ''
 local key = task_key(task_id)
 local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
@@ -52,16 +52,16 @@ if status ~= 'running' and status ~= 'cancelled' then
 end
 
 local events = {}
-for i = 20, #ARGV do table.insert(events, ARGV[i]) end
+for i = 19, #ARGV do table.insert(events, ARGV[i]) end
 -- The payload exactly as queued, for a retry or the dead letter.
 local function queued_payload()
   local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
   if payload then return payload end
-  return ARGV[15]
+  return ARGV[14]
 end
 local reply
-local inner_retries = tonumber(ARGV[19]) or 0
+local inner_retries = tonumber(ARGV[18]) or 0
 if inner_retries > 0 then
   redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
   state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
@@ -69,34 +69,34 @@ end
 
 if outcome == 'completed' then
   redis.call('HDEL', key, 'error')
-  write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[12])
-  table.insert(events, ARGV[16])
+  write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11])
+  table.insert(events, ARGV[15])
   reply = { 'completed' }
 elseif outcome == 'cancelled' then
   if status ~= 'cancelled' then
     write_task(task_id, 'status', 'cancelled', 'completed_at', NOW)
   end
-  if state[5] ~= '1' then table.insert(events, ARGV[16]) end
+  if state[5] ~= '1' then table.insert(events, ARGV[15]) end
   reply = { 'cancelled' }
 else
   local retries = tonumber(state[3] or '0')
-  local max_retries = tonumber(state[4] or ARGV[18])
-  if ARGV[13] == '1' and retries < max_retries then
-    local due = now_ms() + tonumber(ARGV[14])
+  local max_retries = tonumber(state[4] or ARGV[17])
+  if ARGV[12] == '1' and retries < max_retries then
+    local due = now_ms() + tonumber(ARGV[13])
     local payload = queued_payload()
     -- Waiting in the delayed set now: no entry carries it until promoted.
     redis.call('HDEL', key, 'entry')
-    write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[12], 'completed_at', NOW)
+    write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
     redis.call('ZADD', DELAYED, due, task_id)
     redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-    table.insert(events, ARGV[17])
+    table.insert(events, ARGV[16])
     ack(entry_id)
     append_events(task_id, events)
     return { 'retrying', retries + 1, due }
   end
-  write_task(task_id, 'status', 'failed', 'error', ARGV[12], 'completed_at', NOW)
-  dead_letter(task_id, queued_payload(), ARGV[12], attempt)
-  table.insert(events, ARGV[16])
+  write_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW)
+  dead_letter(task_id, queued_payload(), ARGV[11], attempt)
+  table.insert(events, ARGV[15])
   reply = { 'failed' }
 end
 

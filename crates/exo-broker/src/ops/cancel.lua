@@ -1,6 +1,6 @@
 -- cancel.lua: cancel a task, whatever state it is in.
 --
--- ARGV[8] task id
+-- ARGV[7]  task id
 --
 -- Marks the hash `cancelled` (as reference clients do) and publishes the
 -- cancel signal. A queued or delayed task can never start after this: it is
@@ -9,7 +9,7 @@
 -- stopped. Returns {"not_found"}, {"already", status}, {"cancelled"}
 -- (queued task) or {"cancelling"} (running task).
 
-local task_id = ARGV[8]
+local task_id = ARGV[7]
 local key = task_key(task_id)
 local state = redis.call('HMGET', key, 'status', 'agent_name')
 local status = state[1]
@@ -19,7 +19,7 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
 end
 
 write_task(task_id, 'status', 'cancelled', 'completed_at', NOW, 'cancel_requested_at', NOW)
-redis.call('PUBLISH', PREFIX .. 'cancel:' .. task_id, 'cancel')
+redis.call('PUBLISH', cancel_channel(task_id), 'cancel')
 if status == 'running' then return { 'cancelling' } end
 
 redis.call('ZREM', DELAYED, task_id)

@@ -1,11 +1,11 @@
 -- claim.lua: take up to COUNT tasks for a worker and mark them running.
 --
--- ARGV[8]  consumer (the worker id)
--- ARGV[9]  count
--- ARGV[10] default max retries
--- ARGV[11] the most retries a payload may ask for (the worker's cap)
--- ARGV[12] this claim's random token (see fence_holds)
--- ARGV[13...] entry ids already read by a blocking XREADGROUP (optional);
+-- ARGV[7]  consumer (the worker id)
+-- ARGV[8]  count
+-- ARGV[9]  default max retries
+-- ARGV[10] the most retries a payload may ask for (the worker's cap)
+-- ARGV[11] this claim's random token (see fence_holds)
+-- ARGV[12...] entry ids already read by a blocking XREADGROUP (optional);
 --             without them the script reads new entries itself.
 --
 -- First promotes due retries onto the queue. Then, per entry (each under
@@ -25,14 +25,14 @@
 -- clock comes back so that the worker waits for the next retry by the same
 -- clock.
 
-local consumer, count = ARGV[8], tonumber(ARGV[9])
-local default_max, retries_cap, token = ARGV[10], tonumber(ARGV[11]), ARGV[12]
+local consumer, count = ARGV[7], tonumber(ARGV[8])
+local default_max, retries_cap, token = ARGV[9], tonumber(ARGV[10]), ARGV[11]
 
 promote_due(100)
 
 local entries = {}
-if #ARGV >= 13 then
-  for i = 13, #ARGV do
+if #ARGV >= 12 then
+  for i = 12, #ARGV do
     local found = redis.call('XRANGE', QUEUE, ARGV[i], ARGV[i])
     if #found > 0 then
       table.insert(entries, found[1])

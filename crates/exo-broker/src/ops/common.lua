@@ -1,33 +1,47 @@
--- common.lua: the prelude of every exo script (prepended at build time).
+-- common.lua: the prelude of every exo script (prepended when the broker
+-- builds its scripts, after the event templates; see `ops/mod.rs`).
 --
--- Every script is called with the same key and argument header, so the
--- helpers below can name every exo key:
+-- Every script gets the same keys, built in Rust from `Keys` (so every key
+-- a script touches is declared, and under Redis Cluster the slot check at
+-- connect covers each one). Keys of one task or one worker are families:
+-- the script appends the id to the family's prefix, because the ids are
+-- found inside the script (entries read from the queue, pending entries).
 --
--- KEYS[1] queue stream          KEYS[5] task index (set)
--- KEYS[2] delayed (zset)        KEYS[6] task timeline (zset)
--- KEYS[3] delayed payloads      KEYS[7] worker registry (zset)
--- KEYS[4] dead-letter stream
+-- KEYS[1] queue stream              KEYS[10] fleet quiet-until (string)
+-- KEYS[2] delayed (zset)            KEYS[11] active sweep cursor (string)
+-- KEYS[3] delayed payloads (hash)   KEYS[12] family: task hash
+-- KEYS[4] dead-letter stream        KEYS[13] family: event stream
+-- KEYS[5] task index (set)          KEYS[14] family: event channel
+-- KEYS[6] task timeline (zset)      KEYS[15] family: cancel channel
+-- KEYS[7] worker registry (zset)    KEYS[16] family: worker heartbeat hash
+-- KEYS[8] active tasks (zset)       KEYS[17] family: idempotency key
+-- KEYS[9] fleet beat (string)
 --
--- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[5] event stream TTL (s)
--- ARGV[2] key prefix, e.g. "exo:"                 ARGV[6] event stream max length
--- ARGV[3] consumer group                          ARGV[7] dead-letter max length
--- ARGV[4] task hash TTL (s)
+-- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
+-- ARGV[2] consumer group                          ARGV[5] event stream max length
+-- ARGV[3] task hash TTL (s)                       ARGV[6] dead-letter max length
 --
--- Script-specific arguments start at ARGV[8].
+-- Script-specific arguments start at ARGV[7].
 --
--- Per-task keys (task hash, event stream) are built from the prefix. Under
--- Redis Cluster the prefix and the queue carry one hash tag, so every key a
--- script touches lives in the slot of KEYS[1]; the broker checks this when
--- it connects.
+-- Events are never written by hand here: `STATUS_CANCELLED`, `STATUS_ERROR`,
+-- `ERROR_FATAL` and `ERROR_RECOVERABLE` are rendered by serde in Rust with
+-- placeholder strings, and `fill` puts the JSON-encoded values in their place.
 
 local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local INDEX, TIMELINE, REGISTRY = KEYS[5], KEYS[6], KEYS[7]
-local SIZE_LIMIT, PREFIX, GROUP = tonumber(ARGV[1]) or 0, ARGV[2], ARGV[3]
-local TASK_TTL, EVENT_TTL = tonumber(ARGV[4]), tonumber(ARGV[5])
-local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[6]), tonumber(ARGV[7])
+local INDEX, TIMELINE, REGISTRY, ACTIVE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = KEYS[9], KEYS[10], KEYS[11]
+local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
+local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
+local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
+local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
+local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])
 
-local function task_key(task_id) return PREFIX .. 'task:' .. task_id end
-local function worker_key(worker_id) return PREFIX .. 'workers:' .. worker_id end
+local function task_key(task_id) return TASK_FAMILY .. task_id end
+local function stream_key(task_id) return STREAM_FAMILY .. task_id end
+local function channel_key(task_id) return CHANNEL_FAMILY .. task_id end
+local function cancel_channel(task_id) return CANCEL_FAMILY .. task_id end
+local function worker_key(worker_id) return WORKER_FAMILY .. worker_id end
+local function idempotency_key(key) return IDEMPOTENCY_FAMILY .. key end
 
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
@@ -49,8 +63,8 @@ end
 -- pub/sub readers; refreshes the stream's TTL once per batch.
 local function append_events(task_id, events)
   if #events == 0 then return end
-  local stream = PREFIX .. 'stream:' .. task_id
-  local channel = PREFIX .. 'events:' .. task_id
+  local stream = stream_key(task_id)
+  local channel = channel_key(task_id)
   for i = 1, #events do
     redis.call('XADD', stream, 'MAXLEN', '~', EVENT_MAXLEN, '*', 'event', events[i])
     redis.call('PUBLISH', channel, events[i])
@@ -58,17 +72,23 @@ local function append_events(task_id, events)
   redis.call('EXPIRE', stream, EVENT_TTL)
 end
 
+-- Replaces the placeholder string `slot` (with its quotes) in an event
+-- template by `value`, JSON-encoded.
+local function fill(template, slot, value)
+  local first, last = string.find(template, '"' .. slot .. '"', 1, true)
+  if not first then return template end
+  return string.sub(template, 1, first - 1) .. cjson.encode(value or '') .. string.sub(template, last + 1)
+end
+
 local function status_event(status, agent_name, message)
-  return '{"type": "status", "status": ' .. cjson.encode(status)
-    .. ', "agent_name": ' .. cjson.encode(agent_name or '')
-    .. ', "message": ' .. cjson.encode(message or '') .. '}'
+  local template = status == 'cancelled' and STATUS_CANCELLED or STATUS_ERROR
+  return fill(fill(template, '\\u0001agent', agent_name), '\\u0001message', message)
 end
 
 local function error_event(message, error_type, agent_name, recoverable)
-  return '{"type": "error", "error": ' .. cjson.encode(message)
-    .. ', "error_type": ' .. cjson.encode(error_type)
-    .. ', "agent_name": ' .. cjson.encode(agent_name or '')
-    .. ', "step_number": null, "recoverable": ' .. (recoverable and 'true' or 'false') .. '}'
+  local template = recoverable and ERROR_RECOVERABLE or ERROR_FATAL
+  template = fill(template, '\\u0001error_type', error_type)
+  return fill(fill(template, '\\u0001agent', agent_name), '\\u0001message', message)
 end
 
 -- Acknowledges a queue entry and deletes it, so the stream holds only
@@ -101,7 +121,6 @@ end
 -- the index is trimmed once its hash has expired.
 -- Tasks not yet ended are also in the active set (scored by their last
 -- transition), which the reaper's reconciliation walks.
-local ACTIVE = QUEUE .. ':active'
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 local function write_task(task_id, ...)
   local key = task_key(task_id)

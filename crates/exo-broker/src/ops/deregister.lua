@@ -1,7 +1,7 @@
 -- deregister.lua: remove a stopping worker, in one round trip.
 --
--- ARGV[8] worker id
--- ARGV[9] this process's nonce
+-- ARGV[7]  worker id
+-- ARGV[8]  this process's nonce
 --
 -- Deletes the heartbeat hash only when it is this process's own (another
 -- live process with the same worker id keeps its heartbeat), drops the
@@ -9,7 +9,7 @@
 -- pending on it (pending entries stay for the reaper).
 -- Returns {hash deleted (0/1), consumer removed (0/1)}.
 
-local worker_id, nonce = ARGV[8], ARGV[9]
+local worker_id, nonce = ARGV[7], ARGV[8]
 local worker = worker_key(worker_id)
 local owner = redis.call('HGET', worker, 'nonce')
 if owner and owner ~= '' and owner ~= nonce then return { 0, 0 } end

@@ -1,12 +1,12 @@
 -- heartbeat.lua: a worker's periodic tick, in one round trip.
 --
--- ARGV[8]  worker id (also its consumer name)
--- ARGV[9]  heartbeat TTL in seconds
--- ARGV[10] ms after which an entry pending on this worker that it does not
+-- ARGV[7]  worker id (also its consumer name)
+-- ARGV[8]  heartbeat TTL in seconds
+-- ARGV[9]  ms after which an entry pending on this worker that it does not
 --          run is an orphan (a claim whose reply was lost)
--- ARGV[11] this process's nonce (two processes must not share a worker id)
--- ARGV[12] number of heartbeat fields N
--- ARGV[13 .. 12+2N]  field, value pairs
+-- ARGV[10] this process's nonce (two processes must not share a worker id)
+-- ARGV[11] number of heartbeat fields N
+-- ARGV[12 .. 11+2N]  field, value pairs
 -- then triples (entry id, task id, fence) of the tasks the worker runs.
 --
 -- Refuses (returns {{}, {}, 0, "conflict", other nonce}) when the heartbeat
@@ -25,8 +25,8 @@
 -- every worker.
 -- Returns {cancelled task ids, lost task ids, orphans handed back, "ok"}.
 
-local worker_id, ttl, orphan_ms = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-local nonce, field_count = ARGV[11], tonumber(ARGV[12])
+local worker_id, ttl, orphan_ms = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local nonce, field_count = ARGV[10], tonumber(ARGV[11])
 local worker = worker_key(worker_id)
 
 local owner = redis.call('HGET', worker, 'nonce')
@@ -34,7 +34,7 @@ if owner and owner ~= '' and owner ~= nonce then
   return { {}, {}, 0, 'conflict', owner }
 end
 
-local beat_key, quiet_key = PREFIX .. 'fleet:beat', PREFIX .. 'fleet:quiet_until'
+local beat_key, quiet_key = FLEET_BEAT, FLEET_QUIET_UNTIL
 local last_beat = tonumber(redis.call('GET', beat_key) or '')
 if last_beat and NOW_MS - last_beat > ttl * 500 then
   local quiet_until = NOW_MS + ttl * 1000
@@ -45,14 +45,14 @@ end
 redis.call('SET', beat_key, NOW_MS, 'PX', 24 * 3600 * 1000)
 
 local fields = { 'nonce', nonce }
-for i = 13, 12 + 2 * field_count do table.insert(fields, ARGV[i]) end
+for i = 12, 11 + 2 * field_count do table.insert(fields, ARGV[i]) end
 redis.call('HSET', worker, unpack(fields))
 redis.call('EXPIRE', worker, ttl)
 redis.call('ZADD', REGISTRY, NOW, worker_id)
 redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 3600)
 
 local cancelled, lost, entries, running = {}, {}, {}, {}
-for i = 13 + 2 * field_count, #ARGV, 3 do
+for i = 12 + 2 * field_count, #ARGV, 3 do
   local entry_id, task_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   table.insert(entries, entry_id)
   running[entry_id] = true
@@ -62,7 +62,7 @@ for i = 13 + 2 * field_count, #ARGV, 3 do
     table.insert(lost, task_id)
   else
     redis.call('EXPIRE', key, TASK_TTL)
-    redis.call('EXPIRE', PREFIX .. 'stream:' .. task_id, EVENT_TTL)
+    redis.call('EXPIRE', stream_key(task_id), EVENT_TTL)
     if status == 'cancelled' then table.insert(cancelled, task_id) end
   end
 end

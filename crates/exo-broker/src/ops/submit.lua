@@ -1,10 +1,10 @@
 -- submit.lua: enqueue a task in one round trip.
 --
--- ARGV[8]  task id
--- ARGV[9]  payload JSON (the queue entry's single `payload` field)
--- ARGV[10] agent name ("" when unknown)
--- ARGV[11] max retries ("" for the worker default)
--- ARGV[12] idempotency key ("" for none)
+-- ARGV[7]  task id
+-- ARGV[8]  payload JSON (the queue entry's single `payload` field)
+-- ARGV[9]  agent name ("" when unknown)
+-- ARGV[10] max retries ("" for the worker default)
+-- ARGV[11] idempotency key ("" for none)
 --
 -- Refuses an invalid task id (see valid_task_id) with an error reply.
 -- Writes the queue entry, the task hash with status `pending` (its `entry`
@@ -14,14 +14,14 @@
 -- before (task_id is then the first submission's id) or when a task with
 -- this id exists already (it is left as it is).
 
-local task_id, payload, agent_name = ARGV[8], ARGV[9], ARGV[10]
-local max_retries, idempotency = ARGV[11], ARGV[12]
+local task_id, payload, agent_name = ARGV[7], ARGV[8], ARGV[9]
+local max_retries, idempotency = ARGV[10], ARGV[11]
 if not valid_task_id(task_id) then
   return redis.error_reply('ERR invalid task id: 1 to 128 letters, digits, `_`, `-`, `.` or `:`, and not `index` or `timeline`')
 end
 
 if idempotency ~= '' then
-  local idem_key = PREFIX .. 'idem:' .. idempotency
+  local idem_key = idempotency_key(idempotency)
   local existing = redis.call('GET', idem_key)
   if existing then return { existing, 0 } end
   redis.call('SET', idem_key, task_id, 'EX', TASK_TTL)
@@ -30,7 +30,7 @@ end
 -- A repeated submit (a retry after a lost reply, say) must not reset a task
 -- that exists: it is the same task.
 if redis.call('EXISTS', task_key(task_id)) == 1 then
-  if idempotency ~= '' then redis.call('DEL', PREFIX .. 'idem:' .. idempotency) end
+  if idempotency ~= '' then redis.call('DEL', idempotency_key(idempotency)) end
   return { task_id, 0 }
 end
 local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)

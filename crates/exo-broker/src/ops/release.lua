@@ -1,6 +1,6 @@
 -- release.lua: hand tasks back to the queue (a worker shutting down).
 --
--- ARGV[8...] triples (entry id, task id, fence)
+-- ARGV[7...] triples (entry id, task id, fence)
 --
 -- For each task still on this attempt and running: bump the attempt (so any
 -- late write from this worker is refused), set it back to `pending` and put
@@ -8,7 +8,7 @@
 -- Returns the number of tasks handed back.
 
 local released = 0
-for i = 8, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local entry_id, task_id, attempt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = task_key(task_id)
   local state = redis.call('HMGET', key, 'status', 'attempt', 'entry')

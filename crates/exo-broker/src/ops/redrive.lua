@@ -1,13 +1,13 @@
 -- redrive.lua: put a dead-letter entry back on the queue.
 --
--- ARGV[8] dead-letter entry id
+-- ARGV[7]  dead-letter entry id
 --
 -- The task starts over: status `pending`, retries 0, its old event stream
 -- removed (it already ended), the dead-letter entry deleted.
 -- Returns {task id} or {"", reason}.
 
-local found = redis.call('XRANGE', DEAD, ARGV[8], ARGV[8])
-if #found == 0 then return { '', 'no dead-letter entry ' .. ARGV[8] } end
+local found = redis.call('XRANGE', DEAD, ARGV[7], ARGV[7])
+if #found == 0 then return { '', 'no dead-letter entry ' .. ARGV[7] } end
 local fields = {}
 local raw = found[1][2]
 for i = 1, #raw, 2 do fields[raw[i]] = raw[i + 1] end
@@ -24,7 +24,7 @@ end
 redis.call('HINCRBY', key, 'attempt', 1)
 redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry')
 write_task(task_id, 'status', 'pending', 'retries', 0)
-redis.call('DEL', PREFIX .. 'stream:' .. task_id)
+redis.call('DEL', stream_key(task_id))
 enqueue(task_id, payload)
-redis.call('XDEL', DEAD, ARGV[8])
+redis.call('XDEL', DEAD, ARGV[7])
 return { task_id }

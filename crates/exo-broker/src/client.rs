@@ -1,0 +1,196 @@
+//! The client's handle: submit tasks, read and list them, cancel them,
+//! follow their events.
+
+use exo_proto::{TaskPayload, TaskResult, TaskStatus};
+use fred::{prelude::*, types::Value};
+
+use crate::{
+    broker::{Broker, now_seconds},
+    error::{Error, Result},
+    events::{EventStream, StreamItem},
+    handle::TaskHandle,
+    ops::{cancel::CancelCall, list::ListCall, reply, submit::SubmitCall},
+};
+
+/// Submits and follows tasks. Cheap to clone; get one from
+/// [`Broker::client`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: Broker,
+}
+
+/// What submitting a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new task was queued.
+    Created,
+    /// The idempotency key was seen before; the handle is the earlier task.
+    Duplicate,
+}
+
+/// One page of a task listing.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// Tasks, newest first.
+    pub tasks: Vec<TaskResult>,
+    /// Pass this to get the next page; `None` at the end.
+    pub next_cursor: Option<u64>,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was queued or waiting for a retry; it will never start.
+    Cancelled,
+    /// The task is running; its worker was signalled and will stop it.
+    Cancelling,
+    /// The task had already ended with this status.
+    AlreadyFinished(TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
+impl Client {
+    pub(crate) fn new(broker: Broker) -> Self {
+        Client { broker }
+    }
+
+    /// The connection this handle uses.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Queues a task in one round trip and returns its handle. The payload's
+    /// `created_at` is set when it is zero.
+    pub async fn submit(&self, mut payload: TaskPayload) -> Result<TaskHandle> {
+        if payload.created_at <= 0.0 {
+            payload.created_at = now_seconds();
+        }
+        payload.validate()?;
+        let json = payload.to_json();
+        let limit = self.broker.config().max_payload_bytes;
+        if limit > 0 && json.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: json.len(),
+                limit,
+            });
+        }
+        let agent_name = payload
+            .agent_spec()
+            .map(|spec| spec.name())
+            .unwrap_or_default();
+        let submitted = self
+            .broker
+            .call(&SubmitCall {
+                task_id: &payload.task_id,
+                payload_json: json,
+                agent_name,
+                max_retries: payload.max_retries,
+                idempotency_key: payload.idempotency_key.as_deref(),
+            })
+            .await?;
+        Ok(TaskHandle::new(
+            self.clone(),
+            submitted.task_id,
+            if submitted.created {
+                Submitted::Created
+            } else {
+                Submitted::Duplicate
+            },
+        ))
+    }
+
+    /// A handle on an existing task.
+    pub fn handle(&self, task_id: impl Into<String>) -> TaskHandle {
+        TaskHandle::new(self.clone(), task_id.into(), Submitted::Created)
+    }
+
+    /// Reads a task hash.
+    pub async fn get(&self, task_id: &str) -> Result<Option<TaskResult>> {
+        self.broker.count();
+        let value: Value = self
+            .broker
+            .inner
+            .client
+            .hgetall(self.broker.keys().task(task_id))
+            .await?;
+        let fields = reply::pairs("HGETALL", value)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(TaskResult::from_hash(fields)?))
+    }
+
+    /// A page of tasks, newest first, optionally of one status. Costs one
+    /// round trip per page, however many tasks were ever submitted.
+    pub async fn list(
+        &self,
+        status: Option<TaskStatus>,
+        limit: usize,
+        cursor: u64,
+    ) -> Result<TaskPage> {
+        self.broker
+            .call(&ListCall {
+                status,
+                limit: limit.clamp(1, 10_000),
+                cursor,
+            })
+            .await
+    }
+
+    /// Cancels a task: a queued task never starts, a running one is
+    /// signalled and stops within a bounded time.
+    pub async fn cancel(&self, task_id: &str) -> Result<CancelOutcome> {
+        self.broker.call(&CancelCall { task_id }).await
+    }
+
+    /// The events of a task, after `from` (`None` or "0" for all); see
+    /// [`EventStream`].
+    pub fn events(&self, task_id: &str, from: Option<&str>) -> EventStream {
+        EventStream::new(self.broker.clone(), task_id, from)
+    }
+
+    /// The events in a task's stream now, after `from` (exclusive), without
+    /// waiting; at most `count`.
+    pub async fn read_events(
+        &self,
+        task_id: &str,
+        from: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<StreamItem>> {
+        let start = match from.filter(|id| !id.is_empty() && *id != "0" && *id != "0-0") {
+            Some(id) => format!("({id}"),
+            None => "-".to_owned(),
+        };
+        self.broker.count();
+        let value: Value = self
+            .broker
+            .inner
+            .client
+            .xrange(
+                self.broker.keys().event_stream(task_id),
+                start,
+                "+",
+                Some(count),
+            )
+            .await?;
+        let mut items = Vec::new();
+        for entry in reply::array("XRANGE", value)? {
+            let mut parts = reply::array("XRANGE", entry)?.into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let id = reply::string("XRANGE", &id)?;
+            if let Some((_, json)) = reply::pairs("XRANGE", fields)?
+                .into_iter()
+                .find(|(field, _)| field == "event")
+            {
+                items.push(StreamItem {
+                    id,
+                    event: exo_proto::decode("event", json.as_bytes())?,
+                });
+            }
+        }
+        Ok(items)
+    }
+}

@@ -1,0 +1,130 @@
+//! `finish.lua`: end one attempt, fenced.
+
+use std::time::Duration;
+
+use exo_proto::{RunStatus, StreamEvent};
+use fred::types::{Value, scripts::Script};
+
+use super::{Operation, Scripts, reply::Parts};
+use crate::{
+    error::{Error, Result},
+    session::{ClaimedTask, Finished, Outcome},
+};
+
+pub(crate) const LUA: &str = include_str!("finish.lua");
+
+/// `ARGV[7...]` of finish.lua.
+#[derive(Debug)]
+pub(crate) struct FinishCall<'a> {
+    pub(crate) task: &'a ClaimedTask,
+    pub(crate) outcome: Outcome<'a>,
+    /// Events of the run not yet published; they go before the terminal one.
+    pub(crate) events: Vec<String>,
+    /// The terminal status event, used when the task ends.
+    pub(crate) terminal: &'a StreamEvent,
+    /// The backoff before the retry, when the failure is retried.
+    pub(crate) backoff: Duration,
+    /// The default retry budget, for a task whose hash has none.
+    pub(crate) default_max_retries: u32,
+    /// Retries the executor spent inside this attempt.
+    pub(crate) inner_retries: u32,
+}
+
+impl FinishCall<'_> {
+    /// The outcome's word, and its text (the result JSON or the error).
+    fn kind(&self) -> (&'static str, String, bool) {
+        match self.outcome {
+            Outcome::Completed { output } => (
+                "completed",
+                serde_json::json!({ "output": output }).to_string(),
+                false,
+            ),
+            Outcome::Failed { error, retryable } => ("failed", error.to_owned(), retryable),
+            Outcome::Cancelled => ("cancelled", String::new(), false),
+        }
+    }
+
+    /// The status event that announces a retry.
+    fn retry_event(&self, error: &str) -> StreamEvent {
+        let task = self.task;
+        StreamEvent::status(
+            RunStatus::Running,
+            self.terminal.agent_name(),
+            format!(
+                "attempt {} failed: {}; retry {} of {} starts in {:.1}s",
+                task.lease.attempt,
+                error,
+                task.retries + 1,
+                task.max_retries,
+                self.backoff.as_secs_f64()
+            ),
+        )
+    }
+}
+
+impl Operation for FinishCall<'_> {
+    type Reply = Finished;
+    const NAME: &'static str = "finish";
+    const DURABLE: bool = true;
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.finish
+    }
+
+    fn arguments(&self, argv: &mut Vec<String>) {
+        let (kind, text, retryable) = self.kind();
+        let failed = matches!(self.outcome, Outcome::Failed { .. });
+        let retry_event = if failed {
+            self.retry_event(&text).to_json()
+        } else {
+            String::new()
+        };
+        let lease = &self.task.lease;
+        argv.reserve(12 + self.events.len());
+        argv.extend([
+            lease.task_id.clone(),
+            lease.entry_id.clone(),
+            lease.fence(),
+            kind.to_owned(),
+            text,
+            if retryable { "1" } else { "0" }.to_owned(),
+            self.backoff.as_millis().to_string(),
+            // Only a failure needs the payload (for the retry or the dead
+            // letter), and only when its queue entry is gone.
+            if failed {
+                self.task.raw_payload.clone()
+            } else {
+                String::new()
+            },
+            self.terminal.to_json(),
+            retry_event,
+            self.default_max_retries.to_string(),
+            self.inner_retries.to_string(),
+        ]);
+        argv.extend(self.events.iter().cloned());
+    }
+
+    fn parse(&self, value: Value) -> Result<Finished> {
+        let mut parts = Parts::new(Self::NAME, value)?;
+        Ok(match parts.string()?.as_str() {
+            "completed" => Finished::Completed,
+            "cancelled" => Finished::Cancelled,
+            "failed" => Finished::Failed,
+            "retrying" => Finished::Retrying {
+                retry: parts.count()? as u32,
+                delay: self.backoff,
+            },
+            "cancel_requested" => Finished::CancelRequested,
+            "stale" => Finished::Stale {
+                status: parts.string()?,
+                attempt: parts.string()?,
+            },
+            other => {
+                return Err(Error::Reply {
+                    what: Self::NAME,
+                    detail: format!("unknown outcome `{other}`"),
+                });
+            }
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! The typed operation layer: one module per Lua script.
+//!
+//! Each module owns its `.lua` file (`include_str!`), a call struct whose
+//! fields are the script's own arguments (in the order of the script's
+//! header), and one typed reply parsed in one place. [`Operation`] ties them
+//! together and [`Scripts::call`] runs one in one round trip.
+//!
+//! Every script gets the same keys, from [`ScriptContext`]: the queue's keys
+//! and, for keys of one task or worker, their family prefix (the script
+//! appends an id it found inside the script). Every key a script touches is
+//! therefore passed as a key, built in Rust by [`exo_proto::Keys`], and
+//! covered by the Cluster slot check at connect. The shared settings
+//! (`ARGV[1..6]`) come next; a script's own arguments start at `ARGV[7]`.
+//!
+//! Events are rendered by serde here: the few that a script writes on its
+//! own (a task cancelled before it started, a payload that cannot run, a
+//! worker lost) are templates, rendered once with placeholder strings and
+//! compiled into the script's source, which fills the placeholders with the
+//! JSON-encoded values it found.
+//!
+//! Adding a hash field or a script touches one module here and one `.lua`
+//! file.
+
+use exo_proto::{ErrorEvent, RunStatus, StreamEvent};
+use fred::{
+    prelude::*,
+    types::{MultipleKeys, Value, scripts::Script},
+};
+
+use crate::{
+    broker::Broker,
+    config::BrokerConfig,
+    error::{Error, RedisCode, Result},
+};
+
+pub(crate) mod cancel;
+pub(crate) mod claim;
+pub(crate) mod deregister;
+pub(crate) mod finish;
+pub(crate) mod fleet;
+pub(crate) mod heartbeat;
+pub(crate) mod list;
+pub(crate) mod publish;
+pub(crate) mod reap;
+pub(crate) mod redrive;
+pub(crate) mod release;
+pub(crate) mod reply;
+pub(crate) mod stats;
+pub(crate) mod submit;
+
+/// The prelude every script starts with.
+const COMMON: &str = include_str!("common.lua");
+
+/// One Lua script: its arguments, and how its reply reads.
+pub(crate) trait Operation {
+    /// What the script returns, parsed.
+    type Reply;
+    /// The script's name, for errors.
+    const NAME: &'static str;
+    /// Waits for replica acknowledgements when the broker is configured to
+    /// (a write a client was promised: a submit, a final write, a cancel).
+    const DURABLE: bool = false;
+    /// The compiled script.
+    fn script(scripts: &Scripts) -> &Script;
+    /// The script's own arguments (`ARGV[7...]`), appended to `argv`.
+    fn arguments(&self, argv: &mut Vec<String>);
+    /// Reads the script's reply.
+    fn parse(&self, value: Value) -> Result<Self::Reply>;
+}
+
+/// The keys and shared settings every script gets, built once per broker.
+#[derive(Debug)]
+pub(crate) struct ScriptContext {
+    names: Vec<String>,
+    keys: MultipleKeys,
+    settings: Vec<String>,
+}
+
+impl ScriptContext {
+    pub(crate) fn new(config: &BrokerConfig) -> Self {
+        let keys = &config.keys;
+        // The order is common.lua's KEYS header.
+        let names: Vec<String> = vec![
+            keys.queue().to_owned(),
+            keys.delayed(),
+            keys.delayed_payloads(),
+            keys.dead_letter(),
+            keys.task_index(),
+            keys.task_timeline(),
+            keys.worker_registry(),
+            keys.active(),
+            keys.fleet_beat(),
+            keys.fleet_quiet_until(),
+            keys.active_sweep(),
+            keys.task_prefix(),
+            keys.event_stream_prefix(),
+            keys.events_channel_prefix(),
+            keys.cancel_channel_prefix(),
+            keys.worker_prefix(),
+            keys.idempotency_prefix(),
+        ];
+        // The order is common.lua's ARGV header.
+        let settings = vec![
+            config.max_payload_bytes.to_string(),
+            keys.group(),
+            config.task_ttl.as_secs().max(1).to_string(),
+            config.event_ttl.as_secs().max(1).to_string(),
+            config.event_stream_max_len.to_string(),
+            config.dead_letter_max_len.to_string(),
+        ];
+        ScriptContext {
+            keys: names.clone().into(),
+            names,
+            settings,
+        }
+    }
+}
+
+/// Every script, compiled once (EVALSHA, reloaded on NOSCRIPT).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) submit: Script,
+    pub(crate) claim: Script,
+    pub(crate) finish: Script,
+    pub(crate) publish: Script,
+    pub(crate) cancel: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) reap: Script,
+    pub(crate) release: Script,
+    pub(crate) fleet: Script,
+    pub(crate) list: Script,
+    pub(crate) stats: Script,
+    pub(crate) redrive: Script,
+    pub(crate) deregister: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let prelude = prelude();
+        let script = |body: &str| Script::from_lua(format!("{prelude}{body}"));
+        Scripts {
+            submit: script(submit::LUA),
+            claim: script(claim::LUA),
+            finish: script(finish::LUA),
+            publish: script(publish::LUA),
+            cancel: script(cancel::LUA),
+            heartbeat: script(heartbeat::LUA),
+            reap: script(reap::LUA),
+            release: script(release::LUA),
+            fleet: script(fleet::LUA),
+            list: script(list::LUA),
+            stats: script(stats::LUA),
+            redrive: script(redrive::LUA),
+            deregister: script(deregister::LUA),
+        }
+    }
+}
+
+/// Placeholders in the event templates; common.lua's `fill` replaces each,
+/// quotes included, with its JSON-encoded value.
+const AGENT: &str = "\u{1}agent";
+const MESSAGE: &str = "\u{1}message";
+const ERROR_TYPE: &str = "\u{1}error_type";
+
+/// The event templates as Lua string constants, then common.lua.
+fn prelude() -> String {
+    let status = |status| StreamEvent::status(status, AGENT, MESSAGE).to_json();
+    let error = |recoverable| {
+        StreamEvent::Error(ErrorEvent {
+            error: MESSAGE.to_owned(),
+            error_type: ERROR_TYPE.to_owned(),
+            agent_name: AGENT.to_owned(),
+            step_number: None,
+            recoverable,
+        })
+        .to_json()
+    };
+    format!(
+        "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\n{COMMON}",
+        lua_string(&status(RunStatus::Cancelled)),
+        lua_string(&status(RunStatus::Error)),
+        lua_string(&error(false)),
+        lua_string(&error(true)),
+    )
+}
+
+/// A Lua long-bracket string holding `text` exactly.
+fn lua_string(text: &str) -> String {
+    let mut level = 0;
+    while text.contains(&format!("]{}]", "=".repeat(level))) {
+        level += 1;
+    }
+    let equals = "=".repeat(level);
+    format!("[{equals}[{text}]{equals}]")
+}
+
+impl Broker {
+    /// Runs one operation in one round trip (with a pipelined `WAIT` when
+    /// it is durable and replica acknowledgements are configured).
+    pub(crate) async fn call<O: Operation>(&self, operation: &O) -> Result<O::Reply> {
+        let context = &self.inner.context;
+        let mut argv = context.settings.clone();
+        operation.arguments(&mut argv);
+        let script = O::script(&self.inner.scripts);
+        let value = if O::DURABLE && self.inner.config.replica_acks > 0 {
+            self.eval_acknowledged(script, argv).await?
+        } else {
+            self.count();
+            script
+                .evalsha_with_reload::<Value, _, _>(&self.inner.client, context.keys.clone(), argv)
+                .await?
+        };
+        operation.parse(value)
+    }
+
+    /// EVALSHA and a `WAIT` for `replica_acks` replicas, pipelined: the
+    /// write is on a replica before this returns, still in one round trip.
+    async fn eval_acknowledged(&self, script: &Script, argv: Vec<String>) -> Result<Value> {
+        let acks = self.inner.config.replica_acks;
+        let keys = &self.inner.context.names;
+        let timeout = self.inner.config.replica_ack_timeout.as_millis().max(1) as i64;
+        for attempt in 0..2 {
+            let pipeline = self.inner.client.pipeline();
+            let mut evalsha: Vec<String> = Vec::with_capacity(2 + keys.len() + argv.len());
+            evalsha.push(script.sha1().to_string());
+            evalsha.push(keys.len().to_string());
+            evalsha.extend(keys.iter().cloned());
+            evalsha.extend(argv.iter().cloned());
+            let _: () = pipeline.custom(fred::cmd!("EVALSHA"), evalsha).await?;
+            let _: () = pipeline.wait(i64::from(acks), timeout).await?;
+            self.count();
+            let mut results = pipeline.try_all::<Value>().await.into_iter();
+            let written = results.next().unwrap_or(Ok(Value::Null));
+            let acknowledged = results.next();
+            match written {
+                Err(error)
+                    if RedisCode::parse(error.details()) == RedisCode::NoScript && attempt == 0 =>
+                {
+                    self.count();
+                    script.load(&self.inner.client).await?;
+                }
+                Err(error) => return Err(error.into()),
+                Ok(value) => {
+                    return match acknowledged {
+                        Some(Ok(Value::Integer(count))) if count >= i64::from(acks) => Ok(value),
+                        other => {
+                            // Durability was asked for and not given: the
+                            // caller must not be told the write is safe. The
+                            // error is transient, so final writes are retried
+                            // (they are idempotent); a submit reports it.
+                            tracing::warn!(
+                                wanted = acks,
+                                got = ?other,
+                                "a write was not acknowledged by enough replicas in time; it is on the primary only"
+                            );
+                            Err(Error::reply(format!(
+                                "NOREPLICAS the write reached the primary but {acks} replica acknowledgement(s) did not arrive within {:?}",
+                                self.inner.config.replica_ack_timeout
+                            )))
+                        }
+                    };
+                }
+            }
+        }
+        Err(Error::reply("the script could not be loaded"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lua_strings_hold_any_text() {
+        for (text, expected) in [
+            ("plain", "[[plain]]"),
+            ("a]]b", "[=[a]]b]=]"),
+            ("a]]b]=]c", "[==[a]]b]=]c]==]"),
+        ] {
+            assert_eq!(lua_string(text), expected);
+        }
+    }
+
+    #[test]
+    fn templates_carry_their_placeholders_as_json_strings() {
+        let prelude = prelude();
+        for slot in [
+            r#""\u0001agent""#,
+            r#""\u0001message""#,
+            r#""\u0001error_type""#,
+        ] {
+            assert!(prelude.contains(slot), "{slot} missing from the prelude");
+        }
+        assert!(prelude.contains(r#""status":"cancelled""#));
+        assert!(prelude.contains(r#""recoverable":true"#));
+    }
+
+    #[test]
+    fn every_key_a_script_gets_is_built_by_keys() {
+        let config = BrokerConfig::new("redis://localhost")
+            .with_keys(exo_proto::Keys::with_prefix("{exo}:"));
+        let context = ScriptContext::new(&config);
+        let sample = config.keys.all_sample();
+        for key in &context.names {
+            assert!(sample.contains(key), "{key} is not in Keys::all_sample");
+        }
+        assert_eq!(context.keys.len(), 17);
+        assert_eq!(context.settings.len(), 6);
+    }
+}

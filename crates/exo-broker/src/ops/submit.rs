@@ -1,0 +1,55 @@
+//! `submit.lua`: queue a task.
+
+use fred::types::{Value, scripts::Script};
+
+use super::{Operation, Scripts, reply::Parts};
+use crate::error::Result;
+
+pub(crate) const LUA: &str = include_str!("submit.lua");
+
+/// `ARGV[7...]` of submit.lua.
+#[derive(Debug)]
+pub(crate) struct SubmitCall<'a> {
+    pub(crate) task_id: &'a str,
+    pub(crate) payload_json: String,
+    pub(crate) agent_name: String,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) idempotency_key: Option<&'a str>,
+}
+
+/// The task that holds the submission, and whether this call created it.
+#[derive(Debug)]
+pub(crate) struct SubmitReply {
+    pub(crate) task_id: String,
+    pub(crate) created: bool,
+}
+
+impl Operation for SubmitCall<'_> {
+    type Reply = SubmitReply;
+    const NAME: &'static str = "submit";
+    const DURABLE: bool = true;
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.submit
+    }
+
+    fn arguments(&self, argv: &mut Vec<String>) {
+        argv.extend([
+            self.task_id.to_owned(),
+            self.payload_json.clone(),
+            self.agent_name.clone(),
+            self.max_retries
+                .map(|retries| retries.to_string())
+                .unwrap_or_default(),
+            self.idempotency_key.unwrap_or_default().to_owned(),
+        ]);
+    }
+
+    fn parse(&self, value: Value) -> Result<SubmitReply> {
+        let mut parts = Parts::new(Self::NAME, value)?;
+        Ok(SubmitReply {
+            task_id: parts.string()?,
+            created: parts.integer()? == 1,
+        })
+    }
+}
