@@ -8,7 +8,11 @@
 //! so a value captured from either side parses here and re-serializes to the
 //! same JSON.
 //!
-//! This crate does no I/O and knows nothing of tokio or any Redis client.
+//! It also holds [`time`], the clock and ISO-8601 timestamps every layer
+//! shares.
+//!
+//! This crate does no I/O beyond reading the system clock
+//! ([`time::now_seconds`]) and knows nothing of tokio or any Redis client.
 //! Decoding never panics: malformed input becomes an [`Error`] that names the
 //! field at fault and says why.
 //!
@@ -23,6 +27,7 @@ mod health;
 mod keys;
 mod message;
 mod task;
+pub mod time;
 
 pub use agent::{
     AgentConfig, AgentSpec, FlowStage, McpServerConfig, McpToolSpec, SwarmConfig, SwarmMode,
