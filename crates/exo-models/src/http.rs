@@ -5,6 +5,7 @@ use std::{collections::VecDeque, sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
+use exo_proto::{Backoff, Jitter};
 use futures::{Stream, StreamExt, stream::BoxStream};
 use rand::RngExt;
 use reqwest::{RequestBuilder, Response, StatusCode, header::HeaderMap};
@@ -80,19 +81,25 @@ impl RetryPolicy {
         }
     }
 
+    /// The backoff between retries: `initial_backoff`, doubling, at most
+    /// `max_backoff`. Full jitter in the upper half keeps a herd of workers
+    /// apart without making the wait much shorter than the backoff.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.initial_backoff,
+            multiplier: 2,
+            max: self.max_backoff,
+            jitter: Jitter::UpperHalf,
+        }
+    }
+
     /// The wait before retry number `retry` (0-based).
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
             return wait.min(self.max_retry_after);
         }
-        let exponential = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_backoff);
-        // Full jitter in the upper half keeps a herd of workers apart
-        // without making the wait much shorter than the backoff.
-        let factor = rand::rng().random_range(0.5..=1.0);
-        exponential.mul_f64(factor)
+        self.backoff()
+            .jittered(retry, rand::rng().random_range(0.0..=1.0))
     }
 }
 

@@ -8,8 +8,9 @@
 //! so a value captured from either side parses here and re-serializes to the
 //! same JSON.
 //!
-//! It also holds [`time`], the clock and ISO-8601 timestamps every layer
-//! shares.
+//! It also holds the two small pure utilities every layer shares, so that
+//! each exists once: [`time`] (the clock and ISO-8601 timestamps) and
+//! [`Backoff`] (the waits between retries).
 //!
 //! This crate does no I/O beyond reading the system clock
 //! ([`time::now_seconds`]) and knows nothing of tokio or any Redis client.
@@ -21,6 +22,7 @@
 //! None. The crate is always the same small, pure model.
 
 mod agent;
+mod backoff;
 mod error;
 mod event;
 mod health;
@@ -33,6 +35,7 @@ pub use agent::{
     AgentConfig, AgentSpec, FlowStage, McpServerConfig, McpToolSpec, SwarmConfig, SwarmMode,
     ToolSpec, parse_flow,
 };
+pub use backoff::{Backoff, Jitter};
 pub use error::{Error, Result};
 pub use event::{
     ContextEvent, ErrorEvent, McpProgressEvent, ReasoningEvent, RunStatus, StatusEvent, StepEvent,
