@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{agent, collect, runner, scripted_factory, spec};
 use exo_agent::{OutcomeStatus, RunEvent, RunOptions};
-use exo_models::{OpenAiConfig, OpenAiProvider, RetryPolicy, fixed_factory};
+use exo_models::{HttpProviderConfig, OpenAiProvider, RetryPolicy, fixed_factory};
 use exo_proto::{RunStatus, StreamEvent};
 use exo_testkit::{FakeLlmServer, FakeResponse};
 use serde_json::json;
@@ -121,7 +121,7 @@ async fn a_deadline_stops_a_stalled_http_stream() {
     stalled = stalled.chunk_after(Duration::from_secs(60), first.chunks[2].bytes.clone());
     server.push(stalled);
     let provider = OpenAiProvider::new(
-        OpenAiConfig::new("gpt-4o-mini", None)
+        HttpProviderConfig::openai("gpt-4o-mini", None)
             .with_base_url(server.openai_base_url())
             .with_retry(RetryPolicy::none()),
     );

@@ -6,10 +6,10 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use exo_proto::Keys;
+use exo_proto::{Backoff, Jitter, Keys};
 use fred::{
     prelude::{Client as RedisClient, *},
     types::{Value, config::TlsConnector},
@@ -24,14 +24,6 @@ use crate::{
     session::WorkerSession,
     url::{RedisUrl, mask_url},
 };
-
-/// Unix seconds now, as the reference writes timestamps.
-pub fn now_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// A connection to the exo keys of one Redis deployment. Cheap to clone:
 /// clones share one multiplexed connection (commands from concurrent tasks
@@ -352,5 +344,14 @@ fn tls_connector(config: &BrokerConfig) -> Result<TlsConnector> {
 
 /// How long to wait between attempts when Redis is unreachable.
 pub(crate) fn reconnect_delay(attempt: u32) -> Duration {
-    Duration::from_millis((100u64 << attempt.min(6)).min(5_000))
+    RECONNECT.delay(attempt)
 }
+
+/// The wait between attempts while Redis is unreachable: 100 ms doubling
+/// to 5 s.
+pub(crate) const RECONNECT: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    multiplier: 2,
+    max: Duration::from_secs(5),
+    jitter: Jitter::None,
+};

@@ -5,7 +5,7 @@ use exo_proto::{TaskPayload, TaskResult, TaskStatus};
 use fred::{prelude::*, types::Value};
 
 use crate::{
-    broker::{Broker, now_seconds},
+    broker::Broker,
     error::{Error, Result},
     events::{EventStream, StreamItem},
     handle::TaskHandle,
@@ -64,7 +64,7 @@ impl Client {
     /// `created_at` is set when it is zero.
     pub async fn submit(&self, mut payload: TaskPayload) -> Result<TaskHandle> {
         if payload.created_at <= 0.0 {
-            payload.created_at = now_seconds();
+            payload.created_at = exo_proto::time::now_seconds();
         }
         payload.validate()?;
         let json = payload.to_json();

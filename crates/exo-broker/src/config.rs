@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use exo_proto::Keys;
+use exo_proto::{Backoff, Jitter, Keys};
 use rand::RngExt;
 
 /// How a broker connects and how long things live in Redis.
@@ -111,14 +111,13 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The backoff before retry number `retries + 1`.
     pub fn backoff(&self, retries: u32) -> Duration {
-        let exponential = self.base_backoff.as_secs_f64() * 2f64.powi(retries.min(30) as i32);
-        let capped = exponential.min(self.max_backoff.as_secs_f64());
-        let spread = if self.jitter > 0.0 {
-            rand::rng().random_range(-self.jitter..=self.jitter)
-        } else {
-            0.0
-        };
-        Duration::from_secs_f64((capped * (1.0 + spread)).max(0.0))
+        Backoff {
+            base: self.base_backoff,
+            multiplier: 2,
+            max: self.max_backoff,
+            jitter: Jitter::Proportional(self.jitter),
+        }
+        .jittered(retries, rand::rng().random_range(0.0..=1.0))
     }
 }
 

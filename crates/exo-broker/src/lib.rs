@@ -37,7 +37,7 @@ mod session;
 mod url;
 
 pub use admin::{Admin, DeadLetter, FleetEntry, QueueStats};
-pub use broker::{Broker, PublishObserver, now_seconds};
+pub use broker::{Broker, PublishObserver};
 pub use client::{CancelOutcome, Client, Submitted, TaskPage};
 pub use config::{BrokerConfig, RetryPolicy};
 pub use error::{Error, RedisCode, Result};

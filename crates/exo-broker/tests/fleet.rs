@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use exo_broker::now_seconds;
+use exo_proto::time::now_seconds;
 use exo_proto::{Health, WorkerHealth};
 use exo_testkit::TestRedis;
 use fred::prelude::*;

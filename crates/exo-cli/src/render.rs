@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL};
-use exo_proto::{StreamEvent, TaskResult, ToolOutput};
+use exo_proto::{StreamEvent, TaskResult, ToolOutput, time::CivilTime};
 use serde_json::{Value, json};
 
 /// A table with the guide's look.
@@ -26,29 +26,15 @@ pub(crate) fn utc(seconds: f64) -> String {
     if seconds <= 0.0 {
         return "-".to_owned();
     }
-    let total = seconds.floor() as i64;
-    let (days, rest) = (total.div_euclid(86_400), total.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let CivilTime {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+    } = CivilTime::from_unix_seconds(seconds.floor() as i64);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC")
 }
 
 /// A duration for people: `850 ms`, `4.2 s`, `3 m 05 s`, `2 h 01 m`.
@@ -94,7 +80,7 @@ pub(crate) fn task_duration(task: &TaskResult) -> Option<f64> {
     let ended = if task.status.is_terminal() || task.status == exo_proto::TaskStatus::Retrying {
         task.completed_at?
     } else {
-        exo_broker::now_seconds()
+        exo_proto::time::now_seconds()
     };
     Some((ended - started).max(0.0))
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::Result,
     http::{
-        RetryPolicy, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
+        HttpProviderConfig, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
         shared_client, sse_chunks,
     },
     openai::tool_text,
@@ -28,55 +28,26 @@ pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The completion limit when the agent sets none; the API requires one.
-pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 4096;
 
-/// How to reach the Anthropic API.
-#[derive(Debug, Clone)]
-pub struct AnthropicConfig {
-    /// The model name, e.g. `claude-sonnet-4-5`.
-    pub model: String,
-    /// The base URL; requests go to `{base_url}/v1/messages`.
-    pub base_url: String,
-    /// Sent as `x-api-key`.
-    pub api_key: String,
-    /// How transient failures are retried.
-    pub retry: RetryPolicy,
-}
-
-impl AnthropicConfig {
-    /// The Anthropic API with this model and key.
-    pub fn new(model: impl Into<String>, api_key: impl Into<String>) -> Self {
-        AnthropicConfig {
-            model: model.into(),
-            base_url: ANTHROPIC_BASE_URL.to_owned(),
-            api_key: api_key.into(),
-            retry: RetryPolicy::default(),
-        }
-    }
-
-    /// The same config with another base URL.
-    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
-        self
-    }
-
-    /// The same config with another retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
+impl HttpProviderConfig {
+    /// The Anthropic API with this model and key; requests go to
+    /// `{base_url}/v1/messages`, with the key as `x-api-key`.
+    pub fn anthropic(model: impl Into<String>, api_key: impl Into<String>) -> Self {
+        HttpProviderConfig::new(model, ANTHROPIC_BASE_URL, Some(api_key.into()))
     }
 }
 
 /// A Claude model behind the Messages API.
 #[derive(Debug, Clone)]
 pub struct AnthropicProvider {
-    config: AnthropicConfig,
+    config: HttpProviderConfig,
     client: reqwest::Client,
 }
 
 impl AnthropicProvider {
     /// A provider on the process-wide HTTP client.
-    pub fn new(config: AnthropicConfig) -> Self {
+    pub fn new(config: HttpProviderConfig) -> Self {
         AnthropicProvider {
             config,
             client: shared_client(),
@@ -84,7 +55,7 @@ impl AnthropicProvider {
     }
 
     /// A provider on its own HTTP client.
-    pub fn with_client(config: AnthropicConfig, client: reqwest::Client) -> Self {
+    pub fn with_client(config: HttpProviderConfig, client: reqwest::Client) -> Self {
         AnthropicProvider { config, client }
     }
 
@@ -153,7 +124,7 @@ impl AnthropicProvider {
         body.insert("model".into(), json!(self.config.model));
         body.insert(
             "max_tokens".into(),
-            json!(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+            json!(request.max_tokens.unwrap_or(ANTHROPIC_DEFAULT_MAX_TOKENS)),
         );
         body.insert("stream".into(), json!(true));
         if !system.is_empty() {
@@ -212,9 +183,12 @@ impl ModelProvider for AnthropicProvider {
         let body = self.request_body(request);
         let url = join_url(&self.config.base_url, "v1/messages");
         let body = open_stream(PROVIDER, &self.config.retry, || {
-            self.client
-                .post(&url)
-                .header("x-api-key", &self.config.api_key)
+            let builder = self.client.post(&url);
+            let builder = match &self.config.api_key {
+                Some(key) => builder.header("x-api-key", key),
+                None => builder,
+            };
+            builder
                 .header("anthropic-version", ANTHROPIC_VERSION)
                 .header("accept", "text/event-stream")
                 .json(&body)

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::Result,
     http::{
-        RetryPolicy, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
+        HttpProviderConfig, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
         shared_client, sse_chunks,
     },
     provider::{
@@ -36,41 +36,12 @@ const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 /// How many thought signatures one provider remembers.
 const SIGNATURE_LIMIT: usize = 256;
 
-/// How to reach the Gemini API.
-#[derive(Debug, Clone)]
-pub struct GeminiConfig {
-    /// The model name, e.g. `gemini-2.5-flash`.
-    pub model: String,
-    /// The base URL; requests go to
-    /// `{base_url}/v1beta/models/{model}:streamGenerateContent?alt=sse`.
-    pub base_url: String,
-    /// Sent as `x-goog-api-key`.
-    pub api_key: String,
-    /// How transient failures are retried.
-    pub retry: RetryPolicy,
-}
-
-impl GeminiConfig {
-    /// The Gemini API with this model and key.
-    pub fn new(model: impl Into<String>, api_key: impl Into<String>) -> Self {
-        GeminiConfig {
-            model: model.into(),
-            base_url: GEMINI_BASE_URL.to_owned(),
-            api_key: api_key.into(),
-            retry: RetryPolicy::default(),
-        }
-    }
-
-    /// The same config with another base URL.
-    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
-        self
-    }
-
-    /// The same config with another retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
+impl HttpProviderConfig {
+    /// The Gemini API with this model and key; requests go to
+    /// `{base_url}/v1beta/models/{model}:streamGenerateContent?alt=sse`,
+    /// with the key as `x-goog-api-key`.
+    pub fn gemini(model: impl Into<String>, api_key: impl Into<String>) -> Self {
+        HttpProviderConfig::new(model, GEMINI_BASE_URL, Some(api_key.into()))
     }
 }
 
@@ -82,19 +53,19 @@ impl GeminiConfig {
 /// the calls it streamed (by call id) and replays them.
 #[derive(Debug, Clone)]
 pub struct GeminiProvider {
-    config: GeminiConfig,
+    config: HttpProviderConfig,
     client: reqwest::Client,
     signatures: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl GeminiProvider {
     /// A provider on the process-wide HTTP client.
-    pub fn new(config: GeminiConfig) -> Self {
+    pub fn new(config: HttpProviderConfig) -> Self {
         GeminiProvider::with_client(config, shared_client())
     }
 
     /// A provider on its own HTTP client.
-    pub fn with_client(config: GeminiConfig, client: reqwest::Client) -> Self {
+    pub fn with_client(config: HttpProviderConfig, client: reqwest::Client) -> Self {
         GeminiProvider {
             config,
             client,
@@ -326,11 +297,12 @@ impl ModelProvider for GeminiProvider {
             ),
         );
         let body = open_stream(PROVIDER, &self.config.retry, || {
-            self.client
-                .post(&url)
-                .header("x-goog-api-key", &self.config.api_key)
-                .header("accept", "text/event-stream")
-                .json(&body)
+            let builder = self.client.post(&url);
+            let builder = match &self.config.api_key {
+                Some(key) => builder.header("x-goog-api-key", key),
+                None => builder,
+            };
+            builder.header("accept", "text/event-stream").json(&body)
         })
         .await?;
         let decoder = Decoder {

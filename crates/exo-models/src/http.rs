@@ -5,6 +5,7 @@ use std::{collections::VecDeque, sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
+use exo_proto::{Backoff, Jitter};
 use futures::{Stream, StreamExt, stream::BoxStream};
 use rand::RngExt;
 use reqwest::{RequestBuilder, Response, StatusCode, header::HeaderMap};
@@ -46,6 +47,53 @@ pub fn shared_client() -> reqwest::Client {
         .clone()
 }
 
+/// How to reach a model behind an HTTP API: what the OpenAI, Anthropic and
+/// Gemini providers each need. Each provider has a constructor with its
+/// API's base URL ([`HttpProviderConfig::openai`],
+/// [`HttpProviderConfig::anthropic`], [`HttpProviderConfig::gemini`]).
+#[derive(Debug, Clone)]
+pub struct HttpProviderConfig {
+    /// The model name, e.g. `gpt-4o`, `claude-sonnet-4-5` or
+    /// `gemini-2.5-flash`.
+    pub model: String,
+    /// The base URL the provider's paths are joined to.
+    pub base_url: String,
+    /// The API key, sent the way the provider's API wants it; no key
+    /// header is sent without one (local OpenAI-compatible servers often
+    /// need none).
+    pub api_key: Option<String>,
+    /// How transient failures are retried.
+    pub retry: RetryPolicy,
+}
+
+impl HttpProviderConfig {
+    /// A model at `base_url`, with the default retry policy.
+    pub fn new(
+        model: impl Into<String>,
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+    ) -> Self {
+        HttpProviderConfig {
+            model: model.into(),
+            base_url: base_url.into(),
+            api_key,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same config with another base URL.
+    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into();
+        self
+    }
+
+    /// The same config with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
 /// How transient failures are retried: exponential backoff with jitter,
 /// or the provider's `retry-after` when it gives one (capped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,19 +128,25 @@ impl RetryPolicy {
         }
     }
 
+    /// The backoff between retries: `initial_backoff`, doubling, at most
+    /// `max_backoff`. Full jitter in the upper half keeps a herd of workers
+    /// apart without making the wait much shorter than the backoff.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.initial_backoff,
+            multiplier: 2,
+            max: self.max_backoff,
+            jitter: Jitter::UpperHalf,
+        }
+    }
+
     /// The wait before retry number `retry` (0-based).
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
             return wait.min(self.max_retry_after);
         }
-        let exponential = self
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_backoff);
-        // Full jitter in the upper half keeps a herd of workers apart
-        // without making the wait much shorter than the backoff.
-        let factor = rand::rng().random_range(0.5..=1.0);
-        exponential.mul_f64(factor)
+        self.backoff()
+            .jittered(retry, rand::rng().random_range(0.0..=1.0))
     }
 }
 

@@ -5,7 +5,7 @@
 //! to build its provider factory. It knows the provider APIs and nothing
 //! else: not Redis, not tasks, not agents. Everything crosses its boundary
 //! as `exo-proto` types ([`exo_proto::Message`], [`exo_proto::Usage`]) or the
-//! small types of [`provider`]; HTTP bodies stay private.
+//! small types below; HTTP bodies stay private.
 //!
 //! # Main types
 //!
@@ -16,6 +16,9 @@
 //! - [`resolve_provider`] builds a provider from a `provider:model` string
 //!   and the environment; [`ProviderFactory`] is the function type the
 //!   worker holds (see [`default_factory`] and [`fixed_factory`]).
+//! - [`HttpProviderConfig`]: how to reach a model behind an HTTP API
+//!   (model, base URL, key, [`RetryPolicy`]), the one config the OpenAI,
+//!   Anthropic and Gemini providers take.
 //! - [`Error`]: typed failures (auth, rate limit with `retry-after`, server
 //!   error, context length, bad request, transport, interrupted stream),
 //!   each saying whether it is retryable.
@@ -32,7 +35,7 @@
 //! | `vllm` | the same, on vLLM | `VLLM_BASE_URL` (default `http://localhost:8000/v1`), optional `VLLM_API_KEY` |
 //! | `anthropic` | Messages streaming ([`AnthropicProvider`]) | `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL` |
 //! | `gemini` (or `google`) | `streamGenerateContent?alt=sse` ([`GeminiProvider`]) | `GEMINI_API_KEY` (or `GOOGLE_API_KEY`), `GEMINI_BASE_URL` |
-//! | `scripted` (or `mock`) | replays a script, no network ([`ScriptedProvider`]) | none; see [`scripted`] for the forms |
+//! | `scripted` (or `mock`) | replays a script, no network ([`ScriptedProvider`]) | none; see [`ScriptedProvider`] for the forms |
 //!
 //! The `openai` provider speaks to any OpenAI-compatible server: Ollama,
 //! vLLM, the llama.cpp server, LM Studio, LiteLLM and others. Point
@@ -57,20 +60,22 @@
 //!
 //! None. Every provider is plain HTTP on `reqwest` with rustls.
 
-pub mod anthropic;
+mod anthropic;
 mod error;
-pub mod gemini;
+mod gemini;
 mod http;
-pub mod openai;
-pub mod provider;
+mod openai;
+mod provider;
 mod resolve;
-pub mod scripted;
+mod scripted;
 
-pub use anthropic::{AnthropicConfig, AnthropicProvider};
+pub use anthropic::{
+    ANTHROPIC_BASE_URL, ANTHROPIC_DEFAULT_MAX_TOKENS, ANTHROPIC_VERSION, AnthropicProvider,
+};
 pub use error::{Error, Result};
-pub use gemini::{GeminiConfig, GeminiProvider};
-pub use http::{CONNECT_TIMEOUT, READ_TIMEOUT, RetryPolicy, shared_client};
-pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use gemini::{GEMINI_BASE_URL, GeminiProvider};
+pub use http::{CONNECT_TIMEOUT, HttpProviderConfig, READ_TIMEOUT, RetryPolicy, shared_client};
+pub use openai::{OPENAI_BASE_URL, OpenAiProvider};
 pub use provider::{
     ChunkStream, Completion, FinishReason, ModelProvider, ModelRequest, StreamChunk, ToolCallDelta,
     ToolDefinition,

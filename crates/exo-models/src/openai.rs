@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::Result,
     http::{
-        RetryPolicy, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
+        HttpProviderConfig, SseDecoder, classify_stream_error, event_json, join_url, open_stream,
         shared_client, sse_chunks,
     },
     provider::{
@@ -23,53 +23,25 @@ const PROVIDER: &str = "openai";
 /// The OpenAI API's base URL.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
-/// How to reach an OpenAI-compatible server.
-#[derive(Debug, Clone)]
-pub struct OpenAiConfig {
-    /// The model name, e.g. `gpt-4o`.
-    pub model: String,
-    /// The base URL; requests go to `{base_url}/chat/completions`.
-    pub base_url: String,
-    /// Sent as a bearer token when set (local servers often need none).
-    pub api_key: Option<String>,
-    /// How transient failures are retried.
-    pub retry: RetryPolicy,
-}
-
-impl OpenAiConfig {
-    /// The OpenAI API with this model and key.
-    pub fn new(model: impl Into<String>, api_key: Option<String>) -> Self {
-        OpenAiConfig {
-            model: model.into(),
-            base_url: OPENAI_BASE_URL.to_owned(),
-            api_key,
-            retry: RetryPolicy::default(),
-        }
-    }
-
-    /// The same config with another base URL.
-    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
-        self
-    }
-
-    /// The same config with another retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
+impl HttpProviderConfig {
+    /// The OpenAI API with this model and key; requests go to
+    /// `{base_url}/chat/completions`, with the key as a bearer token. Point
+    /// the base URL at any OpenAI-compatible server.
+    pub fn openai(model: impl Into<String>, api_key: Option<String>) -> Self {
+        HttpProviderConfig::new(model, OPENAI_BASE_URL, api_key)
     }
 }
 
 /// A model behind the Chat Completions API.
 #[derive(Debug, Clone)]
 pub struct OpenAiProvider {
-    config: OpenAiConfig,
+    config: HttpProviderConfig,
     client: reqwest::Client,
 }
 
 impl OpenAiProvider {
     /// A provider on the process-wide HTTP client.
-    pub fn new(config: OpenAiConfig) -> Self {
+    pub fn new(config: HttpProviderConfig) -> Self {
         OpenAiProvider {
             config,
             client: shared_client(),
@@ -77,7 +49,7 @@ impl OpenAiProvider {
     }
 
     /// A provider on its own HTTP client (for custom timeouts or proxies).
-    pub fn with_client(config: OpenAiConfig, client: reqwest::Client) -> Self {
+    pub fn with_client(config: HttpProviderConfig, client: reqwest::Client) -> Self {
         OpenAiProvider { config, client }
     }
 
@@ -339,12 +311,12 @@ mod tests {
             max_tokens: Some(64),
             ..ModelRequest::default()
         };
-        let official = OpenAiProvider::new(OpenAiConfig::new("o3", Some("k".into())));
+        let official = OpenAiProvider::new(HttpProviderConfig::openai("o3", Some("k".into())));
         let body = official.request_body(&request);
         assert_eq!(body["max_completion_tokens"], 64);
         assert!(body.get("max_tokens").is_none());
         let local = OpenAiProvider::new(
-            OpenAiConfig::new("llama3.2", None).with_base_url("http://localhost:11434/v1"),
+            HttpProviderConfig::openai("llama3.2", None).with_base_url("http://localhost:11434/v1"),
         );
         assert_eq!(local.request_body(&request)["max_tokens"], 64);
     }

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use crate::{
-    anthropic::{ANTHROPIC_BASE_URL, AnthropicConfig, AnthropicProvider},
+    anthropic::{ANTHROPIC_BASE_URL, AnthropicProvider},
     error::{Error, Result},
-    gemini::{GEMINI_BASE_URL, GeminiConfig, GeminiProvider},
-    openai::{OPENAI_BASE_URL, OpenAiConfig, OpenAiProvider},
+    gemini::{GEMINI_BASE_URL, GeminiProvider},
+    http::HttpProviderConfig,
+    openai::{OPENAI_BASE_URL, OpenAiProvider},
     provider::ModelProvider,
     scripted::ScriptedProvider,
 };
@@ -69,7 +70,7 @@ pub fn resolve_provider_with_env(
     };
     let openai_compatible = |base_variable: &str, default_base: &str, key_variable: &str| {
         let base_url = env(base_variable).unwrap_or_else(|| default_base.to_owned());
-        let config = OpenAiConfig::new(require_name()?, env(key_variable)).with_base_url(base_url);
+        let config = HttpProviderConfig::new(require_name()?, base_url, env(key_variable));
         Ok::<_, Error>(Arc::new(OpenAiProvider::new(config)) as Arc<dyn ModelProvider>)
     };
     match provider {
@@ -82,7 +83,7 @@ pub fn resolve_provider_with_env(
                      OpenAI-compatible server that needs no key)"
                 )));
             }
-            let config = OpenAiConfig::new(require_name()?, api_key)
+            let config = HttpProviderConfig::openai(require_name()?, api_key)
                 .with_base_url(base_url.unwrap_or_else(|| OPENAI_BASE_URL.to_owned()));
             Ok(Arc::new(OpenAiProvider::new(config)))
         }
@@ -91,7 +92,7 @@ pub fn resolve_provider_with_env(
         "anthropic" => {
             let api_key = env("ANTHROPIC_API_KEY")
                 .ok_or_else(|| Error::Config(format!("model `{model}` needs ANTHROPIC_API_KEY")))?;
-            let config = AnthropicConfig::new(require_name()?, api_key).with_base_url(
+            let config = HttpProviderConfig::anthropic(require_name()?, api_key).with_base_url(
                 env("ANTHROPIC_BASE_URL").unwrap_or_else(|| ANTHROPIC_BASE_URL.to_owned()),
             );
             Ok(Arc::new(AnthropicProvider::new(config)))
@@ -104,7 +105,7 @@ pub fn resolve_provider_with_env(
                         "model `{model}` needs GEMINI_API_KEY (or GOOGLE_API_KEY)"
                     ))
                 })?;
-            let config = GeminiConfig::new(require_name()?, api_key).with_base_url(
+            let config = HttpProviderConfig::gemini(require_name()?, api_key).with_base_url(
                 env("GEMINI_BASE_URL").unwrap_or_else(|| GEMINI_BASE_URL.to_owned()),
             );
             Ok(Arc::new(GeminiProvider::new(config)))

@@ -1,45 +1,6 @@
 //! The scripted provider: deterministic answers for demos, examples,
-//! benchmarks and tests, chosen in code or by model string.
-//!
-//! # Model strings
-//!
-//! `scripted:<spec>` (or `mock:<spec>`), where `<spec>` is one of:
-//!
-//! | spec | behaviour |
-//! |---|---|
-//! | `noop` (or empty) | answers empty text |
-//! | `echo` | answers the last user message's text, streamed in up to 10 chunks |
-//! | `weather` | the reference fixture: turn 1 says `Let me check. ` and calls `get_weather` (id `call_1`, arguments in the fragments `{"city": ` and `"Paris"}`), usage 10/5/15; turn 2 says `It is sunny` + ` in Paris.`, usage 20/6/26 |
-//! | `fail` | fails with `provider down` |
-//! | `fail:<message>` | fails with `<message>` |
-//! | `slow:<ms>` | waits `<ms>` milliseconds, then answers `Done after <ms> ms.` |
-//! | `{...}` or `[...]` | an inline JSON script (below) |
-//! | `file=<path>`, or a path starting with `/` or `.`, or ending in `.json` | a JSON script file |
-//!
-//! # Script format
-//!
-//! A script is `{"turns": [turn, ...]}`, or just the array of turns. A turn
-//! is an object; every key is optional:
-//!
-//! | key | type | meaning |
-//! |---|---|---|
-//! | `text` | string or list of strings | answer text, one chunk per string |
-//! | `reasoning` | string or list of strings | reasoning text, streamed first |
-//! | `tool_calls` | list of `{"id", "name", "arguments"}` | tool calls; `arguments` is a string, a list of string fragments streamed one by one, or a JSON object |
-//! | `usage` | `{"input_tokens", "output_tokens", "total_tokens"}` | reported at the end of the turn |
-//! | `delay_ms` | number | wait before the first chunk |
-//! | `chunk_delay_ms` | number | wait between chunks |
-//! | `error` | string | fail with this message after the turn's chunks |
-//!
-//! For example
-//! `scripted:{"turns":[{"text":["a","b"],"tool_calls":[{"id":"c1","name":"panic","arguments":["{}"]}]},{"text":["done"]}]}`.
-//!
-//! # Which turn answers
-//!
-//! Turn N answers the Nth model call of one agent run. The provider keeps
-//! no state: it counts the assistant messages after the last user message
-//! of the request, so one instance can serve many concurrent runs. When the
-//! turns run out it answers empty text with no tool calls.
+//! benchmarks and tests, chosen in code or by model string. The model
+//! strings and the script format are documented on [`ScriptedProvider`].
 
 use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
 
@@ -210,7 +171,7 @@ impl Script {
         Script::from_json(&text)
     }
 
-    /// The reference fixture's two turns (see the module docs).
+    /// The reference fixture's two turns (see [`ScriptedProvider`]).
     pub fn weather() -> Self {
         Script::new(vec![
             Turn::text(&["Let me check. "])
@@ -252,6 +213,46 @@ enum Behaviour {
 }
 
 /// A provider that replays a [`Script`] (or echoes the user).
+///
+/// # Model strings
+///
+/// `scripted:<spec>` (or `mock:<spec>`), where `<spec>` is one of:
+///
+/// | spec | behaviour |
+/// |---|---|
+/// | `noop` (or empty) | answers empty text |
+/// | `echo` | answers the last user message's text, streamed in up to 10 chunks |
+/// | `weather` | the reference fixture: turn 1 says `Let me check. ` and calls `get_weather` (id `call_1`, arguments in the fragments `{"city": ` and `"Paris"}`), usage 10/5/15; turn 2 says `It is sunny` + ` in Paris.`, usage 20/6/26 |
+/// | `fail` | fails with `provider down` |
+/// | `fail:<message>` | fails with `<message>` |
+/// | `slow:<ms>` | waits `<ms>` milliseconds, then answers `Done after <ms> ms.` |
+/// | `{...}` or `[...]` | an inline JSON script (below) |
+/// | `file=<path>`, or a path starting with `/` or `.`, or ending in `.json` | a JSON script file |
+///
+/// # Script format
+///
+/// A script is `{"turns": [turn, ...]}`, or just the array of turns. A turn
+/// is an object; every key is optional:
+///
+/// | key | type | meaning |
+/// |---|---|---|
+/// | `text` | string or list of strings | answer text, one chunk per string |
+/// | `reasoning` | string or list of strings | reasoning text, streamed first |
+/// | `tool_calls` | list of `{"id", "name", "arguments"}` | tool calls; `arguments` is a string, a list of string fragments streamed one by one, or a JSON object |
+/// | `usage` | `{"input_tokens", "output_tokens", "total_tokens"}` | reported at the end of the turn |
+/// | `delay_ms` | number | wait before the first chunk |
+/// | `chunk_delay_ms` | number | wait between chunks |
+/// | `error` | string | fail with this message after the turn's chunks |
+///
+/// For example
+/// `scripted:{"turns":[{"text":["a","b"],"tool_calls":[{"id":"c1","name":"panic","arguments":["{}"]}]},{"text":["done"]}]}`.
+///
+/// # Which turn answers
+///
+/// Turn N answers the Nth model call of one agent run. The provider keeps
+/// no state: it counts the assistant messages after the last user message
+/// of the request, so one instance can serve many concurrent runs. When the
+/// turns run out it answers empty text with no tool calls.
 #[derive(Debug, Clone)]
 pub struct ScriptedProvider {
     model: String,
@@ -275,8 +276,8 @@ impl ScriptedProvider {
         }
     }
 
-    /// The provider a model string's part after `scripted:` names (see the
-    /// module docs).
+    /// The provider a model string's part after `scripted:` names (see
+    /// [`ScriptedProvider`]).
     pub fn from_spec(spec: &str) -> Result<Self> {
         let spec = spec.trim();
         let named = |model: &str, script: Script| ScriptedProvider {

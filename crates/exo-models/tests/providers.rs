@@ -8,9 +8,8 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use exo_models::{
-    AnthropicConfig, AnthropicProvider, Completion, Error, GeminiConfig, GeminiProvider,
-    ModelProvider, ModelRequest, OpenAiConfig, OpenAiProvider, RetryPolicy, StreamChunk,
-    ToolDefinition,
+    AnthropicProvider, Completion, Error, GeminiProvider, HttpProviderConfig, ModelProvider,
+    ModelRequest, OpenAiProvider, RetryPolicy, StreamChunk, ToolDefinition,
 };
 use exo_proto::{Message, ToolCall};
 use exo_testkit::{FakeLlmServer, FakeResponse};
@@ -59,17 +58,17 @@ fn fast_retries() -> RetryPolicy {
 fn provider(kind: &str, server: &FakeLlmServer, retry: RetryPolicy) -> Arc<dyn ModelProvider> {
     match kind {
         "openai" => Arc::new(OpenAiProvider::new(
-            OpenAiConfig::new("gpt-4o-mini", Some("sk-test".into()))
+            HttpProviderConfig::openai("gpt-4o-mini", Some("sk-test".into()))
                 .with_base_url(server.openai_base_url())
                 .with_retry(retry),
         )),
         "anthropic" => Arc::new(AnthropicProvider::new(
-            AnthropicConfig::new("claude-sonnet-4-5", "ak-test")
+            HttpProviderConfig::anthropic("claude-sonnet-4-5", "ak-test")
                 .with_base_url(server.base_url())
                 .with_retry(retry),
         )),
         "gemini" => Arc::new(GeminiProvider::new(
-            GeminiConfig::new("gemini-2.5-flash", "gk-test")
+            HttpProviderConfig::gemini("gemini-2.5-flash", "gk-test")
                 .with_base_url(server.base_url())
                 .with_retry(retry),
         )),

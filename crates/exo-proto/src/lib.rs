@@ -8,7 +8,12 @@
 //! so a value captured from either side parses here and re-serializes to the
 //! same JSON.
 //!
-//! This crate does no I/O and knows nothing of tokio or any Redis client.
+//! It also holds the two small pure utilities every layer shares, so that
+//! each exists once: [`time`] (the clock and ISO-8601 timestamps) and
+//! [`Backoff`] (the waits between retries).
+//!
+//! This crate does no I/O beyond reading the system clock
+//! ([`time::now_seconds`]) and knows nothing of tokio or any Redis client.
 //! Decoding never panics: malformed input becomes an [`Error`] that names the
 //! field at fault and says why.
 //!
@@ -17,17 +22,20 @@
 //! None. The crate is always the same small, pure model.
 
 mod agent;
+mod backoff;
 mod error;
 mod event;
 mod health;
 mod keys;
 mod message;
 mod task;
+pub mod time;
 
 pub use agent::{
     AgentConfig, AgentSpec, FlowStage, McpServerConfig, McpToolSpec, SwarmConfig, SwarmMode,
     ToolSpec, parse_flow,
 };
+pub use backoff::{Backoff, Jitter};
 pub use error::{Error, Result};
 pub use event::{
     ContextEvent, ErrorEvent, McpProgressEvent, ReasoningEvent, RunStatus, StatusEvent, StepEvent,

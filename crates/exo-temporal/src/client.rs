@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use exo_proto::{Backoff, Jitter};
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, TlsOptions, WorkflowCancelOptions,
     WorkflowDescribeOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
@@ -209,6 +210,15 @@ impl std::fmt::Debug for RunningWorkflow {
 /// awaiting a workflow.
 const AWAIT_RETRIES: u32 = 30;
 
+/// The wait after the `n`th transient error in a row while awaiting a
+/// workflow: 400 ms after the first, doubling, at most 5 s.
+const AWAIT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(200),
+    multiplier: 2,
+    max: Duration::from_secs(5),
+    jitter: Jitter::None,
+};
+
 impl RunningWorkflow {
     /// The workflow id.
     pub fn workflow_id(&self) -> &str {
@@ -246,7 +256,7 @@ impl RunningWorkflow {
                         error = message,
                         "awaiting the workflow failed; retrying"
                     );
-                    tokio::time::sleep(backoff(failures)).await;
+                    tokio::time::sleep(AWAIT_BACKOFF.delay(failures)).await;
                 }
                 Err(Retry::Transient(message) | Retry::Final(message)) => {
                     return Err(Error::Rpc(format!(
@@ -298,10 +308,6 @@ enum Retry {
     Transient(String),
     /// It will not get better.
     Final(String),
-}
-
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis((200u64 << failures.min(5)).min(5_000))
 }
 
 /// The outcome a workflow that did not complete stands for.

@@ -331,7 +331,7 @@ impl Worker {
             config: self.config.clone(),
             worker_id: self.worker_id.clone(),
             hostname: self.hostname.clone(),
-            started_at: exo_broker::now_seconds(),
+            started_at: exo_proto::time::now_seconds(),
             registry: Registry::default(),
             last_heartbeat: Mutex::new(std::time::Instant::now()),
             pause: tokio::sync::watch::channel(false).0,
@@ -652,7 +652,7 @@ impl Worker {
                 record::task_started(
                     TaskLabels::new(&self.config.queue_name, &self.worker_id),
                     task.payload.created_at,
-                    exo_broker::now_seconds(),
+                    exo_proto::time::now_seconds(),
                 );
                 let shared = shared.clone();
                 let executor = executor.clone();
@@ -675,10 +675,17 @@ async fn wait_all(tasks: &mut JoinSet<()>) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// The wait before retrying a write Redis did not take: 100 ms doubling to
+/// 5 s, each wait between half and all of that.
 fn backoff(attempt: u32) -> Duration {
     use rand::RngExt;
-    let base = (100u64 << attempt.min(6)).min(5_000);
-    Duration::from_millis(base / 2 + rand::rng().random_range(0..=base / 2))
+    exo_proto::Backoff {
+        base: Duration::from_millis(100),
+        multiplier: 2,
+        max: Duration::from_secs(5),
+        jitter: exo_proto::Jitter::UpperHalf,
+    }
+    .jittered(attempt, rand::rng().random_range(0.0..=1.0))
 }
 
 /// What one heartbeat call came to.
@@ -960,7 +967,7 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
         }
         record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
         if let Ok(fleet) = shared.broker.admin().fleet().await {
-            let now = exo_broker::now_seconds();
+            let now = exo_proto::time::now_seconds();
             record::workers_alive(fleet.iter().filter(|entry| entry.alive(now)).count() as u64);
         }
         tokio::select! {

@@ -215,7 +215,7 @@ impl Shared {
             tasks_failed: self.failed.load(Ordering::Relaxed),
             current_task_id: current,
             started_at: self.started_at,
-            last_heartbeat: exo_broker::now_seconds(),
+            last_heartbeat: exo_proto::time::now_seconds(),
             concurrency: self.config.concurrency as u32,
             hostname: self.hostname.clone(),
             heartbeat_ttl: Some(self.config.heartbeat_ttl.as_secs() as u32),

@@ -23,7 +23,7 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
     apply_overrides(&mut rules, &thresholds)
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
     let broker = connect(&global).await?;
-    let now = exo_broker::now_seconds();
+    let now = exo_proto::time::now_seconds();
     let stats = broker.admin().queue_stats().await?;
     let fleet = broker.admin().fleet().await?;
     let recent = broker.client().list(None, RECENT_TASKS, 0).await?;

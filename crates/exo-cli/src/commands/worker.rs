@@ -21,7 +21,7 @@ pub(crate) async fn run(global: Global, command: WorkerCommand) -> Outcome {
 }
 
 async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
-    let now = exo_broker::now_seconds();
+    let now = exo_proto::time::now_seconds();
     let mut fleet = broker.admin().fleet().await?;
     fleet.sort_by(|left, right| left.worker_id.cmp(&right.worker_id));
     if global.json {
@@ -95,7 +95,7 @@ async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
 
 /// Exit 0 healthy, 1 degraded, 2 unhealthy.
 async fn health(global: &Global, broker: &exo_broker::Broker, worker_id: &str) -> Outcome {
-    let now = exo_broker::now_seconds();
+    let now = exo_proto::time::now_seconds();
     let heartbeat = broker.admin().worker(worker_id).await?;
     let report = exo_observability::worker_health(worker_id, heartbeat.as_ref(), now);
     if global.json {
