@@ -24,18 +24,18 @@ pub(crate) struct Global {
     /// Redis URL: redis://, rediss://, redis+sentinel://host:26379,host2/service or redis+cluster://host:port.
     #[arg(long, env = "EXO_REDIS_URL", global = true, hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
-    /// Queue stream name.
-    #[arg(long, env = "EXO_QUEUE", global = true, default_value = "exo:tasks")]
-    pub(crate) queue: String,
-    /// Prefix of task keys (use a hash tag such as '{exo}:' with a matching queue under Redis Cluster).
-    #[arg(long, env = "EXO_KEY_PREFIX", global = true, default_value = "exo:")]
-    pub(crate) key_prefix: String,
+    /// Queue stream name [default: exo:tasks].
+    #[arg(long, env = "EXO_QUEUE", global = true)]
+    pub(crate) queue: Option<String>,
+    /// Prefix of task keys (use a hash tag such as '{exo}:' with a matching queue under Redis Cluster) [default: exo:].
+    #[arg(long, env = "EXO_KEY_PREFIX", global = true)]
+    pub(crate) key_prefix: Option<String>,
     /// PEM file with extra CA certificates for rediss:// (self-signed servers).
     #[arg(long, env = "EXO_REDIS_CA_FILE", global = true)]
     pub(crate) tls_ca_file: Option<PathBuf>,
     /// Replicas that must acknowledge each submit, cancel and final write (WAIT); 1 makes them survive a Sentinel failover.
-    #[arg(long, env = "EXO_REPLICA_ACKS", global = true, default_value_t = 0)]
-    pub(crate) replica_acks: u32,
+    #[arg(long, env = "EXO_REPLICA_ACKS", global = true)]
+    pub(crate) replica_acks: Option<u32>,
     /// Print JSON instead of tables (read commands).
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -85,38 +85,38 @@ pub(crate) enum Executor {
 #[derive(Debug, Args)]
 pub(crate) struct StartWorker {
     /// Concurrent task slots.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) concurrency: usize,
+    #[arg(long)]
+    pub(crate) concurrency: Option<usize>,
     /// Worker id (default {hostname}-{pid}-{random}).
     #[arg(long, env = "EXO_WORKER_ID")]
     pub(crate) worker_id: Option<String>,
     /// Heartbeat TTL in seconds; the heartbeat is written every third of it.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) heartbeat_ttl: u64,
+    #[arg(long)]
+    pub(crate) heartbeat_ttl: Option<u64>,
     /// Seconds running tasks may finish after SIGTERM before they are handed back.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) drain_timeout: u64,
+    #[arg(long)]
+    pub(crate) drain_timeout: Option<u64>,
     /// Seconds without a lease renewal after which another worker reclaims a task.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) lease: u64,
+    #[arg(long)]
+    pub(crate) lease: Option<u64>,
     /// Retries of a failed task when its payload does not say.
-    #[arg(long, default_value_t = 3)]
-    pub(crate) max_retries: u32,
+    #[arg(long)]
+    pub(crate) max_retries: Option<u32>,
     /// Seconds a task hash is kept after its last write (the reference keeps 24 h).
-    #[arg(long, default_value_t = 86_400)]
-    pub(crate) task_ttl: u64,
+    #[arg(long)]
+    pub(crate) task_ttl: Option<u64>,
     /// Seconds a task's event stream is kept after its last event (the reference keeps 1 h).
-    #[arg(long, default_value_t = 3_600)]
-    pub(crate) event_ttl: u64,
+    #[arg(long)]
+    pub(crate) event_ttl: Option<u64>,
     /// Seconds before the first retry (doubling each time, capped at 60 s).
-    #[arg(long, default_value_t = 1.0)]
-    pub(crate) retry_backoff: f64,
+    #[arg(long)]
+    pub(crate) retry_backoff: Option<f64>,
     /// Where tasks run.
     #[arg(long, value_enum, default_value = "local", env = "EXO_EXECUTOR")]
     pub(crate) executor: Executor,
     /// Seconds between queue-depth measurements for the metrics (0: never).
-    #[arg(long, default_value_t = 10.0)]
-    pub(crate) stats_interval: f64,
+    #[arg(long)]
+    pub(crate) stats_interval: Option<f64>,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "EXO_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,

@@ -12,7 +12,7 @@ use exo_agent::{McpPolicy, OutcomeStatus, RunOutcome, Runner, ToolRegistry};
 use exo_broker::{Broker, BrokerConfig, ClaimedTask, FinishOptions, Finished, Outcome};
 use exo_models::ProviderFactory;
 use exo_observability::record::{self, QueueSample, TaskLabels};
-use exo_proto::{Keys, RunStatus, StreamEvent, TaskStatus};
+use exo_proto::{RunStatus, StreamEvent, TaskStatus};
 use futures::FutureExt;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -79,15 +79,15 @@ impl WorkerBuilder {
         self
     }
 
-    /// The queue stream (default `exo:tasks`).
-    pub fn queue_name(mut self, queue_name: impl Into<String>) -> Self {
-        self.config.queue_name = queue_name.into();
+    /// The key prefix and queue stream (default `exo:` and `exo:tasks`).
+    pub fn keys(mut self, keys: exo_proto::Keys) -> Self {
+        self.config.broker.keys = keys;
         self
     }
 
     /// The heartbeat TTL (default 30 s).
     pub fn heartbeat_ttl(mut self, ttl: Duration) -> Self {
-        self.config.heartbeat_ttl = ttl;
+        self.config.broker.heartbeat_ttl = ttl;
         self
     }
 
@@ -279,19 +279,7 @@ impl Worker {
 
     /// The broker settings this worker uses.
     pub fn broker_config(&self) -> BrokerConfig {
-        let mut config = BrokerConfig::new(self.config.redis_url.clone()).with_keys(Keys::new(
-            self.config.key_prefix.clone(),
-            self.config.queue_name.clone(),
-        ));
-        config.retry = self.config.retry;
-        config.lease = self.config.lease;
-        config.heartbeat_ttl = self.config.heartbeat_ttl;
-        config.max_retries_cap = self.config.max_retries_cap;
-        config.task_ttl = self.config.task_ttl;
-        config.event_ttl = self.config.event_ttl;
-        config.tls_ca_file = self.config.tls_ca_file.clone();
-        config.replica_acks = self.config.replica_acks;
-        config
+        self.config.broker.clone()
     }
 
     /// Runs until [`ShutdownHandle::shutdown`] is called, then drains. Redis
@@ -342,7 +330,7 @@ impl Worker {
         });
         tracing::info!(
             worker_id = self.worker_id,
-            queue = self.config.queue_name,
+            queue = self.config.broker.keys.queue(),
             concurrency = self.config.concurrency,
             redis = broker.masked_url(),
             "worker started"
@@ -363,7 +351,7 @@ impl Worker {
                     // TTL. Only a hash that outlives that is a live process.
                     let since = *conflict_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed()
-                        > self.config.heartbeat_ttl + heartbeat_interval(&self.config)
+                        > self.config.broker.heartbeat_ttl + heartbeat_interval(&self.config)
                     {
                         broker.close().await;
                         return Err(exo_broker::Error::WorkerIdInUse {
@@ -650,7 +638,7 @@ impl Worker {
                     },
                 };
                 record::task_started(
-                    TaskLabels::new(&self.config.queue_name, &self.worker_id),
+                    TaskLabels::new(self.config.broker.keys.queue(), &self.worker_id),
                     task.payload.created_at,
                     exo_proto::time::now_seconds(),
                 );
@@ -708,7 +696,7 @@ pub(crate) fn heartbeat_interval(config: &WorkerConfig) -> Duration {
 /// The TTL the heartbeat key really gets: whole seconds (EXPIRE), at least
 /// one.
 fn key_ttl(config: &WorkerConfig) -> Duration {
-    Duration::from_secs(config.heartbeat_ttl.as_secs().max(1))
+    Duration::from_secs(config.broker.heartbeat_ttl.as_secs().max(1))
 }
 
 /// How long one heartbeat call may take: below the interval, so a slow
@@ -734,7 +722,7 @@ async fn heartbeat_once(shared: &Shared) -> Beat {
     let sent = std::time::Instant::now();
     let call = shared
         .session
-        .heartbeat(&health, shared.config.heartbeat_ttl, &leases);
+        .heartbeat(&health, shared.config.broker.heartbeat_ttl, &leases);
     let result = match tokio::time::timeout(heartbeat_call_timeout(&shared.config), call).await {
         Ok(result) => result,
         Err(_) => {
@@ -922,7 +910,7 @@ async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
             Ok(report) => {
                 if report.requeued + report.failed + report.reconciled > 0 {
                     record::tasks_reclaimed(
-                        TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
+                        TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
                         report.requeued + report.failed,
                     );
                     tracing::warn!(
@@ -951,7 +939,7 @@ async fn stats_loop(shared: Arc<Shared>, stop: CancellationToken) -> LoopEnd {
     loop {
         match shared.broker.admin().queue_stats().await {
             Ok(stats) => record::queue_measured(
-                &shared.config.queue_name,
+                shared.config.broker.keys.queue(),
                 &QueueSample {
                     depth: stats.depth(),
                     lag: stats.lag,
@@ -1056,7 +1044,7 @@ async fn run_task(
         task_id,
         attempt = task.lease.attempt,
         worker_id = shared.worker_id,
-        queue = shared.config.queue_name
+        queue = shared.config.broker.keys.queue()
     );
     exo_observability::set_parent_from(&span, &task.payload.trace_context());
     let execution = {
@@ -1249,7 +1237,7 @@ async fn finish(
         _ => status,
     };
     record::task_finished(
-        TaskLabels::new(&shared.config.queue_name, &shared.worker_id),
+        TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
         recorded,
         ran_for,
     );

@@ -218,9 +218,9 @@ impl Shared {
             last_heartbeat: exo_proto::time::now_seconds(),
             concurrency: self.config.concurrency as u32,
             hostname: self.hostname.clone(),
-            heartbeat_ttl: Some(self.config.heartbeat_ttl.as_secs() as u32),
+            heartbeat_ttl: Some(self.config.broker.heartbeat_ttl.as_secs() as u32),
             active_tasks: Some(active),
-            queue: Some(self.config.queue_name.clone()),
+            queue: Some(self.config.broker.keys.queue().to_owned()),
         }
     }
 }

@@ -23,8 +23,8 @@
 use std::{sync::Arc, time::Duration};
 
 use exo_agent::{OutcomeStatus, RunOutcome};
-use exo_broker::{Broker, BrokerConfig, ClaimedTask, PublishOptions, RetryPolicy};
-use exo_proto::{AgentSpec, Keys, RunStatus, StreamEvent, TaskPayload, TaskStatus};
+use exo_broker::{Broker, ClaimedTask, PublishOptions, RetryPolicy};
+use exo_proto::{AgentSpec, RunStatus, StreamEvent, TaskPayload, TaskStatus};
 use exo_temporal::{
     ActivityHost, ActivityRun, AgentOutcome, AgentTask, OutcomeKind, RunningWorkflow,
     TemporalClient, TemporalConfig, TemporalWorker,
@@ -60,19 +60,6 @@ fn default_timeout_margin(config: &WorkerConfig) -> Duration {
     config.deadline_grace + Duration::from_secs(5)
 }
 
-/// The broker settings of the worker (the same keys and TLS).
-fn broker_config(config: &WorkerConfig) -> BrokerConfig {
-    let mut broker = BrokerConfig::new(config.redis_url.clone()).with_keys(Keys::new(
-        config.key_prefix.clone(),
-        config.queue_name.clone(),
-    ));
-    broker.retry = config.retry;
-    broker.lease = config.lease;
-    broker.tls_ca_file = config.tls_ca_file.clone();
-    broker.replica_acks = config.replica_acks;
-    broker
-}
-
 /// Runs each claimed task as a durable Temporal workflow, and runs this
 /// process's share of the workflows and activities (its own Temporal
 /// worker). `exo start worker --executor temporal` builds one from the
@@ -105,7 +92,7 @@ impl TemporalExecutor {
                 settings.timeout_margin, config.deadline_grace
             )));
         }
-        let broker = Broker::connect(broker_config(config)).await?;
+        let broker = Broker::connect(config.broker.clone()).await?;
         let client = TemporalClient::connect(&settings)
             .await
             .map_err(|error| Error::Executor(error.to_string()))?;
@@ -123,7 +110,7 @@ impl TemporalExecutor {
             client,
             worker: tokio::sync::Mutex::new(Some(worker)),
             broker,
-            retry: config.retry,
+            retry: config.broker.retry,
             grace: config.deadline_grace,
             drain_timeout: config.drain_timeout,
         })

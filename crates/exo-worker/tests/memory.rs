@@ -24,12 +24,11 @@ fn start_worker(
     allow_payload_dsn: bool,
 ) -> Running {
     let mut config = WorkerConfig::new(redis.url());
-    config.key_prefix = redis.prefix().to_owned();
-    config.queue_name = redis.queue();
+    config.broker.keys = Keys::new(redis.prefix(), redis.queue());
     config.claim_block = Duration::from_millis(200);
     config.memory_stores = stores.to_vec();
     config.allow_payload_dsn = allow_payload_dsn;
-    config.retry.max_retries = 0;
+    config.broker.retry.max_retries = 0;
     let base_url = llm.openai_base_url();
     let providers: exo_models::ProviderFactory = Arc::new(move |model: &str| {
         let base_url = base_url.clone();

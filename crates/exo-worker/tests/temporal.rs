@@ -26,16 +26,15 @@ struct Harness {
 
 fn worker_config(redis: &TestRedis) -> WorkerConfig {
     let mut config = WorkerConfig::new(redis.url());
-    config.key_prefix = redis.prefix().to_owned();
-    config.queue_name = redis.queue();
+    config.broker.keys = Keys::new(redis.prefix(), redis.queue());
     config.concurrency = 4;
-    config.heartbeat_ttl = Duration::from_secs(3);
-    config.lease = Duration::from_secs(5);
+    config.broker.heartbeat_ttl = Duration::from_secs(3);
+    config.broker.lease = Duration::from_secs(5);
     config.claim_block = Duration::from_millis(200);
     config.reap_interval = Duration::from_millis(500);
     config.drain_timeout = Duration::from_secs(5);
     config.deadline_grace = Duration::from_millis(500);
-    config.retry = RetryPolicy {
+    config.broker.retry = RetryPolicy {
         max_retries: 3,
         base_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
@@ -52,10 +51,7 @@ fn tools() -> ToolRegistry {
 
 async fn broker_for(config: &WorkerConfig) -> Broker {
     Broker::connect(
-        BrokerConfig::new(config.redis_url.clone()).with_keys(Keys::new(
-            config.key_prefix.clone(),
-            config.queue_name.clone(),
-        )),
+        BrokerConfig::new(config.broker.redis_url.clone()).with_keys(config.broker.keys.clone()),
     )
     .await
     .unwrap()

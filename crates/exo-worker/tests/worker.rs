@@ -61,16 +61,15 @@ struct Harness {
 
 fn worker_config(redis: &TestRedis) -> WorkerConfig {
     let mut config = WorkerConfig::new(redis.url());
-    config.key_prefix = redis.prefix().to_owned();
-    config.queue_name = redis.queue();
+    config.broker.keys = Keys::new(redis.prefix(), redis.queue());
     config.concurrency = 4;
-    config.heartbeat_ttl = Duration::from_secs(3);
-    config.lease = Duration::from_secs(5);
+    config.broker.heartbeat_ttl = Duration::from_secs(3);
+    config.broker.lease = Duration::from_secs(5);
     config.claim_block = Duration::from_millis(200);
     config.reap_interval = Duration::from_millis(500);
     config.drain_timeout = Duration::from_secs(5);
     config.deadline_grace = Duration::from_millis(500);
-    config.retry = RetryPolicy {
+    config.broker.retry = RetryPolicy {
         max_retries: 3,
         base_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
@@ -94,12 +93,10 @@ async fn start(redis: TestRedis, edit: impl FnOnce(&mut WorkerConfig), hooks: Re
     let worker_id = worker.id().to_owned();
     let shutdown = worker.shutdown_handle();
     let worker = tokio::spawn(worker.run());
-    let broker = Broker::connect(BrokerConfig::new(redis.url()).with_keys(Keys::new(
-        config.key_prefix.clone(),
-        config.queue_name.clone(),
-    )))
-    .await
-    .unwrap();
+    let broker =
+        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
+            .await
+            .unwrap();
     Harness {
         redis,
         broker,
@@ -301,12 +298,10 @@ async fn a_running_task_is_cancelled_within_a_second() {
 async fn a_task_cancelled_while_queued_never_starts() {
     let redis = TestRedis::new();
     let config = worker_config(&redis);
-    let broker = Broker::connect(BrokerConfig::new(redis.url()).with_keys(Keys::new(
-        config.key_prefix.clone(),
-        config.queue_name.clone(),
-    )))
-    .await
-    .unwrap();
+    let broker =
+        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
+            .await
+            .unwrap();
     let task = payload(json!({"name": "never", "model": "scripted:echo"}), "x");
     broker.client().submit(task.clone()).await.unwrap();
     broker.client().cancel(&task.task_id).await.unwrap();
@@ -878,7 +873,7 @@ async fn a_restarted_worker_waits_for_its_old_heartbeat_to_expire() {
     let redis = TestRedis::new();
     let config = worker_config(&redis);
     let worker_id = format!("fixed-{}", new_id());
-    let key = Keys::new(config.key_prefix.clone(), config.queue_name.clone()).worker(&worker_id);
+    let key = config.broker.keys.clone().worker(&worker_id);
     let port: u16 = redis
         .url()
         .rsplit(':')

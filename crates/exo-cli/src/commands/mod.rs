@@ -24,13 +24,33 @@ pub(crate) fn redis_url(global: &Global) -> Result<String, Failure> {
     }
 }
 
-/// The broker settings the global flags describe.
+/// The broker settings the global flags describe: each flag given replaces
+/// the library's default, which lives only in [`BrokerConfig::new`].
 pub(crate) fn broker_config(global: &Global) -> Result<BrokerConfig, Failure> {
-    let mut config = BrokerConfig::new(redis_url(global)?)
-        .with_keys(Keys::new(global.key_prefix.clone(), global.queue.clone()));
-    config.tls_ca_file = global.tls_ca_file.clone();
-    config.replica_acks = global.replica_acks;
+    let mut config = BrokerConfig::new(redis_url(global)?);
+    apply_global(global, &mut config);
     Ok(config)
+}
+
+/// Applies the global flags that were given over `config`.
+pub(crate) fn apply_global(global: &Global, config: &mut BrokerConfig) {
+    if global.key_prefix.is_some() || global.queue.is_some() {
+        let prefix = global
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| config.keys.prefix().to_owned());
+        let queue = global
+            .queue
+            .clone()
+            .unwrap_or_else(|| config.keys.queue().to_owned());
+        config.keys = Keys::new(prefix, queue);
+    }
+    if let Some(path) = &global.tls_ca_file {
+        config.tls_ca_file = Some(path.clone());
+    }
+    if let Some(acks) = global.replica_acks {
+        config.replica_acks = acks;
+    }
 }
 
 /// Connects for a read or write command.

@@ -3,12 +3,12 @@
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use exo_agent::{McpPolicy, ToolRegistry};
-use exo_worker::{ExecutorKind, Worker, WorkerConfig};
+use exo_worker::{ExecutorKind, WorkerBuilder, WorkerConfig};
 
 use crate::{
     Failure, Outcome,
     args::{Executor, Global, LogFormat, Start, StartWorker},
-    commands::redis_url,
+    commands::{apply_global, redis_url},
 };
 
 pub(crate) async fn run(global: Global, command: Start) -> Outcome {
@@ -21,32 +21,45 @@ pub(crate) async fn run(global: Global, command: Start) -> Outcome {
 /// settings).
 fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Failure> {
     let mut config = WorkerConfig::new(redis_url(global)?);
+    apply_global(global, &mut config.broker);
+    let seconds = |name: &str, value: f64| {
+        if value.is_finite() && (0.0..=86_400.0).contains(&value) {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(Failure::with_code(
+                2,
+                anyhow::anyhow!("--{name} must be a number of seconds from 0 to 86400"),
+            ))
+        }
+    };
     config.worker_id = args.worker_id.clone();
-    config.concurrency = args.concurrency;
-    config.queue_name = global.queue.clone();
-    config.key_prefix = global.key_prefix.clone();
-    config.heartbeat_ttl = Duration::from_secs(args.heartbeat_ttl);
-    config.drain_timeout = Duration::from_secs(args.drain_timeout);
-    config.lease = Duration::from_secs(args.lease);
-    config.task_ttl = Duration::from_secs(args.task_ttl);
-    config.event_ttl = Duration::from_secs(args.event_ttl);
-    config.retry.max_retries = args.max_retries;
-    if !(args.retry_backoff.is_finite() && (0.0..=86_400.0).contains(&args.retry_backoff)) {
-        return Err(Failure::with_code(
-            2,
-            anyhow::anyhow!("--retry-backoff must be a number of seconds from 0 to 86400"),
-        ));
+    if let Some(concurrency) = args.concurrency {
+        config.concurrency = concurrency;
     }
-    config.retry.base_backoff = Duration::from_secs_f64(args.retry_backoff);
-    if !(args.stats_interval.is_finite() && (0.0..=86_400.0).contains(&args.stats_interval)) {
-        return Err(Failure::with_code(
-            2,
-            anyhow::anyhow!("--stats-interval must be a number of seconds from 0 to 86400"),
-        ));
+    if let Some(ttl) = args.heartbeat_ttl {
+        config.broker.heartbeat_ttl = Duration::from_secs(ttl);
     }
-    config.stats_interval = Duration::from_secs_f64(args.stats_interval);
-    config.tls_ca_file = global.tls_ca_file.clone();
-    config.replica_acks = global.replica_acks;
+    if let Some(timeout) = args.drain_timeout {
+        config.drain_timeout = Duration::from_secs(timeout);
+    }
+    if let Some(lease) = args.lease {
+        config.broker.lease = Duration::from_secs(lease);
+    }
+    if let Some(ttl) = args.task_ttl {
+        config.broker.task_ttl = Duration::from_secs(ttl);
+    }
+    if let Some(ttl) = args.event_ttl {
+        config.broker.event_ttl = Duration::from_secs(ttl);
+    }
+    if let Some(retries) = args.max_retries {
+        config.broker.retry.max_retries = retries;
+    }
+    if let Some(backoff) = args.retry_backoff {
+        config.broker.retry.base_backoff = seconds("retry-backoff", backoff)?;
+    }
+    if let Some(interval) = args.stats_interval {
+        config.stats_interval = seconds("stats-interval", interval)?;
+    }
     config.memory_stores = args.memory_stores.clone();
     config.allow_payload_dsn = args.allow_payload_dsn;
     config.executor = match args.executor {
@@ -114,8 +127,7 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
     for host in &args.mcp_allow_http_hosts {
         mcp = mcp.allow_http_host(host.clone());
     }
-    let worker = Worker::builder(config.redis_url.clone())
-        .configure(|settings| *settings = config.clone())
+    let worker = WorkerBuilder::from_config(config.clone())
         .tools(tools)
         .mcp_policy(mcp)
         .build()
@@ -124,8 +136,8 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
     println!(
         "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}",
         worker.id(),
-        exo_broker::mask_url(&config.redis_url),
-        config.queue_name,
+        exo_broker::mask_url(&config.broker.redis_url),
+        config.broker.keys.queue(),
         config.concurrency,
         match config.executor {
             ExecutorKind::Local => "local",
