@@ -5,11 +5,9 @@
 
 #![allow(clippy::print_stdout)]
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use exo_broker::Outcome;
 use exo_testkit::TestRedis;
 use fred::prelude::*;

@@ -1,8 +1,6 @@
 //! Shared helpers for the broker tests: a broker on a real Redis with the
 //! test's own key prefix, and sample payloads.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::time::Duration;
 
 use exo_broker::{Broker, BrokerConfig, ClaimedTask, RetryPolicy};
@@ -10,7 +8,7 @@ use exo_proto::{Keys, RunStatus, StreamEvent, TaskPayload, WorkerHealth};
 use exo_testkit::TestRedis;
 use serde_json::json;
 
-pub fn config(redis: &TestRedis) -> BrokerConfig {
+pub(crate) fn config(redis: &TestRedis) -> BrokerConfig {
     let mut config = BrokerConfig::new(redis.url()).with_keys(Keys::with_prefix(redis.prefix()));
     config.retry = RetryPolicy {
         max_retries: 3,
@@ -24,22 +22,22 @@ pub fn config(redis: &TestRedis) -> BrokerConfig {
     config
 }
 
-pub async fn broker(redis: &TestRedis) -> Broker {
+pub(crate) async fn broker(redis: &TestRedis) -> Broker {
     Broker::connect(config(redis))
         .await
         .expect("connect to the test Redis")
 }
 
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-pub fn payload(input: &str) -> TaskPayload {
+pub(crate) fn payload(input: &str) -> TaskPayload {
     let config = json!({"name": "helper", "model": "scripted:echo"});
     TaskPayload::new(new_id(), config.as_object().unwrap().clone(), input)
 }
 
-pub fn completed(agent: &str) -> StreamEvent {
+pub(crate) fn completed(agent: &str) -> StreamEvent {
     StreamEvent::status(
         RunStatus::Completed,
         agent,
@@ -47,16 +45,16 @@ pub fn completed(agent: &str) -> StreamEvent {
     )
 }
 
-pub fn errored(agent: &str, message: &str) -> StreamEvent {
+pub(crate) fn errored(agent: &str, message: &str) -> StreamEvent {
     StreamEvent::status(RunStatus::Error, agent, message)
 }
 
-pub fn cancelled(agent: &str) -> StreamEvent {
+pub(crate) fn cancelled(agent: &str) -> StreamEvent {
     StreamEvent::status(RunStatus::Cancelled, agent, "cancelled")
 }
 
 /// Claims until `count` tasks arrived or three claims in a row found none.
-pub async fn claim_all(broker: &Broker, worker: &str, count: usize) -> Vec<ClaimedTask> {
+pub(crate) async fn claim_all(broker: &Broker, worker: &str, count: usize) -> Vec<ClaimedTask> {
     let mut claimer = broker.worker_session(worker).claimer();
     let mut tasks = Vec::new();
     let mut empty = 0;
@@ -75,7 +73,7 @@ pub async fn claim_all(broker: &Broker, worker: &str, count: usize) -> Vec<Claim
 }
 
 /// A raw Redis command for assertions, on a separate connection.
-pub async fn raw(redis: &TestRedis) -> fred::prelude::Client {
+pub(crate) async fn raw(redis: &TestRedis) -> fred::prelude::Client {
     use fred::prelude::*;
     let client = Builder::from_config(Config::from_url(redis.url()).unwrap())
         .build()
@@ -84,13 +82,17 @@ pub async fn raw(redis: &TestRedis) -> fred::prelude::Client {
     client
 }
 
-pub fn texts(events: &[exo_broker::StreamItem]) -> Vec<String> {
+pub(crate) fn texts(events: &[exo_broker::StreamItem]) -> Vec<String> {
     events.iter().map(|item| item.event.to_json()).collect()
 }
 
 /// `XREADGROUP` one entry for `consumer` on a separate connection, without
 /// the claim script: an entry read but never marked running.
-pub async fn read_without_marking(client: &fred::prelude::Client, broker: &Broker, consumer: &str) {
+pub(crate) async fn read_without_marking(
+    client: &fred::prelude::Client,
+    broker: &Broker,
+    consumer: &str,
+) {
     use fred::prelude::*;
     let group = broker.keys().group();
     let _: fred::types::Value = client
@@ -112,7 +114,7 @@ pub async fn read_without_marking(client: &fred::prelude::Client, broker: &Broke
 }
 
 /// A heartbeat for `worker_id`, as a live worker writes it.
-pub fn health(worker_id: &str) -> WorkerHealth {
+pub(crate) fn health(worker_id: &str) -> WorkerHealth {
     WorkerHealth {
         worker_id: worker_id.to_owned(),
         status: "running".into(),

@@ -1,11 +1,9 @@
 //! Heartbeats, fleet status, health and queue numbers against a real
 //! redis-server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use exo_proto::time::now_seconds;
 use exo_proto::{Health, WorkerHealth};
 use exo_testkit::TestRedis;

@@ -1,11 +1,9 @@
 //! The queue against a real redis-server: submit, claim, finish, retries,
 //! fencing, cancel, dead letter.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use exo_broker::{CancelOutcome, Finished, Outcome, Submitted};
 use exo_proto::{StreamEvent, TaskStatus};
 use exo_testkit::TestRedis;

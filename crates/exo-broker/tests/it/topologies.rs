@@ -2,11 +2,9 @@
 //! queue, so no script can ever touch two slots), Sentinel, TLS with a
 //! private CA, and a least-privilege ACL user.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use exo_broker::{Broker, BrokerConfig, Error, Outcome};
 use exo_proto::{Keys, TaskStatus};
 use exo_testkit::{RedisCluster, RedisSentinelSet, TlsRedis};

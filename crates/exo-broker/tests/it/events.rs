@@ -1,10 +1,8 @@
 //! Event publishing and lossless reading against a real redis-server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use exo_broker::Outcome;
 use exo_proto::{RunStatus, StreamEvent, TextEvent};
 use exo_testkit::TestRedis;

@@ -2,11 +2,9 @@
 //! real redis-server: poison entries, lost retries, trimmed entries,
 //! stalls, duplicate worker ids, unbounded keys, bad bytes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use exo_broker::{Broker, Error, Finished, Outcome};
 use exo_proto::{TaskPayload, TaskStatus};
 use exo_testkit::TestRedis;

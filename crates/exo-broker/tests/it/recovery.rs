@@ -1,11 +1,9 @@
 //! Stuck-task recovery, leases, fencing, hand-back and reconnects against a
 //! real redis-server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use exo_broker::{Broker, Finished, Lease, Outcome};
 use exo_proto::TaskStatus;
 use exo_testkit::TestRedis;

@@ -1,0 +1,11 @@
+//! The broker against real redis-servers, one test binary.
+
+mod common;
+mod events;
+mod fleet;
+mod queue;
+mod recovery;
+mod reliability;
+mod round_trips;
+mod topologies;
+mod transitions;
