@@ -26,7 +26,8 @@
 //! - [`MemoryScope`] filters by user, session, task and agent;
 //!   [`SearchQuery`] adds text, type, status and a limit.
 //! - [`ShortTermStore`]: in-process and bounded, always compiled in.
-//!   `SqliteStore` and `PostgresStore`: behind features.
+//!   `SqliteStore` and `PostgresStore`: behind features, both aliases of
+//!   the one `SqlStore`, generic over the SQL dialect.
 //! - [`MemoryConfig`] parses `metadata.memory`; [`MemoryPolicy`] decides
 //!   which store a payload may open (named stores, payload DSNs refused by
 //!   default); [`StoreRegistry`] opens stores and shares one pool per
@@ -84,6 +85,8 @@ mod registry;
 mod short_term;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql_store;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
@@ -99,6 +102,8 @@ pub use policy::{MemoryPolicy, NamedStore};
 pub use postgres::PostgresStore;
 pub use registry::{RegistryConfig, StoreRegistry, open_store};
 pub use short_term::{ShortTermConfig, ShortTermStore};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql_store::SqlStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{Backend, MemoryStore, SearchQuery, SqlConfig};

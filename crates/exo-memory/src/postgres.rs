@@ -1,19 +1,19 @@
-//! The PostgreSQL store (feature `postgres`).
+//! The PostgreSQL dialect (feature `postgres`): the reference's schema, and
+//! how a PostgreSQL database is opened.
 
-use std::{str::FromStr, time::Duration};
+use std::str::FromStr;
 
-use async_trait::async_trait;
 use sqlx::{
-    Connection, PgPool, Postgres, Row,
-    postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions, PgRow},
+    Connection, Postgres, Row,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgQueryResult, PgRow},
 };
 
 use crate::{
     dsn::StoreTarget,
     error::{Error, Result},
-    item::{MemoryItem, MemoryScope, StoredRow},
     sql::{self, Dialect},
-    store::{Backend, MemoryStore, SearchQuery, SqlConfig},
+    sql_store::SqlStore,
+    store::{Backend, SqlConfig},
 };
 
 /// The reference's table, exactly.
@@ -55,55 +55,53 @@ const CREATE_INDEXES: [&str; 5] = [
 /// catalog). The value is the text "exomemry" read as a big-endian integer.
 const SCHEMA_LOCK: i64 = 0x6578_6f6d_656d_7279;
 
-const UPSERT: &str = "INSERT INTO memory_items
-    (id, content, memory_type, status, metadata, extra_json, created_at, updated_at, deleted, version)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, 0, 1)
-ON CONFLICT (id) DO UPDATE SET
-    content    = EXCLUDED.content,
-    status     = EXCLUDED.status,
-    metadata   = EXCLUDED.metadata,
-    extra_json = EXCLUDED.extra_json,
-    updated_at = EXCLUDED.updated_at,
-    version    = memory_items.version + 1,
-    deleted    = 0";
-
-const COLUMNS: &str = "id, content, memory_type, status, metadata::text AS metadata, \
-    extra_json::text AS extra_json, created_at, updated_at, version";
-
-fn scope_field(key: &'static str) -> &'static str {
-    match key {
-        "user_id" => "metadata->>'user_id'",
-        "session_id" => "metadata->>'session_id'",
-        "task_id" => "metadata->>'task_id'",
-        _ => "metadata->>'agent_id'",
-    }
-}
-
+/// PostgreSQL's spelling.
+///
 /// PostgreSQL has no stable insertion order to fall back on (`ctid` moves
 /// on every upsert), so items with equal `created_at` are ordered by `id`:
 /// arbitrary but stable, and the same in `search` and `history`. Items made
-/// in one process never share a `created_at` (see [`MemoryItem::new`]), so
-/// a tie means two processes, or timestamps set by hand. Both compare
-/// bytewise (`COLLATE "C"`): a database's language collation may weigh
-/// punctuation differently, and ISO timestamps sort right only bytewise.
-const DIALECT: Dialect = Dialect {
-    backend: "postgres",
-    columns: COLUMNS,
-    like: "ILIKE",
-    newest_first: "created_at COLLATE \"C\" DESC, id COLLATE \"C\" DESC",
-    scope_field,
-};
+/// in one process never share a `created_at` (see
+/// [`crate::MemoryItem::new`]), so a tie means two processes, or timestamps
+/// set by hand. Both compare bytewise (`COLLATE "C"`): a database's
+/// language collation may weigh punctuation differently, and ISO
+/// timestamps sort right only bytewise.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresDialect;
+
+impl Dialect for PostgresDialect {
+    type Database = Postgres;
+    const BACKEND: Backend = Backend::Postgres;
+    const COLUMNS: &'static str = "id, content, memory_type, status, metadata::text AS metadata, \
+                                   extra_json::text AS extra_json, created_at, updated_at, version";
+    const LIKE: &'static str = "ILIKE";
+    const NEWEST_FIRST: &'static str = "created_at COLLATE \"C\" DESC, id COLLATE \"C\" DESC";
+    const JSON_CAST: &'static str = "::jsonb";
+    const BEGIN_WRITE: Option<&'static str> = None;
+
+    fn scope_field(key: &'static str) -> &'static str {
+        match key {
+            "user_id" => "metadata->>'user_id'",
+            "session_id" => "metadata->>'session_id'",
+            "task_id" => "metadata->>'task_id'",
+            _ => "metadata->>'agent_id'",
+        }
+    }
+
+    /// The reference declares `version` as `INTEGER`, which is 32 bits here.
+    fn version(row: &PgRow) -> std::result::Result<i64, sqlx::Error> {
+        Ok(i64::from(row.try_get::<i32, _>("version")?))
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
 
 /// A store in a PostgreSQL database, in the reference's `memory_items`
 /// table.
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
-    target: StoreTarget,
-    timeout: Duration,
-}
+pub type PostgresStore = SqlStore<PostgresDialect>;
 
-impl PostgresStore {
+impl SqlStore<PostgresDialect> {
     /// Connects to `url` (`postgres://` or `postgresql://`) and creates the
     /// table and indexes if they are not there yet. A server that is down
     /// or unreachable fails within `config.connect_timeout`, with the
@@ -120,22 +118,9 @@ impl PostgresStore {
         // One plain connection first: the pool retries a refused connection
         // until its timeout and then reports only the timeout, while this
         // reports the real reason at once.
-        let mut connection = match tokio::time::timeout(
-            config.connect_timeout,
-            PgConnection::connect_with(&options),
-        )
-        .await
-        {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(sql::connect_error(&target, error)),
-            Err(_) => {
-                return Err(Error::ConnectTimeout {
-                    backend: "postgres",
-                    target: target.redacted(),
-                    timeout: config.connect_timeout,
-                });
-            }
-        };
+        let connecting = PgConnection::connect_with(&options);
+        let mut connection =
+            sql::connect_within(&target, config.connect_timeout, connecting).await?;
         let schema =
             tokio::time::timeout(config.connect_timeout * 2, ensure_schema(&mut connection))
                 .await
@@ -151,56 +136,7 @@ impl PostgresStore {
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.connect_timeout)
             .connect_lazy_with(options);
-        tracing::debug!(target = %target, "opened postgres memory store");
-        Ok(PostgresStore {
-            pool,
-            target,
-            timeout: config.connect_timeout,
-        })
-    }
-
-    /// Where the database is (password hidden in its `Display`).
-    pub fn target(&self) -> &StoreTarget {
-        &self.target
-    }
-
-    /// The connection pool, for callers that need the raw table.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn error(&self, operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
-        sql::query_error(DIALECT.backend, operation, self.timeout)
-    }
-
-    fn decode(&self, row: &PgRow) -> Result<MemoryItem> {
-        let read = || -> std::result::Result<StoredRow, sqlx::Error> {
-            Ok(StoredRow {
-                id: row.try_get("id")?,
-                content: row.try_get("content")?,
-                memory_type: row.try_get("memory_type")?,
-                status: row.try_get("status")?,
-                metadata: row.try_get("metadata")?,
-                extra_json: row.try_get("extra_json")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-                version: i64::from(row.try_get::<i32, _>("version")?),
-            })
-        };
-        read().map_err(self.error("read row"))?.into_item()
-    }
-
-    fn upsert_query(item: &MemoryItem) -> sqlx::query::Query<'static, Postgres, PgArguments> {
-        let row = StoredRow::from_item(item);
-        sqlx::query(UPSERT)
-            .bind(row.id)
-            .bind(row.content)
-            .bind(row.memory_type)
-            .bind(row.status)
-            .bind(row.metadata)
-            .bind(row.extra_json)
-            .bind(row.created_at)
-            .bind(row.updated_at)
+        Ok(SqlStore::new(pool, target, config.connect_timeout))
     }
 }
 
@@ -226,81 +162,4 @@ async fn ensure_schema(connection: &mut PgConnection) -> std::result::Result<(),
         sqlx::query(statement).execute(&mut *transaction).await?;
     }
     transaction.commit().await
-}
-
-#[async_trait]
-impl MemoryStore for PostgresStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
-
-    async fn add(&self, item: &MemoryItem) -> Result<()> {
-        item.validate()?;
-        Self::upsert_query(item)
-            .execute(&self.pool)
-            .await
-            .map_err(self.error("add"))?;
-        Ok(())
-    }
-
-    async fn add_many(&self, items: &[MemoryItem]) -> Result<()> {
-        for item in items {
-            item.validate()?;
-        }
-        let mut transaction = self.pool.begin().await.map_err(self.error("add_many"))?;
-        for item in items {
-            Self::upsert_query(item)
-                .execute(&mut *transaction)
-                .await
-                .map_err(self.error("add_many"))?;
-        }
-        transaction.commit().await.map_err(self.error("add_many"))?;
-        Ok(())
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<MemoryItem>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM memory_items WHERE id = $1 AND deleted = 0"
-        )))
-        .bind(id.to_owned())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.error("get"))?;
-        row.as_ref().map(|row| self.decode(row)).transpose()
-    }
-
-    async fn search(&self, query: &SearchQuery) -> Result<Vec<MemoryItem>> {
-        let mut builder = sql::search_query::<Postgres>(&DIALECT, query);
-        let rows = builder
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.error("search"))?;
-        rows.iter().map(|row| self.decode(row)).collect()
-    }
-
-    async fn history(&self, scope: &MemoryScope, limit: usize) -> Result<Vec<MemoryItem>> {
-        let mut builder = sql::history_query::<Postgres>(&DIALECT, scope, limit);
-        let rows = builder
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.error("history"))?;
-        rows.iter().rev().map(|row| self.decode(row)).collect()
-    }
-
-    async fn clear(&self, scope: &MemoryScope) -> Result<u64> {
-        let mut builder = sql::clear_query::<Postgres>(&DIALECT, scope);
-        let result = builder
-            .build()
-            .execute(&self.pool)
-            .await
-            .map_err(self.error("clear"))?;
-        Ok(result.rows_affected())
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.pool.close().await;
-        Ok(())
-    }
 }
