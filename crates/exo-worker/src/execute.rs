@@ -77,6 +77,7 @@ impl LocalExecutor {
     }
 
     /// The worker session it publishes through.
+    #[cfg_attr(not(feature = "temporal"), allow(dead_code))]
     pub(crate) fn session(&self) -> &WorkerSession {
         &self.session
     }

@@ -28,6 +28,9 @@
 //! | `mcp` | MCP tools in agents |
 //! | `temporal` | `ExecutorKind::Temporal`: tasks run as durable Temporal workflows (`exo-temporal`) |
 
+mod attempt;
+mod background;
+mod builder;
 mod config;
 mod error;
 mod execute;
@@ -38,6 +41,7 @@ mod state;
 #[cfg(feature = "temporal")]
 mod temporal;
 
+pub use builder::{ShutdownHandle, Worker, WorkerBuilder, WorkerStatus};
 pub use config::{ExecutorKind, WorkerConfig, default_worker_id, hostname};
 pub use error::{Error, Result};
 pub use execute::{Execution, Executor, LocalExecutor, RunControl};
@@ -46,6 +50,5 @@ pub use execute::{Execution, Executor, LocalExecutor, RunControl};
 pub use exo_temporal::TemporalConfig;
 pub use hooks::{NoHooks, TaskHooks};
 pub use memory::Memory;
-pub use runtime::{ShutdownHandle, Worker, WorkerBuilder, WorkerStatus};
 #[cfg(feature = "temporal")]
 pub use temporal::TemporalExecutor;

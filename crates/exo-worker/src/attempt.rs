@@ -1,0 +1,457 @@
+//! How one attempt ends: the run in its own tokio task, then what its end
+//! means for the task ([`settlement`], a pure function), the fenced final
+//! write, and the hook.
+
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use exo_agent::{OutcomeStatus, RunOutcome};
+use exo_broker::{ClaimedTask, FinishOptions, Finished, Outcome};
+use exo_observability::record::{self, TaskLabels};
+use exo_proto::{RunStatus, StreamEvent, TaskStatus};
+use futures::FutureExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    execute::{Execution, Executor, RunControl},
+    hooks::TaskHooks,
+    runtime::backoff,
+    state::{RunningTask, Shared, StopReason},
+};
+
+/// Runs one attempt and ends it: the run (in its own tokio task, so a panic
+/// fails the task, not the worker), then the fenced final write, then the
+/// hook.
+pub(crate) async fn run_task(
+    shared: Arc<Shared>,
+    executor: Arc<dyn Executor>,
+    hooks: Arc<dyn TaskHooks>,
+    task: ClaimedTask,
+) {
+    let task_id = task.lease.task_id.clone();
+    let running = Arc::new(RunningTask {
+        lease: task.lease.clone(),
+        cancel: CancellationToken::new(),
+        stop: Mutex::new(None),
+        started: std::time::Instant::now(),
+    });
+    shared.registry.register(running.clone());
+    // The payload's deadline, capped by the worker.
+    let timeout = Duration::try_from_secs_f64(task.payload.timeout_seconds.max(0.001))
+        .unwrap_or(Duration::MAX)
+        .min(shared.config.max_task_timeout);
+    let control = RunControl {
+        cancel: running.cancel.clone(),
+        deadline: Instant::now() + timeout,
+        pause: Some(shared.pause.subscribe()),
+    };
+    let span = tracing::info_span!(
+        "exo.task.execute",
+        task_id,
+        attempt = task.lease.attempt,
+        worker_id = shared.worker_id,
+        queue = shared.config.broker.keys.queue()
+    );
+    exo_observability::set_parent_from(&span, &task.payload.trace_context());
+    let execution = {
+        let executor = executor.clone();
+        let task = task.clone();
+        async move {
+            std::panic::AssertUnwindSafe(executor.execute(&task, control))
+                .catch_unwind()
+                .await
+        }
+    };
+    let execution = match tracing::Instrument::instrument(execution, span).await {
+        Ok(execution) => execution,
+        Err(panic) => Execution {
+            outcome: crate::execute::failed_outcome(
+                &crate::execute::agent_name_of(&task.payload),
+                format!("the executor panicked: {}", panic_message(&*panic)),
+                "Panic",
+                true,
+            ),
+            unsent_events: Vec::new(),
+            retries_used: 0,
+        },
+    };
+    let stop = running.stop_reason();
+    match stop {
+        Some(StopReason::Lost) => {
+            tracing::warn!(
+                task_id,
+                "attempt lost to another worker; its result is dropped"
+            );
+            shared.registry.unregister(&running);
+            return;
+        }
+        Some(StopReason::Shutdown) => {
+            // Handed back by the drain; nothing to write.
+            shared.registry.unregister(&running);
+            return;
+        }
+        _ => {}
+    }
+    let ran_for = running.started.elapsed();
+    // The task stays registered until its final write lands, so the
+    // heartbeat keeps renewing its lease while that write is retried.
+    finish(
+        &shared,
+        &hooks,
+        &task,
+        execution,
+        stop == Some(StopReason::Cancelled),
+        timeout,
+        ran_for,
+    )
+    .await;
+    shared.registry.unregister(&running);
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Formats `timeout_seconds` as the guide writes it: "timed out after 300 s".
+fn timeout_message(timeout: Duration) -> String {
+    let seconds = timeout.as_secs_f64();
+    if seconds.fract() == 0.0 {
+        format!("timed out after {} s", seconds as u64)
+    } else {
+        format!("timed out after {seconds} s")
+    }
+}
+
+/// What a run's end means for its task: the outcome to record and the
+/// terminal event to end the stream with. `cancelled` says whether a client
+/// asked for the cancel (a run that stopped by itself without one is a
+/// retryable failure); `timeout_text` is the message of a timeout.
+fn settlement<'a>(
+    outcome: &'a RunOutcome,
+    cancelled: bool,
+    timeout_text: &'a str,
+) -> (Outcome<'a>, StreamEvent) {
+    let agent_name = outcome.agent_name.as_str();
+    match outcome.status {
+        OutcomeStatus::Completed => (
+            Outcome::Completed {
+                output: &outcome.output,
+            },
+            outcome.terminal_event(),
+        ),
+        OutcomeStatus::Cancelled if cancelled => (Outcome::Cancelled, outcome.terminal_event()),
+        OutcomeStatus::Cancelled => (
+            Outcome::Failed {
+                error: "the run stopped without a cancel request",
+                retryable: true,
+            },
+            StreamEvent::status(
+                RunStatus::Error,
+                agent_name,
+                "the run stopped without a cancel request",
+            ),
+        ),
+        OutcomeStatus::TimedOut => (
+            Outcome::Failed {
+                error: timeout_text,
+                retryable: outcome.retryable,
+            },
+            StreamEvent::status(RunStatus::Error, agent_name, timeout_text),
+        ),
+        OutcomeStatus::Failed => (
+            Outcome::Failed {
+                error: outcome.error.as_deref().unwrap_or("the run failed"),
+                retryable: outcome.retryable,
+            },
+            outcome.terminal_event(),
+        ),
+    }
+}
+
+async fn finish(
+    shared: &Shared,
+    hooks: &Arc<dyn TaskHooks>,
+    task: &ClaimedTask,
+    execution: Execution,
+    cancelled: bool,
+    timeout: Duration,
+    ran_for: Duration,
+) {
+    let outcome = execution.outcome;
+    let agent_name = outcome.agent_name.clone();
+    let timeout_text = timeout_message(timeout);
+    let (result, terminal) = settlement(&outcome, cancelled, &timeout_text);
+    let events = execution.unsent_events;
+    let retries_used = execution.retries_used;
+    let mut finished = write_outcome(
+        shared,
+        task,
+        result,
+        events.clone(),
+        &terminal,
+        retries_used,
+    )
+    .await;
+    if finished == Some(Finished::CancelRequested) {
+        let terminal = StreamEvent::status(
+            RunStatus::Cancelled,
+            &agent_name,
+            format!("Task '{}' was cancelled", task.lease.task_id),
+        );
+        finished = write_outcome(
+            shared,
+            task,
+            Outcome::Cancelled,
+            events,
+            &terminal,
+            retries_used,
+        )
+        .await;
+    }
+    let Some(finished) = finished else { return };
+    let (status, output, error) = match &finished {
+        Finished::Completed => {
+            shared.processed.fetch_add(1, Ordering::Relaxed);
+            (TaskStatus::Completed, Some(outcome.output.as_str()), None)
+        }
+        Finished::Cancelled => (TaskStatus::Cancelled, None, None),
+        Finished::Failed | Finished::Retrying { .. } => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            let error = match result {
+                Outcome::Failed { error, .. } => Some(error),
+                _ => None,
+            };
+            (TaskStatus::Failed, None, error)
+        }
+        Finished::Stale { status, attempt } => {
+            tracing::warn!(
+                task_id = task.lease.task_id,
+                status,
+                attempt,
+                "result refused: the attempt is no longer current"
+            );
+            return;
+        }
+        Finished::CancelRequested => return,
+    };
+    let recorded = match &finished {
+        Finished::Retrying { .. } => TaskStatus::Retrying,
+        _ => status,
+    };
+    record::task_finished(
+        TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
+        recorded,
+        ran_for,
+    );
+    record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
+    match &finished {
+        Finished::Retrying { retry, delay } => {
+            tracing::warn!(
+                task_id = task.lease.task_id,
+                retry,
+                ?delay,
+                error,
+                "attempt failed; retrying"
+            );
+        }
+        Finished::Failed => tracing::warn!(task_id = task.lease.task_id, error, "task failed"),
+        _ => tracing::info!(task_id = task.lease.task_id, %status, "task finished"),
+    }
+    call_hook(
+        hooks,
+        &task.payload,
+        status,
+        output,
+        error,
+        shared.config.hook_timeout,
+    )
+    .await;
+}
+
+/// The fenced final write, retried while Redis is unreachable or answers
+/// with a passing error (loading, busy, a read-only replica after a
+/// failover, resharding): the result must not be lost. Until a forced
+/// shutdown.
+async fn write_outcome(
+    shared: &Shared,
+    task: &ClaimedTask,
+    outcome: Outcome<'_>,
+    events: Vec<String>,
+    terminal: &StreamEvent,
+    retries_used: u32,
+) -> Option<Finished> {
+    let mut attempt = 0;
+    loop {
+        let options = FinishOptions {
+            inner_retries: retries_used,
+        };
+        match shared
+            .session
+            .finish(task, outcome, events.clone(), terminal, options)
+            .await
+        {
+            Ok(finished) => return Some(finished),
+            Err(error) if error.is_transient() && !shared.force.is_cancelled() => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, task_id = task.lease.task_id, "cannot record the result yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(attempt)) => {}
+                    () = shared.force.cancelled() => {}
+                }
+            }
+            Err(error) => {
+                // Redis refuses this write for good (too large, a key of the
+                // wrong type, a missing permission): record the attempt as
+                // a failure with the reason instead, so the task is charged
+                // a retry and ends in the dead letter after its budget,
+                // rather than handed back and run again for free.
+                let reason = format!("the result could not be recorded: {error}");
+                tracing::error!(%error, task_id = task.lease.task_id, "could not record the result; recording the attempt as failed");
+                let terminal =
+                    StreamEvent::status(RunStatus::Error, terminal.agent_name(), reason.clone());
+                return match shared
+                    .session
+                    .finish(
+                        task,
+                        Outcome::Failed {
+                            error: &reason,
+                            retryable: true,
+                        },
+                        Vec::new(),
+                        &terminal,
+                        options,
+                    )
+                    .await
+                {
+                    Ok(finished) => Some(finished),
+                    Err(error) => {
+                        tracing::error!(%error, task_id = task.lease.task_id, "could not record the failure either; the task will be reclaimed");
+                        None
+                    }
+                };
+            }
+        }
+    }
+}
+
+async fn call_hook(
+    hooks: &Arc<dyn TaskHooks>,
+    payload: &exo_proto::TaskPayload,
+    status: TaskStatus,
+    output: Option<&str>,
+    error: Option<&str>,
+    timeout: Duration,
+) {
+    let hooks = hooks.clone();
+    let payload = payload.clone();
+    let output = output.map(str::to_owned);
+    let error = error.map(str::to_owned);
+    let task_id = payload.task_id.clone();
+    let call = tokio::spawn(async move {
+        hooks
+            .on_task_done(&payload, status, output.as_deref(), error.as_deref())
+            .await
+            .map_err(|error| error.to_string())
+    });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(task_id, error, "on_task_done failed"),
+        Ok(Err(join)) => tracing::error!(task_id, error = %join, "on_task_done panicked"),
+        Err(_) => tracing::warn!(task_id, ?timeout, "on_task_done timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exo_agent::{OutcomeStatus, RunOutcome};
+    use exo_broker::Outcome;
+
+    use super::settlement;
+
+    fn run(status: OutcomeStatus, error: Option<&str>, retryable: bool) -> RunOutcome {
+        RunOutcome {
+            status,
+            agent_name: "helper".into(),
+            is_swarm: false,
+            output: "the output".into(),
+            usage: Default::default(),
+            error: error.map(str::to_owned),
+            error_type: error.map(|_| "ModelError".to_owned()),
+            retryable,
+        }
+    }
+
+    /// What each way a run ends means for its task: the recorded outcome, and
+    /// the terminal event's status and message.
+    #[test]
+    fn how_a_run_end_settles_its_task() {
+        let cases: &[(RunOutcome, bool, &str, &str)] = &[
+            (
+                run(OutcomeStatus::Completed, None, false),
+                false,
+                "completed: the output",
+                "completed: Agent 'helper' completed execution",
+            ),
+            (
+                run(OutcomeStatus::Cancelled, None, false),
+                true,
+                "cancelled",
+                "cancelled: Agent 'helper' was cancelled",
+            ),
+            (
+                run(OutcomeStatus::Cancelled, None, false),
+                false,
+                "failed (retryable): the run stopped without a cancel request",
+                "error: the run stopped without a cancel request",
+            ),
+            (
+                run(OutcomeStatus::TimedOut, None, true),
+                false,
+                "failed (retryable): timed out after 0.5 s",
+                "error: timed out after 0.5 s",
+            ),
+            (
+                run(OutcomeStatus::Failed, Some("the model refused"), false),
+                false,
+                "failed (final): the model refused",
+                "error: the model refused",
+            ),
+            (
+                run(OutcomeStatus::Failed, None, true),
+                false,
+                "failed (retryable): the run failed",
+                "error: ",
+            ),
+        ];
+        for (outcome, cancelled, recorded, terminal) in cases {
+            let (result, event) = settlement(outcome, *cancelled, "timed out after 0.5 s");
+            let recorded_now = match result {
+                Outcome::Completed { output } => format!("completed: {output}"),
+                Outcome::Cancelled => "cancelled".to_owned(),
+                Outcome::Failed { error, retryable } => format!(
+                    "failed ({}): {error}",
+                    if retryable { "retryable" } else { "final" }
+                ),
+            };
+            let event = serde_json::to_value(&event).unwrap();
+            let terminal_now = format!(
+                "{}: {}",
+                event["status"].as_str().unwrap_or_default(),
+                event["message"].as_str().unwrap_or_default()
+            );
+            assert_eq!(
+                (recorded_now.as_str(), terminal_now.starts_with(terminal)),
+                (*recorded, true),
+                "{:?} cancelled={cancelled}: terminal `{terminal_now}`",
+                outcome.status
+            );
+        }
+    }
+}
