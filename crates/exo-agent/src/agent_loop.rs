@@ -8,8 +8,8 @@ use std::{
 
 use exo_models::{Completion, ModelProvider, ModelRequest, ToolDefinition};
 use exo_proto::{
-    AgentConfig, Content, ErrorEvent, Message, ReasoningEvent, RunStatus, StepEvent, StepStatus,
-    StreamEvent, TextEvent, ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
+    AgentConfig, Content, ErrorEvent, ErrorType, Message, ReasoningEvent, RunStatus, StepEvent,
+    StepStatus, StreamEvent, TextEvent, ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
     ToolResultEvent, Usage, UsageEvent,
 };
 use futures::{FutureExt, StreamExt};
@@ -39,7 +39,7 @@ pub(crate) struct PreparedAgent {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Failure {
     pub(crate) message: String,
-    pub(crate) error_type: String,
+    pub(crate) error_type: ErrorType,
     pub(crate) retryable: bool,
 }
 
@@ -263,7 +263,7 @@ pub(crate) async fn run_agent(
             Err(error) => {
                 let failure = Failure {
                     message: error.to_string(),
-                    error_type: error.error_type().to_owned(),
+                    error_type: error.error_type(),
                     retryable: error.is_retryable(),
                 };
                 emit_error(ctx, name, &failure, Some(step)).await;
@@ -361,7 +361,7 @@ pub(crate) async fn run_agent(
         if let Some(message) = panicked {
             let failure = Failure {
                 message,
-                error_type: "ToolPanic".to_owned(),
+                error_type: ErrorType::ToolPanic,
                 retryable: false,
             };
             emit_error(ctx, name, &failure, Some(step)).await;
@@ -379,7 +379,7 @@ pub(crate) async fn run_agent(
             "Agent '{name}' reached max_steps ({}) without a final answer",
             config.max_steps
         ),
-        error_type: "MaxStepsExceeded".to_owned(),
+        error_type: ErrorType::MaxStepsExceeded,
         retryable: false,
     };
     emit_error(ctx, name, &failure, Some(config.max_steps)).await;
@@ -457,7 +457,7 @@ pub(crate) async fn emit_error(
     ctx.emitter
         .event(StreamEvent::Error(ErrorEvent {
             error: failure.message.clone(),
-            error_type: failure.error_type.clone(),
+            error_type: failure.error_type.to_string(),
             agent_name: agent_name.to_owned(),
             step_number,
             recoverable: false,

@@ -15,9 +15,10 @@
 //! - [`RunOptions`]: `detailed`, the cancel token and the deadline.
 //! - [`RunEvent`]: what the run sends while it goes: stream events, and
 //!   conversation messages for memory persistence.
-//! - [`RunOutcome`]: how it ended (completed, failed, cancelled, timed out),
-//!   the output, usage totals, the error and whether a retry may help;
-//!   [`RunOutcome::terminal_event`] builds the task's last event.
+//! - [`RunOutcome`] (from `exo-proto`, re-exported here): how it ended
+//!   (completed, failed, cancelled, timed out), the output, usage totals,
+//!   the error and its [`exo_proto::ErrorType`], and whether a retry may
+//!   help; [`RunOutcome::terminal_event`] builds the task's last event.
 //! - [`Tool`] and [`ToolRegistry`]: tools the embedding program provides;
 //!   [`builtin`] has demo and test tools.
 //!

@@ -9,7 +9,10 @@ use std::{
 };
 
 use exo_models::ProviderFactory;
-use exo_proto::{AgentConfig, AgentSpec, Message, SwarmMode, ToolSpec, Usage};
+use exo_proto::{
+    AgentConfig, AgentSpec, ErrorType, Message, OutcomeStatus, RunOutcome, SwarmMode, ToolSpec,
+    Usage,
+};
 use futures::FutureExt;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +23,7 @@ use crate::{
     },
     error::Error,
     mcp::McpPolicy,
-    outcome::{Emitter, OutcomeStatus, RunEvent, RunOptions, RunOutcome},
+    outcome::{Emitter, RunEvent, RunOptions},
     swarm::{DelegateTool, SwarmPlan, handoff_instructions, run_swarm},
     tool::ToolRegistry,
 };
@@ -138,7 +141,11 @@ impl Runner {
             is_swarm,
             output,
             usage,
-            retryable: failure.as_ref().is_some_and(|failure| failure.retryable),
+            // A kind with a fixed retryability decides it, as in
+            // `RunOutcome::failed`.
+            retryable: failure
+                .as_ref()
+                .is_some_and(|failure| failure.error_type.retryable().unwrap_or(failure.retryable)),
             error: failure.as_ref().map(|failure| failure.message.clone()),
             error_type: failure.map(|failure| failure.error_type),
         };
@@ -155,7 +162,7 @@ impl Runner {
             Err(error) => {
                 let failure = Failure {
                     message: error.to_string(),
-                    error_type: "ConfigError".to_owned(),
+                    error_type: ErrorType::Config,
                     retryable: false,
                 };
                 emit_error(&ctx, &name, &failure, None).await;
@@ -212,7 +219,7 @@ impl Runner {
             End::Panicked(message) => {
                 let failure = Failure {
                     message: format!("{kind} '{name}' panicked: {message}"),
-                    error_type: "Panic".to_owned(),
+                    error_type: ErrorType::Panic,
                     retryable: false,
                 };
                 emit_error(&ctx, &name, &failure, None).await;
@@ -221,7 +228,7 @@ impl Runner {
             End::Cancelled => {
                 let failure = Failure {
                     message: format!("{kind} '{name}' was cancelled"),
-                    error_type: "CancelledError".to_owned(),
+                    error_type: ErrorType::Cancelled,
                     retryable: false,
                 };
                 outcome(
@@ -237,7 +244,7 @@ impl Runner {
                         "{kind} '{name}' timed out after {:.1}s",
                         started.elapsed().as_secs_f64()
                     ),
-                    error_type: "TimeoutError".to_owned(),
+                    error_type: ErrorType::Timeout,
                     retryable: true,
                 };
                 emit_error(&ctx, &name, &failure, None).await;

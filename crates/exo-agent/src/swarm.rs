@@ -43,7 +43,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
-use exo_proto::{Message, SwarmConfig, SwarmMode, ToolOutput};
+use exo_proto::{ErrorType, Message, SwarmConfig, SwarmMode, ToolOutput};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -215,7 +215,7 @@ async fn handoff(
                     "Swarm '{}' exceeded max_handoffs ({}): '{current}' handed off to '{target}'",
                     plan.name, plan.config.max_handoffs
                 ),
-                error_type: "MaxHandoffsExceeded".to_owned(),
+                error_type: ErrorType::MaxHandoffsExceeded,
                 retryable: false,
             };
             emit_error(ctx, &plan.name, &failure, None).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{agent, collect, runner, scripted_factory, spec};
 use exo_agent::{OutcomeStatus, RunEvent, RunOptions};
 use exo_models::{HttpProviderConfig, OpenAiProvider, RetryPolicy, fixed_factory};
-use exo_proto::{RunStatus, StreamEvent};
+use exo_proto::{ErrorType, RunStatus, StreamEvent};
 use exo_testkit::{FakeLlmServer, FakeResponse};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,7 @@ async fn a_deadline_stops_a_slow_scripted_stream() {
         "the deadline took {took:?}"
     );
     assert_eq!(run.outcome.status, OutcomeStatus::TimedOut);
-    assert_eq!(run.outcome.error_type.as_deref(), Some("TimeoutError"));
+    assert_eq!(run.outcome.error_type, Some(ErrorType::Timeout));
     assert!(run.outcome.retryable);
     assert_eq!(run.kinds(), ["status", "step", "error"]);
     match run.outcome.terminal_event() {

@@ -7,7 +7,7 @@ mod common;
 
 use common::{collect, fixed_scripted, fixture_events, fixture_json, normalize, runner};
 use exo_agent::{OutcomeStatus, RunOptions};
-use exo_proto::{Message, TaskPayload, ToolCall, Usage};
+use exo_proto::{ErrorType, Message, TaskPayload, ToolCall, Usage};
 use serde_json::Value;
 
 /// What a golden case expects besides the event sequence.
@@ -138,7 +138,7 @@ async fn the_error_run_outcome_is_a_retryable_runtime_error() {
     )
     .await;
     assert_eq!(run.outcome.error.as_deref(), Some("provider down"));
-    assert_eq!(run.outcome.error_type.as_deref(), Some("RuntimeError"));
+    assert_eq!(run.outcome.error_type, Some(ErrorType::Runtime));
     assert!(run.outcome.retryable, "the reference retries this failure");
     assert_eq!(run.kinds(), ["error"], "a plain run emits only the error");
 }

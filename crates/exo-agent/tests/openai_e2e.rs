@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{agent, collect, runner, spec};
 use exo_agent::OutcomeStatus;
 use exo_models::{ProviderFactory, resolve_provider_with_env};
-use exo_proto::{Message, StreamEvent};
+use exo_proto::{ErrorType, Message, StreamEvent};
 use exo_testkit::{FakeLlmServer, FakeResponse};
 use serde_json::json;
 
@@ -169,10 +169,7 @@ async fn an_http_failure_reports_the_provider_error() {
     )
     .await;
     assert_eq!(run.outcome.status, OutcomeStatus::Failed);
-    assert_eq!(
-        run.outcome.error_type.as_deref(),
-        Some("AuthenticationError")
-    );
+    assert_eq!(run.outcome.error_type, Some(ErrorType::Authentication));
     assert_eq!(
         run.outcome.error.as_deref(),
         Some("openai: authentication failed (HTTP 401): bad key")

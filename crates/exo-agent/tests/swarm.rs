@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use common::{agent, assert_summary, collect, runner, scripted_factory, spec, summary};
 use exo_agent::{OutcomeStatus, RunOptions};
 use exo_models::ProviderFactory;
-use exo_proto::StreamEvent;
+use exo_proto::{ErrorType, StreamEvent};
 use serde_json::{Value, json};
 
 fn script(turns: Value) -> String {
@@ -115,7 +115,7 @@ async fn each_member_gets_its_own_provider() {
         RunOptions::default(),
     )
     .await;
-    assert_eq!(run.outcome.error_type.as_deref(), Some("ConfigError"));
+    assert_eq!(run.outcome.error_type, Some(ErrorType::Config));
     assert!(
         run.outcome
             .error

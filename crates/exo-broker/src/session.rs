@@ -353,7 +353,7 @@ impl WorkerSession {
         let terminal = StreamEvent::status(RunStatus::Error, "", reason);
         let error_event = StreamEvent::Error(exo_proto::ErrorEvent {
             error: reason.to_owned(),
-            error_type: "InvalidPayload".to_owned(),
+            error_type: exo_proto::ErrorType::InvalidPayload.as_str().to_owned(),
             agent_name: String::new(),
             step_number: None,
             recoverable: false,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use exo_proto::ErrorType;
+
 /// Everything that can go wrong when resolving or calling a model.
 ///
 /// Each error says whether it is transient ([`Error::is_retryable`]): a
@@ -127,18 +129,18 @@ impl Error {
     /// The error's kind as the `error_type` of an `error` event. The names
     /// follow the exception classes the reference reports, so a scripted
     /// failure is a `RuntimeError`.
-    pub fn error_type(&self) -> &'static str {
+    pub fn error_type(&self) -> ErrorType {
         match self {
-            Error::Auth { .. } => "AuthenticationError",
-            Error::RateLimited { .. } => "RateLimitError",
-            Error::Server { .. } => "InternalServerError",
-            Error::ContextLength { .. } => "ContextLengthExceededError",
-            Error::BadRequest { .. } => "BadRequestError",
-            Error::Transport { .. } => "APIConnectionError",
-            Error::Interrupted { .. } => "StreamInterruptedError",
-            Error::InvalidResponse { .. } => "APIResponseValidationError",
-            Error::Config(_) => "ConfigError",
-            Error::Scripted(_) => "RuntimeError",
+            Error::Auth { .. } => ErrorType::Authentication,
+            Error::RateLimited { .. } => ErrorType::RateLimit,
+            Error::Server { .. } => ErrorType::InternalServer,
+            Error::ContextLength { .. } => ErrorType::ContextLengthExceeded,
+            Error::BadRequest { .. } => ErrorType::BadRequest,
+            Error::Transport { .. } => ErrorType::ApiConnection,
+            Error::Interrupted { .. } => ErrorType::StreamInterrupted,
+            Error::InvalidResponse { .. } => ErrorType::ApiResponseValidation,
+            Error::Config(_) => ErrorType::Config,
+            Error::Scripted(_) => ErrorType::Runtime,
         }
     }
 }

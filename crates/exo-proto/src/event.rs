@@ -134,7 +134,7 @@ impl StreamEvent {
         serde_json::to_string(self).unwrap_or_else(|error| {
             // Every field is a plain JSON value, so this cannot fail; keep the
             // stream well-formed even so.
-            format!(r#"{{"type":"error","error":"unserializable event: {error}","error_type":"SerializationError","agent_name":"","step_number":null,"recoverable":false}}"#)
+            format!(r#"{{"type":"error","error":"unserializable event: {error}","error_type":"{kind}","agent_name":"","step_number":null,"recoverable":false}}"#, kind = crate::ErrorType::Serialization)
         })
     }
 

@@ -3,10 +3,12 @@
 //! Depend on this crate to read or write what exo puts in Redis: the queue's
 //! [`TaskPayload`], the task hash ([`TaskResult`]), the event stream
 //! ([`StreamEvent`]), conversation history ([`Message`]), agent and swarm
-//! configs ([`AgentSpec`]), the heartbeat hash ([`WorkerHealth`]) and the key
+//! configs ([`AgentSpec`]), the heartbeat hash ([`WorkerHealth`]), the key
 //! names ([`Keys`]). It is byte-compatible with the Python reference system,
 //! so a value captured from either side parses here and re-serializes to the
-//! same JSON.
+//! same JSON. It also holds how a run ended ([`RunOutcome`], with the failure
+//! kinds of [`ErrorType`]), the one type every layer above passes upward and
+//! Temporal carries between processes.
 //!
 //! It also holds the two small pure utilities every layer shares, so that
 //! each exists once: [`time`] (the clock and ISO-8601 timestamps) and
@@ -24,10 +26,12 @@
 mod agent;
 mod backoff;
 mod error;
+mod error_type;
 mod event;
 mod health;
 mod keys;
 mod message;
+mod outcome;
 mod task;
 pub mod time;
 
@@ -37,6 +41,7 @@ pub use agent::{
 };
 pub use backoff::{Backoff, Jitter};
 pub use error::{Error, Result};
+pub use error_type::ErrorType;
 pub use event::{
     ContextEvent, ErrorEvent, McpProgressEvent, ReasoningEvent, RunStatus, StatusEvent, StepEvent,
     StepStatus, StreamEvent, TextEvent, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
@@ -45,6 +50,7 @@ pub use event::{
 pub use health::{DEAD_AFTER_SECONDS, Health, HealthReport, WorkerHealth};
 pub use keys::{Keys, cluster_slot};
 pub use message::{Content, Message, ToolCall};
+pub use outcome::{OutcomeStatus, RunOutcome};
 pub use task::{
     MAX_NESTING, RESERVED_TASK_IDS, TaskPayload, TaskResult, TaskStatus, Usage, check_task_id,
 };

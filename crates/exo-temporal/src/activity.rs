@@ -5,14 +5,14 @@
 
 use std::{sync::Arc, time::Duration};
 
+use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
 use serde::{Deserialize, Serialize};
-use temporalio_common::error::ApplicationFailure;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::outcome::{ActivityInput, AgentOutcome, OutcomeKind};
+use crate::outcome::{ActivityInput, AttemptOutcome, application_failure};
 
 /// One activity attempt, as the host sees it.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct ActivityRun {
 #[async_trait::async_trait]
 pub trait ActivityHost: Send + Sync + 'static {
     /// Runs one attempt to its end.
-    async fn run(&self, run: ActivityRun) -> AgentOutcome;
+    async fn run(&self, run: ActivityRun) -> RunOutcome;
 }
 
 /// Why a running activity stopped before its run ended by itself.
@@ -98,13 +98,13 @@ impl AgentActivities {
     /// turns its outcome into the activity's result: `Ok` for a completed
     /// run, a cancellation when Temporal cancelled it, and an application
     /// failure otherwise (retryable unless the outcome says a retry cannot
-    /// help), carrying the outcome as its details.
+    /// help), carrying the outcome and the attempt number as its details.
     #[activity(name = "execute_agent")]
     pub async fn execute_agent(
         self: Arc<Self>,
         ctx: ActivityContext,
         input: ActivityInput,
-    ) -> Result<AgentOutcome, ActivityError> {
+    ) -> Result<AttemptOutcome, ActivityError> {
         let info = ctx.info();
         let attempt = info.attempt.max(1);
         let max_attempts = info
@@ -151,61 +151,66 @@ impl AgentActivities {
         let outcome = match joined {
             Ok(outcome) => outcome,
             Err(error) => {
-                return Err(application_failure(&AgentOutcome::failed(
-                    String::new(),
-                    format!("the activity's run panicked: {error}"),
-                    "Panic",
-                    true,
-                )));
+                return Err(failed(AttemptOutcome {
+                    outcome: RunOutcome::failed(
+                        "",
+                        format!("the activity's run panicked: {error}"),
+                        ErrorType::Panic,
+                        true,
+                    ),
+                    attempt,
+                }));
             }
         };
         tracing::info!(task_id = input.task_id, attempt, status = ?outcome.status, "activity finished");
-        activity_result(outcome, stop)
+        activity_result(AttemptOutcome { outcome, attempt }, stop)
     }
 }
 
 /// The activity's result for a run's outcome and what stopped it.
 fn activity_result(
-    outcome: AgentOutcome,
+    ended: AttemptOutcome,
     stop: Option<Stop>,
-) -> Result<AgentOutcome, ActivityError> {
+) -> Result<AttemptOutcome, ActivityError> {
+    let AttemptOutcome { outcome, attempt } = ended;
     match (outcome.status, stop) {
-        (OutcomeKind::Completed, _) => Ok(outcome),
-        (_, Some(Stop::Shutdown)) => Err(application_failure(&AgentOutcome::failed(
-            outcome.agent_name,
-            "the worker running this attempt shut down",
-            "WorkerShutdown",
-            true,
-        ))),
-        (_, Some(Stop::Cancelled)) => Err(ActivityError::cancelled_with_details(AgentOutcome {
-            status: OutcomeKind::Cancelled,
-            ..outcome
+        (OutcomeStatus::Completed, _) => Ok(AttemptOutcome { outcome, attempt }),
+        (_, Some(Stop::Shutdown)) => Err(failed(AttemptOutcome {
+            outcome: RunOutcome::failed(
+                outcome.agent_name,
+                "the worker running this attempt shut down",
+                ErrorType::WorkerShutdown,
+                true,
+            ),
+            attempt,
         })),
-        (OutcomeKind::Cancelled, None) => Err(application_failure(&AgentOutcome {
-            status: OutcomeKind::Failed,
-            error: Some("the run stopped without a cancel request".to_owned()),
-            error_type: Some("RuntimeError".to_owned()),
-            retryable: true,
-            ..outcome
+        (_, Some(Stop::Cancelled)) => Err(ActivityError::cancelled_with_details(AttemptOutcome {
+            outcome: RunOutcome {
+                status: OutcomeStatus::Cancelled,
+                ..outcome
+            },
+            attempt,
         })),
-        (OutcomeKind::Failed | OutcomeKind::TimedOut, None) => Err(application_failure(&outcome)),
+        (OutcomeStatus::Cancelled, None) => Err(failed(AttemptOutcome {
+            outcome: RunOutcome {
+                status: OutcomeStatus::Failed,
+                error: Some("the run stopped without a cancel request".to_owned()),
+                error_type: Some(ErrorType::Runtime),
+                retryable: true,
+                ..outcome
+            },
+            attempt,
+        })),
+        (OutcomeStatus::Failed | OutcomeStatus::TimedOut, None) => {
+            Err(failed(AttemptOutcome { outcome, attempt }))
+        }
     }
 }
 
-/// An application failure named after the outcome's error type, retryable
-/// as the outcome says, with the outcome as its details.
-fn application_failure(outcome: &AgentOutcome) -> ActivityError {
-    let failure = ApplicationFailure::builder(outcome.error_text())
-        .type_name(
-            outcome
-                .error_type
-                .clone()
-                .unwrap_or_else(|| "RuntimeError".to_owned()),
-        )
-        .non_retryable(!outcome.retryable)
-        .details(outcome.clone())
-        .build();
-    ActivityError::application(failure)
+/// The activity failure for an outcome: retryable as the outcome says.
+fn failed(ended: AttemptOutcome) -> ActivityError {
+    let non_retryable = !ended.outcome.retryable;
+    ActivityError::application(application_failure(&ended, non_retryable))
 }
 
 #[cfg(test)]
@@ -214,19 +219,13 @@ mod tests {
 
     #[test]
     fn outcomes_become_activity_results() {
-        let completed = AgentOutcome {
-            status: OutcomeKind::Completed,
-            error: None,
-            error_type: None,
-            output: "done".into(),
-            ..AgentOutcome::failed("a", "", "", false)
-        };
-        let failed = AgentOutcome::failed("a", "bad config", "ConfigError", false);
-        let flaky = AgentOutcome::failed("a", "rate limited", "RuntimeError", true);
-        let timed_out = AgentOutcome::timed_out("a", "deadline passed");
-        let cancelled = AgentOutcome::cancelled("a");
+        let completed = RunOutcome::completed("a", "done");
+        let failed = RunOutcome::failed("a", "bad config", ErrorType::Config, false);
+        let flaky = RunOutcome::failed("a", "rate limited", ErrorType::Runtime, true);
+        let timed_out = RunOutcome::timed_out("a", "deadline passed");
+        let cancelled = RunOutcome::cancelled("a");
         // (outcome, stop, expected: Ok, or Err as (kind, type, non-retryable))
-        let cases: Vec<(AgentOutcome, Option<Stop>, Result<(), (&str, &str, bool)>)> = vec![
+        let cases: Vec<(RunOutcome, Option<Stop>, Result<(), (&str, &str, bool)>)> = vec![
             (completed.clone(), None, Ok(())),
             (completed, Some(Stop::Cancelled), Ok(())),
             (failed, None, Err(("application", "ConfigError", true))),
@@ -259,8 +258,12 @@ mod tests {
         ];
         for (outcome, stop, expected) in cases {
             let label = format!("{:?} {stop:?}", outcome.status);
-            match (activity_result(outcome, stop), expected) {
-                (Ok(_), Ok(())) => {}
+            let ended = AttemptOutcome {
+                outcome,
+                attempt: 2,
+            };
+            match (activity_result(ended, stop), expected) {
+                (Ok(ended), Ok(())) => assert_eq!(ended.attempt, 2, "{label}"),
                 (Err(ActivityError::Cancelled { details }), Err(("cancelled", _, _))) => {
                     assert!(details.is_some(), "{label}");
                 }

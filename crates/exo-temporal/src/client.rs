@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use exo_proto::{Backoff, Jitter};
+use exo_proto::{Backoff, ErrorType, Jitter, OutcomeStatus, RunOutcome};
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, TlsOptions, WorkflowCancelOptions,
     WorkflowDescribeOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
@@ -19,7 +19,7 @@ use temporalio_common::{
 use crate::{
     config::TemporalConfig,
     error::{Error, Result},
-    outcome::{AgentOutcome, AgentTask, OutcomeKind},
+    outcome::{AgentTask, AttemptOutcome},
     workflow::AgentExecutionWorkflow,
 };
 
@@ -235,7 +235,7 @@ impl RunningWorkflow {
     /// failure or cancellation. A terminated workflow is a failure that no
     /// retry can fix; a workflow past its execution timeout timed out.
     /// Transient server errors are ridden out with backoff.
-    pub async fn outcome(&self) -> Result<AgentOutcome> {
+    pub async fn outcome(&self) -> Result<AttemptOutcome> {
         let mut failures = 0u32;
         loop {
             let result = self
@@ -313,31 +313,37 @@ enum Retry {
 /// The outcome a workflow that did not complete stands for.
 fn outcome_of_result_error(
     error: WorkflowGetResultError,
-) -> std::result::Result<AgentOutcome, Retry> {
-    match error {
-        WorkflowGetResultError::Failed(failure) => Ok(outcome_of_failure(&failure)),
-        WorkflowGetResultError::Cancelled { details } => Ok(match details.deserialize() {
-            Ok(outcome) => AgentOutcome {
-                status: OutcomeKind::Cancelled,
-                ..outcome
-            },
-            Err(_) => AgentOutcome::cancelled(String::new()),
-        }),
-        WorkflowGetResultError::Terminated { .. } => Ok(AgentOutcome::failed(
-            String::new(),
-            "the task's Temporal workflow was terminated",
-            "WorkflowTerminated",
-            false,
-        )),
-        WorkflowGetResultError::TimedOut => Ok(AgentOutcome::timed_out(
-            String::new(),
-            "the task's Temporal workflow passed its execution timeout",
-        )),
-        WorkflowGetResultError::Rpc(status) if is_transient(&status) => {
-            Err(Retry::Transient(status.message().to_owned()))
+) -> std::result::Result<AttemptOutcome, Retry> {
+    let outcome = match error {
+        WorkflowGetResultError::Failed(failure) => return Ok(outcome_of_failure(&failure)),
+        WorkflowGetResultError::Cancelled { details } => {
+            return Ok(match details.deserialize::<AttemptOutcome>() {
+                Ok(ended) => AttemptOutcome {
+                    outcome: RunOutcome {
+                        status: OutcomeStatus::Cancelled,
+                        ..ended.outcome
+                    },
+                    ..ended
+                },
+                Err(_) => AttemptOutcome::unattributed(RunOutcome::cancelled("")),
+            });
         }
-        other => Err(Retry::Final(error_chain(&other))),
-    }
+        WorkflowGetResultError::Terminated { .. } => RunOutcome::failed(
+            "",
+            "the task's Temporal workflow was terminated",
+            ErrorType::WorkflowTerminated,
+            false,
+        ),
+        WorkflowGetResultError::TimedOut => RunOutcome::timed_out(
+            "",
+            "the task's Temporal workflow passed its execution timeout",
+        ),
+        WorkflowGetResultError::Rpc(status) if is_transient(&status) => {
+            return Err(Retry::Transient(status.message().to_owned()));
+        }
+        other => return Err(Retry::Final(error_chain(&other))),
+    };
+    Ok(AttemptOutcome::unattributed(outcome))
 }
 
 fn is_transient(status: &tonic::Status) -> bool {
@@ -349,24 +355,27 @@ fn is_transient(status: &tonic::Status) -> bool {
 
 /// The outcome a workflow failure carries (the workflow attaches it as the
 /// failure's details).
-fn outcome_of_failure(failure: &IncomingError) -> AgentOutcome {
-    match failure {
-        IncomingError::Application(application) => match application.details::<AgentOutcome>() {
-            Ok(Some(outcome)) => outcome,
-            _ => AgentOutcome::failed(
-                String::new(),
+fn outcome_of_failure(failure: &IncomingError) -> AttemptOutcome {
+    let outcome = match failure {
+        IncomingError::Application(application) => match application.details::<AttemptOutcome>() {
+            Ok(Some(ended)) => return ended,
+            _ => RunOutcome::failed(
+                "",
                 application.to_string(),
-                application.type_name().unwrap_or("RuntimeError"),
+                application
+                    .type_name()
+                    .map_or(ErrorType::Runtime, ErrorType::from),
                 false,
             ),
         },
-        other => AgentOutcome::failed(
-            String::new(),
+        other => RunOutcome::failed(
+            "",
             other.failure().message.clone(),
-            "RuntimeError",
+            ErrorType::Runtime,
             false,
         ),
-    }
+    };
+    AttemptOutcome::unattributed(outcome)
 }
 
 #[cfg(test)]
@@ -386,7 +395,7 @@ mod tests {
         let cases = [
             (
                 WorkflowGetResultError::TimedOut,
-                Some((OutcomeKind::TimedOut, "TimeoutError")),
+                Some((OutcomeStatus::TimedOut, ErrorType::Timeout)),
             ),
             (
                 WorkflowGetResultError::Rpc(tonic::Status::unavailable("down")),
@@ -400,9 +409,9 @@ mod tests {
         for (error, expected) in cases {
             let label = error.to_string();
             match (outcome_of_result_error(error), expected) {
-                (Ok(outcome), Some((status, error_type))) => {
-                    assert_eq!(outcome.status, status, "{label}");
-                    assert_eq!(outcome.error_type.as_deref(), Some(error_type), "{label}");
+                (Ok(ended), Some((status, error_type))) => {
+                    assert_eq!(ended.outcome.status, status, "{label}");
+                    assert_eq!(ended.outcome.error_type, Some(error_type), "{label}");
                 }
                 (Err(Retry::Transient(_)), None) if label.contains("Server error") => {}
                 (Err(Retry::Final(_)), None) if label.contains("not found") => {}

@@ -6,8 +6,10 @@
 //! `exo-worker` depends on this crate behind its `temporal` feature; nothing
 //! else should. This crate never learns about Redis, agents or memory: the
 //! activity hands the task payload to an [`ActivityHost`] (implemented by
-//! the worker) and only moves JSON and an [`AgentOutcome`] in and out of
-//! Temporal. It depends on `exo-proto` for the shared value types only.
+//! the worker) and only moves JSON and an [`exo_proto::RunOutcome`] in and
+//! out of Temporal, with the attempt that produced it beside it
+//! ([`AttemptOutcome`]). It depends on `exo-proto` for the shared value
+//! types only.
 //!
 //! How a task runs:
 //!
@@ -27,11 +29,11 @@
 //!    model call never misses its heartbeat timeout. A workflow cancel
 //!    reaches the activity with the next heartbeat and fires the run's
 //!    cancel token.
-//! 4. The workflow completes with the [`AgentOutcome`] of a completed run,
+//! 4. The workflow completes with the [`AttemptOutcome`] of a completed run,
 //!    fails with it (as application-failure details) when the run failed or
 //!    timed out on its last attempt, and ends cancelled (with it as details)
 //!    when it was cancelled. [`RunningWorkflow::outcome`] turns all of these
-//!    back into an [`AgentOutcome`].
+//!    back into an [`AttemptOutcome`].
 //!
 //! Configuration comes from the environment ([`TemporalConfig::from_env`]):
 //!
@@ -43,7 +45,7 @@
 //! | `EXO_TEMPORAL_HEARTBEAT_TIMEOUT` | `20` | seconds without a heartbeat after which an activity attempt is presumed dead and retried |
 //!
 //! Main types: [`TemporalConfig`], [`TemporalClient`], [`RunningWorkflow`],
-//! [`TemporalWorker`], [`ActivityHost`], [`AgentTask`], [`AgentOutcome`].
+//! [`TemporalWorker`], [`ActivityHost`], [`AgentTask`], [`AttemptOutcome`].
 //!
 //! # Feature flags
 //!
@@ -62,6 +64,6 @@ pub use activity::{ActivityHost, ActivityRun, AgentActivities};
 pub use client::{RunningWorkflow, TemporalClient, WorkflowState, workflow_id};
 pub use config::TemporalConfig;
 pub use error::{Error, Result};
-pub use outcome::{ActivityInput, AgentOutcome, AgentTask, OutcomeKind};
+pub use outcome::{ActivityInput, AgentTask, AttemptOutcome};
 pub use worker::TemporalWorker;
 pub use workflow::AgentExecutionWorkflow;

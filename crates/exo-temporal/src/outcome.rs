@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use exo_proto::Usage;
+use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
 use serde::{Deserialize, Serialize};
+use temporalio_common::error::ApplicationFailure;
 
 /// A claimed task, as the client hands it to Temporal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,102 +84,57 @@ pub struct ActivityInput {
     pub timeout_seconds: f64,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeKind {
-    /// The agent (or swarm) gave its final answer.
-    Completed,
-    /// The run failed.
-    Failed,
-    /// The run was cancelled.
-    Cancelled,
-    /// The run passed its deadline.
-    TimedOut,
-}
-
-/// The end of a run, as the workflow reports it.
+/// What the workflow reports: a run's outcome and the activity attempt
+/// that produced it. As JSON it is the outcome's object with an `attempt`
+/// field beside the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AgentOutcome {
-    /// How it ended.
-    pub status: OutcomeKind,
-    /// The agent's name, or the swarm's.
-    pub agent_name: String,
-    /// True for a swarm run.
-    #[serde(default)]
-    pub is_swarm: bool,
-    /// The final output.
-    #[serde(default)]
-    pub output: String,
-    /// Token usage of the run.
-    #[serde(default)]
-    pub usage: Usage,
-    /// The error message, for every status but `completed`.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The error's kind, e.g. `RuntimeError`, `ConfigError`,
-    /// `TimeoutError`.
-    #[serde(default)]
-    pub error_type: Option<String>,
-    /// False when running the task again cannot help.
-    #[serde(default)]
-    pub retryable: bool,
+pub struct AttemptOutcome {
+    /// How the run ended.
+    #[serde(flatten)]
+    pub outcome: RunOutcome,
     /// The activity attempt that produced it (1 for the first; 0 when not
     /// known).
     #[serde(default)]
     pub attempt: u32,
 }
 
-impl AgentOutcome {
-    /// A failed outcome.
-    pub fn failed(
-        agent_name: impl Into<String>,
-        error: impl Into<String>,
-        error_type: impl Into<String>,
-        retryable: bool,
-    ) -> Self {
-        AgentOutcome {
-            status: OutcomeKind::Failed,
-            agent_name: agent_name.into(),
-            is_swarm: false,
-            output: String::new(),
-            usage: Usage::default(),
-            error: Some(error.into()),
-            error_type: Some(error_type.into()),
-            retryable,
+impl AttemptOutcome {
+    /// An outcome no known attempt produced (Temporal reported the end).
+    pub fn unattributed(outcome: RunOutcome) -> Self {
+        AttemptOutcome {
+            outcome,
             attempt: 0,
         }
     }
+}
 
-    /// A cancelled outcome.
-    pub fn cancelled(agent_name: impl Into<String>) -> Self {
-        AgentOutcome {
-            status: OutcomeKind::Cancelled,
-            retryable: false,
-            ..Self::failed(agent_name, "cancelled", "CancelledError", false)
+/// The application failure that carries an outcome: named after its error
+/// type, with its error message, and the outcome as its details.
+pub(crate) fn application_failure(
+    ended: &AttemptOutcome,
+    non_retryable: bool,
+) -> ApplicationFailure {
+    let outcome = &ended.outcome;
+    let message = outcome.error.clone().unwrap_or_else(|| {
+        match outcome.status {
+            OutcomeStatus::Completed => "",
+            OutcomeStatus::Failed => "the run failed",
+            OutcomeStatus::Cancelled => "cancelled",
+            OutcomeStatus::TimedOut => "timed out",
         }
-    }
-
-    /// A timed-out outcome.
-    pub fn timed_out(agent_name: impl Into<String>, error: impl Into<String>) -> Self {
-        AgentOutcome {
-            status: OutcomeKind::TimedOut,
-            ..Self::failed(agent_name, error, "TimeoutError", true)
-        }
-    }
-
-    /// The error message, or a word for the status when there is none.
-    pub fn error_text(&self) -> String {
-        self.error.clone().unwrap_or_else(|| {
-            match self.status {
-                OutcomeKind::Completed => "",
-                OutcomeKind::Failed => "the run failed",
-                OutcomeKind::Cancelled => "cancelled",
-                OutcomeKind::TimedOut => "timed out",
-            }
-            .to_owned()
-        })
-    }
+        .to_owned()
+    });
+    let type_name = outcome
+        .error_type
+        .as_ref()
+        .unwrap_or(&ErrorType::Runtime)
+        .as_str()
+        .to_owned();
+    ApplicationFailure::builder(message)
+        .type_name(type_name)
+        .non_retryable(non_retryable)
+        .details(ended.clone())
+        .build()
 }
 
 #[cfg(test)]
@@ -232,15 +188,59 @@ mod tests {
 
     #[test]
     fn outcomes_round_trip_as_json() {
-        let outcome = AgentOutcome::timed_out("helper", "deadline passed");
-        let json = serde_json::to_value(&outcome).unwrap();
+        let ended = AttemptOutcome {
+            outcome: RunOutcome::timed_out("helper", "deadline passed"),
+            attempt: 2,
+        };
+        let json = serde_json::to_value(&ended).unwrap();
         assert_eq!(json["status"], "timed_out");
         assert_eq!(json["error_type"], "TimeoutError");
-        let back: AgentOutcome = serde_json::from_value(json).unwrap();
-        assert_eq!(back, outcome);
-        let minimal: AgentOutcome =
+        assert_eq!(json["attempt"], 2);
+        let back: AttemptOutcome = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ended);
+        let minimal: AttemptOutcome =
             serde_json::from_str(r#"{"status":"completed","agent_name":"a"}"#).unwrap();
-        assert_eq!(minimal.output, "");
-        assert!(!minimal.retryable);
+        assert_eq!(minimal.outcome.output, "");
+        assert!(!minimal.outcome.retryable);
+        assert_eq!(minimal.attempt, 0);
+    }
+
+    #[test]
+    fn application_failures_carry_the_outcome() {
+        // (outcome, non-retryable, expected message and type name)
+        let cases = [
+            (
+                RunOutcome::failed("a", "bad config", ErrorType::Config, false),
+                true,
+                "bad config",
+                "ConfigError",
+            ),
+            (
+                RunOutcome {
+                    error: None,
+                    error_type: None,
+                    ..RunOutcome::timed_out("a", "")
+                },
+                false,
+                "timed out",
+                "RuntimeError",
+            ),
+            (
+                RunOutcome::failed("a", "no", ErrorType::from("ValueError"), true),
+                false,
+                "no",
+                "ValueError",
+            ),
+        ];
+        for (outcome, non_retryable, message, type_name) in cases {
+            let ended = AttemptOutcome {
+                outcome,
+                attempt: 3,
+            };
+            let failure = application_failure(&ended, non_retryable);
+            assert_eq!(failure.type_name(), Some(type_name), "{ended:?}");
+            assert_eq!(failure.is_non_retryable(), non_retryable, "{ended:?}");
+            assert_eq!(failure.to_string(), message);
+        }
     }
 }

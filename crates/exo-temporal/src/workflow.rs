@@ -6,9 +6,10 @@
 // The SDK's macros generate marker structs without `Debug`.
 #![allow(missing_debug_implementations)]
 
+use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
 use temporalio_common::{
     RetryPolicy,
-    error::{ActivityExecutionError, ApplicationFailure, IncomingError, TimeoutType},
+    error::{ActivityExecutionError, IncomingError, TimeoutType},
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
@@ -17,15 +18,12 @@ use temporalio_sdk::{
 
 use crate::{
     activity::AgentActivities,
-    outcome::{ActivityInput, AgentOutcome, AgentTask, OutcomeKind},
+    outcome::{ActivityInput, AgentTask, AttemptOutcome, application_failure},
 };
-
-/// Error types the activity's retry policy never retries.
-pub(crate) const NON_RETRYABLE_ERROR_TYPES: [&str; 1] = ["ConfigError"];
 
 /// Runs one task's agent durably: schedules `execute_agent` with the task's
 /// deadline, heartbeat timeout and retry budget, and ends with the run's
-/// [`AgentOutcome`]: as its result when the run completed, as the details of
+/// [`AttemptOutcome`]: as its result when the run completed, as the details of
 /// its failure when the last attempt failed or timed out, and as the
 /// details of its cancellation when it was cancelled.
 #[workflow]
@@ -39,7 +37,7 @@ impl AgentExecutionWorkflow {
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,
         task: AgentTask,
-    ) -> WorkflowResult<AgentOutcome> {
+    ) -> WorkflowResult<AttemptOutcome> {
         let input = ActivityInput {
             task_id: task.task_id.clone(),
             payload_json: task.payload_json.clone(),
@@ -80,95 +78,94 @@ pub(crate) fn retry_policy(task: &AgentTask) -> RetryPolicy {
         .backoff_coefficient(2.0)
         .maximum_interval(task.retry_max_interval())
         .maximum_attempts(task.max_attempts())
-        .non_retryable_error_types(NON_RETRYABLE_ERROR_TYPES)
+        // Error types the activity's retry policy never retries.
+        .non_retryable_error_types([ErrorType::Config.as_str()])
         .build()
 }
 
 /// How the workflow ends when the activity did not complete.
 fn termination(task: &AgentTask, error: &ActivityExecutionError) -> WorkflowTermination {
-    let outcome = outcome_of_error(task, error);
-    if outcome.status == OutcomeKind::Cancelled {
-        return WorkflowTermination::cancelled_with_details(outcome);
+    let ended = outcome_of_error(task, error);
+    if ended.outcome.status == OutcomeStatus::Cancelled {
+        return WorkflowTermination::cancelled_with_details(ended);
     }
-    let failure = ApplicationFailure::builder(outcome.error_text())
-        .type_name(
-            outcome
-                .error_type
-                .clone()
-                .unwrap_or_else(|| "RuntimeError".to_owned()),
-        )
-        .non_retryable(true)
-        .details(outcome)
-        .build();
-    WorkflowTermination::failed_application(failure)
+    WorkflowTermination::failed_application(application_failure(&ended, true))
 }
 
 /// The outcome an activity error stands for. The activity attaches its
 /// outcome to its failures and cancellations; timeouts and other failures
 /// are described from what Temporal reports.
-pub(crate) fn outcome_of_error(task: &AgentTask, error: &ActivityExecutionError) -> AgentOutcome {
-    match error {
-        ActivityExecutionError::Cancelled(cancelled) => match cancelled.details::<AgentOutcome>() {
-            Ok(Some(outcome)) => AgentOutcome {
-                status: OutcomeKind::Cancelled,
-                ..outcome
-            },
-            _ => AgentOutcome::cancelled(String::new()),
-        },
+pub(crate) fn outcome_of_error(task: &AgentTask, error: &ActivityExecutionError) -> AttemptOutcome {
+    let outcome = match error {
+        ActivityExecutionError::Cancelled(cancelled) => {
+            match cancelled.details::<AttemptOutcome>() {
+                Ok(Some(ended)) => {
+                    return AttemptOutcome {
+                        outcome: RunOutcome {
+                            status: OutcomeStatus::Cancelled,
+                            ..ended.outcome
+                        },
+                        ..ended
+                    };
+                }
+                _ => RunOutcome::cancelled(""),
+            }
+        }
         ActivityExecutionError::Failed(failed) => match failed.cause() {
             Some(IncomingError::Application(application)) => {
-                match application.details::<AgentOutcome>() {
-                    Ok(Some(outcome)) => outcome,
-                    _ => AgentOutcome::failed(
-                        String::new(),
+                match application.details::<AttemptOutcome>() {
+                    Ok(Some(ended)) => return ended,
+                    _ => RunOutcome::failed(
+                        "",
                         application.to_string(),
-                        application.type_name().unwrap_or("RuntimeError"),
+                        application
+                            .type_name()
+                            .map_or(ErrorType::Runtime, ErrorType::from),
                         !application.is_non_retryable(),
                     ),
                 }
             }
             Some(IncomingError::Timeout(timeout)) => match timeout.timeout_type() {
-                TimeoutType::StartToClose | TimeoutType::ScheduleToClose => {
-                    AgentOutcome::timed_out(
-                        String::new(),
-                        format!(
-                            "the activity did not finish within its start-to-close timeout of {:.1} s",
-                            task.start_to_close().as_secs_f64()
-                        ),
-                    )
-                }
-                TimeoutType::Heartbeat => AgentOutcome::failed(
-                    String::new(),
+                TimeoutType::StartToClose | TimeoutType::ScheduleToClose => RunOutcome::timed_out(
+                    "",
+                    format!(
+                        "the activity did not finish within its start-to-close timeout of {:.1} s",
+                        task.start_to_close().as_secs_f64()
+                    ),
+                ),
+                TimeoutType::Heartbeat => RunOutcome::failed(
+                    "",
                     format!(
                         "the activity stopped heartbeating for {:.1} s (its worker died or hung)",
                         task.heartbeat_timeout().as_secs_f64()
                     ),
-                    "HeartbeatTimeout",
+                    ErrorType::HeartbeatTimeout,
                     true,
                 ),
-                other => AgentOutcome::failed(
-                    String::new(),
+                other => RunOutcome::failed(
+                    "",
                     format!("the activity timed out ({other:?})"),
-                    "TimeoutError",
+                    ErrorType::Timeout,
                     true,
                 ),
             },
-            Some(IncomingError::Cancelled(_)) => AgentOutcome::cancelled(String::new()),
-            Some(other) => AgentOutcome::failed(
-                String::new(),
+            Some(IncomingError::Cancelled(_)) => RunOutcome::cancelled(""),
+            Some(other) => RunOutcome::failed(
+                "",
                 other.failure().message.clone(),
-                "RuntimeError",
+                ErrorType::Runtime,
                 true,
             ),
-            None => AgentOutcome::failed(
-                String::new(),
+            None => RunOutcome::failed(
+                "",
                 failed.failure().message.clone(),
-                "RuntimeError",
+                ErrorType::Runtime,
                 true,
             ),
         },
-        other => AgentOutcome::failed(String::new(), other.to_string(), "RuntimeError", false),
-    }
+        other => RunOutcome::failed("", other.to_string(), ErrorType::Runtime, false),
+    };
+    AttemptOutcome::unattributed(outcome)
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::{
     time::Duration,
 };
 
+use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
 use exo_temporal::{
-    ActivityHost, ActivityRun, AgentOutcome, AgentTask, OutcomeKind, TemporalClient,
-    TemporalConfig, TemporalWorker, WorkflowState,
+    ActivityHost, ActivityRun, AgentTask, AttemptOutcome, TemporalClient, TemporalConfig,
+    TemporalWorker, WorkflowState,
 };
 use exo_testkit::TestTemporal;
 use serde_json::{Value, json};
@@ -35,19 +36,9 @@ impl ScriptHost {
     }
 }
 
-fn completed(output: &str) -> AgentOutcome {
-    AgentOutcome {
-        status: OutcomeKind::Completed,
-        output: output.into(),
-        error: None,
-        error_type: None,
-        ..AgentOutcome::failed("scripted", "", "", false)
-    }
-}
-
 #[async_trait::async_trait]
 impl ActivityHost for ScriptHost {
-    async fn run(&self, run: ActivityRun) -> AgentOutcome {
+    async fn run(&self, run: ActivityRun) -> RunOutcome {
         *self
             .attempts
             .lock()
@@ -60,20 +51,29 @@ impl ActivityHost for ScriptHost {
         let sleep = Duration::from_millis(step["sleep_ms"].as_u64().unwrap_or(0));
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
-            () = run.cancel.cancelled() => return AgentOutcome::cancelled("scripted"),
+            () = run.cancel.cancelled() => return RunOutcome::cancelled("scripted"),
         }
         match step["do"].as_str().unwrap() {
-            "complete" => completed(&format!("done on attempt {}", run.attempt)),
-            "fail" => AgentOutcome::failed(
-                "scripted",
-                format!("attempt {} failed", run.attempt),
-                step["type"].as_str().unwrap_or("RuntimeError"),
-                step["retryable"].as_bool().unwrap_or(true),
-            ),
-            "time_out" => AgentOutcome::timed_out("scripted", "deadline passed"),
+            "complete" => {
+                RunOutcome::completed("scripted", format!("done on attempt {}", run.attempt))
+            }
+            // The outcome says exactly what the script says, so a retryable
+            // `ConfigError` tests the retry policy's own list.
+            "fail" => RunOutcome {
+                retryable: step["retryable"].as_bool().unwrap_or(true),
+                ..RunOutcome::failed(
+                    "scripted",
+                    format!("attempt {} failed", run.attempt),
+                    step["type"]
+                        .as_str()
+                        .map_or(ErrorType::Runtime, ErrorType::from),
+                    true,
+                )
+            },
+            "time_out" => RunOutcome::timed_out("scripted", "deadline passed"),
             "wait_for_cancel" => {
                 run.cancel.cancelled().await;
-                AgentOutcome::cancelled("scripted")
+                RunOutcome::cancelled("scripted")
             }
             other => panic!("unknown step {other}"),
         }
@@ -120,7 +120,7 @@ fn task(steps: Value, max_retries: u32) -> AgentTask {
     }
 }
 
-async fn run_to_end(harness: &Harness, task: &AgentTask) -> AgentOutcome {
+async fn run_to_end(harness: &Harness, task: &AgentTask) -> AttemptOutcome {
     let workflow = harness.client.start_or_attach(task).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), workflow.outcome())
         .await
@@ -136,7 +136,7 @@ async fn retries_spend_the_budget_and_outcomes_come_back() {
         (
             json!([{"do": "complete"}]),
             3,
-            OutcomeKind::Completed,
+            OutcomeStatus::Completed,
             None,
             1,
             WorkflowState::Completed,
@@ -144,7 +144,7 @@ async fn retries_spend_the_budget_and_outcomes_come_back() {
         (
             json!([{"do": "fail"}, {"do": "fail"}, {"do": "complete"}]),
             3,
-            OutcomeKind::Completed,
+            OutcomeStatus::Completed,
             None,
             3,
             WorkflowState::Completed,
@@ -152,32 +152,32 @@ async fn retries_spend_the_budget_and_outcomes_come_back() {
         (
             json!([{"do": "fail"}]),
             1,
-            OutcomeKind::Failed,
-            Some("RuntimeError"),
+            OutcomeStatus::Failed,
+            Some(ErrorType::Runtime),
             2,
             WorkflowState::Failed,
         ),
         (
             json!([{"do": "fail", "type": "ConfigError", "retryable": false}]),
             3,
-            OutcomeKind::Failed,
-            Some("ConfigError"),
+            OutcomeStatus::Failed,
+            Some(ErrorType::Config),
             1,
             WorkflowState::Failed,
         ),
         (
             json!([{"do": "fail", "type": "ConfigError"}]),
             3,
-            OutcomeKind::Failed,
-            Some("ConfigError"),
+            OutcomeStatus::Failed,
+            Some(ErrorType::Config),
             1,
             WorkflowState::Failed,
         ),
         (
             json!([{"do": "time_out"}]),
             0,
-            OutcomeKind::TimedOut,
-            Some("TimeoutError"),
+            OutcomeStatus::TimedOut,
+            Some(ErrorType::Timeout),
             1,
             WorkflowState::Failed,
         ),
@@ -185,7 +185,7 @@ async fn retries_spend_the_budget_and_outcomes_come_back() {
         (
             json!([{"do": "complete", "sleep_ms": 4_500}]),
             0,
-            OutcomeKind::Completed,
+            OutcomeStatus::Completed,
             None,
             1,
             WorkflowState::Completed,
@@ -193,19 +193,20 @@ async fn retries_spend_the_budget_and_outcomes_come_back() {
     ];
     for (steps, max_retries, status, error_type, attempts, state) in cases {
         let task = task(steps.clone(), max_retries);
-        let outcome = run_to_end(&harness, &task).await;
-        assert_eq!(outcome.status, status, "{steps}: {outcome:?}");
+        let ended = run_to_end(&harness, &task).await;
         assert_eq!(
-            outcome.error_type.as_deref(),
-            error_type,
-            "{steps}: {outcome:?}"
+            ended.attempt, attempts,
+            "{steps}: the last attempt reported"
         );
+        let outcome = ended.outcome;
+        assert_eq!(outcome.status, status, "{steps}: {outcome:?}");
+        assert_eq!(outcome.error_type, error_type, "{steps}: {outcome:?}");
         assert_eq!(
             outcome.agent_name, "scripted",
             "{steps}: the host's outcome came back"
         );
         assert_eq!(harness.host.attempts(&task.task_id), attempts, "{steps}");
-        if status == OutcomeKind::Completed {
+        if status == OutcomeStatus::Completed {
             assert_eq!(outcome.output, format!("done on attempt {attempts}"));
         }
         assert_eq!(
@@ -237,7 +238,7 @@ async fn a_second_claimer_attaches_instead_of_running_the_task_again() {
     assert_eq!(one.unwrap(), two.unwrap());
     // Once completed, a late claimer gets the recorded result.
     let late = run_to_end(&harness, &task).await;
-    assert_eq!(late.status, OutcomeKind::Completed);
+    assert_eq!(late.outcome.status, OutcomeStatus::Completed);
     assert_eq!(
         harness.host.attempts(&task.task_id),
         1,
@@ -250,13 +251,13 @@ async fn a_second_claimer_attaches_instead_of_running_the_task_again() {
         0,
     );
     assert_eq!(
-        run_to_end(&harness, &failing).await.status,
-        OutcomeKind::Failed
+        run_to_end(&harness, &failing).await.outcome.status,
+        OutcomeStatus::Failed
     );
     let again = run_to_end(&harness, &failing).await;
     assert_eq!(
-        again.status,
-        OutcomeKind::Failed,
+        again.outcome.status,
+        OutcomeStatus::Failed,
         "a fresh run starts at attempt 1"
     );
     assert_eq!(harness.host.attempts(&failing.task_id), 2);
@@ -285,8 +286,9 @@ async fn a_cancelled_workflow_stops_its_run() {
     let outcome = tokio::time::timeout(Duration::from_secs(20), workflow.outcome())
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(outcome.status, OutcomeKind::Cancelled);
+        .unwrap()
+        .outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Cancelled);
     assert_eq!(
         outcome.agent_name, "scripted",
         "the run's outcome rides on the cancel"
@@ -334,8 +336,9 @@ async fn a_shutdown_hands_running_attempts_to_another_worker() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status, OutcomeKind::Completed);
-    assert_eq!(outcome.output, "done on attempt 2");
+    assert_eq!(outcome.outcome.status, OutcomeStatus::Completed);
+    assert_eq!(outcome.outcome.output, "done on attempt 2");
+    assert_eq!(outcome.attempt, 2);
     second.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -68,10 +68,10 @@ pub(crate) async fn run_task(
     let execution = match tracing::Instrument::instrument(execution, span).await {
         Ok(execution) => execution,
         Err(panic) => Execution {
-            outcome: crate::execute::failed_outcome(
-                &crate::execute::agent_name_of(&task.payload),
+            outcome: RunOutcome::failed(
+                crate::execute::agent_name_of(&task.payload),
                 format!("the executor panicked: {}", panic_message(&*panic)),
-                "Panic",
+                exo_proto::ErrorType::Panic,
                 true,
             ),
             unsent_events: Vec::new(),
@@ -383,7 +383,7 @@ mod tests {
             output: "the output".into(),
             usage: Default::default(),
             error: error.map(str::to_owned),
-            error_type: error.map(|_| "ModelError".to_owned()),
+            error_type: error.map(|_| exo_proto::ErrorType::Runtime),
             retryable,
         }
     }

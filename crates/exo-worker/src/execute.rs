@@ -2,9 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use exo_agent::{OutcomeStatus, RunEvent, RunOptions, RunOutcome, Runner};
+use exo_agent::{RunEvent, RunOptions, Runner};
 use exo_broker::{ClaimedTask, PublishOptions, WorkerSession};
-use exo_proto::{AgentSpec, ErrorEvent, StreamEvent, TaskPayload, Usage};
+use exo_proto::{AgentSpec, ErrorEvent, ErrorType, RunOutcome, StreamEvent, TaskPayload};
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -83,25 +83,6 @@ impl LocalExecutor {
     }
 }
 
-/// A failed outcome for problems found before the agent runs.
-pub(crate) fn failed_outcome(
-    agent_name: &str,
-    error: String,
-    error_type: &str,
-    retryable: bool,
-) -> RunOutcome {
-    RunOutcome {
-        status: OutcomeStatus::Failed,
-        agent_name: agent_name.to_owned(),
-        is_swarm: false,
-        output: String::new(),
-        usage: Usage::default(),
-        error: Some(error),
-        error_type: Some(error_type.to_owned()),
-        retryable,
-    }
-}
-
 /// The agent config, with the payload's `model` as the fallback when the
 /// config names none.
 pub(crate) fn agent_spec(payload: &TaskPayload) -> exo_proto::Result<AgentSpec> {
@@ -129,7 +110,11 @@ pub(crate) fn agent_name_of(payload: &TaskPayload) -> String {
 pub(crate) fn error_event(outcome: &RunOutcome) -> StreamEvent {
     StreamEvent::Error(ErrorEvent {
         error: outcome.error.clone().unwrap_or_default(),
-        error_type: outcome.error_type.clone().unwrap_or_default(),
+        error_type: outcome
+            .error_type
+            .as_ref()
+            .map(ErrorType::to_string)
+            .unwrap_or_default(),
         agent_name: outcome.agent_name.clone(),
         step_number: None,
         recoverable: false,
@@ -178,10 +163,10 @@ impl LocalExecutor {
         let spec = match agent_spec(payload) {
             Ok(spec) => spec,
             Err(error) => {
-                let outcome = failed_outcome(
-                    &agent_name_of(payload),
+                let outcome = RunOutcome::failed(
+                    agent_name_of(payload),
                     error.to_string(),
-                    "ConfigError",
+                    ErrorType::Config,
                     false,
                 );
                 publisher.publish(&error_event(&outcome)).await;
@@ -200,10 +185,10 @@ impl LocalExecutor {
             }
             Ok(None) => (None, payload.messages.clone()),
             Err(failure) => {
-                let outcome = failed_outcome(
-                    &spec.name(),
+                let outcome = RunOutcome::failed(
+                    spec.name(),
                     failure.message,
-                    "MemoryError",
+                    ErrorType::Memory,
                     failure.retryable,
                 );
                 publisher.publish(&error_event(&outcome)).await;
@@ -252,16 +237,12 @@ impl LocalExecutor {
                 () = &mut deadline_stop => {
                     run.0.abort();
                     tracing::warn!(task_id, "the run did not stop at its deadline; aborted");
-                    let mut outcome = failed_outcome(&spec.name(), "deadline passed".to_owned(), "TimeoutError", true);
-                    outcome.status = OutcomeStatus::TimedOut;
-                    break outcome;
+                    break RunOutcome::timed_out(spec.name(), "deadline passed");
                 }
                 () = &mut cancel_stop => {
                     run.0.abort();
                     tracing::warn!(task_id, "the run did not stop after its cancel; aborted");
-                    let mut outcome = failed_outcome(&spec.name(), "cancelled".to_owned(), "CancelledError", false);
-                    outcome.status = OutcomeStatus::Cancelled;
-                    break outcome;
+                    break RunOutcome::cancelled(spec.name());
                 }
                 result = &mut run.0, if !channel_open => break match result {
                     Ok(outcome) => outcome,
@@ -325,7 +306,7 @@ fn panicked(spec: &AgentSpec, error: &tokio::task::JoinError) -> RunOutcome {
     } else {
         "the run was aborted".to_owned()
     };
-    failed_outcome(&spec.name(), message, "Panic", true)
+    RunOutcome::failed(spec.name(), message, ErrorType::Panic, true)
 }
 
 fn panic_text(error: &tokio::task::JoinError) -> String {

@@ -22,12 +22,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use exo_agent::{OutcomeStatus, RunOutcome};
 use exo_broker::{Broker, ClaimedTask, PublishOptions, RetryPolicy};
-use exo_proto::{AgentSpec, RunStatus, StreamEvent, TaskPayload, TaskStatus};
+use exo_proto::{
+    AgentSpec, ErrorType, RunOutcome, RunStatus, StreamEvent, TaskPayload, TaskStatus,
+};
 use exo_temporal::{
-    ActivityHost, ActivityRun, AgentOutcome, AgentTask, OutcomeKind, RunningWorkflow,
-    TemporalClient, TemporalConfig, TemporalWorker,
+    ActivityHost, ActivityRun, AgentTask, AttemptOutcome, RunningWorkflow, TemporalClient,
+    TemporalConfig, TemporalWorker,
 };
 
 use crate::{
@@ -131,11 +132,13 @@ impl Executor for TemporalExecutor {
             Ok(workflow) => workflow,
             Err(error) => {
                 // Temporal never saw the task: the worker's own retry applies.
-                return execution(names.failed(
-                    format!("cannot run the task on Temporal: {error}"),
-                    "TemporalError",
-                    true,
-                ));
+                return execution(
+                    names.failed(
+                        format!("cannot run the task on Temporal: {error}"),
+                        ErrorType::Temporal,
+                    ),
+                    0,
+                );
             }
         };
         tracing::debug!(workflow_id = workflow.workflow_id(), run_id = ?workflow.run_id(), "awaiting the task's workflow");
@@ -144,21 +147,20 @@ impl Executor for TemporalExecutor {
             () = control.cancel.cancelled() => self.stopped(task, &workflow).await,
         };
         match outcome {
-            Ok(outcome) => {
-                let retries_used = outcome.attempt.saturating_sub(1);
-                Execution {
-                    retries_used,
-                    ..execution(names.run_outcome(outcome))
-                }
-            }
+            Ok(ended) => execution(
+                names.settled(ended.outcome),
+                ended.attempt.saturating_sub(1),
+            ),
             Err(error) => {
                 // The workflow may still be running; a retry of the task
                 // attaches to it.
-                execution(names.failed(
-                    format!("lost track of the task's Temporal workflow: {error}"),
-                    "TemporalError",
-                    true,
-                ))
+                execution(
+                    names.failed(
+                        format!("lost track of the task's Temporal workflow: {error}"),
+                        ErrorType::Temporal,
+                    ),
+                    0,
+                )
             }
         }
     }
@@ -199,7 +201,7 @@ impl TemporalExecutor {
         &self,
         task: &ClaimedTask,
         workflow: &RunningWorkflow,
-    ) -> exo_temporal::Result<AgentOutcome> {
+    ) -> exo_temporal::Result<AttemptOutcome> {
         let task_id = task.lease.task_id.as_str();
         let cancelled_by_client = match self.broker.client().get(task_id).await {
             Ok(Some(state)) => state.status == TaskStatus::Cancelled,
@@ -210,11 +212,11 @@ impl TemporalExecutor {
             }
         };
         if !cancelled_by_client {
-            return Ok(AgentOutcome::cancelled(String::new()));
+            return Ok(AttemptOutcome::unattributed(RunOutcome::cancelled("")));
         }
         if let Err(error) = workflow.cancel("cancelled by an exo client").await {
             tracing::warn!(%error, task_id, "could not cancel the task's workflow");
-            return Ok(AgentOutcome::cancelled(String::new()));
+            return Ok(AttemptOutcome::unattributed(RunOutcome::cancelled("")));
         }
         let settings = self.client.config();
         let bound = settings.heartbeat_interval * 2 + self.grace + Duration::from_secs(10);
@@ -226,7 +228,7 @@ impl TemporalExecutor {
                     ?bound,
                     "the workflow did not end after its cancel; recording the task as cancelled"
                 );
-                Ok(AgentOutcome::cancelled(String::new()))
+                Ok(AttemptOutcome::unattributed(RunOutcome::cancelled("")))
             }
         }
     }
@@ -236,12 +238,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn execution(outcome: RunOutcome) -> Execution {
+fn execution(outcome: RunOutcome, retries_used: u32) -> Execution {
     // The activity published every event it produced.
     Execution {
         outcome,
         unsent_events: Vec::new(),
-        retries_used: 0,
+        retries_used,
     }
 }
 
@@ -267,24 +269,21 @@ impl Names {
         }
     }
 
-    fn failed(&self, error: String, error_type: &str, retryable: bool) -> RunOutcome {
-        let mut outcome =
-            crate::execute::failed_outcome(&self.agent_name, error, error_type, retryable);
-        outcome.is_swarm = self.is_swarm;
-        outcome
+    /// A retryable failure around the workflow (Temporal never saw the
+    /// task, or lost track of it): the worker's own retry applies.
+    fn failed(&self, error: String, error_type: ErrorType) -> RunOutcome {
+        RunOutcome {
+            is_swarm: self.is_swarm,
+            ..RunOutcome::failed(&self.agent_name, error, error_type, true)
+        }
     }
 
-    /// The workflow's outcome as the worker's. Temporal spent the retry
-    /// budget, so nothing it reports is retried again.
-    fn run_outcome(&self, outcome: AgentOutcome) -> RunOutcome {
+    /// The workflow's outcome as the worker records it: named after the
+    /// payload when no run named it, and never retried again, since
+    /// Temporal spent the retry budget.
+    fn settled(&self, outcome: RunOutcome) -> RunOutcome {
         let named = !outcome.agent_name.is_empty();
         RunOutcome {
-            status: match outcome.status {
-                OutcomeKind::Completed => OutcomeStatus::Completed,
-                OutcomeKind::Failed => OutcomeStatus::Failed,
-                OutcomeKind::Cancelled => OutcomeStatus::Cancelled,
-                OutcomeKind::TimedOut => OutcomeStatus::TimedOut,
-            },
             agent_name: if named {
                 outcome.agent_name
             } else {
@@ -295,11 +294,8 @@ impl Names {
             } else {
                 self.is_swarm
             },
-            output: outcome.output,
-            usage: outcome.usage,
-            error: outcome.error,
-            error_type: outcome.error_type,
             retryable: false,
+            ..outcome
         }
     }
 }
@@ -315,14 +311,14 @@ const PUBLISH_ATTEMPTS: u32 = 8;
 
 #[async_trait::async_trait]
 impl ActivityHost for WorkerHost {
-    async fn run(&self, run: ActivityRun) -> AgentOutcome {
+    async fn run(&self, run: ActivityRun) -> RunOutcome {
         let payload = match TaskPayload::from_json(run.payload_json.as_bytes()) {
             Ok(payload) => payload,
             Err(error) => {
-                return AgentOutcome::failed(
-                    String::new(),
+                return RunOutcome::failed(
+                    "",
                     format!("the task payload cannot be read: {error}"),
-                    "ConfigError",
+                    ErrorType::Config,
                     false,
                 );
             }
@@ -365,10 +361,7 @@ impl ActivityHost for WorkerHost {
         if let Err(error) = self.publish(&run.task_id, &execution.unsent_events).await {
             return names_failed_to_publish(&names, &error);
         }
-        AgentOutcome {
-            attempt: run.attempt,
-            ..agent_outcome(execution.outcome)
-        }
+        execution.outcome
     }
 }
 
@@ -395,42 +388,22 @@ impl WorkerHost {
     }
 }
 
-fn names_failed_to_publish(names: &Names, error: &exo_broker::Error) -> AgentOutcome {
-    AgentOutcome {
+fn names_failed_to_publish(names: &Names, error: &exo_broker::Error) -> RunOutcome {
+    RunOutcome {
         is_swarm: names.is_swarm,
-        ..AgentOutcome::failed(
+        ..RunOutcome::failed(
             names.agent_name.clone(),
             format!("the attempt's events could not be published: {error}"),
-            "RuntimeError",
+            ErrorType::Runtime,
             true,
         )
-    }
-}
-
-/// A run's outcome as the workflow carries it.
-fn agent_outcome(outcome: RunOutcome) -> AgentOutcome {
-    AgentOutcome {
-        status: match outcome.status {
-            OutcomeStatus::Completed => OutcomeKind::Completed,
-            OutcomeStatus::Failed => OutcomeKind::Failed,
-            OutcomeStatus::Cancelled => OutcomeKind::Cancelled,
-            OutcomeStatus::TimedOut => OutcomeKind::TimedOut,
-        },
-        agent_name: outcome.agent_name,
-        is_swarm: outcome.is_swarm,
-        output: outcome.output,
-        usage: outcome.usage,
-        error: outcome.error,
-        error_type: outcome.error_type,
-        retryable: outcome.retryable,
-        attempt: 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use exo_proto::Usage;
+    use exo_proto::{OutcomeStatus, Usage};
 
     #[test]
     fn outcomes_cross_the_workflow_and_come_back_final() {
@@ -457,10 +430,18 @@ mod tests {
                 output: "out".into(),
                 usage,
                 error: Some("e".into()),
-                error_type: Some("RuntimeError".into()),
+                error_type: Some(ErrorType::Runtime),
                 retryable: true,
             };
-            let back = names.run_outcome(agent_outcome(run.clone()));
+            // The outcome crosses Temporal as JSON.
+            let sent = serde_json::to_string(&AttemptOutcome {
+                outcome: run.clone(),
+                attempt: 2,
+            })
+            .unwrap();
+            let received: AttemptOutcome = serde_json::from_str(&sent).unwrap();
+            assert_eq!(received.attempt, 2, "{status:?}");
+            let back = names.settled(received.outcome);
             assert_eq!(
                 back,
                 RunOutcome {
@@ -471,7 +452,7 @@ mod tests {
             );
         }
         // An outcome with no name (the activity never ran) takes the payload's.
-        let back = names.run_outcome(AgentOutcome::cancelled(String::new()));
+        let back = names.settled(RunOutcome::cancelled(""));
         assert_eq!(back.agent_name, "helper");
         assert_eq!(back.status, OutcomeStatus::Cancelled);
     }

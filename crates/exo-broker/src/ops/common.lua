@@ -26,6 +26,7 @@
 -- Events are never written by hand here: `STATUS_CANCELLED`, `STATUS_ERROR`,
 -- `ERROR_FATAL` and `ERROR_RECOVERABLE` are rendered by serde in Rust with
 -- placeholder strings, and `fill` puts the JSON-encoded values in their place.
+-- `ERROR_TYPES` holds the failure kinds scripts write, from `ErrorType`.
 
 local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local INDEX, TIMELINE, REGISTRY, ACTIVE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -179,7 +180,7 @@ local function reject(entry_id, task_id, payload, reason)
       redis.call('HDEL', key, 'entry')
       write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
       local agent = state[3] or ''
-      end_stream(task_id, { error_event(reason, 'InvalidPayload', agent, false), status_event('error', agent, reason) })
+      end_stream(task_id, { error_event(reason, ERROR_TYPES.INVALID_PAYLOAD, agent, false), status_event('error', agent, reason) })
     end
   end
 end
@@ -231,7 +232,7 @@ local function promote_due(limit)
         local reason = 'the payload of the retry was lost'
         local key = write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
         dead_letter(task_id, '', reason, redis.call('HGET', key, 'attempt'))
-        end_stream(task_id, { error_event(reason, 'LostPayload', state[2], false), status_event('error', state[2], reason) })
+        end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_PAYLOAD, state[2], false), status_event('error', state[2], reason) })
       end
     end
   end

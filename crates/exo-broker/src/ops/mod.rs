@@ -12,7 +12,8 @@
 //! covered by the Cluster slot check at connect. The shared settings
 //! (`ARGV[1..6]`) come next; a script's own arguments start at `ARGV[7]`.
 //!
-//! Events are rendered by serde here: the few that a script writes on its
+//! Events are rendered by serde here, and failure kinds come from
+//! [`ErrorType`]: the few that a script writes on its
 //! own (a task cancelled before it started, a payload that cannot run, a
 //! worker lost) are templates, rendered once with placeholder strings and
 //! compiled into the script's source, which fills the placeholders with the
@@ -21,7 +22,7 @@
 //! Adding a hash field or a script touches one module here and one `.lua`
 //! file.
 
-use exo_proto::{ErrorEvent, RunStatus, StreamEvent};
+use exo_proto::{ErrorEvent, ErrorType, RunStatus, StreamEvent};
 use fred::{
     prelude::*,
     types::{MultipleKeys, Value, scripts::Script},
@@ -175,8 +176,18 @@ fn prelude() -> String {
         })
         .to_json()
     };
+    let error_types = [
+        ("INVALID_PAYLOAD", ErrorType::InvalidPayload),
+        ("WORKER_LOST", ErrorType::WorkerLost),
+        ("LOST_PAYLOAD", ErrorType::LostPayload),
+        ("LOST_ENTRY", ErrorType::LostEntry),
+    ]
+    .iter()
+    .map(|(name, kind)| format!("{name} = {}", lua_string(kind.as_str())))
+    .collect::<Vec<_>>()
+    .join(", ");
     format!(
-        "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\n{COMMON}",
+        "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\nlocal ERROR_TYPES = {{ {error_types} }}\n{COMMON}",
         lua_string(&status(RunStatus::Cancelled)),
         lua_string(&status(RunStatus::Error)),
         lua_string(&error(false)),

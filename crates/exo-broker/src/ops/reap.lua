@@ -139,10 +139,10 @@ for _, entry_id in ipairs(order) do
         write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', message, 'completed_at', NOW)
         enqueue(task_id, payload)
         ack(entry_id)
-        append_events(task_id, { error_event(message, 'WorkerLost', agent, true) })
+        append_events(task_id, { error_event(message, ERROR_TYPES.WORKER_LOST, agent, true) })
         requeued = requeued + 1
       else
-        fail_task(task_id, payload, message, 'WorkerLost', state[2], agent)
+        fail_task(task_id, payload, message, ERROR_TYPES.WORKER_LOST, state[2], agent)
         ack(entry_id)
       end
     end
@@ -211,7 +211,7 @@ for _, task_id in ipairs(candidates) do
     redis.call('HDEL', key, 'entry')
     write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
     dead_letter(task_id, '', reason, state[4])
-    end_stream(task_id, { error_event(reason, 'LostEntry', state[5], false), status_event('error', state[5], reason) })
+    end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_ENTRY, state[5], false), status_event('error', state[5], reason) })
     reconciled = reconciled + 1
   end)
 end
