@@ -1,15 +1,14 @@
 //! Helpers for end-to-end tests that run the real `exo` binary: find it,
-//! start workers as processes (killed when dropped), run commands and read
-//! their JSON.
-
-#![allow(clippy::print_stderr)]
+//! run commands and read their JSON, and start workers as processes
+//! ([`WorkerProcess`], from `exo-testkit`, killed when dropped).
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+pub use exo_testkit::WorkerProcess;
 use serde_json::Value;
 
 /// The `exo` binary built next to this test binary.
@@ -131,16 +130,11 @@ impl Target {
         })
     }
 
-    /// Starts `exo start worker <args>` as a process.
+    /// Starts `exo start worker <args>` as a process and waits until it
+    /// has started.
     pub fn start_worker(&self, args: &[&str]) -> WorkerProcess {
-        let logs = tempfile::Builder::new()
-            .prefix("exo-worker-")
-            .tempdir()
-            .expect("a log dir");
-        let stdout = std::fs::File::create(logs.path().join("stdout")).expect("a log file");
-        let stderr = std::fs::File::create(logs.path().join("stderr")).expect("a log file");
-        let child = self
-            .command()
+        let mut command = self.command();
+        command
             .args([
                 "start",
                 "worker",
@@ -149,110 +143,8 @@ impl Target {
                 "compact",
             ])
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("start the worker");
-        let mut worker = WorkerProcess {
-            child: Some(child),
-            logs,
-            worker_id: String::new(),
-        };
-        worker.worker_id = worker.wait_for_banner();
-        worker
-    }
-}
-
-/// An `exo start worker` process, killed when dropped.
-#[derive(Debug)]
-pub struct WorkerProcess {
-    child: Option<Child>,
-    logs: tempfile::TempDir,
-    /// The id from the startup banner.
-    pub worker_id: String,
-}
-
-impl WorkerProcess {
-    fn wait_for_banner(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let stdout = self.stdout();
-            if let Some(line) = stdout.lines().find(|line| line.starts_with("exo worker ")) {
-                let stderr = self.stderr();
-                if stderr.contains("worker started") {
-                    return line.trim_start_matches("exo worker ").trim().to_owned();
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
-                panic!(
-                    "the worker exited ({status}) before starting:\n{}\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the worker did not start:\n{}\n{}",
-            self.stdout(),
-            self.stderr()
-        );
-    }
-
-    /// What it printed on stdout.
-    pub fn stdout(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
-    }
-
-    /// What it logged on stderr.
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    /// Sends a signal (`TERM`, `KILL`, `INT`).
-    pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status();
-    }
-
-    /// Waits for the process to exit; panics after `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("a running worker");
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the worker") {
-                self.child = None;
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "the worker did not exit within {timeout:?}:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+            .env("RUST_LOG", "info");
+        WorkerProcess::start(command)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - `ci`: format check, clippy with warnings denied, the layering check,
 //!   and every test (all features).
-//! - `tidy`: the layering check alone.
+//! - `tidy`: the layering check and the checks of the deployment files
+//!   (both also run as `cargo test -p xtask`).
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
 //! - `bench`: throughput, latency, Redis commands and memory per task.
 //! - `chaos`: thousands of tasks through several worker processes while
@@ -151,6 +152,15 @@ fn fuzz(args: &[String]) -> Result<()> {
 }
 
 fn tidy() -> Result<()> {
+    tidy::tidy(&workspace_metadata()?)?;
+    eprintln!("tidy: the layering holds");
+    tidy::deploy::check()?;
+    eprintln!("tidy: the deployment files agree with each other and with exo");
+    Ok(())
+}
+
+/// `cargo metadata` of the workspace, with every feature on.
+fn workspace_metadata() -> Result<serde_json::Value> {
     let output = cargo()
         .args(["metadata", "--format-version", "1", "--all-features"])
         .output()
@@ -161,11 +171,7 @@ fn tidy() -> Result<()> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata JSON")?;
-    tidy::tidy(&metadata)?;
-    eprintln!("tidy: the layering holds");
-    Ok(())
+    serde_json::from_slice(&output.stdout).context("cargo metadata JSON")
 }
 
 fn e2e(rest: &[String]) -> Result<()> {
@@ -177,9 +183,10 @@ fn e2e(rest: &[String]) -> Result<()> {
         "-p",
         "exo-e2e",
         "--test",
-        "deployments",
-        "--test",
-        "worker_process",
+        "it",
+        "--",
+        "deployments::",
+        "worker_process::",
     ]);
     match rest {
         [] => {}

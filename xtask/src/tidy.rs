@@ -1,10 +1,14 @@
 //! `cargo xtask tidy`: the layering rules of `docs/architecture.md`, read
-//! from `cargo metadata`.
+//! from `cargo metadata`, and the checks of the deployment files
+//! ([`deploy`]). Each check is also an ordinary `#[test]` of this crate, so
+//! `cargo test -p xtask` (and `cargo test --workspace`) enforces tidy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+pub(crate) mod deploy;
 
 /// The internal crates each crate may depend on (normal dependencies;
 /// dev-dependencies are free). Anything not listed is an upward or sideways
@@ -213,6 +217,16 @@ mod tests {
             })
             .collect();
         json!({"packages": packages, "workspace_members": members, "resolve": {"nodes": nodes}})
+    }
+
+    /// The workspace itself, so that `cargo test -p xtask` enforces the
+    /// layering as `cargo xtask tidy` does.
+    #[test]
+    fn the_workspace_layering_holds() {
+        let metadata = crate::workspace_metadata().expect("cargo metadata");
+        if let Err(error) = tidy(&metadata) {
+            panic!("{error:#}");
+        }
     }
 
     #[test]

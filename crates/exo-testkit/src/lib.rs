@@ -23,20 +23,32 @@
 //! [`FakeLlmServer`], a local HTTP server that stands in for LLM APIs by
 //! replaying recorded responses.
 //!
+//! For tests of exo's own processes and outputs: [`TestProcess`] (a child
+//! process with its output in log files, killed when dropped),
+//! [`WorkerProcess`] (an `exo start worker` that has started), [`http_get`]
+//! (a raw GET for probing endpoints) and [`expect_file`] (golden files,
+//! refreshed with `UPDATE_EXPECT=1`).
+//!
 //! # Feature flags
 //!
 //! None.
 
 #![allow(clippy::print_stderr)]
 
+mod child;
+mod expect;
 mod fake_llm;
+mod http;
 mod postgres;
 mod process;
 mod redis;
 mod temporal;
 mod topology;
 
+pub use child::{TestProcess, WorkerProcess};
+pub use expect::expect_file;
 pub use fake_llm::{FakeChunk, FakeLlmServer, FakeResponse, RecordedRequest};
+pub use http::http_get;
 pub use postgres::{PostgresServer, TestPostgres};
 pub use process::{find_binary, free_port, unique_name, wait_for_port};
 pub use redis::{RedisServer, TestRedis, redis_command};

@@ -24,6 +24,7 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra_args: Vec<String>,
+    config_file: Option<PathBuf>,
     tls: bool,
     child: Option<Child>,
 }
@@ -37,16 +38,24 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (e.g.
     /// `["--appendonly", "yes"]`).
     pub fn start_with(extra_args: &[&str]) -> Self {
-        Self::start_configured(extra_args, false)
+        Self::start_configured(None, extra_args, false)
+    }
+
+    /// Starts a server with a configuration file (a deployment's
+    /// `redis.conf`). Only the port, the bind address, the directory and the
+    /// log file are set on the command line; persistence and every other
+    /// setting are the file's.
+    pub fn start_with_config(config_file: &Path) -> Self {
+        Self::start_configured(Some(config_file), &[], false)
     }
 
     /// Starts a server that listens only with TLS on its port (the extra
     /// arguments carry the certificate settings).
     pub fn start_tls(extra_args: &[&str]) -> Self {
-        Self::start_configured(extra_args, true)
+        Self::start_configured(None, extra_args, true)
     }
 
-    fn start_configured(extra_args: &[&str], tls: bool) -> Self {
+    fn start_configured(config_file: Option<&Path>, extra_args: &[&str], tls: bool) -> Self {
         let binary = find_binary("redis-server", &[], INSTALL_REDIS);
         let mut dir = tempfile::Builder::new()
             .prefix("exo-redis-")
@@ -59,6 +68,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+                config_file: config_file.map(Path::to_path_buf),
                 tls,
                 child: None,
             };
@@ -82,6 +92,10 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new(&self.binary);
+        // redis-server reads a configuration file only as its first argument.
+        if let Some(config_file) = &self.config_file {
+            command.arg(config_file);
+        }
         if self.tls {
             command
                 .args(["--port", "0", "--tls-port"])
@@ -89,8 +103,11 @@ impl RedisServer {
         } else {
             command.arg("--port").arg(self.port.to_string());
         }
+        command.args(["--bind", "127.0.0.1", "--daemonize", "no"]);
+        if self.config_file.is_none() {
+            command.args(["--save", ""]);
+        }
         command
-            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -99,7 +116,7 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if !self.extra_args.iter().any(|arg| arg == "--appendonly") {
+        if self.config_file.is_none() && !self.extra_args.iter().any(|arg| arg == "--appendonly") {
             command.args(["--appendonly", "no"]);
         }
         let child = command.spawn().map_err(|error| format!("spawn: {error}"))?;

@@ -26,48 +26,15 @@ fn test_data(name: &str) -> PathBuf {
 /// Compares `actual` with the golden file `name`, or rewrites the file when
 /// `UPDATE_EXPECT=1`.
 fn check_golden(name: &str, actual: &str) {
-    let path = test_data(name);
-    if std::env::var("UPDATE_EXPECT").is_ok_and(|value| value == "1") {
-        std::fs::write(&path, actual).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error}; run with UPDATE_EXPECT=1 to create it",
-            path.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} differs (run with UPDATE_EXPECT=1 to accept the new output)\n--- expected\n{expected}\n--- actual\n{actual}",
-        path.display()
-    );
+    exo_testkit::expect_file(test_data(name), actual);
 }
 
-/// Like [`check_golden`] for JSON, compared as values so that key order
-/// does not matter.
-fn check_golden_json(name: &str, actual: &serde_json::Value) {
-    let path = test_data(name);
+/// Like [`check_golden`] for JSON, written pretty-printed with a final
+/// newline (`serde_json` keeps object keys sorted, so the text is stable).
+fn check_golden_json(name: &str, actual: &Value) {
     let mut text = serde_json::to_string_pretty(actual).expect("json");
     text.push('\n');
-    if std::env::var("UPDATE_EXPECT").is_ok_and(|value| value == "1") {
-        std::fs::write(&path, text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
-        return;
-    }
-    let expected: serde_json::Value = std::fs::read_to_string(&path)
-        .map_err(|error| error.to_string())
-        .and_then(|expected| serde_json::from_str(&expected).map_err(|error| error.to_string()))
-        .unwrap_or_else(|error| {
-            panic!(
-                "{}: {error}; run with UPDATE_EXPECT=1 to create it",
-                path.display()
-            )
-        });
-    assert!(
-        expected == *actual,
-        "{} differs (run with UPDATE_EXPECT=1 to accept the new output)\n--- actual\n{text}",
-        path.display()
-    );
+    check_golden(name, &text);
 }
 
 /// The ids in `reference_rows.sql`, in file order.

@@ -1,8 +1,6 @@
 //! The worker's `/metrics`, `/healthz` and `/readyz` endpoint, over real
 //! TCP connections.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     sync::{

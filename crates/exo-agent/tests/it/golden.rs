@@ -3,9 +3,7 @@
 //! (`exo-proto/test_data`), timestamps and durations aside. `run` emits
 //! every event but the terminal status, which comes from the outcome.
 
-mod common;
-
-use common::{collect, fixed_scripted, fixture_events, fixture_json, normalize, runner};
+use crate::common::{collect, fixed_scripted, fixture_events, fixture_json, normalize, runner};
 use exo_agent::{OutcomeStatus, RunOptions};
 use exo_proto::{ErrorType, Message, TaskPayload, ToolCall, Usage};
 use serde_json::Value;

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: run a spec, collect what the
 //! run sent, and read the reference fixtures.
 
-#![allow(dead_code)]
-
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use exo_agent::{McpPolicy, RunEvent, RunOptions, RunOutcome, Runner, ToolRegistry};

@@ -30,20 +30,10 @@ fn transcript(provider: &str, name: &str) -> FakeResponse {
         .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
-/// Compares `actual` with the expected file, or rewrites it when
-/// `UPDATE_EXPECT=1`.
+/// Compares `actual` with the file `path` under `test_data/`, or rewrites
+/// it when `UPDATE_EXPECT=1`.
 fn expect_file(path: &str, actual: &str) {
-    let path = test_data(path);
-    if std::env::var("UPDATE_EXPECT").as_deref() == Ok("1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "{} differs (rerun with UPDATE_EXPECT=1 to accept):\n--- expected\n{expected}\n--- actual\n{actual}",
-        path.display()
-    );
+    exo_testkit::expect_file(test_data(path), actual);
 }
 
 fn fast_retries() -> RetryPolicy {

@@ -5,8 +5,7 @@
 //! prints a line before the test starts; MCP clients ignore lines that are
 //! not JSON.)
 
-mod common;
-#[path = "mcp/fixture_server.rs"]
+use crate::common;
 mod fixture_server;
 
 use std::{
@@ -63,7 +62,7 @@ fn mcp_tool(name: &str, original: &str, command: &str, env: Value) -> Value {
 /// The fixture server's fixed arguments.
 const FIXTURE_ARGS: &[&str] = &[
     "--exact",
-    "fixture_server_entry",
+    "mcp::fixture_server_entry",
     "--nocapture",
     "--quiet",
     "--test-threads",

@@ -1,42 +1,84 @@
-//! The deployment files under `deploy/` and the guide that explains them.
-//!
-//! No container engine or cluster runs here, so these tests check what can
-//! be checked without one, against the real things wherever there is one:
+//! The deployment files under `deploy/` and the guide that explains them,
+//! checked as files: `cargo xtask tidy` runs every check, and each is also
+//! an ordinary `#[test]` of this crate.
 //!
 //! - every YAML file parses (Kubernetes files as multi-document streams);
-//! - the worker commands of the Dockerfile, compose, Kubernetes and systemd
-//!   run with the real `exo` binary against a `redis-server` started with
-//!   `deploy/redis.conf`; their health checks and probes are run against
-//!   those workers, and SIGTERM must end each one cleanly;
-//! - the Temporal worker and the alerts CronJob commands are run too, and
-//!   must fail for the reason expected here (no Temporal server, no Redis),
-//!   never with a usage error;
 //! - ports, users, stream and group names, and stop budgets agree across the
-//!   files and with `exo --help` (the drain timeout's default is read there);
+//!   files and with the CLI (the drain timeout's default is read from
+//!   `crates/exo-cli/src/args.rs`);
 //! - environment variables set in the files are ones exo reads;
 //! - the Dockerfile's `cargo build` line is one that `cargo tree` accepts
 //!   with the same package, features and `--locked` (building a release
 //!   binary here would only prove that cargo works), its COPY lines cover
 //!   every workspace member, and `.dockerignore` excludes none of them;
 //! - `systemd-analyze verify` accepts the unit, and `kubectl kustomize`
-//!   renders both kustomizations, where those commands exist;
-//! - every `exo` command line in docs/operations.md parses.
-
-#![allow(clippy::print_stderr)]
+//!   renders both kustomizations, where those commands exist.
+//!
+//! The checks that run the commands these files name (the workers against
+//! a `redis-server` started with `deploy/redis.conf`, their health checks,
+//! SIGTERM, the Temporal worker, the alerts CronJob and the `exo` lines of
+//! docs/operations.md) are integration tests of the `tests` crate
+//! (`tests/tests/it/deploy_commands.rs`), since they need the `exo` binary.
+//!
+//! The checks are written as assertions, like tests; [`check`] runs each
+//! one and collects the names of those that panic.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read, Write},
-    net::TcpStream,
+    panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
-use exo_e2e::{eventually, exo_binary};
+use anyhow::{Result, bail};
 use exo_proto::Keys;
 use serde::Deserialize;
 use serde_json::Value;
+
+/// Lists the checks once: as the table [`check`] runs, and as one `#[test]`
+/// each, so that `cargo test -p xtask` enforces them.
+macro_rules! checks {
+    ($($name:ident),* $(,)?) => {
+        /// Every check, by name.
+        const CHECKS: &[(&str, fn())] = &[$((stringify!($name), $name)),*];
+
+        #[cfg(test)]
+        mod tests {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name();
+                }
+            )*
+        }
+    };
+}
+
+checks!(
+    dockerfile_builds_exo_on_the_pinned_toolchain_and_runs_it_unprivileged,
+    dockerfile_cargo_build_agrees_with_the_workspace_and_the_lock_file,
+    dockerfile_copies_every_workspace_member_and_dockerignore_keeps_them,
+    compose_file_wires_redis_workers_and_the_temporal_profile,
+    kubernetes_manifests_agree_with_the_image_the_cli_and_each_other,
+    systemd_unit_is_a_verified_template_that_drains_before_it_is_killed,
+    every_yaml_file_under_deploy_parses,
+    environment_variables_in_the_files_are_ones_exo_reads,
+);
+
+/// Runs every check; fails with the names of those that failed (each one's
+/// message is printed as it fails).
+pub(crate) fn check() -> Result<()> {
+    let failed: Vec<&str> = CHECKS
+        .iter()
+        .filter(|(_, check)| catch_unwind(AssertUnwindSafe(check)).is_err())
+        .map(|(name, _)| *name)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("deployment file checks failed:\n  {}", failed.join("\n  "))
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Files.
@@ -44,7 +86,7 @@ use serde_json::Value;
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ sits in the repository root")
+        .expect("xtask/ sits in the repository root")
         .to_path_buf()
 }
 
@@ -123,54 +165,37 @@ fn int_at(value: &Value, pointer: &str) -> u64 {
 }
 
 // ---------------------------------------------------------------------------
-// What the `exo` binary says about itself.
+// What the CLI's source says about it.
 
-fn exo_help(args: &[&str]) -> String {
-    let output = Command::new(exo_binary())
-        .args(args)
-        .arg("--help")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run exo --help");
-    assert!(
-        output.status.success(),
-        "exo {args:?} --help failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The `--drain-timeout` default of `exo start worker`, in seconds.
+/// The `--drain-timeout` default of `exo start worker`, in seconds: the
+/// `default_value_t` of the `drain_timeout` field in exo-cli's arguments.
 fn default_drain_timeout() -> u64 {
-    let help = exo_help(&["start", "worker"]);
-    // The option's entry: its line and, when clap puts the help below the
-    // flag, the lines up to the next flag.
-    let entry: String = help
-        .lines()
-        .skip_while(|line| !line.trim_start().starts_with("--drain-timeout"))
-        .enumerate()
-        .take_while(|(index, line)| *index == 0 || !line.trim_start().starts_with('-'))
-        .map(|(_, line)| line)
-        .collect();
-    assert!(!entry.is_empty(), "exo start worker has --drain-timeout");
-    let default = entry
-        .split("[default: ")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .expect("--drain-timeout shows its default");
-    default.parse().expect("the default is whole seconds")
+    let path = repo_root().join("crates/exo-cli/src/args.rs");
+    let text = read(&path);
+    let lines: Vec<&str> = text.lines().collect();
+    let field = lines
+        .iter()
+        .position(|line| line.trim_start().starts_with("pub(crate) drain_timeout:"))
+        .unwrap_or_else(|| panic!("{} has no drain_timeout field", path.display()));
+    // The field's attributes are the lines above it, up to its doc comment.
+    let default = lines[..field]
+        .iter()
+        .rev()
+        .take_while(|line| line.trim_start().starts_with("#["))
+        .find_map(|line| line.split("default_value_t = ").nth(1))
+        .expect("--drain-timeout has a default_value_t");
+    let digits: String = default.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().expect("the default is whole seconds")
 }
 
-/// The environment variables the CLI reads (`[env: NAME]` in its help).
+/// The environment variables the CLI reads (`env = "NAME"` in its clap
+/// arguments).
 fn cli_env_names() -> BTreeSet<String> {
+    let mut files = Vec::new();
+    files_with_extension(&repo_root().join("crates/exo-cli/src"), &["rs"], &mut files);
     let mut names = BTreeSet::new();
-    for args in [
-        &[][..],
-        &["start", "worker"][..],
-        &["alerts", "check"][..],
-        &["task", "submit"][..],
-    ] {
-        for piece in exo_help(args).split("[env: ").skip(1) {
+    for file in files {
+        for piece in read(&file).split("env = \"").skip(1) {
             let name: String = piece
                 .chars()
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
@@ -214,86 +239,15 @@ fn names_in_sources() -> BTreeSet<String> {
 // ---------------------------------------------------------------------------
 // Command lines.
 
-/// Splits a command line as `sh` would, expanding `$NAME` and `${NAME}`
-/// from `variables` outside single quotes. Enough for the lines in these
-/// files; no globbing, no command substitution.
+/// Splits a command line as `sh` would (with `shlex`), after expanding
+/// `${NAME}` from `variables`. Enough for the lines in these files; no
+/// globbing, no command substitution.
 fn shell_words(line: &str, variables: &BTreeMap<String, String>) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars().peekable();
-    let expand = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, word: &mut String| {
-        let name: String = if chars.peek() == Some(&'{') {
-            chars.next();
-            chars.by_ref().take_while(|c| *c != '}').collect()
-        } else {
-            let mut name = String::new();
-            while let Some(c) = chars.peek().copied() {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    name.push(c);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            name
-        };
-        if name.is_empty() {
-            word.push('$');
-        } else {
-            word.push_str(variables.get(&name).map(String::as_str).unwrap_or(""));
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                word.extend(chars.by_ref().take_while(|c| *c != '\''));
-            }
-            '"' => {
-                in_word = true;
-                while let Some(c) = chars.next() {
-                    match c {
-                        '"' => break,
-                        '\\' => {
-                            if let Some(next) = chars.next() {
-                                if !matches!(next, '"' | '\\' | '$') {
-                                    word.push('\\');
-                                }
-                                word.push(next);
-                            }
-                        }
-                        '$' => expand(&mut chars, &mut word),
-                        other => word.push(other),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                if let Some(next) = chars.next() {
-                    word.push(next);
-                }
-            }
-            '$' => {
-                in_word = true;
-                expand(&mut chars, &mut word);
-            }
-            other => {
-                in_word = true;
-                word.push(other);
-            }
-        }
+    let mut expanded = line.to_owned();
+    for (name, value) in variables {
+        expanded = expanded.replace(&format!("${{{name}}}"), value);
     }
-    if in_word {
-        words.push(word);
-    }
-    words
+    shlex::split(&expanded).unwrap_or_else(|| panic!("not a shell command line: {line}"))
 }
 
 /// The value of `--flag VALUE` in a command line.
@@ -486,7 +440,6 @@ fn rust_toolchain_channel() -> String {
         .expect("rust-toolchain.toml names a channel")
 }
 
-#[test]
 fn dockerfile_builds_exo_on_the_pinned_toolchain_and_runs_it_unprivileged() {
     let dockerfile = Dockerfile::load();
     assert_eq!(dockerfile.in_stage(1, "FROM").len(), 1);
@@ -551,7 +504,6 @@ fn dockerfile_builds_exo_on_the_pinned_toolchain_and_runs_it_unprivileged() {
     assert!(healthcheck[2].contains("GET /healthz "));
 }
 
-#[test]
 fn dockerfile_cargo_build_agrees_with_the_workspace_and_the_lock_file() {
     let dockerfile = Dockerfile::load();
     let args = dockerfile.args(1);
@@ -611,7 +563,6 @@ fn dockerfile_cargo_build_agrees_with_the_workspace_and_the_lock_file() {
     }
 }
 
-#[test]
 fn dockerfile_copies_every_workspace_member_and_dockerignore_keeps_them() {
     let dockerfile = Dockerfile::load();
     let mut sources = Vec::new();
@@ -737,7 +688,6 @@ fn host_and_port(url: &str) -> (String, u16) {
     (host.to_owned(), port.parse().expect("a port"))
 }
 
-#[test]
 fn compose_file_wires_redis_workers_and_the_temporal_profile() {
     let compose = compose();
     let services: BTreeSet<&str> = compose["services"]
@@ -939,7 +889,6 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
         .all(|(key, value)| labels.get(key) == Some(value))
 }
 
-#[test]
 fn kubernetes_manifests_agree_with_the_image_the_cli_and_each_other() {
     let dir = kubernetes_dir();
     let root = yaml_document(&dir.join("kustomization.yaml"));
@@ -1216,7 +1165,6 @@ fn systemd_worker_args(unit: &Ini, instance: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn systemd_unit_is_a_verified_template_that_drains_before_it_is_killed() {
     let text = read(&systemd_unit_path());
     let unit = parse_unit(&text);
@@ -1262,8 +1210,8 @@ fn systemd_unit_is_a_verified_template_that_drains_before_it_is_killed() {
         &args,
     );
 
-    // systemd's own checker, with ExecStart pointing at the binary under
-    // test (verify insists that the executable exists).
+    // systemd's own checker, with ExecStart pointing at an executable that
+    // exists (verify insists on one, and never runs it): this process's own.
     let available = Command::new("systemd-analyze")
         .arg("--version")
         .output()
@@ -1275,7 +1223,10 @@ fn systemd_unit_is_a_verified_template_that_drains_before_it_is_killed() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let copy = text.replace(
         "/usr/local/bin/exo",
-        exo_binary().to_str().expect("a UTF-8 path"),
+        std::env::current_exe()
+            .expect("this process's executable")
+            .to_str()
+            .expect("a UTF-8 path"),
     );
     std::fs::write(dir.path().join("exo-worker@.service"), copy).expect("write the unit");
     let output = Command::new("systemd-analyze")
@@ -1293,7 +1244,6 @@ fn systemd_unit_is_a_verified_template_that_drains_before_it_is_killed() {
 // ---------------------------------------------------------------------------
 // Everything parses, and the variables are ones exo reads.
 
-#[test]
 fn every_yaml_file_under_deploy_parses() {
     let mut files = Vec::new();
     files_with_extension(&deploy_dir(), &["yml", "yaml"], &mut files);
@@ -1307,7 +1257,6 @@ fn every_yaml_file_under_deploy_parses() {
     }
 }
 
-#[test]
 fn environment_variables_in_the_files_are_ones_exo_reads() {
     let mut set: Vec<(String, String)> = Vec::new();
     let compose = compose();
@@ -1350,516 +1299,4 @@ fn environment_variables_in_the_files_are_ones_exo_reads() {
             "{place} sets {variable}, which exo does not read"
         );
     }
-}
-
-// ---------------------------------------------------------------------------
-// Running the commands.
-
-/// A `redis-server` started with deploy/redis.conf; only the port, the bind
-/// address and the directory are overridden.
-struct DeployRedis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl DeployRedis {
-    /// Starts it on a free port, trying another port when the one picked
-    /// was taken in the meantime.
-    fn start() -> Self {
-        let binary = exo_testkit::find_binary(
-            "redis-server",
-            &[],
-            "Install it with `apt-get install -y redis-server redis-tools`.",
-        );
-        let mut log = String::new();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let port = exo_testkit::free_port();
-            let child = Command::new(&binary)
-                .arg(deploy_dir().join("redis.conf"))
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(dir.path())
-                .arg("--logfile")
-                .arg(dir.path().join("redis.log"))
-                .args(["--daemonize", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
-            let mut redis = DeployRedis { child, port, dir };
-            let listening = exo_testkit::wait_for_port(port, Duration::from_secs(10));
-            if listening && redis.child.try_wait().ok().flatten().is_none() {
-                return redis;
-            }
-            log = std::fs::read_to_string(redis.dir.path().join("redis.log")).unwrap_or_default();
-        }
-        panic!("redis-server with deploy/redis.conf did not start:\n{log}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn config_get(&self, parameter: &str) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "config", "get", parameter])
-            .output()
-            .expect("run redis-cli (apt-get install -y redis-tools)");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.lines().nth(1).unwrap_or_default().to_owned()
-    }
-}
-
-impl Drop for DeployRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `exo <args>` as a process with only the given environment (plus PATH
-/// and the like; no EXO_*, TEMPORAL_* or OTEL_* from the test's own),
-/// killed when dropped.
-struct ExoProcess {
-    label: String,
-    child: Option<Child>,
-    logs: tempfile::TempDir,
-}
-
-impl ExoProcess {
-    fn start(label: &str, args: &[String], environment: &[(String, String)]) -> Self {
-        let logs = tempfile::tempdir().expect("a log directory");
-        let mut command = Command::new(exo_binary());
-        for (name, _) in std::env::vars() {
-            if ["EXO_", "TEMPORAL_", "OTEL_"]
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-            {
-                command.env_remove(name);
-            }
-        }
-        command
-            .args(args)
-            .envs(environment.iter().map(|(name, value)| (name, value)))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(logs.path().join("stdout")).expect("a log file"))
-            .stderr(std::fs::File::create(logs.path().join("stderr")).expect("a log file"));
-        let child = command.spawn().expect("start exo");
-        ExoProcess {
-            label: label.to_owned(),
-            child: Some(child),
-            logs,
-        }
-    }
-
-    fn output(&self) -> String {
-        let read_log =
-            |name| std::fs::read_to_string(self.logs.path().join(name)).unwrap_or_default();
-        format!("{}{}", read_log("stdout"), read_log("stderr"))
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|child| child.try_wait().expect("wait for exo"))
-    }
-
-    /// The port from the banner's `metrics: http://HOST:PORT/metrics`.
-    fn metrics_port(&mut self) -> u16 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let output = self.output();
-            if let Some(line) = output
-                .lines()
-                .find(|line| line.trim_start().starts_with("metrics:"))
-            {
-                let address = line
-                    .split("http://")
-                    .nth(1)
-                    .and_then(|rest| rest.split('/').next())
-                    .expect("an address in the banner");
-                let (_, port) = address.rsplit_once(':').expect("a port");
-                return port.parse().expect("a port number");
-            }
-            if let Some(status) = self.exited() {
-                panic!(
-                    "{}: exo exited ({status}) before serving:\n{output}",
-                    self.label
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no metrics address in the banner:\n{output}",
-                self.label
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: exo did not exit within {timeout:?}:\n{}",
-                self.label,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.as_ref().expect("a running process").id();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for ExoProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `GET path` on 127.0.0.1:port: the status code and the body.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// The same command line with the `--metrics-addr` port replaced by 0 (a
-/// free port, read back from the banner).
-fn with_ephemeral_metrics_port(args: &[String]) -> Vec<String> {
-    let index = args
-        .iter()
-        .position(|arg| arg == "--metrics-addr")
-        .expect("--metrics-addr")
-        + 1;
-    let mut args = args.to_vec();
-    let (host, _) = args[index].rsplit_once(':').expect("HOST:PORT");
-    args[index] = format!("{host}:0");
-    args
-}
-
-/// How a deployment checks a worker's health.
-enum Probe {
-    /// An exec-form command (Docker and compose health checks) that talks to
-    /// the given port.
-    Command(Vec<String>, u16),
-    /// HTTP paths that must answer 200 (Kubernetes probes).
-    Paths(Vec<String>),
-}
-
-/// Runs a worker command line as the deployment would, checks its probes
-/// answer, then stops it with SIGTERM as the deployment would.
-fn run_worker(
-    redis: &DeployRedis,
-    label: &str,
-    args: &[String],
-    environment: &[(String, String)],
-    probe: Probe,
-) {
-    let mut environment = environment.to_vec();
-    environment.retain(|(name, _)| name != "EXO_REDIS_URL");
-    environment.push(("EXO_REDIS_URL".into(), redis.url()));
-    let mut worker = ExoProcess::start(label, &with_ephemeral_metrics_port(args), &environment);
-    let port = worker.metrics_port();
-    let banner = worker.output();
-    if let Some(concurrency) = flag_value(args, "--concurrency") {
-        assert!(
-            banner.contains(&format!("concurrency: {concurrency}")),
-            "{label}: {banner}"
-        );
-    }
-
-    let (status, body) = http_get(port, "/healthz").expect("GET /healthz");
-    assert_eq!((status, body.as_str()), (200, "ok\n"), "{label}: /healthz");
-    eventually(Duration::from_secs(15), "/readyz to answer 200", || {
-        (http_get(port, "/readyz").ok()?.0 == 200).then_some(())
-    });
-    match probe {
-        Probe::Command(command, probed_port) => {
-            let script: Vec<String> = command
-                .iter()
-                .map(|word| {
-                    word.replace(
-                        &format!("/dev/tcp/127.0.0.1/{probed_port}"),
-                        &format!("/dev/tcp/127.0.0.1/{port}"),
-                    )
-                })
-                .collect();
-            let status = Command::new(&script[0])
-                .args(&script[1..])
-                .status()
-                .expect("run the health check");
-            assert!(
-                status.success(),
-                "{label}: the health check failed ({status})"
-            );
-        }
-        Probe::Paths(paths) => {
-            for path in paths {
-                let (status, _) = http_get(port, &path).expect("GET a probe path");
-                assert_eq!(status, 200, "{label}: probe {path}");
-            }
-        }
-    }
-
-    worker.terminate();
-    let status = worker.wait(Duration::from_secs(drain_timeout(args) + HAND_BACK_MARGIN));
-    assert!(
-        status.success(),
-        "{label}: SIGTERM should end the worker cleanly ({status}):\n{}",
-        worker.output()
-    );
-    assert!(
-        worker.output().contains("worker stopped"),
-        "{label}: {}",
-        worker.output()
-    );
-}
-
-#[test]
-fn every_worker_command_runs_on_redis_conf_and_answers_its_health_checks() {
-    let redis = DeployRedis::start();
-    for (parameter, expected) in [
-        ("maxmemory", "1073741824"),
-        ("maxmemory-policy", "noeviction"),
-        ("appendonly", "yes"),
-        ("appendfsync", "everysec"),
-        ("timeout", "0"),
-        ("tcp-keepalive", "300"),
-    ] {
-        assert_eq!(
-            redis.config_get(parameter),
-            expected,
-            "redis.conf {parameter}"
-        );
-    }
-
-    // The image's default command, probed by its HEALTHCHECK.
-    let dockerfile = Dockerfile::load();
-    let command = dockerfile.json(2, "CMD");
-    run_worker(
-        &redis,
-        "Dockerfile CMD",
-        &command,
-        &[],
-        Probe::Command(dockerfile.healthcheck(2), metrics_port(&command)),
-    );
-
-    // The compose worker, with its environment, probed by its healthcheck.
-    let compose = compose();
-    let service = compose_service(&compose, "worker");
-    let command = string_list(&service["command"], "command");
-    run_worker(
-        &redis,
-        "compose worker",
-        &command,
-        &compose_environment(service),
-        Probe::Command(compose_healthcheck(service), metrics_port(&command)),
-    );
-
-    // The Kubernetes container, probed on its probes' paths.
-    let deployment = yaml_document(&kubernetes_dir().join("base").join("deployment.yaml"));
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let environment: Vec<(String, String)> = container["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .map(|entry| {
-            (
-                str_at(entry, "/name").to_owned(),
-                str_at(entry, "/value").to_owned(),
-            )
-        })
-        .collect();
-    run_worker(
-        &redis,
-        "Kubernetes Deployment",
-        &string_list(&container["args"], "args"),
-        &environment,
-        Probe::Paths(vec![
-            str_at(container, "/livenessProbe/httpGet/path").to_owned(),
-            str_at(container, "/readinessProbe/httpGet/path").to_owned(),
-        ]),
-    );
-
-    // The systemd unit's ExecStart (instance 0: a free port).
-    let unit = parse_unit(&read(&systemd_unit_path()));
-    let environment: Vec<(String, String)> = unit_values(&unit, "Service", "Environment")
-        .into_iter()
-        .map(|assignment| {
-            let (name, value) = assignment.split_once('=').expect("NAME=value");
-            (name.to_owned(), value.to_owned())
-        })
-        .collect();
-    run_worker(
-        &redis,
-        "systemd ExecStart",
-        &systemd_worker_args(&unit, "0"),
-        &environment,
-        Probe::Paths(vec!["/healthz".to_owned()]),
-    );
-}
-
-#[test]
-fn temporal_worker_command_gets_past_its_flags_and_redis() {
-    // With Redis up and no Temporal server, the compose Temporal worker
-    // connects to Redis and then fails on Temporal (status 1), never with a
-    // usage error.
-    let redis = DeployRedis::start();
-    let compose = compose();
-    let service = compose_service(&compose, "temporal-worker");
-    let command = string_list(&service["command"], "command");
-    let mut environment = compose_environment(service);
-    environment.retain(|(name, _)| name != "EXO_REDIS_URL" && name != "TEMPORAL_HOST");
-    environment.push(("EXO_REDIS_URL".into(), redis.url()));
-    let closed_port = exo_testkit::free_port();
-    environment.push(("TEMPORAL_HOST".into(), format!("127.0.0.1:{closed_port}")));
-    let mut worker = ExoProcess::start(
-        "compose temporal-worker",
-        &with_ephemeral_metrics_port(&command),
-        &environment,
-    );
-    let status = worker.wait(Duration::from_secs(60));
-    let output = worker.output();
-    assert!(!output.contains("Usage:"), "a usage error: {output}");
-    if output.contains("needs exo built with the `temporal` feature") {
-        // A binary built without the feature refuses temporal mode after
-        // parsing the flags and before connecting. CI builds it with
-        // --all-features and takes the other branch.
-        assert_eq!(status.code(), Some(2), "{output}");
-        eprintln!(
-            "{} lacks the temporal feature: the Temporal worker's flags were checked, \
-             its connection to Redis was not (cargo build -p exo-cli --features temporal)",
-            exo_binary().display()
-        );
-    } else {
-        assert_eq!(status.code(), Some(1), "{output}");
-        assert!(output.contains("executor:    temporal"), "{output}");
-        let host = format!("127.0.0.1:{closed_port}");
-        assert!(
-            output
-                .lines()
-                .any(|line| line.starts_with("error:") && line.contains(&host)),
-            "the error names TEMPORAL_HOST: {output}"
-        );
-    }
-}
-
-#[test]
-fn alerts_cronjob_command_reports_an_unreachable_redis_with_status_3() {
-    let cron = yaml_document(&kubernetes_dir().join("base").join("alerts-cronjob.yaml"));
-    let args = string_list(
-        &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"],
-        "args",
-    );
-    let closed_port = exo_testkit::free_port();
-    let mut check = ExoProcess::start(
-        "alerts CronJob",
-        &args,
-        &[(
-            "EXO_REDIS_URL".into(),
-            format!("redis://127.0.0.1:{closed_port}"),
-        )],
-    );
-    let status = check.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(3), "{}", check.output());
-}
-
-// ---------------------------------------------------------------------------
-// The operations guide.
-
-#[test]
-fn operations_guide_covers_every_file_and_its_exo_commands_parse() {
-    let guide = read(&repo_root().join("docs").join("operations.md"));
-    for path in [
-        "deploy/Dockerfile",
-        ".dockerignore",
-        "deploy/docker-compose.yml",
-        "deploy/redis.conf",
-        "deploy/systemd/exo-worker@.service",
-        "deploy/kubernetes/base/deployment.yaml",
-        "deploy/kubernetes/keda/scaledobject.yaml",
-        "deploy/kubernetes/secret.example.yaml",
-        "deploy/prometheus/exo-alerts.yml",
-        "tests/tests/deploy_files.rs",
-    ] {
-        assert!(
-            guide.contains(path),
-            "docs/operations.md never mentions {path}"
-        );
-        assert!(repo_root().join(path).exists(), "{path} does not exist");
-    }
-
-    let mut in_shell_block = false;
-    let mut checked = 0;
-    for line in guide.lines() {
-        let trimmed = line.trim();
-        if let Some(fence) = trimmed.strip_prefix("```") {
-            in_shell_block = !in_shell_block && matches!(fence, "bash" | "sh" | "shell");
-            continue;
-        }
-        if !in_shell_block {
-            continue;
-        }
-        let code = trimmed.split(" #").next().unwrap_or_default();
-        let words = shell_words(code, &BTreeMap::new());
-        // Skip leading NAME=value assignments.
-        let words: Vec<String> = words
-            .into_iter()
-            .skip_while(|word| {
-                word.split_once('=').is_some_and(|(name, _)| {
-                    !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
-                })
-            })
-            .collect();
-        if words.first().map(String::as_str) != Some("exo") {
-            continue;
-        }
-        let output = Command::new(exo_binary())
-            .args(&words[1..])
-            .arg("--help")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run exo");
-        assert!(
-            output.status.success(),
-            "docs/operations.md: `{code}` does not parse: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        checked += 1;
-    }
-    assert!(checked >= 15, "only {checked} exo command lines found");
 }

@@ -6,14 +6,14 @@
 //!
 //! Needs `target/debug/exo` built with the `temporal` feature:
 //! `cargo build -p exo-cli --features temporal`, then
-//! `cargo test -p exo-e2e --features temporal --test temporal`.
+//! `cargo test -p exo-e2e --features temporal --test it -- temporal::`.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use exo_e2e::{Target, agent_file, eventually};
+use exo_e2e::{Target, WorkerProcess, agent_file, eventually};
 use exo_testkit::{TestRedis, TestTemporal};
 use serde_json::{Value, json};
 
@@ -40,146 +40,51 @@ fn require_temporal_binary(target: &Target) {
     );
 }
 
-/// An `exo start worker --executor temporal` process, killed when dropped.
-struct TemporalWorker {
-    child: Option<Child>,
-    logs: tempfile::TempDir,
-    worker_id: String,
+/// Starts an `exo start worker --executor temporal` process on the test's
+/// Redis and Temporal task queue, with a 2 s activity heartbeat timeout,
+/// waits for it to start and checks that its banner names that Temporal.
+fn start_temporal_worker(target: &Target, temporal: &TestTemporal, args: &[&str]) -> WorkerProcess {
+    let mut command = target.command();
+    command
+        .env("TEMPORAL_HOST", temporal.address())
+        .env("TEMPORAL_NAMESPACE", "default")
+        .env("EXO_TEMPORAL_TASK_QUEUE", temporal.task_queue())
+        .env("EXO_TEMPORAL_HEARTBEAT_TIMEOUT", "2")
+        .stdin(Stdio::null())
+        .args([
+            "start",
+            "worker",
+            "--executor",
+            "temporal",
+            "--builtin-tools",
+        ])
+        .args(["--log-format", "compact"])
+        .args(args)
+        .env("RUST_LOG", "info");
+    let worker = WorkerProcess::start(command);
+    let stdout = worker.stdout();
+    let expected = format!(
+        "temporal:    {} (namespace default, task queue {})",
+        temporal.address(),
+        temporal.task_queue()
+    );
+    assert!(stdout.contains("executor:    temporal"), "{stdout}");
+    assert!(
+        stdout.contains(&expected),
+        "`{expected}` missing:\n{stdout}"
+    );
+    worker
 }
 
-impl TemporalWorker {
-    /// Starts a worker on the test's Redis and Temporal task queue, with a
-    /// 2 s activity heartbeat timeout, and waits for its banner.
-    fn start(target: &Target, temporal: &TestTemporal, args: &[&str]) -> Self {
-        let logs = tempfile::Builder::new()
-            .prefix("exo-temporal-worker-")
-            .tempdir()
-            .expect("a log dir");
-        let log = |name: &str| std::fs::File::create(logs.path().join(name)).expect("a log file");
-        let child = Self::command(target, temporal)
-            .args([
-                "start",
-                "worker",
-                "--executor",
-                "temporal",
-                "--builtin-tools",
-            ])
-            .args(["--log-format", "compact"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn()
-            .expect("start the worker");
-        let mut worker = TemporalWorker {
-            child: Some(child),
-            logs,
-            worker_id: String::new(),
-        };
-        worker.worker_id = worker.wait_for_banner(temporal);
-        worker
-    }
-
-    fn command(target: &Target, temporal: &TestTemporal) -> Command {
-        let mut command = target.command();
-        command
-            .env("TEMPORAL_HOST", temporal.address())
-            .env("TEMPORAL_NAMESPACE", "default")
-            .env("EXO_TEMPORAL_TASK_QUEUE", temporal.task_queue())
-            .env("EXO_TEMPORAL_HEARTBEAT_TIMEOUT", "2")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn wait_for_banner(&mut self, temporal: &TestTemporal) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let stdout = self.stdout();
-            if let Some(line) = stdout.lines().find(|line| line.starts_with("exo worker "))
-                && self.stderr().contains("worker started")
-            {
-                let expected = format!(
-                    "temporal:    {} (namespace default, task queue {})",
-                    temporal.address(),
-                    temporal.task_queue()
-                );
-                assert!(stdout.contains("executor:    temporal"), "{stdout}");
-                assert!(
-                    stdout.contains(&expected),
-                    "`{expected}` missing:\n{stdout}"
-                );
-                return line.trim_start_matches("exo worker ").trim().to_owned();
-            }
-            if let Some(status) = self.exited() {
-                panic!(
-                    "the worker exited ({status}) before starting:\n{}\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the worker did not start:\n{}\n{}",
-            self.stdout(),
-            self.stderr()
-        );
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|child| child.try_wait().ok().flatten())
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(&mut self) {
-        let child = self.child.as_mut().expect("a running worker");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for the worker") {
-                assert!(
-                    status.success(),
-                    "the worker exited with {status}:\n{}",
-                    self.stderr()
-                );
-                self.child = None;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not stop after SIGTERM:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for TemporalWorker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// SIGTERM, then waits for a clean exit.
+fn stop(worker: &mut WorkerProcess) {
+    worker.signal("TERM");
+    let status = worker.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "the worker exited with {status}:\n{}",
+        worker.stderr()
+    );
 }
 
 fn status_of(target: &Target, task_id: &str) -> Value {
@@ -236,7 +141,7 @@ fn a_worker_killed_mid_activity_loses_nothing() {
         "--lease",
         "10",
     ];
-    let mut victim = TemporalWorker::start(&target, &temporal, &fast_failover);
+    let mut victim = start_temporal_worker(&target, &temporal, &fast_failover);
     let task_id = submit(&target, &agent);
     // The activity runs on the victim (the only poller) once the run's
     // first event is in the stream.
@@ -251,9 +156,11 @@ fn a_worker_killed_mid_activity_loses_nothing() {
             .then_some(())
         },
     );
-    victim.kill();
+    // SIGKILL, as a crash would.
+    victim.signal("KILL");
+    victim.wait(Duration::from_secs(30));
     let started = Instant::now();
-    let mut survivor = TemporalWorker::start(&target, &temporal, &fast_failover);
+    let mut survivor = start_temporal_worker(&target, &temporal, &fast_failover);
     let status = eventually(
         Duration::from_secs(60),
         "the task to complete on the survivor",
@@ -285,7 +192,7 @@ fn a_worker_killed_mid_activity_loses_nothing() {
         Some("Completed")
     );
     assert!(took < Duration::from_secs(60), "failover took {took:?}");
-    survivor.stop();
+    stop(&mut survivor);
 }
 
 #[test]
@@ -300,7 +207,7 @@ fn a_cancel_through_the_cli_cancels_the_workflow() {
         "agent.json",
         &json!({"name": "slow", "model": "scripted:slow:60000"}),
     );
-    let mut worker = TemporalWorker::start(&target, &temporal, &[]);
+    let mut worker = start_temporal_worker(&target, &temporal, &[]);
     let task_id = submit(&target, &agent);
     eventually(Duration::from_secs(20), "the activity to start", || {
         (!events_of(&target, &task_id).is_empty()).then_some(())
@@ -337,7 +244,7 @@ fn a_cancel_through_the_cli_cancels_the_workflow() {
         "{}",
         String::from_utf8_lossy(&described.stdout)
     );
-    worker.stop();
+    stop(&mut worker);
 }
 
 #[test]

@@ -1,10 +1,8 @@
 //! The recording functions, rendered by a local Prometheus registry.
 
-mod common;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{record_one_of_everything, render_with, samples, value};
+use crate::common::{record_one_of_everything, render_with, samples, value};
 use exo_observability::{QueueSample, TaskLabels, record};
 use exo_proto::TaskStatus;
 
@@ -328,7 +326,7 @@ fn no_metric_carries_a_task_id() {
         }
     }
     // The recording module never names a task id: no parameter, no label.
-    let source = include_str!("../src/record.rs");
+    let source = include_str!("../../src/record.rs");
     for forbidden in ["task_id", "\"task\"", "taskid"] {
         assert!(
             !source.to_lowercase().contains(forbidden),

@@ -1,14 +1,12 @@
 //! Helpers shared by the test binaries.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::{collections::BTreeMap, time::Duration};
 
 use exo_observability::{MetricsHandle, MetricsRecorder, QueueSample, TaskLabels, record};
 
 /// Runs `body` with a fresh registry as the thread's recorder and returns
 /// the rendered text.
-pub fn render_with(body: impl FnOnce()) -> (MetricsHandle, String) {
+pub(crate) fn render_with(body: impl FnOnce()) -> (MetricsHandle, String) {
     let recorder = MetricsRecorder::new();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, body);
@@ -17,7 +15,7 @@ pub fn render_with(body: impl FnOnce()) -> (MetricsHandle, String) {
 }
 
 /// Calls every recording function once, with realistic arguments.
-pub fn record_one_of_everything() {
+pub(crate) fn record_one_of_everything() {
     let labels = TaskLabels::new("exo:tasks", "web01-1234-a1b2c3d4");
     record::task_submitted("exo:tasks");
     record::redis_round_trips("web01-1234-a1b2c3d4", 42);
@@ -44,14 +42,14 @@ pub fn record_one_of_everything() {
 
 /// One sample line of the text format.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 /// Parses the sample lines (not `#` lines) of the Prometheus text format.
-pub fn samples(text: &str) -> Vec<Sample> {
+pub(crate) fn samples(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .map(|line| {
@@ -88,7 +86,7 @@ fn parse_labels(body: &str) -> BTreeMap<String, String> {
 }
 
 /// The value of the one sample named `name` whose labels include `labels`.
-pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<Sample> = samples(text)
         .into_iter()
         .filter(|sample| {
@@ -100,4 +98,36 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .collect();
     assert_eq!(found.len(), 1, "expected one {name} {labels:?} in:\n{text}");
     found[0].value
+}
+
+/// The variable that tells a re-run of this test binary which test runs in
+/// it.
+const OWN_PROCESS: &str = "EXO_TEST_OWN_PROCESS";
+
+/// For tests of process-global state (the tracing subscriber, the metrics
+/// recorder, the OpenTelemetry providers), which must be the first and only
+/// install in their process.
+///
+/// Called first in the test `test` (its path, e.g. `install::name`): in the
+/// test runner's process it runs this test binary again with only that test
+/// and `EXO_TEST_OWN_PROCESS` set, checks the test passed there, and returns
+/// false (the caller returns); in that child process it returns true (the
+/// caller goes on with the test itself).
+pub(crate) fn in_own_process(test: &str) -> bool {
+    if std::env::var(OWN_PROCESS).as_deref() == Ok(test) {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(OWN_PROCESS, test)
+        .output()
+        .expect("run this test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} in its own process ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    false
 }

@@ -1,11 +1,9 @@
 //! Swarms in their three modes, on the scripted provider: who runs, on
 //! what input, with which model, and what the task's stream sees.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::{agent, assert_summary, collect, runner, scripted_factory, spec, summary};
+use crate::common::{agent, assert_summary, collect, runner, scripted_factory, spec, summary};
 use exo_agent::{OutcomeStatus, RunOptions};
 use exo_models::ProviderFactory;
 use exo_proto::{ErrorType, StreamEvent};

@@ -1,10 +1,8 @@
 //! `deploy/prometheus/exo-alerts.yml` says what `exo alerts check` says.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{record_one_of_everything, render_with, samples};
+use crate::common::{record_one_of_everything, render_with, samples};
 use exo_observability::{AlertRule, default_rules};
 use serde::Deserialize;
 

@@ -1,7 +1,7 @@
 //! Cancellation and deadlines take effect inside tool calls and model
 //! streams, promptly; tool calls of one step run concurrently.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -11,33 +11,12 @@ use std::{
 };
 
 use exo_e2e::{Target, agent_file, eventually};
-use exo_testkit::{TestRedis, free_port};
+use exo_testkit::{TestRedis, free_port, http_get};
 use prost::Message;
 use serde_json::json;
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
-        .expect("connect to the worker's HTTP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    http_get(port, path).expect("GET from the worker's HTTP port")
 }
 
 /// The value of the first sample of `name` whose line contains `filter`.

@@ -3,7 +3,7 @@
 //! prompt, history, input, tools with injected arguments, tool results and
 //! tool errors), and what the run reports.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

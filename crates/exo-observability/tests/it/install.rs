@@ -1,6 +1,7 @@
 //! `install` as a binary uses it: global subscriber and recorder, no OTLP.
 //!
-//! Process-global state, so one test in its own test binary.
+//! Process-global state, so the test runs in a process of its own
+//! ([`in_own_process`](crate::common::in_own_process)).
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn install_once_then_record_render_and_serve() {
+    if !crate::common::in_own_process("install::install_once_then_record_render_and_serve") {
+        return;
+    }
     let mut config = TelemetryConfig::new("exo-install-test");
     config.log_format = LogFormat::Json;
     config.log_filter = Some("warn".to_owned());

@@ -2,7 +2,7 @@
 //! scripted provider and compares a one-line-per-event summary (see
 //! `common::summary`) with the expected one.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,0 +1,3 @@
+//! Integration tests of the `exo` binary, in one test binary.
+
+mod cli;

@@ -1,0 +1,3 @@
+//! Integration tests of the harness itself, in one test binary.
+
+mod harness;

@@ -1,0 +1,10 @@
+//! End-to-end tests of the real `exo` binary against real services, in one
+//! test binary (one link, one `exo` lookup). Each module was a test binary
+//! of its own; run one with `cargo test -p exo-e2e --test it -- <module>::`.
+
+mod deploy_commands;
+mod deployments;
+mod observability;
+#[cfg(feature = "temporal")]
+mod temporal;
+mod worker_process;
