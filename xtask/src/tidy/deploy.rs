@@ -168,22 +168,18 @@ fn int_at(value: &Value, pointer: &str) -> u64 {
 // What the CLI's source says about it.
 
 /// The `--drain-timeout` default of `exo start worker`, in seconds: the
-/// `default_value_t` of the `drain_timeout` field in exo-cli's arguments.
+/// flag is optional and applied over the library's default, so this is
+/// `drain_timeout` in `WorkerConfig::new` (exo-worker's config).
 fn default_drain_timeout() -> u64 {
-    let path = repo_root().join("crates/exo-cli/src/args.rs");
+    let path = repo_root().join("crates/exo-worker/src/config.rs");
     let text = read(&path);
-    let lines: Vec<&str> = text.lines().collect();
-    let field = lines
-        .iter()
-        .position(|line| line.trim_start().starts_with("pub(crate) drain_timeout:"))
-        .unwrap_or_else(|| panic!("{} has no drain_timeout field", path.display()));
-    // The field's attributes are the lines above it, up to its doc comment.
-    let default = lines[..field]
-        .iter()
-        .rev()
-        .take_while(|line| line.trim_start().starts_with("#["))
-        .find_map(|line| line.split("default_value_t = ").nth(1))
-        .expect("--drain-timeout has a default_value_t");
+    let default = text
+        .lines()
+        .find_map(|line| {
+            line.trim_start()
+                .strip_prefix("drain_timeout: Duration::from_secs(")
+        })
+        .unwrap_or_else(|| panic!("{} sets no drain_timeout default", path.display()));
     let digits: String = default.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().expect("the default is whole seconds")
 }
