@@ -16,8 +16,14 @@ use crate::{
     error::{Error, Result},
     events::EventPublisher,
     ops::{
-        claim::ClaimCall, deregister::DeregisterCall, finish::FinishCall, heartbeat::HeartbeatCall,
-        publish::PublishCall, reap::ReapCall, release::ReleaseCall, reply,
+        claim::{ClaimCall, ClaimReply},
+        deregister::DeregisterCall,
+        finish::{ClaimNext, FinishCall},
+        heartbeat::HeartbeatCall,
+        publish::PublishCall,
+        reap::ReapCall,
+        release::ReleaseCall,
+        reply,
     },
 };
 
@@ -224,18 +230,33 @@ impl WorkerSession {
         terminal: &StreamEvent,
         options: FinishOptions,
     ) -> Result<Finished> {
+        let reply = self
+            .broker
+            .call(&self.finish_call(task, outcome, events, terminal, options, None))
+            .await?;
+        Ok(reply.finished)
+    }
+
+    fn finish_call<'a>(
+        &self,
+        task: &'a ClaimedTask,
+        outcome: Outcome<'a>,
+        events: Vec<String>,
+        terminal: &'a StreamEvent,
+        options: FinishOptions,
+        claim_next: Option<ClaimNext<'a>>,
+    ) -> FinishCall<'a> {
         let policy = self.broker.config().retry;
-        self.broker
-            .call(&FinishCall {
-                task,
-                outcome,
-                events,
-                terminal,
-                backoff: policy.backoff(task.retries),
-                default_max_retries: policy.max_retries,
-                inner_retries: options.inner_retries,
-            })
-            .await
+        FinishCall {
+            task,
+            outcome,
+            events,
+            terminal,
+            backoff: policy.backoff(task.retries),
+            default_max_retries: policy.max_retries,
+            inner_retries: options.inner_retries,
+            claim_next,
+        }
     }
 
     /// Appends a batch of events (JSON strings) to a task's stream and
@@ -555,6 +576,39 @@ impl Claimer {
         Ok(claim)
     }
 
+    /// Ends an attempt ([`WorkerSession::finish`]) and, once it has ended,
+    /// claims up to `next` tasks for this worker in the same round trip, so
+    /// a slot goes on to its next task without a claim of its own. Ask for
+    /// none (`next` 0) when repeating a call whose reply was lost: a
+    /// repeated claim would take tasks whose reply never arrives (the
+    /// heartbeat hands those back, after a while).
+    pub async fn finish_then_claim(
+        &mut self,
+        task: &ClaimedTask,
+        outcome: Outcome<'_>,
+        events: Vec<String>,
+        terminal: &StreamEvent,
+        options: FinishOptions,
+        next: usize,
+    ) -> Result<(Finished, Claim)> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let session = self.session.clone();
+        let config = session.broker.config();
+        let claim_next = ClaimNext {
+            count: next,
+            consumer: &session.worker_id,
+            token: &token,
+            max_retries_cap: config.max_retries_cap,
+        };
+        let call = session.finish_call(task, outcome, events, terminal, options, Some(claim_next));
+        let reply = session.broker.call(&call).await?;
+        let claim = match reply.claimed {
+            Some(claimed) => self.accept(&token, claimed).await,
+            None => Claim::default(),
+        };
+        Ok((reply.finished, claim))
+    }
+
     async fn run_script(&mut self, max: usize, ids: &[String]) -> Result<Claim> {
         let session = &self.session;
         let config = session.broker.config();
@@ -573,6 +627,14 @@ impl Claimer {
                 entry_ids: ids,
             })
             .await?;
+        Ok(self.accept(&token, reply).await)
+    }
+
+    /// Turns what a claim script marked running into claimed tasks; a
+    /// payload exo cannot decode fails its task instead.
+    async fn accept(&mut self, token: &str, reply: ClaimReply) -> Claim {
+        let session = &self.session;
+        let default_max_retries = session.broker.config().retry.max_retries;
         // The due time is on the server's clock; so is the time it sent.
         self.next_due_at = reply.next_due_ms.map(|due| {
             tokio::time::Instant::now()
@@ -587,7 +649,7 @@ impl Claimer {
                 task_id: row.task_id.clone(),
                 entry_id: row.entry_id.clone(),
                 attempt: row.attempt,
-                token: token.clone(),
+                token: token.to_owned(),
             };
             // A payload that is not UTF-8 is refused as it is, never
             // rewritten: the dead letter keeps its exact bytes.
@@ -605,7 +667,7 @@ impl Claimer {
                     payload,
                     raw_payload: raw,
                     retries: row.retries,
-                    max_retries: row.max_retries.unwrap_or(config.retry.max_retries),
+                    max_retries: row.max_retries.unwrap_or(default_max_retries),
                 }),
                 Err(reason) => {
                     session.fail_undecodable(lease, raw, &reason).await;
@@ -617,7 +679,7 @@ impl Claimer {
                 }
             }
         }
-        Ok(claim)
+        claim
     }
 
     async fn blocking_read(&mut self, max: usize, block: Duration) -> Result<Vec<String>> {

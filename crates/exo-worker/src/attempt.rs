@@ -8,7 +8,7 @@ use std::{
 };
 
 use exo_agent::{OutcomeStatus, RunOutcome};
-use exo_broker::{ClaimedTask, FinishOptions, Finished, Outcome};
+use exo_broker::{ClaimedTask, Claimer, FinishOptions, Finished, Outcome};
 use exo_observability::record::{self, TaskLabels};
 use exo_proto::{RunStatus, StreamEvent, TaskStatus};
 use futures::FutureExt;
@@ -24,13 +24,15 @@ use crate::{
 
 /// Runs one attempt and ends it: the run (in its own tokio task, so a panic
 /// fails the task, not the worker), then the fenced final write, then the
-/// hook.
+/// hook. The final write also claims the slot's next task when the worker
+/// may take one (one round trip for both); that task comes back.
 pub(crate) async fn run_task(
     shared: Arc<Shared>,
     executor: Arc<dyn Executor>,
     hooks: Arc<dyn TaskHooks>,
     task: ClaimedTask,
-) {
+    claimer: &mut Claimer,
+) -> Vec<ClaimedTask> {
     let task_id = task.lease.task_id.clone();
     let running = Arc::new(RunningTask {
         lease: task.lease.clone(),
@@ -86,19 +88,19 @@ pub(crate) async fn run_task(
                 "attempt lost to another worker; its result is dropped"
             );
             shared.registry.unregister(&running);
-            return;
+            return Vec::new();
         }
         Some(StopReason::Shutdown) => {
             // Handed back by the drain; nothing to write.
             shared.registry.unregister(&running);
-            return;
+            return Vec::new();
         }
         _ => {}
     }
     let ran_for = running.started.elapsed();
     // The task stays registered until its final write lands, so the
     // heartbeat keeps renewing its lease while that write is retried.
-    finish(
+    let claimed = finish(
         &shared,
         &hooks,
         &task,
@@ -106,9 +108,11 @@ pub(crate) async fn run_task(
         stop == Some(StopReason::Cancelled),
         timeout,
         ran_for,
+        claimer,
     )
     .await;
     shared.registry.unregister(&running);
+    claimed
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -175,6 +179,7 @@ fn settlement<'a>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
     hooks: &Arc<dyn TaskHooks>,
@@ -183,13 +188,15 @@ async fn finish(
     cancelled: bool,
     timeout: Duration,
     ran_for: Duration,
-) {
+    claimer: &mut Claimer,
+) -> Vec<ClaimedTask> {
     let outcome = execution.outcome;
     let agent_name = outcome.agent_name.clone();
     let timeout_text = timeout_message(timeout);
     let (result, terminal) = settlement(&outcome, cancelled, &timeout_text);
     let events = execution.unsent_events;
     let retries_used = execution.retries_used;
+    let mut claimed = Vec::new();
     let mut finished = write_outcome(
         shared,
         task,
@@ -197,6 +204,8 @@ async fn finish(
         events.clone(),
         &terminal,
         retries_used,
+        claimer,
+        &mut claimed,
     )
     .await;
     if finished == Some(Finished::CancelRequested) {
@@ -212,10 +221,14 @@ async fn finish(
             events,
             &terminal,
             retries_used,
+            claimer,
+            &mut claimed,
         )
         .await;
     }
-    let Some(finished) = finished else { return };
+    let Some(finished) = finished else {
+        return claimed;
+    };
     let (status, output, error) = match &finished {
         Finished::Completed => {
             shared.processed.fetch_add(1, Ordering::Relaxed);
@@ -237,9 +250,9 @@ async fn finish(
                 attempt,
                 "result refused: the attempt is no longer current"
             );
-            return;
+            return claimed;
         }
-        Finished::CancelRequested => return,
+        Finished::CancelRequested => return claimed,
     };
     let recorded = match &finished {
         Finished::Retrying { .. } => TaskStatus::Retrying,
@@ -273,12 +286,18 @@ async fn finish(
         shared.config.hook_timeout,
     )
     .await;
+    claimed
 }
 
 /// The fenced final write, retried while Redis is unreachable or answers
 /// with a passing error (loading, busy, a read-only replica after a
 /// failover, resharding): the result must not be lost. Until a forced
 /// shutdown.
+///
+/// The first call also claims the slot's next task into `claimed` when the
+/// worker may take one; a repeated call claims nothing (a claim whose reply
+/// was lost is handed back by the heartbeat).
+#[allow(clippy::too_many_arguments)]
 async fn write_outcome(
     shared: &Shared,
     task: &ClaimedTask,
@@ -286,18 +305,24 @@ async fn write_outcome(
     events: Vec<String>,
     terminal: &StreamEvent,
     retries_used: u32,
+    claimer: &mut Claimer,
+    claimed: &mut Vec<ClaimedTask>,
 ) -> Option<Finished> {
     let mut attempt = 0;
     loop {
         let options = FinishOptions {
             inner_retries: retries_used,
         };
-        match shared
-            .session
-            .finish(task, outcome, events.clone(), terminal, options)
-            .await
-        {
-            Ok(finished) => return Some(finished),
+        let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim());
+        let written = claimer
+            .finish_then_claim(task, outcome, events.clone(), terminal, options, next)
+            .await;
+        match written {
+            Ok((finished, claim)) => {
+                shared.note_rejected(&claim.rejected);
+                claimed.extend(claim.tasks);
+                return Some(finished);
+            }
             Err(error) if error.is_transient() && !shared.force.is_cancelled() => {
                 attempt += 1;
                 tracing::warn!(%error, attempt, task_id = task.lease.task_id, "cannot record the result yet; retrying");

@@ -71,6 +71,7 @@ impl Worker {
             failed: Default::default(),
             draining: AtomicBool::new(false),
             force: self.force.clone(),
+            shutdown: self.shutdown.clone(),
         });
         tracing::info!(
             worker_id = self.worker_id,
@@ -326,14 +327,7 @@ impl Worker {
                     continue;
                 }
             };
-            for rejected in &claim.rejected {
-                shared.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    entry = rejected.entry_id,
-                    reason = rejected.reason,
-                    "queue entry dead-lettered"
-                );
-            }
+            shared.note_rejected(&claim.rejected);
             if self.shutdown.is_cancelled() && !claim.tasks.is_empty() {
                 let leases: Vec<_> = claim.tasks.iter().map(|task| task.lease.clone()).collect();
                 if let Err(error) = shared.session.release(&leases).await {
@@ -360,17 +354,30 @@ impl Worker {
                         }
                     },
                 };
-                record::task_started(
-                    TaskLabels::new(self.config.broker.keys.queue(), &self.worker_id),
-                    task.payload.created_at,
-                    exo_proto::time::now_seconds(),
-                );
                 let shared = shared.clone();
                 let executor = executor.clone();
                 let hooks = self.hooks.clone();
-                // Executors that retry internally have used the budget.
+                // The slot runs its task, then the tasks its final write
+                // claimed in the same round trip, until none came.
                 tasks.spawn(async move {
-                    run_task(shared, executor, hooks, task).await;
+                    let mut claimer = shared.session.claimer();
+                    let mut next = vec![task];
+                    while let Some(task) = next.pop() {
+                        record::task_started(
+                            TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
+                            task.payload.created_at,
+                            exo_proto::time::now_seconds(),
+                        );
+                        let claimed = run_task(
+                            shared.clone(),
+                            executor.clone(),
+                            hooks.clone(),
+                            task,
+                            &mut claimer,
+                        )
+                        .await;
+                        next.extend(claimed);
+                    }
                     drop(permit);
                 });
             }

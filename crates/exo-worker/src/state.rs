@@ -169,6 +169,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// Set once the drain deadline passed or a second signal came.
     pub(crate) force: CancellationToken,
+    /// Set once a shutdown was asked for: no more claims.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -180,6 +182,26 @@ impl Shared {
             .unwrap_or_else(|poison| poison.into_inner());
         if sent > *last {
             *last = sent;
+        }
+    }
+
+    /// True while this worker may take new tasks: not shutting down, not
+    /// paused.
+    pub(crate) fn may_claim(&self) -> bool {
+        !self.shutdown.is_cancelled() && !self.paused()
+    }
+
+    /// Logs queue entries a claim sent to the dead letter, and counts them
+    /// as failed.
+    pub(crate) fn note_rejected(&self, rejected: &[exo_broker::Rejected]) {
+        for rejected in rejected {
+            self.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                entry = rejected.entry_id,
+                reason = rejected.reason,
+                "queue entry dead-lettered"
+            );
         }
     }
 

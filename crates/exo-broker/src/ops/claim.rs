@@ -66,6 +66,13 @@ impl Operation for ClaimCall<'_> {
     }
 
     fn parse(&self, value: Value) -> Result<ClaimReply> {
+        Self::read(value)
+    }
+}
+
+impl ClaimCall<'_> {
+    /// Reads a claim reply (claim.lua's, or the one finish.lua appends).
+    pub(crate) fn read(value: Value) -> Result<ClaimReply> {
         const NAME: &str = "claim";
         let mut parts = Parts::new(NAME, value)?;
         let next_due = parts.integer()?;

@@ -306,3 +306,101 @@ local function guarded(entry_id, payload, work)
   if pcall(dead_letter, task_id, payload, reason, 0) then pcall(ack, entry_id) end
   return false, reason
 end
+
+-- Takes up to `count` tasks for `consumer` and marks them running (see
+-- claim.lua for the rules); `entry_ids` are entries a blocking read already
+-- delivered, or empty to read new ones. Returns {next_due_ms, rows,
+-- rejected, server_now_ms} (see claim.lua).
+local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids)
+  promote_due(100)
+
+  local entries = {}
+  if #entry_ids > 0 then
+    for _, entry_id in ipairs(entry_ids) do
+      local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+      if #found > 0 then
+        table.insert(entries, found[1])
+      else
+        redis.call('XACK', QUEUE, GROUP, entry_id)
+      end
+    end
+  else
+    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count, 'STREAMS', QUEUE, '>')
+    if read and read[1] then entries = read[1][2] end
+  end
+
+  local rows, rejected = {}, {}
+  local function refuse(entry_id, task_id, reason)
+    table.insert(rejected, entry_id)
+    table.insert(rejected, task_id or '')
+    table.insert(rejected, reason)
+  end
+
+  for _, entry in ipairs(entries) do
+    local entry_id = entry[1]
+    local payload = entry_payload(entry[2])
+    local ok, failure = guarded(entry_id, payload, function()
+      if not payload then
+        local reason = 'queue entry has no `payload` field'
+        reject(entry_id, nil, payload, reason)
+        refuse(entry_id, nil, reason)
+        return
+      end
+      local task_id, decoded, problem = payload_task_id(payload)
+      if problem then
+        reject(entry_id, task_id, payload, problem)
+        refuse(entry_id, task_id, problem)
+        return
+      end
+      local key = task_key(task_id)
+      local state = redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry')
+      local status, owner = state[1], state[4]
+      if status == 'running' then
+        -- Its own entry delivered again (the group was re-created) stays
+        -- pending: the worker running it renews it, or the reaper recovers it.
+        if owner ~= entry_id then ack(entry_id) end
+        return
+      end
+      if status == 'cancelled' or status == 'completed' or status == 'failed' then
+        ack(entry_id)
+        if status == 'cancelled' and state[2] ~= '1' then
+          end_stream(task_id, { status_event('cancelled', state[3], 'Task cancelled before it started') })
+        end
+        return
+      end
+      if status == 'retrying' then
+        -- Claimed from a copy before its retry was due: the delayed retry
+        -- must not add another entry later.
+        redis.call('ZREM', DELAYED, task_id)
+        redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+      end
+      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+      local fields = redis.call('HMGET', key, 'retries', 'max_retries', 'created_at', 'agent_name')
+      local max_retries = fields[2]
+      if not max_retries then
+        max_retries = default_max
+        if type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
+          max_retries = tostring(math.floor(decoded.max_retries))
+        end
+      end
+      max_retries = tostring(math.min(tonumber(max_retries) or tonumber(default_max), retries_cap))
+      redis.call('HSET', key, 'max_retries', max_retries)
+      if not fields[3] and type(decoded.created_at) == 'number' then
+        redis.call('HSET', key, 'created_at', string.format('%.17g', decoded.created_at))
+      end
+      if not fields[4] and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
+        redis.call('HSET', key, 'agent_name', decoded.agent_config.name)
+      end
+      redis.call('HDEL', key, 'completed_at', 'result')
+      write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW, 'entry', entry_id, 'lease', token)
+      table.insert(rows, entry_id)
+      table.insert(rows, task_id)
+      table.insert(rows, payload)
+      table.insert(rows, attempt)
+      table.insert(rows, fields[1] or '0')
+      table.insert(rows, max_retries)
+    end)
+    if not ok then refuse(entry_id, nil, failure) end
+  end
+  return { next_due(), rows, rejected, now_ms() }
+end

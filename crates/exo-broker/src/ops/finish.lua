@@ -14,92 +14,110 @@
 -- ARGV[17] default max retries
 -- ARGV[18] retries the executor spent inside this attempt (added to
 --          `retries`; Temporal retries activities itself)
--- ARGV[19...] events of the run not yet published
+-- ARGV[19] tasks to claim for this worker once this attempt has ended (0
+--          for none): a worker's slot goes on to the next task in the same
+--          round trip
+-- ARGV[20] the consumer (worker id) that claims them
+-- ARGV[21] that claim's random token (see fence_holds)
+-- ARGV[22] the most retries a payload may ask for (the worker's cap)
+-- ARGV[23...] events of the run not yet published
 --
 -- The write lands only if the attempt is still current. Returns one of
 -- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
 -- {"cancel_requested"} (a completion or failure refused because the task was
 -- cancelled; finish it as cancelled), {"stale", status, attempt}.
 -- Calling it again with the same arguments after it landed returns the same
--- outcome, so a retry after a lost reply is safe.
+-- outcome, so a retry after a lost reply is safe (the caller asks for no
+-- claim when it repeats a call). When ARGV[19] asks for tasks, the reply is
+-- {that outcome, claim reply} (see claim.lua), and the claim happens only
+-- when the attempt ended here (completed, cancelled, failed or retrying).
 
-local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local attempt = string.match(fence, '^(%d+)') or ''
-local key = task_key(task_id)
-local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
-local status = state[1]
+local function finish_attempt()
+  local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+  local attempt = string.match(fence, '^(%d+)') or ''
+  local key = task_key(task_id)
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
+  local status = state[1]
 
-if not fence_holds(key, fence) then
-  return { 'stale', status or '', state[2] or '' }
-end
--- A repeat of a call that already landed.
-if outcome == 'failed' and status == 'retrying' then
-  return { 'retrying', tonumber(state[3] or '0'), -1 }
-end
-if (status == 'completed' or status == 'failed') and status == outcome then
-  return { status }
-end
-if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
-  ack(entry_id)
-  return { 'cancelled' }
-end
--- A client cancelled the task while it ran.
-if status == 'cancelled' and outcome ~= 'cancelled' then
-  return { 'cancel_requested' }
-end
-if status ~= 'running' and status ~= 'cancelled' then
-  return { 'stale', status or '', state[2] or '' }
-end
-
-local events = {}
-for i = 19, #ARGV do table.insert(events, ARGV[i]) end
--- The payload exactly as queued, for a retry or the dead letter.
-local function queued_payload()
-  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
-  local payload = found[1] and entry_payload(found[1][2])
-  if payload then return payload end
-  return ARGV[14]
-end
-local reply
-local inner_retries = tonumber(ARGV[18]) or 0
-if inner_retries > 0 then
-  redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
-  state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
-end
-
-if outcome == 'completed' then
-  redis.call('HDEL', key, 'error')
-  write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11])
-  table.insert(events, ARGV[15])
-  reply = { 'completed' }
-elseif outcome == 'cancelled' then
-  if status ~= 'cancelled' then
-    write_task(task_id, 'status', 'cancelled', 'completed_at', NOW)
+  if not fence_holds(key, fence) then
+    return { 'stale', status or '', state[2] or '' }
   end
-  if state[5] ~= '1' then table.insert(events, ARGV[15]) end
-  reply = { 'cancelled' }
-else
-  local retries = tonumber(state[3] or '0')
-  local max_retries = tonumber(state[4] or ARGV[17])
-  if ARGV[12] == '1' and retries < max_retries then
-    local due = now_ms() + tonumber(ARGV[13])
-    local payload = queued_payload()
-    -- Waiting in the delayed set now: no entry carries it until promoted.
-    redis.call('HDEL', key, 'entry')
-    write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
-    redis.call('ZADD', DELAYED, due, task_id)
-    redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-    table.insert(events, ARGV[16])
+  -- A repeat of a call that already landed.
+  if outcome == 'failed' and status == 'retrying' then
+    return { 'retrying', tonumber(state[3] or '0'), -1 }
+  end
+  if (status == 'completed' or status == 'failed') and status == outcome then
+    return { status }
+  end
+  if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
     ack(entry_id)
-    append_events(task_id, events)
-    return { 'retrying', retries + 1, due }
+    return { 'cancelled' }
   end
-  write_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW)
-  dead_letter(task_id, queued_payload(), ARGV[11], attempt)
-  table.insert(events, ARGV[15])
-  reply = { 'failed' }
+  -- A client cancelled the task while it ran.
+  if status == 'cancelled' and outcome ~= 'cancelled' then
+    return { 'cancel_requested' }
+  end
+  if status ~= 'running' and status ~= 'cancelled' then
+    return { 'stale', status or '', state[2] or '' }
+  end
+
+  local events = {}
+  for i = 23, #ARGV do table.insert(events, ARGV[i]) end
+  -- The payload exactly as queued, for a retry or the dead letter.
+  local function queued_payload()
+    local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+    local payload = found[1] and entry_payload(found[1][2])
+    if payload then return payload end
+    return ARGV[14]
+  end
+  local reply
+  local inner_retries = tonumber(ARGV[18]) or 0
+  if inner_retries > 0 then
+    redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
+    state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
+  end
+
+  if outcome == 'completed' then
+    redis.call('HDEL', key, 'error')
+    write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11])
+    table.insert(events, ARGV[15])
+    reply = { 'completed' }
+  elseif outcome == 'cancelled' then
+    if status ~= 'cancelled' then
+      write_task(task_id, 'status', 'cancelled', 'completed_at', NOW)
+    end
+    if state[5] ~= '1' then table.insert(events, ARGV[15]) end
+    reply = { 'cancelled' }
+  else
+    local retries = tonumber(state[3] or '0')
+    local max_retries = tonumber(state[4] or ARGV[17])
+    if ARGV[12] == '1' and retries < max_retries then
+      local due = now_ms() + tonumber(ARGV[13])
+      local payload = queued_payload()
+      -- Waiting in the delayed set now: no entry carries it until promoted.
+      redis.call('HDEL', key, 'entry')
+      write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
+      redis.call('ZADD', DELAYED, due, task_id)
+      redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+      table.insert(events, ARGV[16])
+      ack(entry_id)
+      append_events(task_id, events)
+      return { 'retrying', retries + 1, due }
+    end
+    write_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW)
+    dead_letter(task_id, queued_payload(), ARGV[11], attempt)
+    table.insert(events, ARGV[15])
+    reply = { 'failed' }
+  end
+
+  ack(entry_id)
+  end_stream(task_id, events)
+  return reply
 end
 
-ack(entry_id)
-end_stream(task_id, events)
-return reply
+local reply = finish_attempt()
+local claim_count = tonumber(ARGV[19]) or 0
+if claim_count <= 0 then return reply end
+local ended = { completed = true, cancelled = true, failed = true, retrying = true }
+if not ended[reply[1]] then return { reply, { -1, {}, {}, now_ms() } } end
+return { reply, claim_batch(ARGV[20], claim_count, ARGV[17], tonumber(ARGV[22]), ARGV[21], {}) }

@@ -5,7 +5,11 @@ use std::time::Duration;
 use exo_proto::{RunStatus, StreamEvent};
 use fred::types::{Value, scripts::Script};
 
-use super::{Operation, Scripts, reply::Parts};
+use super::{
+    Operation, Scripts,
+    claim::{ClaimCall, ClaimReply},
+    reply::{self, Parts},
+};
 use crate::{
     error::{Error, Result},
     session::{ClaimedTask, Finished, Outcome},
@@ -28,6 +32,24 @@ pub(crate) struct FinishCall<'a> {
     pub(crate) default_max_retries: u32,
     /// Retries the executor spent inside this attempt.
     pub(crate) inner_retries: u32,
+    /// Tasks to claim for the same worker once this attempt has ended.
+    pub(crate) claim_next: Option<ClaimNext<'a>>,
+}
+
+/// The claim that follows a final write in the same round trip.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimNext<'a> {
+    pub(crate) count: usize,
+    pub(crate) consumer: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) max_retries_cap: u32,
+}
+
+/// What the final write did, and what the claim after it took.
+#[derive(Debug)]
+pub(crate) struct FinishReply {
+    pub(crate) finished: Finished,
+    pub(crate) claimed: Option<ClaimReply>,
 }
 
 impl FinishCall<'_> {
@@ -63,7 +85,7 @@ impl FinishCall<'_> {
 }
 
 impl Operation for FinishCall<'_> {
-    type Reply = Finished;
+    type Reply = FinishReply;
     const NAME: &'static str = "finish";
     const DURABLE: bool = true;
 
@@ -101,10 +123,35 @@ impl Operation for FinishCall<'_> {
             self.default_max_retries.to_string(),
             self.inner_retries.to_string(),
         ]);
+        match self.claim_next {
+            Some(next) if next.count > 0 => argv.extend([
+                next.count.to_string(),
+                next.consumer.to_owned(),
+                next.token.to_owned(),
+                next.max_retries_cap.to_string(),
+            ]),
+            _ => argv.extend(["0".to_owned(), String::new(), String::new(), String::new()]),
+        }
         argv.extend(self.events.iter().cloned());
     }
 
-    fn parse(&self, value: Value) -> Result<Finished> {
+    fn parse(&self, value: Value) -> Result<FinishReply> {
+        if self.claim_next.is_some_and(|next| next.count > 0) {
+            let mut parts = reply::array(Self::NAME, value)?.into_iter();
+            let finished = self.outcome(parts.next().unwrap_or(Value::Null))?;
+            let claimed = parts.next().map(ClaimCall::read).transpose()?;
+            return Ok(FinishReply { finished, claimed });
+        }
+        Ok(FinishReply {
+            finished: self.outcome(value)?,
+            claimed: None,
+        })
+    }
+}
+
+impl FinishCall<'_> {
+    /// Reads the outcome part of the reply.
+    fn outcome(&self, value: Value) -> Result<Finished> {
         let mut parts = Parts::new(Self::NAME, value)?;
         Ok(match parts.string()?.as_str() {
             "completed" => Finished::Completed,

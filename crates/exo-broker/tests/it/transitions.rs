@@ -5,10 +5,11 @@
 //! `UPDATE_EXPECT=1 cargo test -p exo-broker transitions` rewrites the part
 //! below the line.
 //!
-//! Steps: `submit <id> [max_retries=N]`, `claim <worker>`,
+//! Steps: `submit <id> [max_retries=N]`, `claim <worker> [count]`,
 //! `finish <id> completed <output>`, `finish <id> failed retryable|fatal
 //! <error>`, `finish <id> cancelled`, `cancel <id>`, `publish <id> <text>`
-//! (fenced on the claim), `release <id>`, `heartbeat <worker>` (with the
+//! (fenced on the claim), `finish-claim <id> completed <output>` (the final
+//! write that also claims the worker's next task), `release <id>`, `heartbeat <worker>` (with the
 //! worker's claimed leases), `reap <worker>`, `redrive <id>`, `sleep <ms>`,
 //! and `raw <command...>` where `{queue}` and `{task:<id>}` name keys.
 
@@ -138,9 +139,13 @@ impl World {
                     Err(error) => format!("error: {error}"),
                 }
             }
-            ["claim", worker] => {
+            ["claim", worker, count @ ..] => {
+                let count = count.first().map_or(10, |count| count.parse().unwrap());
                 let mut claimer = self.broker.worker_session(*worker).claimer();
-                let claim = claimer.claim(10, Duration::from_millis(50)).await.unwrap();
+                let claim = claimer
+                    .claim(count, Duration::from_millis(50))
+                    .await
+                    .unwrap();
                 claimer.close().await;
                 let mut ids = Vec::new();
                 for task in claim.tasks {
@@ -188,6 +193,32 @@ impl World {
                     Ok(finished) => format!("{finished:?}"),
                     Err(error) => format!("error: {error}"),
                 }
+            }
+            ["finish-claim", id, "completed", ..] => {
+                let (worker, task) = self.claimed[*id].clone();
+                let mut claimer = self.broker.worker_session(worker.clone()).claimer();
+                let output = rest(3);
+                let (finished, claim) = claimer
+                    .finish_then_claim(
+                        &task,
+                        Outcome::Completed { output: &output },
+                        vec![],
+                        &completed("helper"),
+                        FinishOptions::default(),
+                        1,
+                    )
+                    .await
+                    .unwrap();
+                let ids: Vec<String> = claim
+                    .tasks
+                    .iter()
+                    .map(|task| format!("{} (attempt {})", task.lease.task_id, task.lease.attempt))
+                    .collect();
+                for task in claim.tasks {
+                    self.claimed
+                        .insert(task.lease.task_id.clone(), (worker.clone(), task));
+                }
+                format!("{finished:?}, claimed {ids:?}")
             }
             ["cancel", id] => format!("{:?}", self.broker.client().cancel(id).await.unwrap()),
             ["publish", id, ..] => {
