@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use exo_worker::WorkerConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,16 +19,60 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// Parses the command line (exiting with clap's message on an error).
+    /// Settings left out keep the library's defaults (`WorkerConfig::new`),
+    /// which `--help` shows: read from the library, never restated here.
+    pub(crate) fn parse_with_defaults() -> Self {
+        let defaults = WorkerConfig::new("");
+        let seconds = |duration: std::time::Duration| format!("{}", duration.as_secs_f64());
+        let global = [
+            ("queue", defaults.broker.keys.queue().to_owned()),
+            ("key_prefix", defaults.broker.keys.prefix().to_owned()),
+            ("replica_acks", defaults.broker.replica_acks.to_string()),
+        ];
+        let worker = [
+            ("concurrency", defaults.concurrency.to_string()),
+            ("heartbeat_ttl", seconds(defaults.broker.heartbeat_ttl)),
+            ("drain_timeout", seconds(defaults.drain_timeout)),
+            ("lease", seconds(defaults.broker.lease)),
+            ("max_retries", defaults.broker.retry.max_retries.to_string()),
+            ("task_ttl", seconds(defaults.broker.task_ttl)),
+            ("event_ttl", seconds(defaults.broker.event_ttl)),
+            ("retry_backoff", seconds(defaults.broker.retry.base_backoff)),
+            ("stats_interval", seconds(defaults.stats_interval)),
+        ];
+        let show = |arg: clap::Arg, value: &str| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [default: {value}]"))
+        };
+        let mut command = Cli::command();
+        for (id, value) in &global {
+            command = command.mut_arg(*id, |arg| show(arg, value));
+        }
+        command = command.mut_subcommand("start", |start| {
+            start.mut_subcommand("worker", |mut subcommand| {
+                for (id, value) in &worker {
+                    subcommand = subcommand.mut_arg(*id, |arg| show(arg, value));
+                }
+                subcommand
+            })
+        });
+        let matches = command.get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
 /// Where the queue lives; shared by every command.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Global {
     /// Redis URL: redis://, rediss://, redis+sentinel://host:26379,host2/service or redis+cluster://host:port.
     #[arg(long, env = "EXO_REDIS_URL", global = true, hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
-    /// Queue stream name [default: exo:tasks].
+    /// Queue stream name.
     #[arg(long, env = "EXO_QUEUE", global = true)]
     pub(crate) queue: Option<String>,
-    /// Prefix of task keys (use a hash tag such as '{exo}:' with a matching queue under Redis Cluster) [default: exo:].
+    /// Prefix of task keys (use a hash tag such as '{exo}:' with a matching queue under Redis Cluster).
     #[arg(long, env = "EXO_KEY_PREFIX", global = true)]
     pub(crate) key_prefix: Option<String>,
     /// PEM file with extra CA certificates for rediss:// (self-signed servers).

@@ -13,8 +13,6 @@ mod render;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::args::{Cli, Command};
 
 /// A failure with the exit code it maps to.
@@ -62,7 +60,7 @@ impl From<anyhow::Error> for Failure {
 pub(crate) type Outcome = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_defaults();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

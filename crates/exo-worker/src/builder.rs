@@ -148,12 +148,8 @@ impl WorkerBuilder {
             .clone()
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| default_worker_id(&hostname));
-        let memory = Memory::new(
-            &self.config.memory_stores,
-            self.config.allow_payload_dsn,
-            self.config.memory_history_limit,
-        )
-        .map_err(|error| Error::Config(error.to_string()))?;
+        let memory =
+            Memory::new(&self.config.memory).map_err(|error| Error::Config(error.to_string()))?;
         let providers = self.providers.unwrap_or_else(exo_models::default_factory);
         let runner = Arc::new(Runner::new(providers, Arc::new(self.tools), self.mcp));
         Ok(Worker {

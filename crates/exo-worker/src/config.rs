@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use exo_broker::BrokerConfig;
+use exo_memory::NamedStore;
 
 /// Where tasks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,15 +56,33 @@ pub struct WorkerConfig {
     pub deadline_grace: Duration,
     /// How long `on_task_done` may take.
     pub hook_timeout: Duration,
-    /// Memory stores payloads may name, as `NAME=DSN`.
-    pub memory_stores: Vec<String>,
+    /// The longest deadline a payload's `timeout_seconds` may ask for.
+    pub max_task_timeout: Duration,
+    /// Which memory stores payloads may use.
+    pub memory: MemorySettings,
+}
+
+/// Which memory stores a worker's payloads may use, and how much history a
+/// task loads.
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    /// Stores payloads may name (`"store": "<name>"`).
+    pub stores: Vec<NamedStore>,
     /// Accept a memory DSN written in a payload (off by default: a payload
     /// DSN is a path or credential chosen by whoever can write to the queue).
     pub allow_payload_dsn: bool,
     /// Prior messages loaded per task at most.
-    pub memory_history_limit: usize,
-    /// The longest deadline a payload's `timeout_seconds` may ask for.
-    pub max_task_timeout: Duration,
+    pub history_limit: usize,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        MemorySettings {
+            stores: Vec::new(),
+            allow_payload_dsn: false,
+            history_limit: 200,
+        }
+    }
 }
 
 impl WorkerConfig {
@@ -80,10 +99,8 @@ impl WorkerConfig {
             stats_interval: Duration::from_secs(10),
             deadline_grace: Duration::from_secs(5),
             hook_timeout: Duration::from_secs(30),
-            memory_stores: Vec::new(),
-            allow_payload_dsn: false,
-            memory_history_limit: 200,
             max_task_timeout: Duration::from_secs(24 * 3600),
+            memory: MemorySettings::default(),
         }
     }
 

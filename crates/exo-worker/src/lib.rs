@@ -42,9 +42,11 @@ mod state;
 mod temporal;
 
 pub use builder::{ShutdownHandle, Worker, WorkerBuilder, WorkerStatus};
-pub use config::{ExecutorKind, WorkerConfig, default_worker_id, hostname};
+pub use config::{ExecutorKind, MemorySettings, WorkerConfig, default_worker_id, hostname};
 pub use error::{Error, Result};
 pub use execute::{Execution, Executor, LocalExecutor, RunControl};
+/// A memory store a worker allows, parsed from `NAME=DSN`.
+pub use exo_memory::NamedStore;
 /// The Temporal settings a worker reads from its environment.
 #[cfg(feature = "temporal")]
 pub use exo_temporal::TemporalConfig;

@@ -12,6 +12,8 @@ use exo_memory::{
 };
 use exo_proto::{Message, TaskPayload};
 
+use crate::config::MemorySettings;
+
 /// The worker's memory setup: which stores payloads may use, and one
 /// registry that shares a pool per database within the process.
 #[derive(Debug, Clone)]
@@ -22,17 +24,16 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// From `NAME=DSN` store specs; payload DSNs are refused unless
-    /// `allow_payload_dsn`.
-    pub fn new(
-        store_specs: &[String],
-        allow_payload_dsn: bool,
-        history_limit: usize,
-    ) -> exo_memory::Result<Self> {
+    /// The stores `settings` allows; payload DSNs are refused unless it
+    /// says otherwise.
+    pub fn new(settings: &MemorySettings) -> exo_memory::Result<Self> {
         Ok(Memory {
-            policy: Arc::new(MemoryPolicy::from_specs(store_specs, allow_payload_dsn)?),
+            policy: Arc::new(MemoryPolicy::new(
+                settings.stores.iter().cloned(),
+                settings.allow_payload_dsn,
+            )?),
             registry: Arc::new(StoreRegistry::new(RegistryConfig::default())),
-            history_limit,
+            history_limit: settings.history_limit,
         })
     }
 

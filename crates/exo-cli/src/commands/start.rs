@@ -60,8 +60,13 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     if let Some(interval) = args.stats_interval {
         config.stats_interval = seconds("stats-interval", interval)?;
     }
-    config.memory_stores = args.memory_stores.clone();
-    config.allow_payload_dsn = args.allow_payload_dsn;
+    config.memory.stores = args
+        .memory_stores
+        .iter()
+        .map(|spec| exo_worker::NamedStore::parse(spec))
+        .collect::<Result<_, _>>()
+        .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+    config.memory.allow_payload_dsn = args.allow_payload_dsn;
     config.executor = match args.executor {
         Executor::Local => ExecutorKind::Local,
         Executor::Temporal => ExecutorKind::Temporal,

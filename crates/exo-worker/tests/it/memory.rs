@@ -26,8 +26,11 @@ fn start_worker(
     let mut config = WorkerConfig::new(redis.url());
     config.broker.keys = Keys::new(redis.prefix(), redis.queue());
     config.claim_block = Duration::from_millis(200);
-    config.memory_stores = stores.to_vec();
-    config.allow_payload_dsn = allow_payload_dsn;
+    config.memory.stores = stores
+        .iter()
+        .map(|spec| exo_memory::NamedStore::parse(spec).unwrap())
+        .collect();
+    config.memory.allow_payload_dsn = allow_payload_dsn;
     config.broker.retry.max_retries = 0;
     let base_url = llm.openai_base_url();
     let providers: exo_models::ProviderFactory = Arc::new(move |model: &str| {

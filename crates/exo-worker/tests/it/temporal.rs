@@ -81,7 +81,7 @@ async fn start(temporal_mode: bool) -> Harness {
             Arc::new(tools()),
             McpPolicy::default(),
         ));
-        let memory = Memory::new(&[], false, 200).unwrap();
+        let memory = Memory::new(&Default::default()).unwrap();
         let local = Arc::new(LocalExecutor::new(
             broker_for(&config).await.worker_session("temporal-worker"),
             runner,
