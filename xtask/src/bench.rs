@@ -1,17 +1,29 @@
 //! `cargo xtask bench`: drains no-op and echo tasks through one worker
-//! process (release build) on a local redis-server, at several
-//! concurrencies, and prints one JSON line per run.
+//! process (release build) on a fresh local redis-server per run, at
+//! several concurrencies, prints one JSON line per run and a summary table.
 //!
 //! Each run prefills the queue with N tasks, then starts the worker and
 //! measures the drain from the task hashes (first start to last
-//! completion). A second, paced phase submits tasks at a steady rate to
-//! measure submit-to-start latency without queueing. Redis work is read
-//! from `INFO commandstats` and `INFO stats`, memory from the worker's
-//! `VmHWM`.
+//! completion). The end of the drain is read from the worker's /metrics
+//! (tasks completed, failed or cancelled), so the bench sends Redis nothing
+//! while the worker drains. Over the drain it takes the worker's CPU time
+//! from `/proc` (from the moment its metrics endpoint listens, so the
+//! process's own start is left out), Redis's from `INFO cpu` and its commands from
+//! `INFO commandstats`, and the worker's round trips from its
+//! `exo_redis_round_trips_total`. A second, paced phase submits tasks at a
+//! steady rate to measure submit-to-start latency without queueing. Memory
+//! is the worker's `VmHWM`.
+//!
+//! With `--peer bullmq` every exo run is followed by the same drain through
+//! BullMQ (see [`bullmq`]), round after round, and each BullMQ line carries
+//! the ratio of the pair.
+
+mod bullmq;
 
 use std::{
     collections::BTreeMap,
     process::{Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -26,6 +38,15 @@ use crate::demo::{Process, build_exo};
 const REFERENCE_TASKS_PER_SECOND: f64 = 168.0;
 const REFERENCE_ROUND_TRIPS_PER_TASK: f64 = 11.0;
 
+/// The task kinds: `noop` returns at once, `echo` emits 10 events.
+const KINDS: &[&str] = &["noop", "echo"];
+
+/// The system a `--peer` run compares exo with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    BullMq,
+}
+
 struct Options {
     tasks: usize,
     paced: usize,
@@ -33,15 +54,25 @@ struct Options {
     kinds: Vec<String>,
     /// With `--growth N`: a long run of N tasks instead (memory over time).
     growth: Option<usize>,
+    peer: Option<Peer>,
+    /// Runs per (kind, concurrency); 3 with a peer, 1 without, by default.
+    rounds: Option<usize>,
+    bullmq_version: String,
 }
+
+const USAGE: &str = "--tasks N, --paced N, --concurrency 1,8,32,100, --kind noop,echo, \
+    --rounds R, --peer bullmq, --bullmq-version X.Y.Z, --growth N";
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
         tasks: 2000,
         paced: 200,
-        concurrencies: vec![1, 8, 32],
-        kinds: vec!["noop".into(), "echo".into()],
+        concurrencies: vec![1, 8, 32, 100],
+        kinds: KINDS.iter().map(|kind| (*kind).to_owned()).collect(),
         growth: None,
+        peer: None,
+        rounds: None,
+        bullmq_version: bullmq::DEFAULT_VERSION.to_owned(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -57,16 +88,41 @@ fn options(args: &[String]) -> Result<Options> {
             }
             "--kind" => options.kinds = value()?.split(',').map(str::to_owned).collect(),
             "--growth" => options.growth = Some(value()?.parse()?),
-            other => bail!(
-                "unknown bench option `{other}` (--tasks N, --paced N, --concurrency 1,8,32, --kind noop,echo, --growth N)"
-            ),
+            "--rounds" => options.rounds = Some(value()?.parse()?),
+            "--peer" => {
+                options.peer = match value()?.as_str() {
+                    "bullmq" => Some(Peer::BullMq),
+                    other => bail!("unknown peer `{other}` (the peer is bullmq)"),
+                }
+            }
+            "--bullmq-version" => options.bullmq_version = value()?.clone(),
+            other => bail!("unknown bench option `{other}` ({USAGE})"),
         }
+    }
+    if let Some(kind) = options
+        .kinds
+        .iter()
+        .find(|kind| !KINDS.contains(&kind.as_str()))
+    {
+        bail!("unknown task kind `{kind}` (noop or echo)");
+    }
+    if options.tasks == 0 || options.rounds == Some(0) || options.concurrencies.contains(&0) {
+        bail!("--tasks, --rounds and every --concurrency must be at least 1");
+    }
+    if options.growth.is_some() && options.peer.is_some() {
+        bail!("--growth runs exo alone; drop --peer");
     }
     Ok(options)
 }
 
 pub(crate) fn bench(args: &[String]) -> Result<()> {
     let options = options(args)?;
+    // The peer is checked and installed before the long release build, so
+    // a machine without node fails at once.
+    let peer = match options.peer {
+        Some(Peer::BullMq) => Some(bullmq::BullMq::install(&options.bullmq_version)?),
+        None => None,
+    };
     let exo = build_exo(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,19 +131,281 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         println!("{}", runtime.block_on(growth(&exo, tasks))?);
         return Ok(());
     }
-    for kind in &options.kinds {
-        for &concurrency in &options.concurrencies {
-            let line = runtime.block_on(one_run(
-                &exo,
-                kind,
-                concurrency,
-                options.tasks,
-                options.paced,
-            ))?;
-            println!("{line}");
+    let rounds = options.rounds.unwrap_or(if peer.is_some() { 3 } else { 1 });
+    let mut pairs = Vec::new();
+    // Rounds are the outer loop: a drift of the machine spreads over every
+    // (kind, concurrency) instead of favouring one of them.
+    for round in 1..=rounds {
+        for kind in &options.kinds {
+            for &concurrency in &options.concurrencies {
+                let run = Run {
+                    kind,
+                    concurrency,
+                    tasks: options.tasks,
+                };
+                let (exo_drain, exo_only) = runtime.block_on(exo_run(&exo, &run, options.paced))?;
+                let mut line = exo_drain.json(round);
+                merge(&mut line, exo_only);
+                println!("{line}");
+                let peer_drain = match &peer {
+                    Some(peer) => {
+                        let peer_drain = peer.run(&run)?;
+                        let ratio = exo_drain.tasks_per_second() / peer_drain.tasks_per_second();
+                        let mut line = peer_drain.json(round);
+                        merge(
+                            &mut line,
+                            json!({"exo_over_bullmq_tasks_per_second": rounded(ratio, 2)}),
+                        );
+                        println!("{line}");
+                        eprintln!(
+                            "pair {round}: {kind} at concurrency {concurrency}: exo {:.0} tasks/s, BullMQ {:.0} tasks/s, exo/BullMQ {ratio:.2}",
+                            exo_drain.tasks_per_second(),
+                            peer_drain.tasks_per_second(),
+                        );
+                        Some(peer_drain)
+                    }
+                    None => None,
+                };
+                pairs.push(Pair {
+                    exo: exo_drain,
+                    peer: peer_drain,
+                });
+            }
         }
     }
+    println!();
+    match &peer {
+        Some(peer) => println!(
+            "exo against BullMQ {} (node {}): {} tasks per run, {rounds} alternating pairs, medians with (min–max)",
+            peer.version, peer.node_version, options.tasks
+        ),
+        None => println!(
+            "exo: {} tasks per run, {rounds} round(s), medians with (min–max)",
+            options.tasks
+        ),
+    }
+    println!();
+    print!("{}", summary(&pairs));
     Ok(())
+}
+
+/// One drain's parameters, shared by exo and its peer.
+struct Run<'a> {
+    kind: &'a str,
+    concurrency: usize,
+    tasks: usize,
+}
+
+/// An exo run and, with `--peer`, the peer's run right after it.
+struct Pair {
+    exo: Drain,
+    peer: Option<Drain>,
+}
+
+/// What one drain measured, for exo or its peer.
+struct Drain {
+    system: &'static str,
+    kind: String,
+    concurrency: usize,
+    tasks: usize,
+    completed: usize,
+    failed: usize,
+    /// From the first task's start to the last task's completion.
+    drain_seconds: f64,
+    worker_cpu_seconds: f64,
+    worker_peak_rss_kib: u64,
+    /// Redis's counters over the drain (after minus before).
+    redis: RedisCounters,
+    /// The worker's own count of Redis round trips (exo only).
+    worker_round_trips: Option<u64>,
+}
+
+impl Drain {
+    fn tasks_per_second(&self) -> f64 {
+        self.tasks as f64 / self.drain_seconds.max(1e-6)
+    }
+
+    fn per_task(&self, total: f64) -> f64 {
+        total / self.tasks as f64
+    }
+
+    fn worker_cpu_us_per_task(&self) -> f64 {
+        self.per_task(self.worker_cpu_seconds * 1e6)
+    }
+
+    fn redis_cpu_us_per_task(&self) -> f64 {
+        self.per_task(self.redis.cpu_seconds * 1e6)
+    }
+
+    fn redis_commands_per_task(&self) -> f64 {
+        self.per_task(
+            self.redis
+                .commands
+                .values()
+                .map(|command| command.calls)
+                .sum::<u64>() as f64,
+        )
+    }
+
+    fn worker_round_trips_per_task(&self) -> Option<f64> {
+        self.worker_round_trips
+            .map(|round_trips| self.per_task(round_trips as f64))
+    }
+
+    fn json(&self, round: usize) -> serde_json::Value {
+        let is_script = |name: &str| SCRIPT_COMMANDS.contains(&name);
+        let scripts = self
+            .redis
+            .commands
+            .iter()
+            .filter(|(name, _)| is_script(name))
+            .fold(CommandCounter::default(), |sum, (_, command)| {
+                CommandCounter {
+                    calls: sum.calls + command.calls,
+                    usec: sum.usec + command.usec,
+                }
+            });
+        let commands: BTreeMap<&str, serde_json::Value> = self
+            .redis
+            .commands
+            .iter()
+            .filter(|(name, _)| !is_script(name))
+            .map(|(name, command)| (name.as_str(), command.json(self.tasks)))
+            .collect();
+        json!({
+            "system": self.system,
+            "round": round,
+            "kind": self.kind,
+            "concurrency": self.concurrency,
+            "tasks": self.tasks,
+            "completed": self.completed,
+            "failed": self.failed,
+            "drain_seconds": rounded(self.drain_seconds, 3),
+            "tasks_per_second": rounded(self.tasks_per_second(), 0),
+            "worker_cpu_us_per_task": rounded(self.worker_cpu_us_per_task(), 1),
+            "redis_cpu_us_per_task": rounded(self.redis_cpu_us_per_task(), 1),
+            "redis_commands_per_task_incl_scripts": rounded(self.redis_commands_per_task(), 2),
+            "redis_scripts": scripts.json(self.tasks),
+            "redis_commands": commands,
+            "worker_round_trips_per_task": self.worker_round_trips_per_task().map(|value| rounded(value, 2)),
+            "connections_per_task": rounded(self.per_task(self.redis.connections as f64), 3),
+            "worker_peak_rss_mib": rounded(self.worker_peak_rss_kib as f64 / 1024.0, 1),
+        })
+    }
+}
+
+/// The commands that run a script: their calls and time include the
+/// commands the script runs, which `INFO commandstats` also counts on their
+/// own lines.
+const SCRIPT_COMMANDS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+];
+
+/// One line of `INFO commandstats`.
+#[derive(Debug, Clone, Copy, Default)]
+struct CommandCounter {
+    calls: u64,
+    usec: u64,
+}
+
+impl CommandCounter {
+    fn json(self, tasks: usize) -> serde_json::Value {
+        json!({
+            "calls_per_task": rounded(self.calls as f64 / tasks as f64, 2),
+            "usec_per_call": rounded(self.usec as f64 / (self.calls.max(1)) as f64, 2),
+        })
+    }
+}
+
+/// Redis's counters at one moment, or their growth between two moments.
+#[derive(Debug, Clone, Default)]
+struct RedisCounters {
+    /// `used_cpu_sys + used_cpu_user` of `INFO cpu`.
+    cpu_seconds: f64,
+    /// `INFO commandstats`, by command (`client|setname` for subcommands).
+    commands: BTreeMap<String, CommandCounter>,
+    /// `total_connections_received` of `INFO stats`.
+    connections: u64,
+}
+
+impl RedisCounters {
+    /// Reads them with one `INFO everything` (which the next reading
+    /// counts as one `info` call).
+    fn read(port: u16) -> Result<Self> {
+        Ok(Self::from_info(&info(port, "everything")?))
+    }
+
+    fn from_info(info: &BTreeMap<String, String>) -> Self {
+        let number = |key: &str| -> f64 {
+            info.get(key)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let commands = info
+            .iter()
+            .filter_map(|(key, stats)| {
+                let name = key.strip_prefix("cmdstat_")?;
+                let field = |field: &str| -> Option<u64> {
+                    stats
+                        .split(',')
+                        .find_map(|part| part.strip_prefix(field)?.strip_prefix('='))?
+                        .parse()
+                        .ok()
+                };
+                Some((
+                    name.to_owned(),
+                    CommandCounter {
+                        calls: field("calls")?,
+                        usec: field("usec")?,
+                    },
+                ))
+            })
+            .collect();
+        RedisCounters {
+            cpu_seconds: number("used_cpu_sys") + number("used_cpu_user"),
+            commands,
+            connections: number("total_connections_received") as u64,
+        }
+    }
+
+    fn since(&self, before: &RedisCounters) -> RedisCounters {
+        let commands = self
+            .commands
+            .iter()
+            .map(|(name, after)| {
+                let earlier = before.commands.get(name).copied().unwrap_or_default();
+                (
+                    name.clone(),
+                    CommandCounter {
+                        calls: after.calls.saturating_sub(earlier.calls),
+                        usec: after.usec.saturating_sub(earlier.usec),
+                    },
+                )
+            })
+            .filter(|(_, command)| command.calls > 0)
+            .collect();
+        RedisCounters {
+            cpu_seconds: (self.cpu_seconds - before.cpu_seconds).max(0.0),
+            commands,
+            connections: self.connections.saturating_sub(before.connections),
+        }
+    }
+}
+
+fn merge(line: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
+        line.extend(extra);
+    }
+}
+
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 fn payload(kind: &str, index: usize) -> TaskPayload {
@@ -109,26 +427,18 @@ fn payload(kind: &str, index: usize) -> TaskPayload {
 fn info(port: u16, section: &str) -> Result<BTreeMap<String, String>> {
     let output = Command::new("redis-cli")
         .args(["-p", &port.to_string(), "INFO", section])
-        .output()?;
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.trim().split_once(':'))
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect())
+        .output()
+        .context("run redis-cli (it comes with redis-server)")?;
+    Ok(parse_info(&String::from_utf8_lossy(&output.stdout)))
 }
 
-fn command_calls(port: u16) -> Result<BTreeMap<String, u64>> {
-    Ok(info(port, "commandstats")?
-        .into_iter()
-        .filter_map(|(name, stats)| {
-            let calls = stats
-                .split(',')
-                .find_map(|part| part.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.strip_prefix("cmdstat_")?.to_owned(), calls))
-        })
-        .collect())
+/// `key:value` lines of `INFO`; section headers and blank lines are left
+/// out.
+fn parse_info(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().split_once(':'))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -151,6 +461,56 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU time (user plus system, all threads) a process has used so far.
+///
+/// The sum of its threads' run time in `/proc/<pid>/task/*/schedstat`
+/// (nanoseconds), or utime + stime of `/proc/<pid>/stat` when that is larger:
+/// the latter also counts threads that exited, but only in clock ticks
+/// (10 ms), too coarse for a short drain on its own.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let from_stat = stat_cpu_ticks(&stat)? as f64 / clock_ticks_per_second();
+    let from_threads: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|thread| std::fs::read_to_string(thread.path().join("schedstat")).ok())
+        .filter_map(|schedstat| schedstat.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|nanoseconds| nanoseconds as f64 / 1e9)
+        .sum();
+    Ok(from_stat.max(from_threads))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock
+/// ticks.
+fn stat_cpu_ticks(stat: &str) -> Result<u64> {
+    // The name (field 2) is in parentheses and may hold spaces; the fields
+    // after it start at field 3.
+    let (_, after_name) = stat.rsplit_once(')').context("a /proc stat line")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |field: usize| -> Result<u64> {
+        Ok(fields
+            .get(field - 3)
+            .context("a short /proc stat line")?
+            .parse()?)
+    };
+    Ok(ticks(14)? + ticks(15)?)
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -159,17 +519,13 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// Polls until the queue is empty (nothing waiting, nothing pending);
-/// returns how many polls it took (each costs the bench a few commands,
-/// subtracted from the worker's figures).
-async fn wait_empty(broker: &Broker, timeout: Duration) -> Result<u64> {
+/// Polls until the queue is empty (nothing waiting, nothing pending).
+async fn wait_empty(broker: &Broker, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut polls = 0;
     loop {
-        polls += 1;
         let stats = broker.admin().queue_stats().await?;
         if stats.stream_length == 0 && stats.pending == 0 && stats.delayed == 0 {
-            return Ok(polls);
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("the worker did not drain the queue within {timeout:?}");
@@ -178,32 +534,82 @@ async fn wait_empty(broker: &Broker, timeout: Duration) -> Result<u64> {
     }
 }
 
-/// Commands one `queue_stats` call runs inside Redis (the script and the
-/// commands in it).
-const COMMANDS_PER_POLL: u64 = 8;
+/// The worker's counters of tasks that reached a final status.
+const FINISHED_METRICS: &[&str] = &[
+    "exo_distributed_tasks_completed_total",
+    "exo_distributed_tasks_failed_total",
+    "exo_distributed_tasks_cancelled_total",
+];
 
-/// `exo_redis_round_trips_total` from the worker's /metrics.
-fn worker_round_trips(port: u16) -> Result<u64> {
+/// The sum of the samples of the named metrics on the worker's /metrics
+/// (every label set).
+fn metric_sum(port: u16, names: &[&str]) -> Result<f64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
-    body.lines()
-        .find(|line| line.starts_with("exo_redis_round_trips_total"))
-        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .context("the worker's /metrics has no exo_redis_round_trips_total")
+    Ok(body
+        .lines()
+        .filter(|line| {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            names.contains(&name)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
-async fn one_run(
+/// Waits until the worker reports `tasks` tasks finished, asking its
+/// /metrics (not Redis) every 50 ms.
+async fn wait_finished(metrics_port: u16, tasks: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Until the worker listens, nothing has finished.
+        let finished = metric_sum(metrics_port, FINISHED_METRICS).unwrap_or(0.0);
+        if finished >= tasks as f64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the worker finished {finished} of {tasks} tasks within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The worker's CPU time once its metrics endpoint listens: the process
+/// has loaded and read its configuration, and is about to connect to Redis.
+/// Counting from there leaves the start of the process (about 10 ms, a
+/// large share of a short drain) out of the figures, as the BullMQ side
+/// leaves out node's.
+async fn cpu_when_listening(worker: &mut Process, metrics_port: u16) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok() {
+            return cpu_seconds(worker.0.id());
+        }
+        if let Some(status) = worker.0.try_wait()? {
+            bail!("the worker exited at start ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("the worker's metrics endpoint did not listen within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One exo drain; returns the figures it shares with the peer, and the
+/// exo-only ones (latency, the reference ratios) as JSON.
+async fn exo_run(
     exo: &std::path::Path,
-    kind: &str,
-    concurrency: usize,
-    tasks: usize,
+    run: &Run<'_>,
     paced: usize,
-) -> Result<serde_json::Value> {
+) -> Result<(Drain, serde_json::Value)> {
+    let Run {
+        kind,
+        concurrency,
+        tasks,
+    } = *run;
     let server = exo_testkit::RedisServer::start();
     let port = server.port();
     let broker = Broker::connect(BrokerConfig::new(server.url())).await?;
@@ -220,11 +626,7 @@ async fn one_run(
     while let Some(result) = submits.join_next().await {
         result??;
     }
-    let calls_before = command_calls(port)?;
-    let connections_before: u64 = info(port, "stats")?
-        .get("total_connections_received")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
+    let redis_before = RedisCounters::read(port)?;
     let metrics_port = exo_testkit::free_port();
     let mut worker = Process(
         Command::new(exo)
@@ -245,15 +647,14 @@ async fn one_run(
             .context("start the worker")?,
     );
     let pid = worker.0.id();
-    let polls = wait_empty(&broker, Duration::from_secs(600)).await?;
-    let calls_after = command_calls(port)?;
-    let connections_after: u64 = info(port, "stats")?
-        .get("total_connections_received")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    // The worker records its counter right after each final write.
+    let cpu_at_start = cpu_when_listening(&mut worker, metrics_port).await?;
+    wait_finished(metrics_port, tasks, Duration::from_secs(600)).await?;
+    let worker_cpu_seconds = cpu_seconds(pid)? - cpu_at_start;
+    let redis = RedisCounters::read(port)?.since(&redis_before);
+    // The worker records its round-trip counter right after each final
+    // write; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let round_trips = worker_round_trips(metrics_port)?;
+    let round_trips = metric_sum(metrics_port, &["exo_redis_round_trips_total"])? as u64;
     let done: Vec<_> = broker
         .client()
         .list(None, tasks + 10, 0)
@@ -270,25 +671,10 @@ async fn one_run(
         .iter()
         .filter_map(|task| task.completed_at)
         .fold(0.0, f64::max);
-    let drain_seconds = (last_end - first_start).max(1e-6);
     let completed = done
         .iter()
         .filter(|task| task.status == TaskStatus::Completed)
         .count();
-    let delta: BTreeMap<&str, u64> = calls_after
-        .iter()
-        .map(|(name, calls)| {
-            (
-                name.as_str(),
-                calls - calls_before.get(name).copied().unwrap_or(0),
-            )
-        })
-        .filter(|(_, calls)| *calls > 0)
-        .collect();
-    let all_commands: u64 = delta
-        .values()
-        .sum::<u64>()
-        .saturating_sub(polls * COMMANDS_PER_POLL + 2);
 
     // Paced phase: submit-to-start latency without a backlog.
     let mut latencies = Vec::with_capacity(paced);
@@ -311,25 +697,202 @@ async fn one_run(
     worker.terminate(Duration::from_secs(30))?;
     broker.close().await;
     drop(server);
-    let tasks_per_second = tasks as f64 / drain_seconds;
-    Ok(json!({
-        "kind": kind,
-        "concurrency": concurrency,
-        "tasks": tasks,
-        "completed": completed,
-        "drain_seconds": (drain_seconds * 1000.0).round() / 1000.0,
-        "tasks_per_second": tasks_per_second.round(),
-        "vs_reference_throughput": (tasks_per_second / REFERENCE_TASKS_PER_SECOND * 10.0).round() / 10.0,
-        "submit_to_start_ms_p50": (percentile(&latencies, 0.5) * 100.0).round() / 100.0,
-        "submit_to_start_ms_p99": (percentile(&latencies, 0.99) * 100.0).round() / 100.0,
-        "redis_commands_per_task_incl_scripts": (all_commands as f64 / tasks as f64 * 100.0).round() / 100.0,
-        "vs_reference_round_trips": (((round_trips + tasks as u64) as f64 / tasks as f64) / REFERENCE_ROUND_TRIPS_PER_TASK * 100.0).round() / 100.0,
-        "worker_round_trips_per_task": (round_trips as f64 / tasks as f64 * 100.0).round() / 100.0,
-        "round_trips_per_task": ((round_trips + tasks as u64) as f64 / tasks as f64 * 100.0).round() / 100.0,
-        "connections_per_task": ((connections_after - connections_before) as f64 / tasks as f64 * 1000.0).round() / 1000.0,
-        "worker_peak_rss_mib": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
-        "command_mix": delta,
-    }))
+    let drain = Drain {
+        system: "exo",
+        kind: kind.to_owned(),
+        concurrency,
+        tasks,
+        completed,
+        failed: done.len() - completed,
+        drain_seconds: (last_end - first_start).max(1e-6),
+        worker_cpu_seconds,
+        worker_peak_rss_kib: rss,
+        redis,
+        worker_round_trips: Some(round_trips),
+    };
+    let round_trips_per_task = (round_trips + tasks as u64) as f64 / tasks as f64;
+    let exo_only = json!({
+        "vs_reference_throughput": rounded(drain.tasks_per_second() / REFERENCE_TASKS_PER_SECOND, 1),
+        "submit_to_start_ms_p50": rounded(percentile(&latencies, 0.5), 2),
+        "submit_to_start_ms_p99": rounded(percentile(&latencies, 0.99), 2),
+        "round_trips_per_task": rounded(round_trips_per_task, 2),
+        "vs_reference_round_trips": rounded(round_trips_per_task / REFERENCE_ROUND_TRIPS_PER_TASK, 2),
+    });
+    Ok((drain, exo_only))
+}
+
+/// The median and the extremes of some figures.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        values.sort_by(f64::total_cmp);
+        let median = match values.len() {
+            0 => f64::NAN,
+            length if length % 2 == 1 => values[length / 2],
+            length => (values[length / 2 - 1] + values[length / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+            self.median, self.min, self.max
+        )
+    }
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    Spread::of(values).median
+}
+
+/// The summary: one row per (kind, concurrency), in the order they ran, as
+/// a Markdown table.
+fn summary(pairs: &[Pair]) -> String {
+    let mut groups: Vec<((&str, usize), Vec<&Pair>)> = Vec::new();
+    for pair in pairs {
+        let key = (pair.exo.kind.as_str(), pair.exo.concurrency);
+        match groups.iter_mut().find(|(group, _)| *group == key) {
+            Some((_, members)) => members.push(pair),
+            None => groups.push((key, vec![pair])),
+        }
+    }
+    let with_peer = pairs.iter().any(|pair| pair.peer.is_some());
+    let header: Vec<&str> = if with_peer {
+        vec![
+            "kind",
+            "concurrency",
+            "pairs",
+            "exo/BullMQ tasks/s",
+            "tasks/s exo / BullMQ",
+            "worker CPU µs/task exo / BullMQ",
+            "Redis CPU µs/task exo / BullMQ",
+            "Redis commands/task exo / BullMQ",
+            "exo worker round trips/task",
+            "peak RSS MiB exo / BullMQ",
+        ]
+    } else {
+        vec![
+            "kind",
+            "concurrency",
+            "runs",
+            "tasks/s",
+            "worker CPU µs/task",
+            "Redis CPU µs/task",
+            "Redis commands/task",
+            "worker round trips/task",
+            "peak RSS MiB",
+        ]
+    };
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|((kind, concurrency), members)| {
+            let exo =
+                |figure: fn(&Drain) -> f64| median(members.iter().map(|pair| figure(&pair.exo)));
+            let peer = |figure: fn(&Drain) -> f64| {
+                median(
+                    members
+                        .iter()
+                        .filter_map(|pair| pair.peer.as_ref())
+                        .map(figure),
+                )
+            };
+            let round_trips = exo(|drain| drain.worker_round_trips_per_task().unwrap_or(f64::NAN));
+            let mut row = vec![
+                kind.to_string(),
+                concurrency.to_string(),
+                members.len().to_string(),
+            ];
+            if with_peer {
+                let ratios = Spread::of(members.iter().filter_map(|pair| {
+                    let peer = pair.peer.as_ref()?;
+                    Some(pair.exo.tasks_per_second() / peer.tasks_per_second())
+                }));
+                row.extend([
+                    ratios.show(2),
+                    format!(
+                        "{:.0} / {:.0}",
+                        exo(Drain::tasks_per_second),
+                        peer(Drain::tasks_per_second)
+                    ),
+                    format!(
+                        "{:.1} / {:.1}",
+                        exo(Drain::worker_cpu_us_per_task),
+                        peer(Drain::worker_cpu_us_per_task)
+                    ),
+                    format!(
+                        "{:.1} / {:.1}",
+                        exo(Drain::redis_cpu_us_per_task),
+                        peer(Drain::redis_cpu_us_per_task)
+                    ),
+                    format!(
+                        "{:.1} / {:.1}",
+                        exo(Drain::redis_commands_per_task),
+                        peer(Drain::redis_commands_per_task)
+                    ),
+                    format!("{round_trips:.2}"),
+                    format!(
+                        "{:.1} / {:.1}",
+                        exo(|drain| drain.worker_peak_rss_kib as f64 / 1024.0),
+                        peer(|drain| drain.worker_peak_rss_kib as f64 / 1024.0)
+                    ),
+                ]);
+            } else {
+                row.extend([
+                    Spread::of(members.iter().map(|pair| pair.exo.tasks_per_second())).show(0),
+                    format!("{:.1}", exo(Drain::worker_cpu_us_per_task)),
+                    format!("{:.1}", exo(Drain::redis_cpu_us_per_task)),
+                    format!("{:.1}", exo(Drain::redis_commands_per_task)),
+                    format!("{round_trips:.2}"),
+                    format!(
+                        "{:.1}",
+                        exo(|drain| drain.worker_peak_rss_kib as f64 / 1024.0)
+                    ),
+                ]);
+            }
+            row
+        })
+        .collect();
+    markdown_table(&header, &rows)
+}
+
+fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(column, title)| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .chain([title.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("| {} |\n", padded.join(" | "))
+    };
+    let mut table = line(header.iter().map(|title| (*title).to_owned()).collect());
+    table += &line(widths.iter().map(|width| "-".repeat(*width)).collect());
+    for row in rows {
+        table += &line(row.clone());
+    }
+    table
 }
 
 /// The retention window of the growth run: task hashes and event streams
@@ -397,9 +960,9 @@ async fn growth(exo: &std::path::Path, tasks: usize) -> Result<serde_json::Value
             samples.push(json!({
                 "submitted": index,
                 "seconds": started.elapsed().as_secs(),
-                "redis_used_memory_mib": memory.get("used_memory").and_then(|value| value.parse::<f64>().ok()).map(|bytes| (bytes / 1048576.0 * 10.0).round() / 10.0),
+                "redis_used_memory_mib": memory.get("used_memory").and_then(|value| value.parse::<f64>().ok()).map(|bytes| rounded(bytes / 1048576.0, 1)),
                 "keys": keys,
-                "worker_rss_mib": (status_kib(pid, "VmRSS:") as f64 / 1024.0 * 10.0).round() / 10.0,
+                "worker_rss_mib": rounded(status_kib(pid, "VmRSS:") as f64 / 1024.0, 1),
             }));
         }
     }
@@ -415,7 +978,64 @@ async fn growth(exo: &std::path::Path, tasks: usize) -> Result<serde_json::Value
         "rate_per_second": rate,
         "retention_seconds": GROWTH_RETENTION_SECONDS,
         "seconds": started.elapsed().as_secs(),
-        "worker_peak_rss_mib": (rss_peak as f64 / 1024.0 * 10.0).round() / 10.0,
+        "worker_peak_rss_mib": rounded(rss_peak as f64 / 1024.0, 1),
         "samples": samples,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_counters_read_cpu_commands_and_connections_from_info() {
+        let before = RedisCounters::from_info(&parse_info(
+            "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\n\
+             # Stats\r\ntotal_connections_received:3\r\n\
+             # Commandstats\r\n\
+             cmdstat_evalsha:calls=10,usec=500,usec_per_call=50.00,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_client|setname:calls=1,usec=2,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n",
+        ));
+        let after = RedisCounters::from_info(&parse_info(
+            "used_cpu_sys:2.000000\nused_cpu_user:3.000000\ntotal_connections_received:5\n\
+             cmdstat_evalsha:calls=30,usec=1500,usec_per_call=50.00\n\
+             cmdstat_client|setname:calls=1,usec=2,usec_per_call=2.00\n\
+             cmdstat_hset:calls=40,usec=40,usec_per_call=1.00\n",
+        ));
+        let drain = after.since(&before);
+        assert!((drain.cpu_seconds - 1.25).abs() < 1e-9);
+        assert_eq!(drain.connections, 2);
+        let calls: Vec<(&str, u64, u64)> = drain
+            .commands
+            .iter()
+            .map(|(name, command)| (name.as_str(), command.calls, command.usec))
+            .collect();
+        // A command with no new calls is left out.
+        assert_eq!(calls, [("evalsha", 20, 1000), ("hset", 40, 40)]);
+    }
+
+    #[test]
+    fn stat_cpu_ticks_add_utime_and_stime_after_a_name_with_spaces() {
+        let stat = "4242 (node worker) S 1 4242 4242 0 -1 4194304 100 0 0 0 17 5 0 0 20 0 11 0 900 1000 2000";
+        assert_eq!(stat_cpu_ticks(stat).unwrap(), 22);
+        assert!(stat_cpu_ticks("4242 (short) S 1").is_err());
+    }
+
+    #[test]
+    fn spread_and_table() {
+        let spread = Spread::of([3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((spread.median, spread.min, spread.max), (2.5, 1.0, 10.0));
+        assert_eq!(Spread::of([1.234]).show(2), "1.23 (1.23–1.23)");
+        let table = markdown_table(
+            &["kind", "µs/task"],
+            &[
+                vec!["noop".into(), "12.5".into()],
+                vec!["echo".into(), "7".into()],
+            ],
+        );
+        assert_eq!(
+            table,
+            "| kind | µs/task |\n| ---- | ------- |\n| noop | 12.5    |\n| echo | 7       |\n"
+        );
+    }
 }

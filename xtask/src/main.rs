@@ -5,7 +5,9 @@
 //! - `tidy`: the layering check and the checks of the deployment files
 //!   (both also run as `cargo test -p xtask`).
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
-//! - `bench`: throughput, latency, Redis commands and memory per task.
+//! - `bench`: throughput, worker and Redis CPU, Redis commands, round trips
+//!   and memory per task; `--peer bullmq` runs the same drains through
+//!   BullMQ, alternating, and prints the ratios.
 //! - `chaos`: thousands of tasks through several worker processes while
 //!   workers are SIGKILLed, Redis is killed, restarted and frozen, and tasks
 //!   are cancelled; one JSON line of what was lost, duplicated or changed.
@@ -45,7 +47,7 @@ fn main() -> Result<()> {
         "check-features" => check_features(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32] [--kind noop,echo]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
             );
             Ok(())
         }
