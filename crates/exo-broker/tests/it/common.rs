@@ -130,3 +130,44 @@ pub(crate) fn health(worker_id: &str) -> WorkerHealth {
         queue: None,
     }
 }
+
+/// Ends an attempt as worker "finisher" would, and returns what it did.
+pub(crate) async fn finish(
+    broker: &Broker,
+    task: &ClaimedTask,
+    outcome: exo_broker::Outcome<'_>,
+    events: Vec<String>,
+    terminal: &StreamEvent,
+) -> exo_broker::Finished {
+    broker
+        .worker_session("finisher")
+        .finish(
+            task,
+            outcome,
+            events,
+            terminal,
+            exo_broker::FinishOptions::default(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Appends a queue entry the way a reference client does (a bare XADD with
+/// one `payload` field), on the raw connection; returns its id.
+pub(crate) async fn raw_xadd(
+    client: &fred::prelude::Client,
+    broker: &Broker,
+    payload: &str,
+) -> String {
+    use fred::prelude::*;
+    client
+        .xadd(
+            broker.keys().queue(),
+            false,
+            None,
+            "*",
+            vec![("payload", payload)],
+        )
+        .await
+        .unwrap()
+}

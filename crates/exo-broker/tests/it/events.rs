@@ -35,17 +35,14 @@ async fn late_and_resuming_readers_see_every_event_in_order() {
         publish_round_trips < 100,
         "events are batched ({publish_round_trips} round trips for 100 events)"
     );
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "" },
-            rest,
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "" },
+        rest,
+        &completed("helper"),
+    )
+    .await;
 
     let all = broker
         .client()
@@ -92,17 +89,14 @@ async fn a_live_reader_gets_events_as_they_come_and_stops_at_the_end() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let rest = publisher.close().await;
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "" },
-            rest,
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "" },
+        rest,
+        &completed("helper"),
+    )
+    .await;
     let events = tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .unwrap()
@@ -182,17 +176,14 @@ async fn the_handle_waits_for_the_result_without_polling() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let task = claim_all(&broker, "w1", 1).await.remove(0);
     let before = broker.round_trips();
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "done" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "done" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     let result = tokio::time::timeout(Duration::from_secs(3), waiter)
         .await
         .unwrap()

@@ -107,34 +107,28 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
             .unwrap();
     }
     let claimed = claim_all(&broker, "w1", 2).await;
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            exo_broker::Outcome::Failed {
-                error: "x",
-                retryable: true,
-            },
-            vec![],
-            &errored("helper", "x"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[1],
-            exo_broker::Outcome::Failed {
-                error: "y",
-                retryable: false,
-            },
-            vec![],
-            &errored("helper", "y"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &claimed[0],
+        exo_broker::Outcome::Failed {
+            error: "x",
+            retryable: true,
+        },
+        vec![],
+        &errored("helper", "x"),
+    )
+    .await;
+    finish(
+        &broker,
+        &claimed[1],
+        exo_broker::Outcome::Failed {
+            error: "y",
+            retryable: false,
+        },
+        vec![],
+        &errored("helper", "y"),
+    )
+    .await;
     broker.client().submit(payload("claimed")).await.unwrap();
     claim_all(&broker, "w2", 1).await;
     let stats = broker.admin().queue_stats().await.unwrap();

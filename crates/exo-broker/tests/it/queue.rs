@@ -43,17 +43,14 @@ async fn submit_claim_complete_in_three_round_trips() {
     assert!(running.started_at.is_some());
 
     let start = broker.round_trips();
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            claimed,
-            Outcome::Completed { output: "hello" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        claimed,
+        Outcome::Completed { output: "hello" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert_eq!(finished, Finished::Completed);
     assert_eq!(broker.round_trips() - start, 1);
     // submit, claim, finish, plus the two reads in between.
@@ -130,17 +127,14 @@ async fn the_reference_wire_shapes_hold() {
         }))
         .await;
     let rest = publisher.close().await;
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Completed { output: "x" },
-            rest,
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &claimed[0],
+        Outcome::Completed { output: "x" },
+        rest,
+        &completed("helper"),
+    )
+    .await;
     let events: Vec<(String, HashMap<String, String>)> = client
         .xrange(keys.event_stream(&payload.task_id), "-", "+", None)
         .await
@@ -172,16 +166,7 @@ async fn a_reference_client_submission_is_claimed() {
     ))
     .unwrap();
     // The reference client only XADDs; there is no hash until a worker claims.
-    let _: String = client
-        .xadd(
-            broker.keys().queue(),
-            false,
-            None,
-            "*",
-            vec![("payload", raw_payload.as_str())],
-        )
-        .await
-        .unwrap();
+    let _: String = raw_xadd(&client, &broker, &raw_payload).await;
     let claimed = claim_all(&broker, "w1", 1).await;
     assert_eq!(claimed.len(), 1);
     let task = broker
@@ -219,17 +204,14 @@ async fn two_workers_start_each_task_exactly_once() {
                 }
                 for task in claim.tasks {
                     started.push(task.lease.task_id.clone());
-                    broker
-                        .worker_session("finisher")
-                        .finish(
-                            &task,
-                            Outcome::Completed { output: worker },
-                            vec![],
-                            &completed("helper"),
-                            exo_broker::FinishOptions::default(),
-                        )
-                        .await
-                        .unwrap();
+                    finish(
+                        &broker,
+                        &task,
+                        Outcome::Completed { output: worker },
+                        vec![],
+                        &completed("helper"),
+                    )
+                    .await;
                 }
             }
             claimer.close().await;
@@ -330,41 +312,32 @@ async fn a_cancel_while_running_is_finished_by_the_worker() {
     assert_eq!(signalled.as_deref(), Some(payload.task_id.as_str()));
     listener.close().await;
 
-    let refused = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Completed { output: "late" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let refused = finish(
+        &broker,
+        &claimed[0],
+        Outcome::Completed { output: "late" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert_eq!(refused, Finished::CancelRequested);
-    let done = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Cancelled,
-            vec![],
-            &cancelled("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let done = finish(
+        &broker,
+        &claimed[0],
+        Outcome::Cancelled,
+        vec![],
+        &cancelled("helper"),
+    )
+    .await;
     assert_eq!(done, Finished::Cancelled);
-    let again = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Cancelled,
-            vec![],
-            &cancelled("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let again = finish(
+        &broker,
+        &claimed[0],
+        Outcome::Cancelled,
+        vec![],
+        &cancelled("helper"),
+    )
+    .await;
     assert_eq!(again, Finished::Cancelled, "finishing twice is harmless");
     let events = broker
         .client()
@@ -399,20 +372,17 @@ async fn failures_retry_with_backoff_then_dead_letter() {
             attempts.len() + 1
         );
         attempts.push(claimed[0].lease.attempt);
-        let finished = broker
-            .worker_session("finisher")
-            .finish(
-                &claimed[0],
-                Outcome::Failed {
-                    error: "provider down",
-                    retryable: true,
-                },
-                vec![],
-                &errored("helper", "provider down"),
-                exo_broker::FinishOptions::default(),
-            )
-            .await
-            .unwrap();
+        let finished = finish(
+            &broker,
+            &claimed[0],
+            Outcome::Failed {
+                error: "provider down",
+                retryable: true,
+            },
+            vec![],
+            &errored("helper", "provider down"),
+        )
+        .await;
         let task = broker
             .client()
             .get(&payload.task_id)
@@ -464,17 +434,14 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     assert!(broker.admin().dead_letters(10).await.unwrap().is_empty());
     let claimed = claim_all(&broker, "w2", 1).await;
     assert_eq!(claimed.len(), 1);
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Completed { output: "ok" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &claimed[0],
+        Outcome::Completed { output: "ok" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     let task = broker
         .client()
         .get(&payload.task_id)
@@ -494,20 +461,17 @@ async fn a_permanent_failure_is_not_retried() {
     let payload = payload("x");
     broker.client().submit(payload.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await;
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Failed {
-                error: "bad config",
-                retryable: false,
-            },
-            vec![],
-            &errored("helper", "bad config"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &claimed[0],
+        Outcome::Failed {
+            error: "bad config",
+            retryable: false,
+        },
+        vec![],
+        &errored("helper", "bad config"),
+    )
+    .await;
     assert_eq!(finished, Finished::Failed);
     assert_eq!(broker.admin().dead_letters(10).await.unwrap().len(), 1);
 }
@@ -521,20 +485,17 @@ async fn a_payload_may_set_its_retry_budget() {
     broker.client().submit(payload.clone()).await.unwrap();
     let claimed = claim_all(&broker, "w1", 1).await;
     assert_eq!(claimed[0].max_retries, 0);
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Failed {
-                error: "boom",
-                retryable: true,
-            },
-            vec![],
-            &errored("helper", "boom"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &claimed[0],
+        Outcome::Failed {
+            error: "boom",
+            retryable: true,
+        },
+        vec![],
+        &errored("helper", "boom"),
+    )
+    .await;
     assert_eq!(finished, Finished::Failed);
 }
 
@@ -616,16 +577,7 @@ async fn an_oversized_payload_is_refused_at_submit_and_at_claim() {
         "{error}"
     );
     let client = raw(&redis).await;
-    let _: String = client
-        .xadd(
-            broker.keys().queue(),
-            false,
-            None,
-            "*",
-            vec![("payload", big.to_json())],
-        )
-        .await
-        .unwrap();
+    let _: String = raw_xadd(&client, &broker, &big.to_json()).await;
     let claim = broker
         .worker_session("w1")
         .claimer()
@@ -676,17 +628,14 @@ async fn listing_filters_by_status_and_pages() {
         broker.client().submit(payload).await.unwrap();
     }
     for task in claim_all(&broker, "w1", 5).await {
-        broker
-            .worker_session("finisher")
-            .finish(
-                &task,
-                Outcome::Completed { output: "" },
-                vec![],
-                &completed("helper"),
-                exo_broker::FinishOptions::default(),
-            )
-            .await
-            .unwrap();
+        finish(
+            &broker,
+            &task,
+            Outcome::Completed { output: "" },
+            vec![],
+            &completed("helper"),
+        )
+        .await;
     }
     let mut seen = Vec::new();
     let mut cursor = 0;
@@ -750,17 +699,14 @@ async fn a_repeated_submit_never_resets_a_task() {
         1,
         "no second entry"
     );
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     broker.client().submit(payload.clone()).await.unwrap();
     let events = broker
         .client()
@@ -785,20 +731,17 @@ async fn only_failed_tasks_can_be_redriven() {
     payload.max_retries = Some(0);
     broker.client().submit(payload.clone()).await.unwrap();
     let task = claim_all(&broker, "w1", 1).await.remove(0);
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Failed {
-                error: "boom",
-                retryable: true,
-            },
-            vec![],
-            &errored("helper", "boom"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Failed {
+            error: "boom",
+            retryable: true,
+        },
+        vec![],
+        &errored("helper", "boom"),
+    )
+    .await;
     let letter = broker.admin().dead_letters(1).await.unwrap().remove(0);
     broker.admin().redrive(&letter.entry_id).await.unwrap();
     // Dead-lettered again while it is pending: the copy cannot be re-driven.
@@ -860,17 +803,14 @@ async fn a_superseded_attempt_cannot_publish() {
             .await
             .unwrap()
     );
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert!(
         !broker
             .worker_session("publisher")

@@ -59,45 +59,36 @@ async fn a_dead_workers_task_is_reclaimed_and_its_late_write_is_refused() {
 
     let rerun = claim_all(&broker, "alive", 1).await.remove(0);
     assert!(rerun.lease.attempt > zombie_task.lease.attempt);
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &rerun,
-            Outcome::Completed { output: "second" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &rerun,
+        Outcome::Completed { output: "second" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert_eq!(finished, Finished::Completed);
 
-    let late = broker
-        .worker_session("finisher")
-        .finish(
-            &zombie_task,
-            Outcome::Completed { output: "zombie" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let late = finish(
+        &broker,
+        &zombie_task,
+        Outcome::Completed { output: "zombie" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
-    let late = broker
-        .worker_session("finisher")
-        .finish(
-            &zombie_task,
-            Outcome::Failed {
-                error: "zombie",
-                retryable: true,
-            },
-            vec![],
-            &errored("helper", "zombie"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let late = finish(
+        &broker,
+        &zombie_task,
+        Outcome::Failed {
+            error: "zombie",
+            retryable: true,
+        },
+        vec![],
+        &errored("helper", "zombie"),
+    )
+    .await;
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
 
     let task = broker
@@ -287,17 +278,14 @@ async fn released_tasks_go_back_to_the_queue() {
     }
     let again = claim_all(&broker, "other", 3).await;
     assert_eq!(again.len(), 3);
-    let late = broker
-        .worker_session("finisher")
-        .finish(
-            &tasks[0],
-            Outcome::Completed { output: "" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let late = finish(
+        &broker,
+        &tasks[0],
+        Outcome::Completed { output: "" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert!(matches!(late, Finished::Stale { .. }));
 }
 
@@ -368,7 +356,6 @@ async fn a_stray_entry_never_touches_its_task() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
-    use fred::prelude::*;
     let payload = payload("x");
     broker.client().submit(payload.clone()).await.unwrap();
     let owner = claim_all(&broker, "owner", 1).await.remove(0);
@@ -383,31 +370,13 @@ async fn a_stray_entry_never_touches_its_task() {
         .unwrap();
     // A second entry for the same task (a reference client resubmitting,
     // say), claimed by a worker that then dies.
-    let _: String = client
-        .xadd(
-            broker.keys().queue(),
-            false,
-            None,
-            "*",
-            vec![("payload", payload.to_json())],
-        )
-        .await
-        .unwrap();
+    let _: String = raw_xadd(&client, &broker, &payload.to_json()).await;
     let skipped = claim_all(&broker, "gone", 1).await;
     assert!(
         skipped.is_empty(),
         "a running task's duplicate entry is skipped at claim"
     );
-    let _: String = client
-        .xadd(
-            broker.keys().queue(),
-            false,
-            None,
-            "*",
-            vec![("payload", payload.to_json())],
-        )
-        .await
-        .unwrap();
+    let _: String = raw_xadd(&client, &broker, &payload.to_json()).await;
     read_without_marking(&client, &broker, "gone").await;
     let report = broker.worker_session("alive").reap(100).await.unwrap();
     assert_eq!(
@@ -426,17 +395,14 @@ async fn a_stray_entry_never_touches_its_task() {
         (TaskStatus::Running, Some(owner.lease.attempt)),
         "the owner's attempt stands"
     );
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &owner,
-            Outcome::Completed { output: "ok" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &owner,
+        Outcome::Completed { output: "ok" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert_eq!(finished, Finished::Completed);
 }
 

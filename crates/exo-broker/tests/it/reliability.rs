@@ -145,20 +145,17 @@ async fn f3_a_promoted_retry_read_by_a_dead_claimer_is_not_lost() {
     let task = payload("x");
     broker.client().submit(task.clone()).await.unwrap();
     let first = claim_all(&broker, "w1", 1).await.remove(0);
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &first,
-            Outcome::Failed {
-                error: "boom",
-                retryable: true,
-            },
-            vec![],
-            &errored("helper", "boom"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &first,
+        Outcome::Failed {
+            error: "boom",
+            retryable: true,
+        },
+        vec![],
+        &errored("helper", "boom"),
+    )
+    .await;
     assert!(
         matches!(finished, Finished::Retrying { .. }),
         "{finished:?}"
@@ -363,17 +360,14 @@ async fn f10_payload_budgets_are_capped_and_long_runs_keep_their_hash() {
         assert!(report.lost.is_empty(), "the running task's hash expired");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let finished = broker
-        .worker_session("finisher")
-        .finish(
-            &claimed,
-            Outcome::Completed { output: "done" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let finished = finish(
+        &broker,
+        &claimed,
+        Outcome::Completed { output: "done" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert_eq!(finished, Finished::Completed);
 }
 
@@ -630,17 +624,14 @@ async fn f2_a_redis_stall_longer_than_the_ttl_reclaims_nothing() {
         .unwrap();
     assert!(renewed.lost.is_empty());
     assert_eq!(
-        broker
-            .worker_session("finisher")
-            .finish(
-                &claimed,
-                Outcome::Completed { output: "ok" },
-                vec![],
-                &completed("helper"),
-                exo_broker::FinishOptions::default(),
-            )
-            .await
-            .unwrap(),
+        finish(
+            &broker,
+            &claimed,
+            Outcome::Completed { output: "ok" },
+            vec![],
+            &completed("helper")
+        )
+        .await,
         Finished::Completed
     );
 }
@@ -718,17 +709,14 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
         .await
         .unwrap();
     assert_eq!(report.lost, std::slice::from_ref(&task.task_id));
-    let late = broker_a
-        .worker_session("finisher")
-        .finish(
-            &held_by_a,
-            Outcome::Completed { output: "A" },
-            vec![],
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let late = finish(
+        &broker_a,
+        &held_by_a,
+        Outcome::Completed { output: "A" },
+        vec![],
+        &completed("helper"),
+    )
+    .await;
     assert!(matches!(late, Finished::Stale { .. }), "{late:?}");
     assert!(
         broker_b
@@ -744,17 +732,14 @@ async fn f4_a_claim_lost_with_redis_data_never_fences_in_two_workers() {
             .unwrap()
     );
     assert_eq!(
-        broker_b
-            .worker_session("finisher")
-            .finish(
-                &held_by_b,
-                Outcome::Completed { output: "B" },
-                vec![],
-                &completed("helper"),
-                exo_broker::FinishOptions::default(),
-            )
-            .await
-            .unwrap(),
+        finish(
+            &broker_b,
+            &held_by_b,
+            Outcome::Completed { output: "B" },
+            vec![],
+            &completed("helper")
+        )
+        .await,
         Finished::Completed
     );
     let state = broker_b.client().get(&task.task_id).await.unwrap().unwrap();

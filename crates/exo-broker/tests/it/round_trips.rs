@@ -59,17 +59,14 @@ async fn lifecycle(batch: usize, tasks: usize) -> (f64, f64, BTreeMap<String, u6
             .await
             .unwrap();
         for task in claim.tasks {
-            broker
-                .worker_session("finisher")
-                .finish(
-                    &task,
-                    Outcome::Completed { output: "" },
-                    vec![],
-                    &completed("helper"),
-                    exo_broker::FinishOptions::default(),
-                )
-                .await
-                .unwrap();
+            finish(
+                &broker,
+                &task,
+                Outcome::Completed { output: "" },
+                vec![],
+                &completed("helper"),
+            )
+            .await;
             done += 1;
         }
     }
@@ -127,17 +124,14 @@ async fn an_event_batch_is_one_round_trip() {
     // Events still buffered at the end travel with the final write: a
     // 10-event task can finish in the same round trip as its completion.
     let before = broker.round_trips();
-    broker
-        .worker_session("finisher")
-        .finish(
-            &task,
-            Outcome::Completed { output: "" },
-            events,
-            &completed("a"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        &broker,
+        &task,
+        Outcome::Completed { output: "" },
+        events,
+        &completed("a"),
+    )
+    .await;
     assert_eq!(broker.round_trips() - before, 1);
     assert_eq!(
         broker

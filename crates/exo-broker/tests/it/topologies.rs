@@ -26,31 +26,25 @@ async fn lifecycle(broker: &Broker) {
         .publisher(&claimed[0].lease.task_id, Default::default());
     publisher.publish(&completed("helper")).await;
     let rest = publisher.close().await;
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[0],
-            Outcome::Completed { output: "ok" },
-            rest,
-            &completed("helper"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
-    broker
-        .worker_session("finisher")
-        .finish(
-            &claimed[1],
-            Outcome::Failed {
-                error: "boom",
-                retryable: false,
-            },
-            vec![],
-            &errored("helper", "boom"),
-            exo_broker::FinishOptions::default(),
-        )
-        .await
-        .unwrap();
+    finish(
+        broker,
+        &claimed[0],
+        Outcome::Completed { output: "ok" },
+        rest,
+        &completed("helper"),
+    )
+    .await;
+    finish(
+        broker,
+        &claimed[1],
+        Outcome::Failed {
+            error: "boom",
+            retryable: false,
+        },
+        vec![],
+        &errored("helper", "boom"),
+    )
+    .await;
     let events = broker
         .client()
         .events(&claimed[0].lease.task_id, None)
@@ -247,17 +241,14 @@ async fn acknowledged_writes_survive_a_sentinel_failover() {
     }
     let claimed = claim_all(&broker, "w1", 3).await;
     for task in &claimed {
-        broker
-            .worker_session("finisher")
-            .finish(
-                task,
-                Outcome::Completed { output: "before" },
-                vec![],
-                &completed("helper"),
-                exo_broker::FinishOptions::default(),
-            )
-            .await
-            .unwrap();
+        finish(
+            &broker,
+            task,
+            Outcome::Completed { output: "before" },
+            vec![],
+            &completed("helper"),
+        )
+        .await;
     }
     let took = set.fail_over(Duration::from_secs(30));
     // The old primary comes back; the sentinels make it a replica of the new one.
