@@ -123,13 +123,7 @@ end
 -- Tasks not yet ended are also in the active set (scored by their last
 -- transition), which the reaper's reconciliation walks.
 local TERMINAL = { completed = true, failed = true, cancelled = true }
-local function write_task(task_id, ...)
-  local key = task_key(task_id)
-  redis.call('HSET', key, 'task_id', task_id, ...)
-  redis.call('EXPIRE', key, TASK_TTL)
-  redis.call('SADD', INDEX, task_id)
-  redis.call('ZADD', TIMELINE, 'NX', NOW, task_id)
-  local fields = { ... }
+local function track_status(task_id, fields)
   for i = 1, #fields, 2 do
     if fields[i] == 'status' then
       if TERMINAL[fields[i + 1]] then
@@ -139,6 +133,26 @@ local function write_task(task_id, ...)
       end
     end
   end
+end
+
+local function write_task(task_id, ...)
+  local key = task_key(task_id)
+  redis.call('HSET', key, 'task_id', task_id, ...)
+  redis.call('EXPIRE', key, TASK_TTL)
+  redis.call('SADD', INDEX, task_id)
+  redis.call('ZADD', TIMELINE, 'NX', NOW, task_id)
+  track_status(task_id, { ... })
+  return key
+end
+
+-- `write_task` for a task exo already indexed (its hash names the queue
+-- entry that carries it, which only exo's own writes set): the index and
+-- the timeline have it, so only the hash, its TTL and the active set change.
+local function update_task(task_id, ...)
+  local key = task_key(task_id)
+  redis.call('HSET', key, ...)
+  redis.call('EXPIRE', key, TASK_TTL)
+  track_status(task_id, { ... })
   return key
 end
 
@@ -198,12 +212,16 @@ end
 -- AOF tail lost in a crash, an asynchronous failover): the next claim would
 -- hand out the same number. The token is random per claim, so a rolled-back
 -- claim's worker is refused. A fence with no token checks the attempt only.
-local function fence_holds(key, fence)
+local function fence_matches(fence, attempt_now, lease_now)
   local attempt, token = string.match(fence or '', '^(%d+):?(.*)$')
   if not attempt then return false end
+  if attempt_now ~= attempt then return false end
+  return token == '' or lease_now == token
+end
+
+local function fence_holds(key, fence)
   local state = redis.call('HMGET', key, 'attempt', 'lease')
-  if state[1] ~= attempt then return false end
-  return token == '' or state[2] == token
+  return fence_matches(fence, state[1], state[2])
 end
 
 local function entry_exists(entry_id)
@@ -353,7 +371,8 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         return
       end
       local key = task_key(task_id)
-      local state = redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry')
+      local state = redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
+        'retries', 'max_retries', 'created_at', 'completed_at')
       local status, owner = state[1], state[4]
       if status == 'running' then
         -- Its own entry delivered again (the group was re-created) stays
@@ -375,8 +394,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         redis.call('HDEL', DELAYED_PAYLOADS, task_id)
       end
       local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-      local fields = redis.call('HMGET', key, 'retries', 'max_retries', 'created_at', 'agent_name')
-      local max_retries = fields[2]
+      local max_retries = state[6]
       if not max_retries then
         max_retries = default_max
         if type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
@@ -384,20 +402,26 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         end
       end
       max_retries = tostring(math.min(tonumber(max_retries) or tonumber(default_max), retries_cap))
-      redis.call('HSET', key, 'max_retries', max_retries)
-      if not fields[3] and type(decoded.created_at) == 'number' then
-        redis.call('HSET', key, 'created_at', string.format('%.17g', decoded.created_at))
+      local extra = {}
+      if not state[7] and type(decoded.created_at) == 'number' then
+        table.insert(extra, 'created_at')
+        table.insert(extra, string.format('%.17g', decoded.created_at))
       end
-      if not fields[4] and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
-        redis.call('HSET', key, 'agent_name', decoded.agent_config.name)
+      if not state[3] and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
+        table.insert(extra, 'agent_name')
+        table.insert(extra, decoded.agent_config.name)
       end
-      redis.call('HDEL', key, 'completed_at', 'result')
-      write_task(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW, 'entry', entry_id, 'lease', token)
+      -- A task that ran before (a retry) drops its last ending.
+      if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
+      -- Only exo's own writes set `entry`: such a task is indexed already.
+      local write = owner and update_task or write_task
+      write(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW,
+        'entry', entry_id, 'lease', token, 'max_retries', max_retries, unpack(extra))
       table.insert(rows, entry_id)
       table.insert(rows, task_id)
       table.insert(rows, payload)
       table.insert(rows, attempt)
-      table.insert(rows, fields[1] or '0')
+      table.insert(rows, state[5] or '0')
       table.insert(rows, max_retries)
     end)
     if not ok then refuse(entry_id, nil, failure) end

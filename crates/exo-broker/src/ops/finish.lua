@@ -36,10 +36,10 @@ local function finish_attempt()
   local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
   local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name')
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'lease', 'error')
   local status = state[1]
 
-  if not fence_holds(key, fence) then
+  if not fence_matches(fence, state[2], state[7]) then
     return { 'stale', status or '', state[2] or '' }
   end
   -- A repeat of a call that already landed.
@@ -77,14 +77,18 @@ local function finish_attempt()
     state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
   end
 
+  -- The task was claimed here, so exo indexed it: `update_task`. The
+  -- stream's end (`ended`) is written with the final state.
   if outcome == 'completed' then
-    redis.call('HDEL', key, 'error')
-    write_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11])
+    if state[8] then redis.call('HDEL', key, 'error') end
+    update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11], 'ended', '1')
     table.insert(events, ARGV[15])
     reply = { 'completed' }
   elseif outcome == 'cancelled' then
     if status ~= 'cancelled' then
-      write_task(task_id, 'status', 'cancelled', 'completed_at', NOW)
+      update_task(task_id, 'status', 'cancelled', 'completed_at', NOW, 'ended', '1')
+    elseif state[5] ~= '1' then
+      redis.call('HSET', key, 'ended', '1')
     end
     if state[5] ~= '1' then table.insert(events, ARGV[15]) end
     reply = { 'cancelled' }
@@ -96,7 +100,7 @@ local function finish_attempt()
       local payload = queued_payload()
       -- Waiting in the delayed set now: no entry carries it until promoted.
       redis.call('HDEL', key, 'entry')
-      write_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
+      update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
       redis.call('ZADD', DELAYED, due, task_id)
       redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
       table.insert(events, ARGV[16])
@@ -104,14 +108,14 @@ local function finish_attempt()
       append_events(task_id, events)
       return { 'retrying', retries + 1, due }
     end
-    write_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW)
+    update_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW, 'ended', '1')
     dead_letter(task_id, queued_payload(), ARGV[11], attempt)
     table.insert(events, ARGV[15])
     reply = { 'failed' }
   end
 
   ack(entry_id)
-  end_stream(task_id, events)
+  append_events(task_id, events)
   return reply
 end
 
