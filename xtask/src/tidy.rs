@@ -23,6 +23,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("exo-observability", &["exo-proto"]),
     ("exo-temporal", &["exo-proto"]),
     (
+        "exo-gateway",
+        &["exo-proto", "exo-broker", "exo-observability"],
+    ),
+    (
         "exo-worker",
         &[
             "exo-proto",
@@ -45,6 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "exo-observability",
             "exo-worker",
             "exo-temporal",
+            "exo-gateway",
         ],
     ),
     ("exo-e2e", &["exo-testkit"]),
@@ -65,6 +70,8 @@ const OWNED: &[(&str, &str)] = &[
     ("fred", "exo-broker"),
     ("sqlx", "exo-memory"),
     ("anyhow", "exo-cli"),
+    ("axum", "exo-gateway"),
+    ("utoipa", "exo-gateway"),
     ("temporalio-sdk", "exo-temporal"),
     ("temporalio-client", "exo-temporal"),
     ("temporalio-common", "exo-temporal"),

@@ -37,6 +37,22 @@ pub struct TaskPage {
     pub next_cursor: Option<u64>,
 }
 
+/// Which tasks [`Client::query`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks with this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this tenant.
+    pub tenant: Option<String>,
+    /// Only tasks of this agent (or swarm) name.
+    pub agent: Option<String>,
+    /// The page size (1 to 10,000; 0 counts as 1).
+    pub limit: usize,
+    /// Where to start: 0 for the newest, or the previous page's
+    /// `next_cursor`.
+    pub cursor: u64,
+}
+
 /// What a cancel did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -87,6 +103,7 @@ impl Client {
                 agent_name,
                 max_retries: payload.max_retries,
                 idempotency_key: payload.idempotency_key.as_deref(),
+                tenant: payload.tenant().unwrap_or_default(),
             })
             .await?;
         Ok(TaskHandle::new(
@@ -129,11 +146,27 @@ impl Client {
         limit: usize,
         cursor: u64,
     ) -> Result<TaskPage> {
+        self.query(&TaskQuery {
+            status,
+            limit,
+            cursor,
+            ..TaskQuery::default()
+        })
+        .await
+    }
+
+    /// A page of the tasks that match every filter of `query`, newest
+    /// first, in one round trip. One call examines a bounded number of
+    /// tasks, so a page of a rare filter may come back short (or empty) with
+    /// a cursor to go on from.
+    pub async fn query(&self, query: &TaskQuery) -> Result<TaskPage> {
         self.broker
             .call(&ListCall {
-                status,
-                limit: limit.clamp(1, 10_000),
-                cursor,
+                status: query.status,
+                tenant: query.tenant.as_deref().unwrap_or_default(),
+                agent: query.agent.as_deref().unwrap_or_default(),
+                limit: query.limit.clamp(1, 10_000),
+                cursor: query.cursor,
             })
             .await
     }

@@ -207,6 +207,67 @@ pub struct StreamItem {
     pub event: StreamEvent,
 }
 
+/// The task hash fields [`quiet_verdict`] reads.
+pub(crate) const QUIET_FIELDS: [&str; 5] = [
+    "status",
+    "ended",
+    "cancel_requested_at",
+    "agent_name",
+    "error",
+];
+
+/// What the task hash says about a task whose stream has gone quiet.
+#[derive(Debug)]
+pub(crate) enum QuietVerdict {
+    /// Keep reading.
+    Wait,
+    /// The task ended and its stream has no terminal event (it expired, or
+    /// its writer never sends one): end with this one, made up from the hash.
+    End(StreamEvent),
+    /// There is no task hash: the caller checks whether the stream exists.
+    NoTask,
+}
+
+/// Decides, from the [`QUIET_FIELDS`] of a task hash and the number of
+/// quiet reads so far, whether a reader waits on or ends the stream.
+pub(crate) fn quiet_verdict(state: &[Option<String>], quiet_reads: u32) -> QuietVerdict {
+    let field = |index: usize| {
+        state
+            .get(index)
+            .cloned()
+            .flatten()
+            .filter(|value| !value.is_empty())
+    };
+    match field(0).map(|status| status.parse::<TaskStatus>()) {
+        Some(Ok(status)) if status.is_terminal() => {
+            // The terminal event is due from a worker (or the reaper) when
+            // a running task was cancelled and nobody ended its stream yet:
+            // wait for it, within a bound. Otherwise (the stream lost its
+            // terminal event, or a writer never sends one) end now.
+            let awaited = field(1).is_none() && field(2).is_some();
+            let patience = if awaited { WAIT_FOR_WORKER_READS } else { 2 };
+            if quiet_reads < patience {
+                return QuietVerdict::Wait;
+            }
+            let (run_status, message) = match status {
+                TaskStatus::Completed => (RunStatus::Completed, "Task completed".to_owned()),
+                TaskStatus::Cancelled => (RunStatus::Cancelled, "Task cancelled".to_owned()),
+                _ => (
+                    RunStatus::Error,
+                    field(4).unwrap_or_else(|| "Task failed".to_owned()),
+                ),
+            };
+            QuietVerdict::End(StreamEvent::status(
+                run_status,
+                field(3).as_deref().unwrap_or(""),
+                message,
+            ))
+        }
+        Some(_) => QuietVerdict::Wait,
+        None => QuietVerdict::NoTask,
+    }
+}
+
 /// Reads a task's events in order with `XREAD BLOCK`, from the start or
 /// after a given id. The same read serves replay and live events, so nothing
 /// falls between them. It ends after the terminal status event; if the
@@ -344,58 +405,15 @@ impl EventStream {
             .broker
             .inner
             .client
-            .hmget(
-                self.broker.keys().task(&self.task_id),
-                vec![
-                    "status",
-                    "ended",
-                    "cancel_requested_at",
-                    "agent_name",
-                    "error",
-                ],
-            )
+            .hmget(self.broker.keys().task(&self.task_id), QUIET_FIELDS.to_vec())
             .await?;
-        let field = |index: usize| {
-            state
-                .get(index)
-                .cloned()
-                .flatten()
-                .filter(|value| !value.is_empty())
-        };
-        match field(0).map(|status| status.parse::<TaskStatus>()) {
-            Some(Ok(status)) if status.is_terminal() => {
-                // The terminal event is due from a worker (or the reaper)
-                // when a running task was cancelled and nobody ended its
-                // stream yet: wait for it, within a bound. Otherwise (the
-                // stream lost its terminal event, or a writer never sends
-                // one) end now.
-                let awaited = field(1).is_none() && field(2).is_some();
-                let patience = if awaited { WAIT_FOR_WORKER_READS } else { 2 };
-                if self.quiet_reads >= patience {
-                    let (run_status, message) = match status {
-                        TaskStatus::Completed => {
-                            (RunStatus::Completed, "Task completed".to_owned())
-                        }
-                        TaskStatus::Cancelled => {
-                            (RunStatus::Cancelled, "Task cancelled".to_owned())
-                        }
-                        _ => (
-                            RunStatus::Error,
-                            field(4).unwrap_or_else(|| "Task failed".to_owned()),
-                        ),
-                    };
-                    self.pending.push_back(StreamItem {
-                        id: String::new(),
-                        event: StreamEvent::status(
-                            run_status,
-                            field(3).as_deref().unwrap_or(""),
-                            message,
-                        ),
-                    });
-                }
-            }
-            Some(_) => {}
-            None => {
+        match quiet_verdict(&state, self.quiet_reads) {
+            QuietVerdict::Wait => {}
+            QuietVerdict::End(event) => self.pending.push_back(StreamItem {
+                id: String::new(),
+                event,
+            }),
+            QuietVerdict::NoTask => {
                 self.broker.count();
                 let exists: i64 = self
                     .broker
@@ -433,16 +451,19 @@ impl Drop for EventStream {
 fn stream_entries(value: Value) -> Result<Vec<(String, String)>> {
     reply::stream_entries("XREAD", value)?
         .into_iter()
-        .map(|(id, fields)| {
-            let event = fields
-                .into_iter()
-                .find(|(field, _)| field == "event")
-                .map(|(_, json)| json)
-                .ok_or_else(|| Error::Reply {
-                    what: "XREAD",
-                    detail: format!("stream entry {id} has no `event` field"),
-                })?;
-            Ok((id, event))
-        })
+        .map(event_json)
         .collect()
+}
+
+/// The `event` field of a task stream entry, with the entry's id.
+pub(crate) fn event_json((id, fields): reply::StreamEntry) -> Result<(String, String)> {
+    let event = fields
+        .into_iter()
+        .find(|(field, _)| field == "event")
+        .map(|(_, json)| json)
+        .ok_or_else(|| Error::Reply {
+            what: "XREAD",
+            detail: format!("stream entry {id} has no `event` field"),
+        })?;
+    Ok((id, event))
 }

@@ -31,6 +31,7 @@ mod client;
 mod config;
 mod error;
 mod events;
+mod follow;
 mod handle;
 mod ops;
 mod session;
@@ -38,10 +39,11 @@ mod url;
 
 pub use admin::{Admin, DeadLetter, FleetEntry, QueueStats};
 pub use broker::{Broker, PublishObserver};
-pub use client::{CancelOutcome, Client, Submitted, TaskPage};
+pub use client::{CancelOutcome, Client, Submitted, TaskPage, TaskQuery};
 pub use config::{BrokerConfig, RetryPolicy};
 pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem};
+pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
 pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,

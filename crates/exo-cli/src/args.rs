@@ -106,6 +106,32 @@ pub(crate) enum Command {
     /// Evaluate the alert rules.
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// Serve the HTTP API (with resumable event streams) and the dashboard.
+    Serve(Box<Serve>),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Serve {
+    /// Where to listen. Without tokens only a loopback address is allowed.
+    #[arg(long, env = "EXO_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) addr: std::net::SocketAddr,
+    /// A JSON file of bearer tokens:
+    /// `{"tokens": [{"name", "token", "scopes": ["read"|"submit"|"cancel"|"admin"], "tenant"?}]}`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tokens_file: Option<std::path::PathBuf>,
+    /// Origins allowed by CORS (repeatable; `*` for any).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub(crate) cors_origins: Vec<String>,
+    /// An agent that submissions can name with `"agent": NAME` (repeatable):
+    /// `NAME=FILE`, FILE holding the agent's JSON configuration.
+    #[arg(long = "agent", value_name = "NAME=FILE")]
+    pub(crate) agents: Vec<String>,
+    /// Connections that follow event streams for all clients.
+    #[arg(long, value_name = "N")]
+    pub(crate) stream_readers: Option<usize>,
+    /// Seconds a request (other than an event stream) may take.
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) request_timeout: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,6 +48,16 @@ impl From<exo_broker::Error> for Failure {
     }
 }
 
+impl From<exo_gateway::Error> for Failure {
+    fn from(error: exo_gateway::Error) -> Self {
+        match error {
+            exo_gateway::Error::Broker(error) => error.into(),
+            exo_gateway::Error::Config(_) => Failure::with_code(2, error),
+            error => Failure::with_code(1, error),
+        }
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         match error.downcast::<exo_broker::Error>() {
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
     // submit span, parent of the worker's execute span) when OTLP is
     // configured. `exo start worker` installs its own.
     let telemetry = match &cli.command {
-        Command::Start(_) => None,
+        Command::Start(_) | Command::Serve(_) => None,
         _ => {
             let mut config = exo_observability::TelemetryConfig::new("exo");
             // Warnings only, but the CLI's own spans (the submit span) stay
@@ -100,6 +110,7 @@ fn main() -> ExitCode {
             Command::Queue(command) => commands::queue::run(cli.global, command).await,
             Command::Dlq(command) => commands::queue::run_dlq(cli.global, command).await,
             Command::Alerts(command) => commands::alerts::run(cli.global, command).await,
+            Command::Serve(command) => commands::serve::run(cli.global, *command).await,
         }
     });
     if let Some(telemetry) = telemetry {

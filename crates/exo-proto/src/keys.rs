@@ -181,6 +181,13 @@ impl Keys {
         format!("{}idem:", self.prefix)
     }
 
+    /// Extension: the wake-up stream of one multiplexed event reader (a
+    /// reader blocks on it with the task streams it follows, and an entry
+    /// added to it ends the block so the reader picks up new streams).
+    pub fn follow_wake(&self, reader_id: &str) -> String {
+        format!("{}follow:wake:{reader_id}", self.prefix)
+    }
+
     /// A sample of every kind of key and channel, for slot checks: every
     /// name this type builds appears here once.
     pub fn all_sample(&self) -> Vec<String> {
@@ -199,6 +206,7 @@ impl Keys {
             self.task_prefix(),
             self.task_index(),
             self.task_timeline(),
+            self.follow_wake(id),
             self.event_stream(id),
             self.event_stream_prefix(),
             self.events_channel(id),

@@ -110,6 +110,15 @@ fn json_depth(value: &Value, limit: usize) -> usize {
 }
 
 impl TaskPayload {
+    /// The tenant the task belongs to: `metadata.tenant` when it is a
+    /// non-empty string.
+    pub fn tenant(&self) -> Option<&str> {
+        self.metadata
+            .get("tenant")
+            .and_then(Value::as_str)
+            .filter(|tenant| !tenant.is_empty())
+    }
+
     /// A payload with the reference defaults for everything but the id,
     /// config and input.
     pub fn new(
@@ -327,6 +336,9 @@ pub struct TaskResult {
     pub created_at: Option<f64>,
     /// Extension: the agent (or swarm) name.
     pub agent_name: Option<String>,
+    /// Extension: the tenant the task belongs to (the payload's
+    /// `metadata.tenant`), when it has one.
+    pub tenant: Option<String>,
 }
 
 impl TaskResult {
@@ -345,6 +357,7 @@ impl TaskResult {
             max_retries: None,
             created_at: None,
             agent_name: None,
+            tenant: None,
         }
     }
 
@@ -411,6 +424,7 @@ impl TaskResult {
             worker_id: fields.get("worker_id").cloned(),
             error: fields.get("error").cloned(),
             agent_name: fields.get("agent_name").cloned(),
+            tenant: fields.get("tenant").cloned(),
             result,
             task_id,
             status,
@@ -444,6 +458,7 @@ impl TaskResult {
         );
         push("created_at", self.created_at.map(|time| time.to_string()));
         push("agent_name", self.agent_name.clone());
+        push("tenant", self.tenant.clone());
         fields
     }
 }

@@ -4,12 +4,15 @@
 -- ARGV[8]  page size
 -- ARGV[9]  cursor: the timeline rank to start from (0 for the newest)
 -- ARGV[10] how many timeline entries to examine at most
+-- ARGV[11] tenant filter ("" for all)
+-- ARGV[12] agent name filter ("" for all)
 --
 -- Walks the timeline and reads each task hash; hashes that expired are
 -- dropped from the timeline and the index on the way.
 -- Returns {next cursor (-1 at the end), {{field, value, ...}, ...}}.
 
 local wanted, size, cursor, budget = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local tenant, agent = ARGV[11], ARGV[12]
 local found, examined, rank = {}, 0, cursor
 while #found < size and examined < budget do
   local batch = math.min(100, budget - examined)
@@ -24,9 +27,15 @@ while #found < size and examined < budget do
       redis.call('SREM', INDEX, task_id)
       rank = rank - 1
     else
-      local status = nil
-      for i = 1, #fields, 2 do if fields[i] == 'status' then status = fields[i + 1] end end
-      if wanted == '' or status == wanted then
+      local status, owner, name = nil, '', ''
+      for i = 1, #fields, 2 do
+        local field = fields[i]
+        if field == 'status' then status = fields[i + 1]
+        elseif field == 'tenant' then owner = fields[i + 1]
+        elseif field == 'agent_name' then name = fields[i + 1] end
+      end
+      if (wanted == '' or status == wanted) and (tenant == '' or owner == tenant)
+        and (agent == '' or name == agent) then
         table.insert(found, fields)
         if #found >= size then break end
       end

@@ -10,13 +10,15 @@ pub(crate) const LUA: &str = include_str!("list.lua");
 
 /// `ARGV[7...]` of list.lua.
 #[derive(Debug)]
-pub(crate) struct ListCall {
+pub(crate) struct ListCall<'a> {
     pub(crate) status: Option<TaskStatus>,
+    pub(crate) tenant: &'a str,
+    pub(crate) agent: &'a str,
     pub(crate) limit: usize,
     pub(crate) cursor: u64,
 }
 
-impl Operation for ListCall {
+impl Operation for ListCall<'_> {
     type Reply = TaskPage;
     const NAME: &'static str = "list";
 
@@ -33,6 +35,8 @@ impl Operation for ListCall {
             self.cursor.to_string(),
             // How many timeline entries one call examines at most.
             (self.limit * 20).clamp(1000, 5000).to_string(),
+            self.tenant.to_owned(),
+            self.agent.to_owned(),
         ]);
     }
 

@@ -87,16 +87,34 @@ pub(crate) type StreamEntry = (String, Vec<(String, String)>);
 /// The entries of an XREAD / XREADGROUP reply (RESP2 or RESP3 shape), as
 /// `(id, fields)`.
 pub(crate) fn stream_entries(what: &'static str, value: Value) -> Result<Vec<StreamEntry>> {
-    let streams: Vec<Value> = match value {
+    Ok(keyed_stream_entries(what, value)?
+        .into_iter()
+        .flat_map(|(_, entries)| entries)
+        .collect())
+}
+
+/// The entries of an XREAD reply over several streams, by stream key.
+pub(crate) fn keyed_stream_entries(
+    what: &'static str,
+    value: Value,
+) -> Result<Vec<(String, Vec<StreamEntry>)>> {
+    let streams: Vec<(Value, Value)> = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Array(streams) => streams
             .into_iter()
             .filter_map(|stream| match stream {
-                Value::Array(mut parts) if parts.len() == 2 => Some(parts.remove(1)),
+                Value::Array(parts) if parts.len() == 2 => {
+                    let mut parts = parts.into_iter();
+                    Some((parts.next()?, parts.next()?))
+                }
                 _ => None,
             })
             .collect(),
-        Value::Map(map) => map.inner().into_values().collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(key, entries)| (Value::from(key), entries))
+            .collect(),
         other => {
             return Err(Error::Reply {
                 what,
@@ -104,8 +122,9 @@ pub(crate) fn stream_entries(what: &'static str, value: Value) -> Result<Vec<Str
             });
         }
     };
-    let mut entries = Vec::new();
-    for stream in streams {
+    let mut keyed = Vec::with_capacity(streams.len());
+    for (key, stream) in streams {
+        let mut entries = Vec::new();
         for entry in array(what, stream)? {
             let mut parts = array(what, entry)?.into_iter();
             let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
@@ -113,8 +132,9 @@ pub(crate) fn stream_entries(what: &'static str, value: Value) -> Result<Vec<Str
             };
             entries.push((string(what, &id)?, pairs(what, fields)?));
         }
+        keyed.push((string(what, &key)?, entries));
     }
-    Ok(entries)
+    Ok(keyed)
 }
 
 /// A script's reply read in order: each part by its type, a missing part

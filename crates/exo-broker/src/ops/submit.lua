@@ -5,6 +5,7 @@
 -- ARGV[9]  agent name ("" when unknown)
 -- ARGV[10] max retries ("" for the worker default)
 -- ARGV[11] idempotency key ("" for none)
+-- ARGV[12] tenant ("" for none; the extension field `tenant`)
 --
 -- Refuses an invalid task id (see valid_task_id) with an error reply.
 -- Writes the queue entry, the task hash with status `pending` (its `entry`
@@ -15,7 +16,7 @@
 -- this id exists already (it is left as it is).
 
 local task_id, payload, agent_name = ARGV[7], ARGV[8], ARGV[9]
-local max_retries, idempotency = ARGV[10], ARGV[11]
+local max_retries, idempotency, tenant = ARGV[10], ARGV[11], ARGV[12]
 if not valid_task_id(task_id) then
   return redis.error_reply('ERR invalid task id: 1 to 128 letters, digits, `_`, `-`, `.` or `:`, and not `index` or `timeline`')
 end
@@ -36,6 +37,7 @@ end
 local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
 local key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name, 'entry', entry_id)
 if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end
+if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
 redis.call('ZADD', TIMELINE, NOW, task_id)
 trim_index(100)
 return { task_id, 1 }

@@ -15,6 +15,7 @@ pub(crate) struct SubmitCall<'a> {
     pub(crate) agent_name: String,
     pub(crate) max_retries: Option<u32>,
     pub(crate) idempotency_key: Option<&'a str>,
+    pub(crate) tenant: &'a str,
 }
 
 /// The task that holds the submission, and whether this call created it.
@@ -42,6 +43,7 @@ impl Operation for SubmitCall<'_> {
                 .map(|retries| retries.to_string())
                 .unwrap_or_default(),
             self.idempotency_key.unwrap_or_default().to_owned(),
+            self.tenant.to_owned(),
         ]);
     }
 

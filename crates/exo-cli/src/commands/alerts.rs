@@ -2,10 +2,7 @@
 
 use std::process::ExitCode;
 
-use exo_observability::{
-    AlertSnapshot, alerts_exit_code, apply_overrides, default_rules, evaluate, failure_rate,
-};
-use exo_proto::TaskStatus;
+use exo_observability::{alerts_exit_code, apply_overrides, default_rules, evaluate};
 use serde_json::json;
 
 use crate::{
@@ -14,32 +11,13 @@ use crate::{
     commands::{connect, print_json},
 };
 
-/// How many recent tasks the failure rate is computed over.
-const RECENT_TASKS: usize = 500;
-
 pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
     let AlertsCommand::Check { thresholds } = command;
     let mut rules = default_rules();
     apply_overrides(&mut rules, &thresholds)
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
     let broker = connect(&global).await?;
-    let now = exo_proto::time::now_seconds();
-    let stats = broker.admin().queue_stats().await?;
-    let fleet = broker.admin().fleet().await?;
-    let recent = broker.client().list(None, RECENT_TASKS, 0).await?;
-    let count = |status: TaskStatus| {
-        recent
-            .tasks
-            .iter()
-            .filter(|task| task.status == status)
-            .count() as u64
-    };
-    let snapshot = AlertSnapshot {
-        queue_depth: stats.depth(),
-        workers_alive: fleet.iter().filter(|entry| entry.alive(now)).count() as u64,
-        failure_rate: failure_rate(count(TaskStatus::Completed), count(TaskStatus::Failed)),
-        oldest_wait_seconds: stats.oldest_wait(now),
-    };
+    let snapshot = exo_gateway::alert_snapshot(&broker).await?;
     let firing = evaluate(&rules, &snapshot);
     let code = alerts_exit_code(&firing);
     if global.json {
