@@ -148,6 +148,26 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Starts `exo serve --addr 127.0.0.1:0 <args>` and returns it with
+    /// its base URL (`http://127.0.0.1:<port>`), once it listens.
+    pub fn start_gateway(&self, args: &[&str]) -> (exo_testkit::TestProcess, String) {
+        let mut command = self.command();
+        command
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        let mut process = exo_testkit::TestProcess::start("exo serve", command);
+        let url = process.wait_for_output(Duration::from_secs(20), "the listening line", |stdout, _| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix("exo gateway listening on "))
+                .map(|url| url.trim().to_owned())
+        });
+        (process, url)
+    }
+}
+
 /// Waits until `check` returns `Some`, or panics after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

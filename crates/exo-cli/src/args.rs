@@ -132,6 +132,9 @@ pub(crate) struct Serve {
     /// Seconds a request (other than an event stream) may take.
     #[arg(long, value_name = "SECONDS")]
     pub(crate) request_timeout: Option<f64>,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 
 mod deploy_commands;
 mod deployments;
+mod gateway;
 mod observability;
 #[cfg(feature = "temporal")]
 mod temporal;

@@ -187,7 +187,17 @@ pub(crate) async fn redrive(
     Path(entry_id): Path<String>,
 ) -> Result<Json<RedriveView>, Problem> {
     caller.require_fleet(Scope::Admin)?;
-    let task_id = state.broker.admin().redrive(&entry_id).await?;
+    let task_id = state
+        .broker
+        .admin()
+        .redrive(&entry_id)
+        .await
+        .map_err(|error| match error {
+            exo_broker::Error::Refused { reason } if reason.starts_with("no dead-letter entry") => {
+                Problem::not_found(reason)
+            }
+            error => error.into(),
+        })?;
     tracing::info!(entry_id, task_id, caller = caller.name.as_deref().unwrap_or("-"), "redrive over HTTP");
     Ok(Json(RedriveView { task_id }))
 }
