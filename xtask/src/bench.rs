@@ -19,6 +19,7 @@
 //! the ratio of the pair.
 
 mod bullmq;
+mod gateway;
 
 use std::{
     collections::BTreeMap,
@@ -116,6 +117,9 @@ fn options(args: &[String]) -> Result<Options> {
 }
 
 pub(crate) fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("gateway") {
+        return gateway::bench_gateway(&args[1..]);
+    }
     let options = options(args)?;
     // The peer is checked and installed before the long release build, so
     // a machine without node fails at once.

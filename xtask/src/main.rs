@@ -7,7 +7,9 @@
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
 //! - `bench`: throughput, worker and Redis CPU, Redis commands, round trips
 //!   and memory per task; `--peer bullmq` runs the same drains through
-//!   BullMQ, alternating, and prints the ratios.
+//!   BullMQ, alternating, and prints the ratios; `bench gateway` puts
+//!   thousands of SSE clients on one `exo serve` and measures latency,
+//!   Redis connections and memory.
 //! - `chaos`: thousands of tasks through several worker processes while
 //!   workers are SIGKILLed, Redis is killed, restarted and frozen, and tasks
 //!   are cancelled; one JSON line of what was lost, duplicated or changed.
@@ -47,7 +49,7 @@ fn main() -> Result<()> {
         "check-features" => check_features(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
             );
             Ok(())
         }

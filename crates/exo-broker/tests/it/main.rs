@@ -3,6 +3,7 @@
 mod common;
 mod events;
 mod fleet;
+mod follow;
 mod queue;
 mod recovery;
 mod reliability;
