@@ -158,12 +158,16 @@ impl Target {
             .args(args)
             .env("RUST_LOG", "info");
         let mut process = exo_testkit::TestProcess::start("exo serve", command);
-        let url = process.wait_for_output(Duration::from_secs(20), "the listening line", |stdout, _| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix("exo gateway listening on "))
-                .map(|url| url.trim().to_owned())
-        });
+        let url = process.wait_for_output(
+            Duration::from_secs(20),
+            "the listening line",
+            |stdout, _| {
+                stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix("exo gateway listening on "))
+                    .map(|url| url.trim().to_owned())
+            },
+        );
         (process, url)
     }
 }

@@ -405,7 +405,10 @@ impl EventStream {
             .broker
             .inner
             .client
-            .hmget(self.broker.keys().task(&self.task_id), QUIET_FIELDS.to_vec())
+            .hmget(
+                self.broker.keys().task(&self.task_id),
+                QUIET_FIELDS.to_vec(),
+            )
             .await?;
         match quiet_verdict(&state, self.quiet_reads) {
             QuietVerdict::Wait => {}

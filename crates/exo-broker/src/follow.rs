@@ -25,11 +25,7 @@ use std::{
 };
 
 use exo_proto::StreamEvent;
-use fred::{
-    clients::Client as RedisClient,
-    prelude::*,
-    types::Value,
-};
+use fred::{clients::Client as RedisClient, prelude::*, types::Value};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -142,9 +138,19 @@ impl Broker {
             let wake_id: String = self
                 .inner
                 .client
-                .xadd(&wake_key, false, ("MAXLEN", "~", 64), "*", vec![("wake", "1")])
+                .xadd(
+                    &wake_key,
+                    false,
+                    ("MAXLEN", "~", 64),
+                    "*",
+                    vec![("wake", "1")],
+                )
                 .await?;
-            let _: i64 = self.inner.client.expire(&wake_key, WAKE_TTL_SECONDS, None).await?;
+            let _: i64 = self
+                .inner
+                .client
+                .expire(&wake_key, WAKE_TTL_SECONDS, None)
+                .await?;
             let (sender, receiver) = mpsc::unbounded_channel();
             let following = Arc::new(AtomicUsize::new(0));
             let reader = Reader {
@@ -199,7 +205,9 @@ impl Follower {
             }
             Some(id) => {
                 if !valid_stream_id(id) {
-                    return Err(Error::Refused { reason: format!("`{id}` is not a stream id") });
+                    return Err(Error::Refused {
+                        reason: format!("`{id}` is not a stream id"),
+                    });
                 }
                 id.to_owned()
             }
@@ -211,7 +219,9 @@ impl Follower {
         let reader = (0..readers.len())
             .map(|offset| &readers[(start + offset) % readers.len()])
             .min_by_key(|reader| reader.following.load(Ordering::Relaxed))
-            .ok_or_else(|| Error::Refused { reason: "a follower without readers".to_owned() })?;
+            .ok_or_else(|| Error::Refused {
+                reason: "a follower without readers".to_owned(),
+            })?;
         let now = Instant::now();
         reader
             .new_streams
@@ -224,12 +234,20 @@ impl Follower {
                 next_check: now + FIRST_CHECK,
                 quiet_checks: 0,
             })
-            .map_err(|_| Error::Refused { reason: "the follower has stopped".to_owned() })?;
+            .map_err(|_| Error::Refused {
+                reason: "the follower has stopped".to_owned(),
+            })?;
         broker.count();
         let _: String = broker
             .inner
             .client
-            .xadd(&reader.wake_key, false, ("MAXLEN", "~", 64), "*", vec![("wake", "1")])
+            .xadd(
+                &reader.wake_key,
+                false,
+                ("MAXLEN", "~", 64),
+                "*",
+                vec![("wake", "1")],
+            )
             .await?;
         Ok(Following {
             receiver,
@@ -280,7 +298,8 @@ impl Reader {
             if !self.take_new_streams() {
                 break;
             }
-            self.streams.retain(|_, followed| !followed.sender.is_closed());
+            self.streams
+                .retain(|_, followed| !followed.sender.is_closed());
             self.following.store(self.streams.len(), Ordering::Relaxed);
             if self.streams.is_empty() {
                 match self.new_streams.recv().await {
@@ -437,7 +456,10 @@ impl Reader {
         for number in &due {
             let followed = &self.streams[number];
             let _: () = pipeline
-                .hmget(self.broker.keys().task(&followed.task_id), QUIET_FIELDS.to_vec())
+                .hmget(
+                    self.broker.keys().task(&followed.task_id),
+                    QUIET_FIELDS.to_vec(),
+                )
                 .await?;
             let _: () = pipeline.exists(&followed.key).await?;
         }
@@ -473,9 +495,7 @@ impl Reader {
             };
             if let Some(outcome) = outcome {
                 // A full buffer means events are still to come: retry later.
-                if followed.sender.try_send(outcome).is_ok()
-                    || followed.sender.is_closed()
-                {
+                if followed.sender.try_send(outcome).is_ok() || followed.sender.is_closed() {
                     self.streams.remove(&number);
                 }
             }

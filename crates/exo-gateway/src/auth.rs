@@ -212,7 +212,11 @@ fn percent_decode(text: &str) -> String {
 
 /// The auth layer of `/v1`: puts a [`Caller`] in the request's extensions,
 /// or answers 401.
-pub(crate) async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn layer(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let caller = if state.config.tokens.is_empty() {
         Caller::open()
     } else {
@@ -265,12 +269,24 @@ mod tests {
     fn authentication_and_scopes() {
         let tokens = [
             token("reader", "reader-secret-0001", &[Scope::Read], None),
-            token("acme", "acme-secret-000001", &[Scope::Read, Scope::Submit], Some("acme")),
+            token(
+                "acme",
+                "acme-secret-000001",
+                &[Scope::Read, Scope::Submit],
+                Some("acme"),
+            ),
             token("root", "root-secret-000001", &[Scope::Admin], None),
         ];
         // (presented, expected name, read, submit, cancel, fleet read)
         let cases = [
-            ("reader-secret-0001", Some("reader"), true, false, false, true),
+            (
+                "reader-secret-0001",
+                Some("reader"),
+                true,
+                false,
+                false,
+                true,
+            ),
             ("acme-secret-000001", Some("acme"), true, true, false, false),
             ("root-secret-000001", Some("root"), true, true, true, true),
             ("reader-secret-0002", None, false, false, false, false),
@@ -279,12 +295,20 @@ mod tests {
         ];
         for (presented, name, read, submit, cancel, fleet) in cases {
             let caller = authenticate(&tokens, presented.as_bytes());
-            assert_eq!(caller.as_ref().and_then(|c| c.name.as_deref()), name, "{presented}");
+            assert_eq!(
+                caller.as_ref().and_then(|c| c.name.as_deref()),
+                name,
+                "{presented}"
+            );
             let Some(caller) = caller else { continue };
             assert_eq!(caller.require(Scope::Read).is_ok(), read, "{presented}");
             assert_eq!(caller.require(Scope::Submit).is_ok(), submit, "{presented}");
             assert_eq!(caller.require(Scope::Cancel).is_ok(), cancel, "{presented}");
-            assert_eq!(caller.require_fleet(Scope::Read).is_ok(), fleet, "{presented}");
+            assert_eq!(
+                caller.require_fleet(Scope::Read).is_ok(),
+                fleet,
+                "{presented}"
+            );
         }
     }
 
@@ -314,7 +338,11 @@ mod tests {
                 .uri(format!("/v1/tasks/x/events?{query}"))
                 .body(axum::body::Body::empty())
                 .unwrap();
-            assert_eq!(presented_token(&request).as_deref(), Some(expected), "{query}");
+            assert_eq!(
+                presented_token(&request).as_deref(),
+                Some(expected),
+                "{query}"
+            );
         }
     }
 }

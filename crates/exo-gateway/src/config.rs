@@ -78,11 +78,16 @@ impl GatewayConfig {
                 )));
             }
             if token.scopes.is_empty() {
-                return Err(Error::Config(format!("token `{}` has no scopes", token.name)));
+                return Err(Error::Config(format!(
+                    "token `{}` has no scopes",
+                    token.name
+                )));
             }
         }
         if self.stream_readers == 0 {
-            return Err(Error::Config("stream readers must be at least 1".to_owned()));
+            return Err(Error::Config(
+                "stream readers must be at least 1".to_owned(),
+            ));
         }
         Ok(())
     }

@@ -65,12 +65,12 @@ impl History {
             ticker.tick().await;
             let admin = broker.admin();
             let (fleet, stats) = match tokio::try_join!(admin.fleet(), admin.queue_stats()) {
-                    Ok(read) => read,
-                    Err(error) => {
-                        tracing::debug!(%error, "queue sample skipped");
-                        continue;
-                    }
-                };
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::debug!(%error, "queue sample skipped");
+                    continue;
+                }
+            };
             let now = exo_proto::time::now_seconds();
             let finished: u64 = fleet
                 .iter()
@@ -80,7 +80,9 @@ impl History {
             let rate = match previous {
                 // Workers that left take their counters with them: a drop
                 // is not negative throughput.
-                Some((at, before)) if now > at => finished.saturating_sub(before) as f64 / (now - at),
+                Some((at, before)) if now > at => {
+                    finished.saturating_sub(before) as f64 / (now - at)
+                }
                 _ => 0.0,
             };
             previous = Some((now, finished));

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 /// An agent whose run streams `chunks` text chunks `every_ms` apart.
 fn paced_agent(chunks: usize, every_ms: u64) -> Value {
-    let text: Vec<String> = (0..chunks).map(|index| format!("chunk {index}. ")).collect();
+    let text: Vec<String> = (0..chunks)
+        .map(|index| format!("chunk {index}. "))
+        .collect();
     let script = json!({"turns": [{"text": text, "chunk_delay_ms": every_ms}]});
     json!({"name": "paced", "model": format!("scripted:{script}")})
 }
@@ -27,7 +29,10 @@ struct SseEvent {
 
 /// Reads SSE events from a response until `stop` says so or the stream
 /// ends; returns them (comments are skipped).
-async fn read_sse(mut response: Response, mut stop: impl FnMut(&[SseEvent]) -> bool) -> Vec<SseEvent> {
+async fn read_sse(
+    mut response: Response,
+    mut stop: impl FnMut(&[SseEvent]) -> bool,
+) -> Vec<SseEvent> {
     let mut buffer = String::new();
     let mut events = Vec::new();
     loop {
@@ -80,7 +85,11 @@ async fn problem(response: Response, status: StatusCode) -> Value {
     );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status.as_u16());
-    assert!(body["detail"].as_str().is_some_and(|detail| !detail.is_empty()));
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|detail| !detail.is_empty())
+    );
     body
 }
 
@@ -114,10 +123,9 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
 
     // Follow, drop the connection after 10 events, resume after the last id.
     let events_url = format!("{base}/v1/tasks/{task_id}/events");
-    let first = read_sse(
-        http.get(&events_url).send().await.unwrap(),
-        |events| events.len() >= 10,
-    )
+    let first = read_sse(http.get(&events_url).send().await.unwrap(), |events| {
+        events.len() >= 10
+    })
     .await;
     assert!(first.iter().all(|event| event.id.is_some()));
     let last_id = first.last().unwrap().id.clone().unwrap();
@@ -131,7 +139,11 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let second = read_sse(response, |_| false).await;
     let end = second.last().unwrap();
-    assert_eq!(end.event.as_deref(), Some("end"), "the stream ends with `end`");
+    assert_eq!(
+        end.event.as_deref(),
+        Some("end"),
+        "the stream ends with `end`"
+    );
     let resumed: Vec<SseEvent> = first
         .iter()
         .chain(second.iter())
@@ -141,7 +153,10 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
 
     // The whole stream, replayed: the two halves are exactly it.
     let replay: Vec<SseEvent> = read_sse(
-        http.get(format!("{events_url}?from=beginning")).send().await.unwrap(),
+        http.get(format!("{events_url}?from=beginning"))
+            .send()
+            .await
+            .unwrap(),
         |_| false,
     )
     .await
@@ -161,7 +176,10 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
 
     // `from=latest` on an ended task: only the end.
     let latest = read_sse(
-        http.get(format!("{events_url}?from=latest")).send().await.unwrap(),
+        http.get(format!("{events_url}?from=latest"))
+            .send()
+            .await
+            .unwrap(),
         |_| false,
     )
     .await;
@@ -298,11 +316,24 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
         .await
         .unwrap();
     assert_eq!(health["verdict"], "healthy");
-    for path in ["/v1/queue", "/v1/queue/history", "/v1/alerts", "/v1/dead-letters", "/v1/me"] {
+    for path in [
+        "/v1/queue",
+        "/v1/queue/history",
+        "/v1/alerts",
+        "/v1/dead-letters",
+        "/v1/me",
+    ] {
         let response = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
-    let me: Value = http.get(format!("{base}/v1/me")).send().await.unwrap().json().await.unwrap();
+    let me: Value = http
+        .get(format!("{base}/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["auth"], false);
 }
 
@@ -321,16 +352,32 @@ async fn bad_requests_get_problems_and_the_openapi_document_lists_every_route() 
     // (request, status, a word the detail must contain)
     let cases: Vec<(RequestBuilder, StatusCode, &str)> = vec![
         (post("{not json"), StatusCode::BAD_REQUEST, "JSON"),
-        (post(r#"{"inptu": "x"}"#), StatusCode::UNPROCESSABLE_ENTITY, "inptu"),
-        (post(r#"{"input": "x"}"#), StatusCode::BAD_REQUEST, "agent_config"),
-        (post(r#"{"agent": "nobody", "input": "x"}"#), StatusCode::BAD_REQUEST, "nobody"),
         (
-            post(r#"{"agent_config": {"name": "a", "model": "scripted:echo"}, "messages": [{"role": "wizard", "content": "x"}]}"#),
+            post(r#"{"inptu": "x"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "inptu",
+        ),
+        (
+            post(r#"{"input": "x"}"#),
+            StatusCode::BAD_REQUEST,
+            "agent_config",
+        ),
+        (
+            post(r#"{"agent": "nobody", "input": "x"}"#),
+            StatusCode::BAD_REQUEST,
+            "nobody",
+        ),
+        (
+            post(
+                r#"{"agent_config": {"name": "a", "model": "scripted:echo"}, "messages": [{"role": "wizard", "content": "x"}]}"#,
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "wizard",
         ),
         (
-            post(r#"{"agent_config": {"name": "a", "model": "scripted:echo"}, "task_id": "bad id with spaces"}"#),
+            post(
+                r#"{"agent_config": {"name": "a", "model": "scripted:echo"}, "task_id": "bad id with spaces"}"#,
+            ),
             StatusCode::UNPROCESSABLE_ENTITY,
             "task_id",
         ),
@@ -351,12 +398,36 @@ async fn bad_requests_get_problems_and_the_openapi_document_lists_every_route() 
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "",
         ),
-        (http.get(format!("{base}/v1/tasks?status=done")), StatusCode::BAD_REQUEST, "done"),
-        (http.get(format!("{base}/v1/tasks?limit=many")), StatusCode::BAD_REQUEST, "limit"),
-        (http.get(format!("{base}/v1/tasks/nope")), StatusCode::NOT_FOUND, "nope"),
-        (http.post(format!("{base}/v1/tasks/nope/cancel")), StatusCode::NOT_FOUND, "nope"),
-        (http.get(format!("{base}/v1/tasks/nope/events")), StatusCode::NOT_FOUND, "nope"),
-        (http.get(format!("{base}/v1/workers/nobody")), StatusCode::NOT_FOUND, "nobody"),
+        (
+            http.get(format!("{base}/v1/tasks?status=done")),
+            StatusCode::BAD_REQUEST,
+            "done",
+        ),
+        (
+            http.get(format!("{base}/v1/tasks?limit=many")),
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            http.get(format!("{base}/v1/tasks/nope")),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            http.post(format!("{base}/v1/tasks/nope/cancel")),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            http.get(format!("{base}/v1/tasks/nope/events")),
+            StatusCode::NOT_FOUND,
+            "nope",
+        ),
+        (
+            http.get(format!("{base}/v1/workers/nobody")),
+            StatusCode::NOT_FOUND,
+            "nobody",
+        ),
         (
             http.post(format!("{base}/v1/dead-letters/1-1/redrive")),
             StatusCode::NOT_FOUND,
@@ -464,17 +535,40 @@ async fn tokens_scopes_and_tenant_isolation() {
         .unwrap();
     problem(response, StatusCode::UNAUTHORIZED).await;
     // The page and the document need no token; the data does.
-    assert_eq!(http.get(&base).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(
-        http.get(format!("{base}/v1/openapi.json")).send().await.unwrap().status(),
+        http.get(&base).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(format!("{base}/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         StatusCode::OK
     );
 
     // Scopes.
-    problem(submit("reader-token-000001", None).send().await.unwrap(), StatusCode::FORBIDDEN).await;
-    let acme: Value = submit("acme-token-00000001", Some("k1")).send().await.unwrap().json().await.unwrap();
+    problem(
+        submit("reader-token-000001", None).send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let acme: Value = submit("acme-token-00000001", Some("k1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let acme_id = acme["task_id"].as_str().unwrap().to_owned();
-    let beta: Value = submit("beta-token-00000001", Some("k1")).send().await.unwrap().json().await.unwrap();
+    let beta: Value = submit("beta-token-00000001", Some("k1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let beta_id = beta["task_id"].as_str().unwrap().to_owned();
     assert_ne!(acme_id, beta_id, "idempotency keys are per tenant");
     let response = http
@@ -504,7 +598,11 @@ async fn tokens_scopes_and_tenant_isolation() {
         http.get(format!("{base}/v1/tasks/{acme_id}/wait?timeout=0")),
         http.post(format!("{base}/v1/tasks/{acme_id}/cancel")),
     ] {
-        let response = request.bearer_auth("beta-token-00000001").send().await.unwrap();
+        let response = request
+            .bearer_auth("beta-token-00000001")
+            .send()
+            .await
+            .unwrap();
         problem(response, StatusCode::NOT_FOUND).await;
     }
     let listed = |token: &'static str| {
@@ -594,7 +692,10 @@ async fn tokens_scopes_and_tenant_isolation() {
         .json()
         .await
         .unwrap();
-    assert_eq!(me, json!({"auth": true, "name": "acme", "scopes": ["read", "submit", "cancel"], "tenant": "acme"}));
+    assert_eq!(
+        me,
+        json!({"auth": true, "name": "acme", "scopes": ["read", "submit", "cancel"], "tenant": "acme"})
+    );
 }
 
 #[test]
@@ -618,7 +719,13 @@ fn refuses_to_listen_beyond_loopback_without_tokens() {
     )
     .unwrap();
     let mut command = target.command();
-    command.args(["serve", "--addr", "0.0.0.0:0", "--tokens-file", tokens.to_str().unwrap()]);
+    command.args([
+        "serve",
+        "--addr",
+        "0.0.0.0:0",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
     let mut process = exo_testkit::TestProcess::start("exo serve", command);
     eventually(Duration::from_secs(20), "the gateway to listen", || {
         process
@@ -633,10 +740,17 @@ fn refuses_to_listen_beyond_loopback_without_tokens() {
 /// Runs tests/python/reference_client.py (standard library only) against
 /// the test's Redis.
 fn reference_client(target: &Target, command: &str, argument: &str) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/reference_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/reference_client.py");
     let output = std::process::Command::new("python3")
         .arg(script)
-        .args([&target.redis_url, &target.prefix, &target.queue, command, argument])
+        .args([
+            &target.redis_url,
+            &target.prefix,
+            &target.queue,
+            command,
+            argument,
+        ])
         .output()
         .expect("python3 runs");
     assert!(
@@ -694,14 +808,21 @@ async fn a_reference_client_reads_http_tasks_and_its_tasks_show_over_http() {
     // The hash is the worker's to write: it appears once a worker claims it.
     let mut visible = false;
     for _ in 0..200 {
-        let response = http.get(format!("{base}/v1/tasks/{python_id}")).send().await.unwrap();
+        let response = http
+            .get(format!("{base}/v1/tasks/{python_id}"))
+            .send()
+            .await
+            .unwrap();
         if response.status() == StatusCode::OK {
             visible = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(visible, "the reference client's task never showed over HTTP");
+    assert!(
+        visible,
+        "the reference client's task never showed over HTTP"
+    );
     let task: Value = http
         .get(format!("{base}/v1/tasks/{python_id}/wait?timeout=20"))
         .send()

@@ -74,7 +74,11 @@ struct Seen {
 
 /// One SSE client: connects, reads until `event: end`, records each event's
 /// latency (its text is its send time) and id.
-async fn client(addr: std::net::SocketAddr, task_id: String, connected: Arc<tokio::sync::Barrier>) -> Result<Seen> {
+async fn client(
+    addr: std::net::SocketAddr,
+    task_id: String,
+    connected: Arc<tokio::sync::Barrier>,
+) -> Result<Seen> {
     let mut stream = TcpStream::connect(addr).await?;
     stream
         .write_all(
@@ -113,7 +117,9 @@ async fn client(addr: std::net::SocketAddr, task_id: String, connected: Arc<toki
             let received = now_seconds();
             if let Ok(event) = serde_json::from_str::<serde_json::Value>(data)
                 && event["type"] == "text"
-                && let Some(sent) = event["text"].as_str().and_then(|text| text.parse::<f64>().ok())
+                && let Some(sent) = event["text"]
+                    .as_str()
+                    .and_then(|text| text.parse::<f64>().ok())
             {
                 seen.latencies.push((received - sent) * 1000.0);
             }
@@ -171,7 +177,9 @@ async fn run(exo: &std::path::Path, options: &Options) -> Result<serde_json::Val
     let addr: std::net::SocketAddr = {
         let mut lines = BufReader::new(tokio::process::ChildStdout::from_std(stdout)?).lines();
         let mut found = None;
-        while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await?? {
+        while let Some(line) =
+            tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??
+        {
             if let Some(url) = line.strip_prefix("exo gateway listening on http://") {
                 found = Some(url.trim().parse()?);
                 break;
@@ -249,7 +257,11 @@ async fn run(exo: &std::path::Path, options: &Options) -> Result<serde_json::Val
     for task_id in &task_ids {
         let end = StreamEvent::status(RunStatus::Completed, "bench", "done");
         session
-            .publish(task_id, &[serde_json::to_string(&end)?], PublishOptions::default())
+            .publish(
+                task_id,
+                &[serde_json::to_string(&end)?],
+                PublishOptions::default(),
+            )
             .await?;
     }
     let mut latencies = Vec::with_capacity(total);

@@ -51,8 +51,12 @@ pub(crate) async fn run(global: Global, command: Serve) -> Outcome {
         config.max_body_bytes = bytes;
     }
     if let Some(seconds) = command.request_timeout {
-        config.request_timeout = Duration::try_from_secs_f64(seconds)
-            .map_err(|_| Failure::with_code(2, anyhow::anyhow!("--request-timeout must be a positive number of seconds")))?;
+        config.request_timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            Failure::with_code(
+                2,
+                anyhow::anyhow!("--request-timeout must be a positive number of seconds"),
+            )
+        })?;
     }
     config
         .validate()

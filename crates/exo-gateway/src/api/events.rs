@@ -84,43 +84,40 @@ pub(crate) async fn events(
             error => error.into(),
         })?;
     let deadline = tokio::time::sleep(state.config.max_stream);
-    let events = stream::unfold(
-        (following, false),
-        |(mut following, ended)| async move {
-            if ended {
-                return None;
-            }
-            match following.next().await {
-                Some(Ok(item)) => {
-                    let terminal = item.event.is_terminal();
-                    // SSE data lines cannot hold a carriage return; JSON
-                    // escapes it unless a writer did not.
-                    let json = if item.json.contains('\r') {
-                        serde_json::to_string(&item.event).unwrap_or_default()
-                    } else {
-                        item.json
-                    };
-                    let mut event = Event::default().data(json);
-                    if !item.id.is_empty() {
-                        event = event.id(item.id);
-                    }
-                    let mut batch = vec![Ok(event)];
-                    if terminal {
-                        batch.push(Ok(Event::default().event("end").data("{}")));
-                    }
-                    Some((stream::iter(batch), (following, terminal)))
+    let events = stream::unfold((following, false), |(mut following, ended)| async move {
+        if ended {
+            return None;
+        }
+        match following.next().await {
+            Some(Ok(item)) => {
+                let terminal = item.event.is_terminal();
+                // SSE data lines cannot hold a carriage return; JSON
+                // escapes it unless a writer did not.
+                let json = if item.json.contains('\r') {
+                    serde_json::to_string(&item.event).unwrap_or_default()
+                } else {
+                    item.json
+                };
+                let mut event = Event::default().data(json);
+                if !item.id.is_empty() {
+                    event = event.id(item.id);
                 }
-                Some(Err(error)) => {
-                    let problem = Problem::from(error);
-                    let event = Event::default()
-                        .event("error")
-                        .data(serde_json::to_string(&problem).unwrap_or_default());
-                    Some((stream::iter(vec![Ok(event)]), (following, true)))
+                let mut batch = vec![Ok(event)];
+                if terminal {
+                    batch.push(Ok(Event::default().event("end").data("{}")));
                 }
-                None => None,
+                Some((stream::iter(batch), (following, terminal)))
             }
-        },
-    )
+            Some(Err(error)) => {
+                let problem = Problem::from(error);
+                let event = Event::default()
+                    .event("error")
+                    .data(serde_json::to_string(&problem).unwrap_or_default());
+                Some((stream::iter(vec![Ok(event)]), (following, true)))
+            }
+            None => None,
+        }
+    })
     .flatten()
     .take_until(deadline);
     Ok(Sse::new(events).keep_alive(

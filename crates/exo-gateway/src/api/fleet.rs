@@ -13,8 +13,8 @@ use utoipa::IntoParams;
 use super::{
     ApiQuery, AppState,
     views::{
-        AlertsView, DeadLetterView, DeadLettersView, HistoryView, MeView, QueueView,
-        RedriveView, WorkerHealthView, WorkerView, WorkersView,
+        AlertsView, DeadLetterView, DeadLettersView, HistoryView, MeView, QueueView, RedriveView,
+        WorkerHealthView, WorkerView, WorkersView,
     },
 };
 use crate::{
@@ -198,7 +198,12 @@ pub(crate) async fn redrive(
             }
             error => error.into(),
         })?;
-    tracing::info!(entry_id, task_id, caller = caller.name.as_deref().unwrap_or("-"), "redrive over HTTP");
+    tracing::info!(
+        entry_id,
+        task_id,
+        caller = caller.name.as_deref().unwrap_or("-"),
+        "redrive over HTTP"
+    );
     Ok(Json(RedriveView { task_id }))
 }
 

@@ -84,8 +84,7 @@ pub(crate) fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(fleet::alerts))
         .layer(middleware::from_fn_with_state(timeout, bounded_in_time));
     // Event streams are bounded by `max_stream` instead.
-    let streams: OpenApiRouter<AppState> =
-        OpenApiRouter::new().routes(routes!(events::events));
+    let streams: OpenApiRouter<AppState> = OpenApiRouter::new().routes(routes!(events::events));
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(bounded)
         .merge(streams)

@@ -57,7 +57,9 @@ pub(crate) async fn submit(
                 .ok()
                 .filter(|key| !key.is_empty() && key.len() <= 200)
                 .ok_or_else(|| {
-                    Problem::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters")
+                    Problem::bad_request(
+                        "Idempotency-Key must be 1 to 200 visible ASCII characters",
+                    )
                 })?;
             // One tenant's key never names another tenant's task.
             Some(match &caller.tenant {
@@ -129,7 +131,10 @@ fn payload(
             metadata.insert("tenant".to_owned(), Value::String(tenant.clone()));
         }
         None => {
-            if metadata.get("tenant").is_some_and(|tenant| !tenant.is_string()) {
+            if metadata
+                .get("tenant")
+                .is_some_and(|tenant| !tenant.is_string())
+            {
                 return Err(Problem::bad_request("`metadata.tenant` must be a string"));
             }
         }
@@ -161,11 +166,18 @@ fn payload(
             fields.insert(name.to_owned(), value);
         }
     }
-    let payload: TaskPayload = serde_json::from_value(Value::Object(fields))
-        .map_err(|error| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a valid task: {error}")))?;
-    payload
-        .validate()
-        .map_err(|error| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("not a valid task: {error}")))?;
+    let payload: TaskPayload = serde_json::from_value(Value::Object(fields)).map_err(|error| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a valid task: {error}"),
+        )
+    })?;
+    payload.validate().map_err(|error| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not a valid task: {error}"),
+        )
+    })?;
     payload.agent_spec().map_err(|error| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -284,7 +296,12 @@ pub(crate) async fn cancel(
         }
         CancelOutcome::NotFound => return Err(Problem::no_task(&task_id)),
     };
-    tracing::info!(task_id, caller = caller.name.as_deref().unwrap_or("-"), outcome, "cancel over HTTP");
+    tracing::info!(
+        task_id,
+        caller = caller.name.as_deref().unwrap_or("-"),
+        outcome,
+        "cancel over HTTP"
+    );
     Ok(Json(CancelView {
         task_id,
         outcome: outcome.to_owned(),
