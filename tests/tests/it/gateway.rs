@@ -628,8 +628,14 @@ async fn tokens_scopes_and_tenant_isolation() {
             ids
         }
     };
-    assert_eq!(listed("acme-token-00000001").await, [acme_id.clone()]);
-    assert_eq!(listed("beta-token-00000001").await, [beta_id.clone()]);
+    assert_eq!(
+        listed("acme-token-00000001").await,
+        std::slice::from_ref(&acme_id)
+    );
+    assert_eq!(
+        listed("beta-token-00000001").await,
+        std::slice::from_ref(&beta_id)
+    );
     let mut both = vec![acme_id.clone(), beta_id.clone()];
     both.sort();
     assert_eq!(listed("root-token-00000001").await, both);

@@ -89,7 +89,7 @@ async fn many_streams_over_two_readers_lose_and_repeat_nothing() {
     while let Some(result) = readers.join_next().await {
         let (task_id, items) = result.unwrap();
         let index: usize = task_id.rsplit('-').next().unwrap().parse().unwrap();
-        let first = if index % 2 == 0 { 0 } else { 2 };
+        let first = if index.is_multiple_of(2) { 0 } else { 2 };
         let expected: Vec<String> = (first..12).map(|round| format!("chunk {round}")).collect();
         assert_eq!(texts(&items), expected, "{task_id}");
         assert!(items.last().unwrap().event.is_terminal());
