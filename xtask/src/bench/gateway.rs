@@ -32,6 +32,7 @@ struct Options {
     events: usize,
     rate: f64,
     readers: usize,
+    list: usize,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -40,6 +41,7 @@ fn options(args: &[String]) -> Result<Options> {
         events: 10,
         rate: 2000.0,
         readers: 4,
+        list: 0,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -49,8 +51,9 @@ fn options(args: &[String]) -> Result<Options> {
             "--events" => options.events = value()?.parse()?,
             "--rate" => options.rate = value()?.parse()?,
             "--readers" => options.readers = value()?.parse()?,
+            "--list" => options.list = value()?.parse()?,
             other => bail!(
-                "unknown option `{other}` (bench gateway takes --clients N, --events N, --rate EVENTS_PER_SECOND, --readers N)"
+                "unknown option `{other}` (bench gateway takes --clients N, --events N, --rate EVENTS_PER_SECOND, --readers N, --list TASKS)"
             ),
         }
     }
@@ -136,9 +139,160 @@ pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let line = runtime.block_on(run(&exo, &options))?;
+    let line = if options.list > 0 {
+        runtime.block_on(listing(&exo, options.list))?
+    } else {
+        runtime.block_on(run(&exo, &options))?
+    };
     println!("{line}");
     Ok(())
+}
+
+/// Starts the release `exo serve` on a free port against `redis_url`;
+/// returns the process and its address.
+async fn start_gateway(
+    exo: &std::path::Path,
+    redis_url: &str,
+    readers: usize,
+) -> Result<(Process, std::net::SocketAddr)> {
+    let mut gateway = Process(
+        std::process::Command::new(exo)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--stream-readers",
+                &readers.to_string(),
+            ])
+            .env("EXO_REDIS_URL", redis_url)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("start exo serve")?,
+    );
+    let stdout = gateway.0.stdout.take().context("the gateway's stdout")?;
+    let mut lines = BufReader::new(tokio::process::ChildStdout::from_std(stdout)?).lines();
+    while let Some(line) =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??
+    {
+        if let Some(url) = line.strip_prefix("exo gateway listening on http://") {
+            let addr = url.trim().parse()?;
+            return Ok((gateway, addr));
+        }
+    }
+    bail!("the gateway did not print its address")
+}
+
+/// One `GET` over HTTP/1.0; the status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `--list N`: N finished tasks in Redis (1 in 100 failed), then the time
+/// of one page of `GET /v1/tasks` at the newest, in the middle, and with a
+/// status filter that matches 1%.
+async fn listing(exo: &std::path::Path, tasks: usize) -> Result<serde_json::Value> {
+    let server = exo_testkit::RedisServer::start();
+    let port = server.port();
+    let started = Instant::now();
+    let chunk = 20_000;
+    let mut first = 0;
+    while first < tasks {
+        let count = chunk.min(tasks - first);
+        let output = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &port.to_string(),
+                "EVAL",
+                include_str!("fill_tasks.lua"),
+                "0",
+            ])
+            .args(["exo:", &first.to_string(), &count.to_string(), "100"])
+            .output()
+            .context("run redis-cli")?;
+        if !output.status.success() || String::from_utf8_lossy(&output.stdout).contains("ERR") {
+            bail!(
+                "filling tasks failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        first += count;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let used_memory = info(port, "memory")?
+        .get("used_memory")
+        .and_then(|value| value.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let (mut gateway, addr) = start_gateway(exo, &server.url(), 1).await?;
+    let mut timings = serde_json::Map::new();
+    let middle = tasks / 2;
+    for (name, path) in [
+        ("newest_page_of_50", "/v1/tasks?limit=50".to_owned()),
+        (
+            "middle_page_of_50",
+            format!("/v1/tasks?limit=50&cursor={middle}"),
+        ),
+        (
+            "last_page_of_50",
+            format!("/v1/tasks?limit=50&cursor={}", tasks.saturating_sub(50)),
+        ),
+        (
+            "failed_only_page_of_50",
+            "/v1/tasks?limit=50&status=failed".to_owned(),
+        ),
+        (
+            "agent_filter_page_of_50",
+            "/v1/tasks?limit=50&agent=agent-3".to_owned(),
+        ),
+        ("one_task_by_id", format!("/v1/tasks/bench-{middle}")),
+    ] {
+        let mut samples = Vec::new();
+        let mut returned = 0;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let (status, body) = http_get(addr, &path).await?;
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            if status != 200 {
+                bail!("{path}: HTTP {status}: {body}");
+            }
+            let body: serde_json::Value = serde_json::from_str(&body)?;
+            returned = body["tasks"].as_array().map_or(1, Vec::len);
+        }
+        samples.sort_by(f64::total_cmp);
+        timings.insert(
+            name.to_owned(),
+            json!({
+                "ms_p50": rounded(percentile(&samples, 0.5), 2),
+                "ms_max": rounded(samples.last().copied().unwrap_or(0.0), 2),
+                "tasks_returned": returned,
+            }),
+        );
+    }
+    let _ = gateway.terminate(Duration::from_secs(10));
+    Ok(json!({
+        "bench": "gateway-listing",
+        "tasks_known": tasks,
+        "fill_seconds": rounded(fill_seconds, 1),
+        "redis_used_memory_mib": rounded(used_memory / 1_048_576.0, 0),
+        "pages": timings,
+    }))
 }
 
 async fn run(exo: &std::path::Path, options: &Options) -> Result<serde_json::Value> {
@@ -156,37 +310,8 @@ async fn run(exo: &std::path::Path, options: &Options) -> Result<serde_json::Val
         .get("connected_clients")
         .and_then(|value| value.parse().ok())
         .unwrap_or(0);
-    let mut gateway = Process(
-        std::process::Command::new(exo)
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--stream-readers",
-                &options.readers.to_string(),
-            ])
-            .env("EXO_REDIS_URL", server.url())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .context("start exo serve")?,
-    );
+    let (mut gateway, addr) = start_gateway(exo, &server.url(), options.readers).await?;
     let gateway_pid = gateway.0.id();
-    let stdout = gateway.0.stdout.take().context("the gateway's stdout")?;
-    let addr: std::net::SocketAddr = {
-        let mut lines = BufReader::new(tokio::process::ChildStdout::from_std(stdout)?).lines();
-        let mut found = None;
-        while let Some(line) =
-            tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??
-        {
-            if let Some(url) = line.strip_prefix("exo gateway listening on http://") {
-                found = Some(url.trim().parse()?);
-                break;
-            }
-        }
-        found.context("the gateway did not print its address")?
-    };
 
     // Connect every client (a few hundred at a time), then wait until all
     // have their response headers.
