@@ -341,8 +341,36 @@ async fn submit_follow_drop_resume_wait_and_cancel_over_http() {
 async fn bad_requests_get_problems_and_the_openapi_document_lists_every_route() {
     let redis = TestRedis::new();
     let target = Target::of(&redis);
-    let (_gateway, base) = target.start_gateway(&["--max-body-bytes", "65536"]);
+    let (_gateway, base) = target.start_gateway(&[
+        "--max-body-bytes",
+        "65536",
+        "--cors-origin",
+        "https://app.example.com",
+    ]);
     let http = Client::new();
+
+    // CORS: the configured origin only.
+    for (origin, allowed) in [
+        ("https://app.example.com", true),
+        ("https://evil.example", false),
+    ] {
+        let response = http
+            .request(reqwest::Method::OPTIONS, format!("{base}/v1/tasks"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        let header = response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(header.as_deref(), allowed.then_some(origin), "{origin}");
+    }
     let post = |body: &'static str| {
         http.post(format!("{base}/v1/tasks"))
             .header("content-type", "application/json")
