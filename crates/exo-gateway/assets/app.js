@@ -404,11 +404,19 @@
       try { data = await api('/v1/alerts', { quiet: true }); } catch (_) { root.hidden = true; return; }
       const firing = Array.isArray(data && data.firing) ? data.firing : [];
       root.hidden = firing.length === 0;
-      root.replaceChildren(...firing.map((a) => h('div', {
-        class: `alert alert-${str(a.severity).replace(/[^a-z]/gi, '') || 'warning'}`,
-        dataset: { alert: str(a.name) },
-      }, h('strong', { text: `${str(a.name)} (${str(a.severity) || 'alert'})` }), ' ',
-      h('span', { text: str(a.message) || `${str(a.metric)} = ${str(a.value)} (threshold ${str(a.threshold)})` }))));
+      root.replaceChildren(...firing.map((a) => {
+        // The API names the rule `rule`; its message starts with "SEVERITY rule: ".
+        const name = str(a.rule || a.name);
+        const severity = str(a.severity);
+        let message = str(a.message);
+        const prefix = `${severity} ${name}: `;
+        if (name && message.toLowerCase().startsWith(prefix.toLowerCase())) message = message.slice(prefix.length);
+        return h('div', {
+          class: `alert alert-${severity.replace(/[^a-z]/gi, '') || 'warning'}`,
+          dataset: { alert: name },
+        }, h('strong', { text: `${name || 'alert'} (${severity || 'alert'})` }), ' ',
+        h('span', { text: message || `${str(a.metric)} = ${str(a.value)} (threshold ${str(a.threshold)})` }));
+      }));
     }, QUEUE_POLL_MS);
   }
 
@@ -437,9 +445,11 @@
           const [busy, conc] = slots(w);
           if (conc == null) return busy == null ? '—' : String(busy);
           const pct = conc > 0 ? Math.min(100, Math.round((busy / conc) * 100)) : 0;
+          // Through the CSSOM: the page's CSP (style-src 'self') blocks style attributes.
+          const fill = h('span', { class: 'meter-fill', dataset: { pct: String(pct) } });
+          fill.style.width = `${pct}%`;
           return h('span', { class: 'slots' },
-            h('span', { class: 'meter', role: 'img', 'aria-label': `${busy} of ${conc} slots busy` },
-              h('span', { class: 'meter-fill', style: `width:${pct}%` })),
+            h('span', { class: 'meter', role: 'img', 'aria-label': `${busy} of ${conc} slots busy` }, fill),
             h('span', { class: 'slots-text', text: `${busy} / ${conc}` }));
         },
       },

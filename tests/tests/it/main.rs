@@ -2,6 +2,7 @@
 //! test binary (one link, one `exo` lookup). Each module was a test binary
 //! of its own; run one with `cargo test -p exo-e2e --test it -- <module>::`.
 
+mod dashboard;
 mod deploy_commands;
 mod deployments;
 mod gateway;
