@@ -72,6 +72,9 @@ impl Worker {
             draining: AtomicBool::new(false),
             force: self.force.clone(),
             shutdown: self.shutdown.clone(),
+            fleet_scan: Mutex::new(exo_broker::FleetScan::incremental(
+                crate::state::FLEET_SCAN_PAGES,
+            )),
         });
         tracing::info!(
             worker_id = self.worker_id,
