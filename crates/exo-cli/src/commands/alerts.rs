@@ -1,5 +1,6 @@
 //! `exo alerts check`: the guide's alert rules against live Redis.
 
+use crate::output::outln;
 use std::process::ExitCode;
 
 use exo_observability::{
@@ -54,7 +55,7 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
             "exit_code": code,
         }));
     } else if firing.is_empty() {
-        println!(
+        outln!(
             "OK: no alert fires (queue depth {}, {} live workers, failure rate {}, oldest wait {})",
             snapshot.queue_depth,
             snapshot.workers_alive,
@@ -67,7 +68,7 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
         );
     } else {
         for alert in &firing {
-            println!("{}", alert.message);
+            outln!("{}", alert.message);
         }
     }
     Ok(ExitCode::from(code))
