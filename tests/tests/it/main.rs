@@ -2,8 +2,10 @@
 //! test binary (one link, one `exo` lookup). Each module was a test binary
 //! of its own; run one with `cargo test -p exo-e2e --test it -- <module>::`.
 
+mod cli_habits;
 mod deploy_commands;
 mod deployments;
+mod mixed_fleet;
 mod observability;
 #[cfg(feature = "temporal")]
 mod temporal;
