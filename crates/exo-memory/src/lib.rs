@@ -54,7 +54,7 @@
 //! let history = store.history(&session.scope(), 100).await?;
 //! let messages = messages_from_items(&history);
 //! assert_eq!(messages.len(), 2);
-//! # exo_memory::Result::Ok(())
+//! # Ok::<(), exo_memory::Error>(())
 //! # }).unwrap();
 //! ```
 //!
