@@ -143,7 +143,7 @@ fn batch_submits_every_good_line_and_reports_each_bad_one() {
         &[
             "{not json",
             "",
-            r#"{"agent_config": {"name": "helper", "model": "nowhere:model"}}"#,
+            r#"{"agent_config": {"name": "helper", "model": "scripted:echo"}, "timeout_seconds": "soon"}"#,
             &duplicate,
         ],
     );
@@ -183,7 +183,14 @@ fn batch_submits_every_good_line_and_reports_each_bad_one() {
         "{}",
         by_line(3)
     );
-    assert!(by_line(5)["error"].is_string(), "{}", by_line(5));
+    assert!(
+        by_line(5)["error"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_seconds"),
+        "{}",
+        by_line(5)
+    );
 
     // A repeat of the idempotency key names the first task.
     std::fs::write(&path, format!("{second}\n")).unwrap();

@@ -86,6 +86,8 @@ fn reference_and_exo_workers_share_the_fleet_view_and_the_alerts() {
         "1",
         "--heartbeat-ttl",
         "300",
+        "--lease",
+        "600",
         "--metrics-addr",
         &address,
         "--stats-interval",
