@@ -127,6 +127,7 @@ pub(crate) fn package(args: &[String]) -> Result<()> {
     let unpacked = target.join("package");
 
     // 1. Package (and verify) every publishable crate together.
+    forget_unpacked_overlay(&crates)?;
     let mut command = cargo();
     command.args(["package", "--allow-dirty"]);
     if !verify {
@@ -161,6 +162,38 @@ pub(crate) fn package(args: &[String]) -> Result<()> {
         crates.len(),
         if verify { " and verify" } else { "" }
     );
+    Ok(())
+}
+
+/// Removes the copies of our crates that an earlier verification unpacked
+/// from cargo's temporary local registry into `$CARGO_HOME/registry/src`.
+/// Cargo treats a registry crate as immutable and would build the next
+/// verification against the stale copy of a crate whose version did not
+/// change. crates.io's own directory is left alone.
+fn forget_unpacked_overlay(crates: &[Publishable]) -> Result<()> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let Some(sources) = cargo_home.map(|home| home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(&sources) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        if registry.file_name().to_string_lossy().starts_with("index.") {
+            continue;
+        }
+        for krate in crates {
+            let stale = registry
+                .path()
+                .join(format!("{}-{}", krate.name, krate.version));
+            if stale.is_dir() {
+                std::fs::remove_dir_all(&stale)
+                    .with_context(|| format!("remove {}", stale.display()))?;
+            }
+        }
+    }
     Ok(())
 }
 
