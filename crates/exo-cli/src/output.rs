@@ -4,7 +4,7 @@
 //! `exo task list | head -1` closes the pipe while `exo` still writes; the
 //! write fails with a broken pipe, and `exo` exits at once with status 0
 //! (as `rg` does) instead of panicking. Every line the commands print goes
-//! through [`line`] (the `outln!` macro) or [`text`].
+//! through [`line()`] (the `outln!` macro) or [`text`].
 
 use std::io::{self, IsTerminal, Write};
 
@@ -66,7 +66,7 @@ fn colour_for(
     terminal
 }
 
-/// `println!` that ends quietly on a closed stdout (see [`line`]).
+/// `println!` that ends quietly on a closed stdout (see [`line()`]).
 macro_rules! outln {
     () => {
         $crate::output::line(format_args!(""))

@@ -26,7 +26,7 @@ use crate::{
 };
 
 impl Worker {
-    /// Runs until [`ShutdownHandle::shutdown`] is called, then drains. Redis
+    /// Runs until [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) is called, then drains. Redis
     /// outages are ridden out with backoff; only invalid settings end it
     /// early.
     pub async fn run(self) -> Result<()> {
