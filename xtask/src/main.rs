@@ -1,7 +1,8 @@
 //! `cargo xtask <command>`: the project's automation, in Rust.
 //!
 //! - `ci`: format check, clippy with warnings denied, the layering check,
-//!   and every test (all features).
+//!   every test (all features), the docs with warnings denied, and
+//!   `package`.
 //! - `tidy`: the layering check and the checks of the deployment files
 //!   (both also run as `cargo test -p xtask`).
 //! - `demo`: a throwaway Redis, a worker, a sample agent streaming.
@@ -21,13 +22,23 @@
 //! - `e2e`: the end-to-end suite on every deployment shape (standalone,
 //!   Sentinel with failover, Cluster, ACL user, TLS), with the real `exo`
 //!   binary; `--redis-url` runs the standalone shape (and the process tests)
-//!   against a Redis you give it, e.g. one in Docker.
+//!   against a Redis you give it; `--docker` starts that Redis from the
+//!   official `redis` image and smoke-tests `deploy/docker-compose.yml`
+//!   (see [`docker`]).
+//! - `package`: `cargo package` of every publishable crate (verified), the
+//!   `examples/embedded-worker` program built on the packaged crates and
+//!   run against Redis, and `cargo install` of the packaged `exo-cli` (see
+//!   [`package`]); `--no-verify` skips cargo's own verification builds.
+//! - `doc`: `cargo doc` of the workspace with warnings denied.
+//! - `man`: the man pages of `exo`, into `target/man/`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
 mod chaos;
 mod demo;
+mod docker;
+mod package;
 mod tidy;
 
 use std::{path::PathBuf, process::Command};
@@ -47,9 +58,12 @@ fn main() -> Result<()> {
         "chaos" => chaos::chaos(&rest),
         "fuzz" => fuzz(&rest),
         "check-features" => check_features(),
+        "package" => package::package(&rest),
+        "doc" => doc(),
+        "man" => man(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N] [--list N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e [--redis-url URL|--docker]|package [--no-verify]|doc|man|check-features|fuzz>"
             );
             Ok(())
         }
@@ -179,6 +193,50 @@ fn workspace_metadata() -> Result<serde_json::Value> {
 }
 
 fn e2e(rest: &[String]) -> Result<()> {
+    let mut redis_url = None;
+    let mut in_docker = false;
+    match rest {
+        [] => {}
+        [flag, url] if flag == "--redis-url" => redis_url = Some(url.clone()),
+        [flag] if flag == "--docker" => in_docker = true,
+        other => bail!("usage: cargo xtask e2e [--redis-url URL | --docker] (got {other:?})"),
+    }
+    if !in_docker {
+        return e2e_suite(redis_url.as_deref());
+    }
+    if let Err(message) = docker::engine("docker") {
+        bail!(message);
+    }
+    let run = docker::DockerRun::new();
+    let compose_file = workspace_root().join("deploy/docker-compose.yml");
+    let compose_file = compose_file.display().to_string();
+    let outcome = (|| -> Result<()> {
+        docker::docker(&run.redis_run())?;
+        let published = docker::docker(&run.redis_port())?;
+        let url = docker::redis_url(&published)
+            .with_context(|| format!("`docker port` printed `{published}`"))?;
+        exo_testkit::wait_for_port(
+            url.rsplit(':')
+                .next()
+                .and_then(|port| port.parse().ok())
+                .unwrap_or(6379),
+            std::time::Duration::from_secs(30),
+        );
+        e2e_suite(Some(&url))?;
+        for command in run.compose_smoke(&compose_file) {
+            docker::docker(&command)?;
+        }
+        Ok(())
+    })();
+    // Clean up whatever happened.
+    let _ = docker::docker(&run.redis_remove());
+    let _ = docker::docker(&run.compose_down(&compose_file));
+    outcome
+}
+
+/// The end-to-end suite: standalone (on `redis_url` when given), Sentinel,
+/// Cluster, ACL and TLS shapes, and the worker-process tests.
+fn e2e_suite(redis_url: Option<&str>) -> Result<()> {
     // The tests run the `exo` binary next to them; build it first.
     run("build exo", cargo().args(["build", "-p", "exo-cli"]))?;
     let mut command = cargo();
@@ -192,14 +250,10 @@ fn e2e(rest: &[String]) -> Result<()> {
         "deployments::",
         "worker_process::",
     ]);
-    match rest {
-        [] => {}
-        [flag, url] if flag == "--redis-url" => {
-            command
-                .env("EXO_E2E_REDIS_URL", url)
-                .env("EXO_TEST_REDIS_URL", url);
-        }
-        other => bail!("usage: cargo xtask e2e [--redis-url URL] (got {other:?})"),
+    if let Some(url) = redis_url {
+        command
+            .env("EXO_E2E_REDIS_URL", url)
+            .env("EXO_TEST_REDIS_URL", url);
     }
     run("e2e", &mut command)
 }
@@ -223,5 +277,42 @@ fn ci(_rest: &[String]) -> Result<()> {
         "test",
         cargo().args(["test", "--workspace", "--all-targets", "--all-features"]),
     )?;
+    doc()?;
+    package::package(&[])?;
+    Ok(())
+}
+
+/// `cargo doc` of every crate with every feature, warnings denied (a
+/// missing doc, a broken intra-doc link).
+fn doc() -> Result<()> {
+    run(
+        "doc",
+        cargo().env("RUSTDOCFLAGS", "-D warnings").args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+        ]),
+    )
+}
+
+/// Writes the man pages of `exo` (`exo.1` and one per subcommand) into
+/// `<target>/man/`.
+fn man() -> Result<()> {
+    let exo = demo::build_exo(false)?;
+    // `<target>/debug/exo` -> `<target>/man`.
+    let directory = exo
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|target| target.join("man"))
+        .context("the target directory")?;
+    run(
+        "man pages",
+        Command::new(&exo).arg("man-pages").arg(&directory),
+    )?;
+    eprintln!(
+        "man: read one with `man {}`",
+        directory.join("exo.1").display()
+    );
     Ok(())
 }

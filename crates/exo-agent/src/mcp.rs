@@ -146,8 +146,9 @@ impl McpPolicy {
         McpPolicy::default()
     }
 
-    /// The same policy, also allowing this command line (see
-    /// [`McpCommand::parse`]).
+    /// The same policy, also allowing this command line: words split on
+    /// whitespace; a last word `...` allows further arguments; `*` alone
+    /// allows anything.
     pub fn allow_command(mut self, line: impl AsRef<str>) -> Self {
         self.commands.push(McpCommand::parse(line.as_ref()));
         self

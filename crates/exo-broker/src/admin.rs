@@ -1,7 +1,10 @@
 //! The operator's handle: the fleet, the queue's numbers, the dead letter.
 
 use exo_proto::WorkerHealth;
-use fred::{prelude::*, types::Value};
+use fred::{
+    prelude::*,
+    types::{Value, scan::ScanType},
+};
 
 use crate::{
     broker::Broker,
@@ -32,6 +35,56 @@ impl FleetEntry {
     pub fn alive(&self, now: f64) -> bool {
         self.health.as_ref().is_some_and(|health| health.alive(now))
     }
+}
+
+/// How far [`Admin::fleet_scanning`] looks for heartbeat hashes that no
+/// exo worker registered (workers of the Python reference write only their
+/// hash): a `SCAN` cursor kept between calls, and how many `SCAN` pages of
+/// [`FleetScan::PAGE_KEYS`] keys one call may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetScan {
+    cursor: String,
+    pages_per_call: usize,
+}
+
+impl FleetScan {
+    /// Keys one `SCAN` page examines (its `COUNT`).
+    pub const PAGE_KEYS: u32 = 1000;
+    /// The most pages [`Admin::fleet`] reads: a keyspace of ten million
+    /// keys is walked whole.
+    pub const FULL_PAGES: usize = 10_000;
+
+    /// A whole pass per call, from the start (bounded by
+    /// [`FleetScan::FULL_PAGES`]).
+    pub fn full() -> Self {
+        FleetScan {
+            cursor: "0".to_owned(),
+            pages_per_call: Self::FULL_PAGES,
+        }
+    }
+
+    /// At most `pages` pages per call, going on where the last call
+    /// stopped: a loop that lists the fleet every few seconds spreads one
+    /// pass over its calls. A worker found once stays registered.
+    pub fn incremental(pages: usize) -> Self {
+        FleetScan {
+            cursor: "0".to_owned(),
+            pages_per_call: pages.max(1),
+        }
+    }
+}
+
+/// A glob pattern matching exactly the keys that start with `prefix`.
+fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for character in prefix.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(character);
+    }
+    pattern.push('*');
+    pattern
 }
 
 /// The queue's numbers.
@@ -92,9 +145,62 @@ impl Admin {
     }
 
     /// Every worker seen in the last hour, with its heartbeat if it is still
-    /// there. One round trip.
+    /// there: exo's workers, and workers that write only their heartbeat
+    /// hash (the Python reference's), found by a `SCAN` of the heartbeat
+    /// keys (one round trip per [`FleetScan::PAGE_KEYS`] keys of the
+    /// keyspace) and by the queue's consumer group. Then one round trip.
     pub async fn fleet(&self) -> Result<Vec<FleetEntry>> {
-        self.broker.call(&FleetCall { keep_seconds: 3600 }).await
+        self.fleet_scanning(&mut FleetScan::full()).await
+    }
+
+    /// [`Admin::fleet`] with a bounded `SCAN`: `scan` says how many pages
+    /// this call may read and keeps the cursor for the next call.
+    pub async fn fleet_scanning(&self, scan: &mut FleetScan) -> Result<Vec<FleetEntry>> {
+        let discovered = self.heartbeat_ids(scan).await?;
+        self.broker
+            .call(&FleetCall {
+                keep_seconds: 3600,
+                discovered: &discovered,
+            })
+            .await
+    }
+
+    /// Worker ids of the heartbeat hashes `SCAN` finds, up to
+    /// `scan.pages_per_call` pages from `scan.cursor`. Under Redis Cluster
+    /// the pattern's hash tag sends it to the node that holds them.
+    async fn heartbeat_ids(&self, scan: &mut FleetScan) -> Result<Vec<String>> {
+        let prefix = self.broker.keys().worker_prefix();
+        let pattern = prefix_pattern(&prefix);
+        let mut ids = Vec::new();
+        for _ in 0..scan.pages_per_call {
+            self.broker.count();
+            let page: Value = self
+                .broker
+                .inner
+                .client
+                .scan_page(
+                    scan.cursor.clone(),
+                    pattern.clone(),
+                    Some(FleetScan::PAGE_KEYS),
+                    Some(ScanType::Hash),
+                )
+                .await?;
+            let mut parts = reply::array("SCAN", page)?.into_iter();
+            let (Some(cursor), Some(keys)) = (parts.next(), parts.next()) else {
+                return Err(crate::error::Error::reply("SCAN: a malformed page"));
+            };
+            scan.cursor = reply::string("SCAN", &cursor)?;
+            ids.extend(
+                reply::strings("SCAN", keys)?
+                    .into_iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                    .filter(|id| !id.is_empty()),
+            );
+            if scan.cursor == "0" {
+                break;
+            }
+        }
+        Ok(ids)
     }
 
     /// One worker's heartbeat.
@@ -153,5 +259,21 @@ impl Admin {
     /// Returns the task id.
     pub async fn redrive(&self, entry_id: &str) -> Result<String> {
         self.broker.call(&RedriveCall { entry_id }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_pattern;
+
+    #[test]
+    fn the_pattern_matches_the_prefix_literally() {
+        for (prefix, pattern) in [
+            ("exo:workers:", "exo:workers:*"),
+            ("{exo}:workers:", "{exo}:workers:*"),
+            ("a*b?[c]\\:", "a\\*b\\?\\[c\\]\\\\:*"),
+        ] {
+            assert_eq!(prefix_pattern(prefix), pattern);
+        }
     }
 }

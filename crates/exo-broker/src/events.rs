@@ -197,7 +197,7 @@ impl Drop for EventPublisher {
 }
 
 /// One event read from a task's stream, with its stream id (resume after it
-/// with [`Broker::events`]).
+/// with [`Client::events`](crate::Client::events)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamItem {
     /// The stream entry id; empty for a terminal event made up from the

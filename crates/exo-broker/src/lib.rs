@@ -19,6 +19,35 @@
 //! [`Client`], [`WorkerSession`], [`Admin`], [`Claimer`], [`ClaimedTask`],
 //! [`EventPublisher`], [`EventStream`], [`TaskHandle`].
 //!
+//! # Submit a task and follow it
+//!
+//! ```no_run
+//! use exo_broker::{Broker, BrokerConfig};
+//! use exo_proto::{StreamEvent, TaskPayload};
+//! use serde_json::json;
+//!
+//! # async fn submit_and_follow() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = Broker::connect(BrokerConfig::new("redis://localhost:6379")).await?;
+//! let agent = json!({"name": "helper", "model": "openai:gpt-4o-mini"});
+//! let payload = TaskPayload::new(
+//!     uuid::Uuid::new_v4().simple().to_string(),
+//!     agent.as_object().cloned().unwrap_or_default(),
+//!     "Weather in Paris?",
+//! );
+//! let handle = broker.client().submit(payload).await?;
+//! // Every event as the worker writes it, up to the one terminal event.
+//! let mut events = handle.events();
+//! while let Some(item) = events.next().await {
+//!     if let StreamEvent::Text(text) = item?.event {
+//!         print!("{}", text.text);
+//!     }
+//! }
+//! let task = handle.result().await?;
+//! println!("\n{}: {:?}", task.status, task.output());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Feature flags
 //!
 //! None. Standalone, Sentinel (`redis+sentinel://`) and Cluster
@@ -37,7 +66,7 @@ mod ops;
 mod session;
 mod url;
 
-pub use admin::{Admin, DeadLetter, FleetEntry, QueueStats};
+pub use admin::{Admin, DeadLetter, FleetEntry, FleetScan, QueueStats};
 pub use broker::{Broker, PublishObserver};
 pub use client::{CancelOutcome, Client, Submitted, TaskPage, TaskQuery};
 pub use config::{BrokerConfig, RetryPolicy};

@@ -165,12 +165,23 @@ pub struct ReapReport {
 }
 
 /// Options of [`WorkerSession::finish`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The final write also keeps the worker's heartbeat hash right at once
+/// (when the hash exists): the ending counts in `tasks_processed` or
+/// `tasks_failed`, and `current_task_id` moves on (see
+/// [`FinishOptions::current_task_after`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinishOptions {
     /// Retries an executor spent inside this attempt (Temporal retries
     /// activities itself); added to the task's `retries`, so the hash reads
     /// the same whichever executor ran the task.
     pub inner_retries: u32,
+    /// What the worker's heartbeat hash shows as `current_task_id` once
+    /// the attempt has ended: a task the worker still runs, or `""` when
+    /// it runs none. `None` leaves the field to the next heartbeat. A task
+    /// claimed in the same round trip ([`Claimer::finish_then_claim`])
+    /// takes its place.
+    pub current_task_after: Option<String>,
 }
 
 /// Options of [`WorkerSession::publish`] and [`WorkerSession::publisher`].
@@ -232,18 +243,18 @@ impl WorkerSession {
     ) -> Result<Finished> {
         let reply = self
             .broker
-            .call(&self.finish_call(task, outcome, events, terminal, options, None))
+            .call(&self.finish_call(task, outcome, events, terminal, &options, None))
             .await?;
         Ok(reply.finished)
     }
 
     fn finish_call<'a>(
-        &self,
+        &'a self,
         task: &'a ClaimedTask,
         outcome: Outcome<'a>,
         events: Vec<String>,
         terminal: &'a StreamEvent,
-        options: FinishOptions,
+        options: &'a FinishOptions,
         claim_next: Option<ClaimNext<'a>>,
     ) -> FinishCall<'a> {
         let policy = self.broker.config().retry;
@@ -256,6 +267,8 @@ impl WorkerSession {
             default_max_retries: policy.max_retries,
             inner_retries: options.inner_retries,
             claim_next,
+            worker_id: self.worker_id.as_str(),
+            current_task_after: options.current_task_after.as_deref(),
         }
     }
 
@@ -600,7 +613,7 @@ impl Claimer {
             token: &token,
             max_retries_cap: config.max_retries_cap,
         };
-        let call = session.finish_call(task, outcome, events, terminal, options, Some(claim_next));
+        let call = session.finish_call(task, outcome, events, terminal, &options, Some(claim_next));
         let reply = session.broker.call(&call).await?;
         let claim = match reply.claimed {
             Some(claimed) => self.accept(&token, claimed).await,

@@ -9,7 +9,7 @@ use exo_worker::WorkerConfig;
 #[derive(Debug, Parser)]
 #[command(
     name = "exo",
-    version,
+    version = env!("EXO_VERSION"),
     about = "Run AI agents across a fleet of workers on Redis Streams."
 )]
 pub(crate) struct Cli {
@@ -24,6 +24,14 @@ impl Cli {
     /// Settings left out keep the library's defaults (`WorkerConfig::new`),
     /// which `--help` shows: read from the library, never restated here.
     pub(crate) fn parse_with_defaults() -> Self {
+        let matches = Cli::command_with_defaults().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+
+    /// The command line's definition, with the library's defaults in the
+    /// help of the settings that have one (see [`Cli::parse_with_defaults`]);
+    /// completions and man pages are made from it.
+    pub(crate) fn command_with_defaults() -> clap::Command {
         let defaults = WorkerConfig::new("");
         let seconds = |duration: std::time::Duration| format!("{}", duration.as_secs_f64());
         let global = [
@@ -58,8 +66,7 @@ impl Cli {
                 subcommand
             })
         });
-        let matches = command.get_matches();
-        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+        command
     }
 }
 
@@ -108,6 +115,19 @@ pub(crate) enum Command {
     Alerts(AlertsCommand),
     /// Serve the HTTP API (with resumable event streams) and the dashboard.
     Serve(Box<Serve>),
+    /// Print a shell completion script (e.g. `exo completions bash > /etc/bash_completion.d/exo`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (exo.1 and one per subcommand) into a directory;
+    /// `cargo xtask man` runs it.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them.
+        directory: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -272,8 +292,19 @@ pub(crate) enum TaskCommand {
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
     /// The agent (or swarm) config: a JSON or YAML file.
-    #[arg(long)]
-    pub(crate) agent: PathBuf,
+    #[arg(long, required_unless_present = "batch")]
+    pub(crate) agent: Option<PathBuf>,
+    /// Submit many tasks: one task payload per line, as JSON with the payload's field names
+    /// (agent_config, input, messages, model, metadata, timeout_seconds, max_retries,
+    /// idempotency_key, task_id; a missing task_id is generated), from FILE or `-` for stdin.
+    /// Prints one JSON line per task as soon as Redis acknowledges it: {"line", "task_id",
+    /// "created", "time"}, or {"line", "error"} for a line that cannot be submitted (the others
+    /// still are; the exit status is then 1).
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["agent", "follow"])]
+    pub(crate) batch: Option<PathBuf>,
+    /// With --batch: how many submits may wait for Redis at once.
+    #[arg(long, default_value_t = 64, requires = "batch", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) in_flight: u16,
     /// The user input.
     #[arg(long, default_value = "")]
     pub(crate) input: String,

@@ -5,10 +5,11 @@
 //! unreachable (`exo alerts check` and `exo worker health` have their own,
 //! documented with each command).
 
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 mod args;
 mod commands;
+mod output;
 mod render;
 
 use std::process::ExitCode;
@@ -71,6 +72,29 @@ pub(crate) type Outcome = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_with_defaults();
+    // Commands that need neither Redis nor a runtime.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command_with_defaults();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "exo", &mut script);
+            output::text(format_args!("{}", String::from_utf8_lossy(&script)));
+            return ExitCode::SUCCESS;
+        }
+        Command::ManPages { directory } => {
+            return match write_man_pages(directory) {
+                Ok(count) => {
+                    eprintln!("wrote {count} man pages to {}", directory.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: cannot write the man pages: {error:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,6 +135,7 @@ fn main() -> ExitCode {
             Command::Dlq(command) => commands::queue::run_dlq(cli.global, command).await,
             Command::Alerts(command) => commands::alerts::run(cli.global, command).await,
             Command::Serve(command) => commands::serve::run(cli.global, *command).await,
+            Command::Completions { .. } | Command::ManPages { .. } => Ok(ExitCode::SUCCESS),
         }
     });
     if let Some(telemetry) = telemetry {
@@ -124,4 +149,33 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Writes `exo.1` and one page per subcommand (`exo-task-submit.1`, ...)
+/// into `directory`; returns how many.
+fn write_man_pages(directory: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(directory)
+        .with_context(|| format!("cannot create {}", directory.display()))?;
+    let mut command = Cli::command_with_defaults();
+    // Building names every subcommand for its page: `exo-task-submit`.
+    command.build();
+    let mut written = 0;
+    let mut pending = vec![command];
+    while let Some(command) = pending.pop() {
+        if command.is_hide_set() {
+            continue;
+        }
+        pending.extend(command.get_subcommands().cloned());
+        let name = command
+            .get_display_name()
+            .unwrap_or(command.get_name())
+            .to_owned();
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(command).render(&mut roff)?;
+        let path = directory.join(format!("{name}.1"));
+        std::fs::write(&path, roff).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+    }
+    Ok(written)
 }

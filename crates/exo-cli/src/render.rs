@@ -1,10 +1,10 @@
 //! Human output: tables, times, durations, and live event rendering.
 
-use std::io::Write;
-
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL};
 use exo_proto::{StreamEvent, TaskResult, ToolOutput, time::CivilTime};
 use serde_json::{Value, json};
+
+use crate::output;
 
 /// A table with the guide's look.
 pub(crate) fn table(headers: &[&str]) -> Table {
@@ -13,12 +13,23 @@ pub(crate) fn table(headers: &[&str]) -> Table {
         .load_style(UTF8_FULL)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(headers.iter().map(|header| Cell::new(*header)));
+    if output::colour() {
+        // The table colours a terminal by itself; CLICOLOR_FORCE asks for
+        // colour in a pipe too.
+        table.enforce_styling();
+    }
     table
 }
 
-/// A red cell (dead workers, failed tasks).
+/// A red cell (dead workers, failed tasks); plain when colour is off (see
+/// [`output::colour`]).
 pub(crate) fn red(text: impl ToString) -> Cell {
-    Cell::new(text).fg(Color::Red)
+    let cell = Cell::new(text);
+    if output::colour() {
+        cell.fg(Color::Red)
+    } else {
+        cell
+    }
 }
 
 /// Unix seconds as `2026-02-17 10:30:15 UTC`.
@@ -94,20 +105,17 @@ pub(crate) struct EventPrinter {
 
 impl EventPrinter {
     fn line(&mut self, text: &str) {
-        let mut out = std::io::stdout().lock();
         if self.mid_line {
-            let _ = writeln!(out);
+            output::line(format_args!(""));
             self.mid_line = false;
         }
-        let _ = writeln!(out, "{text}");
+        output::line(format_args!("{text}"));
     }
 
     pub(crate) fn print(&mut self, event: &StreamEvent) {
         match event {
             StreamEvent::Text(text) => {
-                let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{}", text.text);
-                let _ = out.flush();
+                output::text(format_args!("{}", text.text));
                 self.mid_line = !text.text.ends_with('\n');
             }
             StreamEvent::Reasoning(reasoning) => {
@@ -143,7 +151,7 @@ impl EventPrinter {
                 if usage.model.is_empty() {
                     String::new()
                 } else {
-                    format!(", {}", usage.model)
+                    format!(", {}", exo_models::short_model_name(&usage.model))
                 }
             )),
             StreamEvent::Error(error) => self.line(&format!(
@@ -185,7 +193,7 @@ impl EventPrinter {
 
     pub(crate) fn finish(&mut self) {
         if self.mid_line {
-            println!();
+            output::line(format_args!(""));
             self.mid_line = false;
         }
     }

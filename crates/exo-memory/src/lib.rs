@@ -33,6 +33,31 @@
 //!   default); [`StoreRegistry`] opens stores and shares one pool per
 //!   database and one short-term store per process.
 //!
+//! # Remember a conversation
+//!
+//! ```
+//! use exo_memory::{
+//!     MemoryItem, MemoryMetadata, MemoryStore, ShortTermConfig, ShortTermStore,
+//!     messages_from_items,
+//! };
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let store = ShortTermStore::new(ShortTermConfig::default());
+//! let session = MemoryMetadata {
+//!     session_id: Some("chat-1".into()),
+//!     ..MemoryMetadata::default()
+//! };
+//! store.add(&MemoryItem::human("My name is Ada.", session.clone())).await?;
+//! store.add(&MemoryItem::ai("Hello, Ada.", Vec::new(), session.clone())).await?;
+//!
+//! // A later task of the same session starts from its history.
+//! let history = store.history(&session.scope(), 100).await?;
+//! let messages = messages_from_items(&history);
+//! assert_eq!(messages.len(), 2);
+//! # Ok::<(), exo_memory::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # The worker's path
 //!
 //! ```no_run

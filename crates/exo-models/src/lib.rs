@@ -81,7 +81,8 @@ pub use provider::{
     ToolDefinition,
 };
 pub use resolve::{
-    OLLAMA_BASE_URL, PROVIDERS, ProviderFactory, VLLM_BASE_URL, default_factory, fixed_factory,
-    resolve_provider, resolve_provider_with_env, split_model,
+    OLLAMA_BASE_URL, PROVIDERS, ProviderFactory, SHORT_MODEL_NAME_MAX, VLLM_BASE_URL,
+    default_factory, fixed_factory, resolve_provider, resolve_provider_with_env, short_model_name,
+    split_model,
 };
 pub use scripted::{Script, ScriptedProvider, ScriptedToolCall, Turn};

@@ -44,6 +44,41 @@ pub fn split_model(model: &str) -> (&str, &str) {
     }
 }
 
+/// A model string short enough for a log or usage line: an inline scripted
+/// script becomes `scripted:inline`, a script file its file name, and any
+/// other string longer than [`SHORT_MODEL_NAME_MAX`] characters is cut
+/// there with `…`.
+///
+/// ```
+/// use exo_models::short_model_name;
+///
+/// assert_eq!(short_model_name("anthropic:claude-sonnet-4-5"), "anthropic:claude-sonnet-4-5");
+/// assert_eq!(short_model_name(r#"scripted:{"turns":[]}"#), "scripted:inline");
+/// ```
+pub fn short_model_name(model: &str) -> String {
+    let (provider, name) = split_model(model);
+    let name = name.trim();
+    if matches!(provider, "scripted" | "mock") && model.contains(':') {
+        if name.starts_with('{') || name.starts_with('[') {
+            return format!("{provider}:inline");
+        }
+        let path = name.strip_prefix("file=").unwrap_or(name);
+        if path.contains('/') || path.ends_with(".json") {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            return format!("{provider}:{file}");
+        }
+    }
+    if model.chars().count() <= SHORT_MODEL_NAME_MAX {
+        return model.to_owned();
+    }
+    let mut short: String = model.chars().take(SHORT_MODEL_NAME_MAX - 1).collect();
+    short.push('…');
+    short
+}
+
+/// The longest model name [`short_model_name`] leaves as it is.
+pub const SHORT_MODEL_NAME_MAX: usize = 48;
+
 /// Builds a provider from a model string and the process environment (see
 /// the crate docs for the variables each provider reads).
 pub fn resolve_provider(model: &str) -> Result<Arc<dyn ModelProvider>> {
@@ -131,6 +166,26 @@ pub fn fixed_factory(provider: Arc<dyn ModelProvider>) -> ProviderFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_model_names() {
+        let long = format!("openai:{}", "x".repeat(60));
+        let cut = format!("openai:{}…", "x".repeat(40));
+        let cases = [
+            ("gpt-4o", "gpt-4o"),
+            ("anthropic:claude-sonnet-4-5", "anthropic:claude-sonnet-4-5"),
+            (r#"scripted:{"turns":[{"text":["hi"]}]}"#, "scripted:inline"),
+            ("scripted: [ ]", "scripted:inline"),
+            ("scripted:weather", "scripted:weather"),
+            ("scripted:slow:200", "scripted:slow:200"),
+            ("mock:file=/srv/scripts/demo.json", "mock:demo.json"),
+            ("scripted:./turns.json", "scripted:turns.json"),
+            (long.as_str(), cut.as_str()),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(short_model_name(model), expected, "{model}");
+        }
+    }
 
     fn check(model: &str, env: &[(&str, &str)], expected: &str) {
         let lookup = |name: &str| {

@@ -99,6 +99,8 @@ impl AgentActivities {
     /// run, a cancellation when Temporal cancelled it, and an application
     /// failure otherwise (retryable unless the outcome says a retry cannot
     /// help), carrying the outcome and the attempt number as its details.
+    // The SDK's macro adds an undocumented constant named after it.
+    #[allow(missing_docs)]
     #[activity(name = "execute_agent")]
     pub async fn execute_agent(
         self: Arc<Self>,

@@ -33,6 +33,8 @@ pub struct AgentExecutionWorkflow;
 #[workflow_methods]
 impl AgentExecutionWorkflow {
     /// The workflow's body.
+    // The SDK's macro adds an undocumented constant named after it.
+    #[allow(missing_docs)]
     #[run]
     pub async fn run(
         ctx: &mut WorkflowContext<Self>,

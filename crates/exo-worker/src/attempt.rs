@@ -312,10 +312,18 @@ async fn write_outcome(
     loop {
         let options = FinishOptions {
             inner_retries: retries_used,
+            current_task_after: Some(shared.current_task_besides(&task.lease.task_id)),
         };
         let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim());
         let written = claimer
-            .finish_then_claim(task, outcome, events.clone(), terminal, options, next)
+            .finish_then_claim(
+                task,
+                outcome,
+                events.clone(),
+                terminal,
+                options.clone(),
+                next,
+            )
             .await;
         match written {
             Ok((finished, claim)) => {

@@ -411,7 +411,17 @@ async fn measure_once(shared: &Shared) {
         }
     }
     record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
-    if let Ok(fleet) = admin.fleet().await {
+    let mut scan = shared
+        .fleet_scan
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone();
+    let fleet = admin.fleet_scanning(&mut scan).await;
+    *shared
+        .fleet_scan
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner()) = scan;
+    if let Ok(fleet) = fleet {
         let now = exo_proto::time::now_seconds();
         record::workers_alive(fleet.iter().filter(|entry| entry.alive(now)).count() as u64);
     }

@@ -19,6 +19,64 @@
 //! [`TaskHooks`], [`Executor`] (with the `temporal` feature also
 //! `TemporalExecutor`).
 //!
+//! # Embed a worker with your own tool
+//!
+//! ```no_run
+//! use exo_agent::{FnTool, ToolRegistry};
+//! use exo_proto::ToolOutput;
+//! use serde_json::{Value, json};
+//!
+//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut tools = ToolRegistry::new();
+//! tools.register(FnTool::new(
+//!     "word_count",
+//!     "Counts the words of a text.",
+//!     json!({"type": "object", "properties": {"text": {"type": "string"}}}),
+//!     |arguments, _context| {
+//!         Box::pin(async move {
+//!             let text = arguments.get("text").and_then(Value::as_str).unwrap_or("");
+//!             Ok(ToolOutput::Text(text.split_whitespace().count().to_string()))
+//!         })
+//!     },
+//! ));
+//! let worker = exo_worker::Worker::builder("redis://localhost:6379")
+//!     .concurrency(8)
+//!     .tools(tools)
+//!     .build()?;
+//! // SIGTERM handling is the program's: call `shutdown()` on this handle to
+//! // drain (running tasks finish, the rest go back to the queue).
+//! let shutdown = worker.shutdown_handle();
+//! # drop(shutdown);
+//! worker.run().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A complete program, built the way a user of the published crates builds
+//! it, is `examples/embedded-worker` in the repository.
+//!
+//! # Durable execution on Temporal
+//!
+//! With the `temporal` feature, a worker can run each task as a Temporal
+//! workflow: a worker that dies mid-task hands the run to another through
+//! Temporal's retries instead of the queue's. The Temporal server is read
+//! from `TEMPORAL_HOST` (default `localhost:7233`), `TEMPORAL_NAMESPACE` and
+//! `EXO_TEMPORAL_TASK_QUEUE`.
+//!
+//! ```no_run
+//! use exo_worker::ExecutorKind;
+//!
+//! # async fn durable() -> Result<(), Box<dyn std::error::Error>> {
+//! // Without the `temporal` feature, `build` refuses this executor.
+//! exo_worker::Worker::builder("redis://localhost:6379")
+//!     .executor(ExecutorKind::Temporal)
+//!     .build()?
+//!     .run()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Feature flags
 //!
 //! | feature | what it adds |

@@ -26,7 +26,7 @@ use crate::{
 };
 
 impl Worker {
-    /// Runs until [`ShutdownHandle::shutdown`] is called, then drains. Redis
+    /// Runs until [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) is called, then drains. Redis
     /// outages are ridden out with backoff; only invalid settings end it
     /// early.
     pub async fn run(self) -> Result<()> {
@@ -72,6 +72,9 @@ impl Worker {
             draining: AtomicBool::new(false),
             force: self.force.clone(),
             shutdown: self.shutdown.clone(),
+            fleet_scan: Mutex::new(exo_broker::FleetScan::incremental(
+                crate::state::FLEET_SCAN_PAGES,
+            )),
         });
         tracing::info!(
             worker_id = self.worker_id,

@@ -171,7 +171,14 @@ pub(crate) struct Shared {
     pub(crate) force: CancellationToken,
     /// Set once a shutdown was asked for: no more claims.
     pub(crate) shutdown: CancellationToken,
+    /// Where the workers-alive measurement's search for heartbeat hashes
+    /// (of reference workers) goes on.
+    pub(crate) fleet_scan: Mutex<exo_broker::FleetScan>,
 }
+
+/// `SCAN` pages (of 1000 keys) each fleet measurement reads while looking
+/// for heartbeat hashes no exo worker registered.
+pub(crate) const FLEET_SCAN_PAGES: usize = 10;
 
 impl Shared {
     /// Records a heartbeat that landed, sent at `sent`.
@@ -216,6 +223,18 @@ impl Shared {
     /// True while runs are paused.
     pub(crate) fn paused(&self) -> bool {
         *self.pause.borrow()
+    }
+
+    /// The task the heartbeat shows as current once `ending` has ended:
+    /// the newest other task running here, or `""`.
+    pub(crate) fn current_task_besides(&self, ending: &str) -> String {
+        self.registry
+            .running()
+            .values()
+            .filter(|task| task.lease.task_id != ending)
+            .max_by_key(|task| task.started)
+            .map(|task| task.lease.task_id.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn health(&self) -> WorkerHealth {

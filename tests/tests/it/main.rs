@@ -2,10 +2,12 @@
 //! test binary (one link, one `exo` lookup). Each module was a test binary
 //! of its own; run one with `cargo test -p exo-e2e --test it -- <module>::`.
 
+mod cli_habits;
 mod dashboard;
 mod deploy_commands;
 mod deployments;
 mod gateway;
+mod mixed_fleet;
 mod observability;
 #[cfg(feature = "temporal")]
 mod temporal;

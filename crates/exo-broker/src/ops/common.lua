@@ -327,8 +327,10 @@ end
 
 -- Takes up to `count` tasks for `consumer` and marks them running (see
 -- claim.lua for the rules); `entry_ids` are entries a blocking read already
--- delivered, or empty to read new ones. Returns {next_due_ms, rows,
--- rejected, server_now_ms} (see claim.lua).
+-- delivered, or empty to read new ones. When it takes a task, the
+-- consumer's heartbeat hash (if there is one) shows it as
+-- `current_task_id`. Returns {next_due_ms, rows, rejected, server_now_ms}
+-- (see claim.lua).
 local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids)
   promote_due(100)
 
@@ -425,6 +427,10 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       table.insert(rows, max_retries)
     end)
     if not ok then refuse(entry_id, nil, failure) end
+  end
+  -- The worker's heartbeat hash names the task it took last, at once.
+  if #rows > 0 and redis.call('EXISTS', worker_key(consumer)) == 1 then
+    redis.call('HSET', worker_key(consumer), 'current_task_id', rows[#rows - 4])
   end
   return { next_due(), rows, rejected, now_ms() }
 end

@@ -20,7 +20,17 @@
 -- ARGV[20] the consumer (worker id) that claims them
 -- ARGV[21] that claim's random token (see fence_holds)
 -- ARGV[22] the most retries a payload may ask for (the worker's cap)
--- ARGV[23...] events of the run not yet published
+-- ARGV[23] the worker whose heartbeat hash counts this ending ("" for none)
+-- ARGV[24] what that hash shows as `current_task_id` once the attempt has
+--          ended (a task the worker still runs, or ""), unless a task is
+--          claimed here (then that one)
+-- ARGV[25] "1" when ARGV[24] is to be written
+-- ARGV[26...] events of the run not yet published
+--
+-- When the attempt ends here (not in a repeated call) and the worker's
+-- heartbeat hash exists, its `tasks_processed` (completed) or
+-- `tasks_failed` (failed or retrying) goes up by one in the same round
+-- trip, so a fleet listing is right before the next heartbeat.
 --
 -- The write lands only if the attempt is still current. Returns one of
 -- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
@@ -31,6 +41,8 @@
 -- claim when it repeats a call). When ARGV[19] asks for tasks, the reply is
 -- {that outcome, claim reply} (see claim.lua), and the claim happens only
 -- when the attempt ended here (completed, cancelled, failed or retrying).
+
+local ended_here = false
 
 local function finish_attempt()
   local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -62,7 +74,7 @@ local function finish_attempt()
   end
 
   local events = {}
-  for i = 23, #ARGV do table.insert(events, ARGV[i]) end
+  for i = 26, #ARGV do table.insert(events, ARGV[i]) end
   -- The payload exactly as queued, for a retry or the dead letter.
   local function queued_payload()
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
@@ -106,6 +118,7 @@ local function finish_attempt()
       table.insert(events, ARGV[16])
       ack(entry_id)
       append_events(task_id, events)
+      ended_here = true
       return { 'retrying', retries + 1, due }
     end
     update_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW, 'ended', '1')
@@ -116,10 +129,28 @@ local function finish_attempt()
 
   ack(entry_id)
   append_events(task_id, events)
+  ended_here = true
   return reply
 end
 
+-- The worker's counters and current task, in its heartbeat hash.
+local function note_on_worker(outcome)
+  local worker_id = ARGV[23]
+  if worker_id == '' then return end
+  local worker = worker_key(worker_id)
+  if redis.call('EXISTS', worker) == 0 then return end
+  if outcome == 'completed' then
+    redis.call('HINCRBY', worker, 'tasks_processed', 1)
+  elseif outcome == 'failed' or outcome == 'retrying' then
+    redis.call('HINCRBY', worker, 'tasks_failed', 1)
+  end
+  if ARGV[25] == '1' then
+    redis.call('HSET', worker, 'current_task_id', ARGV[24])
+  end
+end
+
 local reply = finish_attempt()
+if ended_here then note_on_worker(reply[1]) end
 local claim_count = tonumber(ARGV[19]) or 0
 if claim_count <= 0 then return reply end
 local ended = { completed = true, cancelled = true, failed = true, retrying = true }

@@ -34,6 +34,10 @@ pub(crate) struct FinishCall<'a> {
     pub(crate) inner_retries: u32,
     /// Tasks to claim for the same worker once this attempt has ended.
     pub(crate) claim_next: Option<ClaimNext<'a>>,
+    /// The worker whose heartbeat hash counts the ending.
+    pub(crate) worker_id: &'a str,
+    /// What that hash shows as `current_task_id` afterwards, if anything.
+    pub(crate) current_task_after: Option<&'a str>,
 }
 
 /// The claim that follows a final write in the same round trip.
@@ -102,7 +106,7 @@ impl Operation for FinishCall<'_> {
             String::new()
         };
         let lease = &self.task.lease;
-        argv.reserve(12 + self.events.len());
+        argv.reserve(19 + self.events.len());
         argv.extend([
             lease.task_id.clone(),
             lease.entry_id.clone(),
@@ -132,6 +136,16 @@ impl Operation for FinishCall<'_> {
             ]),
             _ => argv.extend(["0".to_owned(), String::new(), String::new(), String::new()]),
         }
+        argv.extend([
+            self.worker_id.to_owned(),
+            self.current_task_after.unwrap_or_default().to_owned(),
+            if self.current_task_after.is_some() {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+        ]);
         argv.extend(self.events.iter().cloned());
     }
 

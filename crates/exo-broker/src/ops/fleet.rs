@@ -8,14 +8,16 @@ use crate::{admin::FleetEntry, error::Result};
 
 pub(crate) const LUA: &str = include_str!("fleet.lua");
 
-/// `ARGV[7]` of fleet.lua.
+/// `ARGV[7...]` of fleet.lua.
 #[derive(Debug)]
-pub(crate) struct FleetCall {
+pub(crate) struct FleetCall<'a> {
     /// Seconds a worker without a heartbeat stays listed (as dead).
     pub(crate) keep_seconds: u64,
+    /// Ids of heartbeat hashes found by SCAN.
+    pub(crate) discovered: &'a [String],
 }
 
-impl Operation for FleetCall {
+impl Operation for FleetCall<'_> {
     type Reply = Vec<FleetEntry>;
     const NAME: &'static str = "fleet";
 
@@ -25,6 +27,7 @@ impl Operation for FleetCall {
 
     fn arguments(&self, argv: &mut Vec<String>) {
         argv.push(self.keep_seconds.to_string());
+        argv.extend(self.discovered.iter().cloned());
     }
 
     fn parse(&self, value: Value) -> Result<Vec<FleetEntry>> {

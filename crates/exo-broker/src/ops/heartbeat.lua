@@ -44,8 +44,19 @@ if last_beat and NOW_MS - last_beat > ttl * 500 then
 end
 redis.call('SET', beat_key, NOW_MS, 'PX', 24 * 3600 * 1000)
 
+-- The counters never go back: a final write may have counted a task in
+-- the hash (finish.lua) after this worker read its own counters.
+local counters = { tasks_processed = true, tasks_failed = true }
 local fields = { 'nonce', nonce }
-for i = 12, 11 + 2 * field_count do table.insert(fields, ARGV[i]) end
+for i = 12, 11 + 2 * field_count, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  if counters[name] then
+    local stored = tonumber(redis.call('HGET', worker, name) or '')
+    if stored and stored > (tonumber(value) or 0) then value = tostring(stored) end
+  end
+  table.insert(fields, name)
+  table.insert(fields, value)
+end
 redis.call('HSET', worker, unpack(fields))
 redis.call('EXPIRE', worker, ttl)
 redis.call('ZADD', REGISTRY, NOW, worker_id)

@@ -27,7 +27,7 @@ fn health(worker_id: &str, last_heartbeat: f64) -> WorkerHealth {
 }
 
 #[tokio::test]
-async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
+async fn the_fleet_lists_live_and_dead_workers_with_one_scan_page_and_one_script() {
     let redis = TestRedis::new();
     let broker = broker(&redis).await;
     let client = raw(&redis).await;
@@ -63,7 +63,11 @@ async fn the_fleet_lists_live_and_dead_workers_in_one_round_trip() {
         .unwrap();
     let start = broker.round_trips();
     let fleet = broker.admin().fleet().await.unwrap();
-    assert_eq!(broker.round_trips() - start, 1);
+    assert_eq!(
+        broker.round_trips() - start,
+        2,
+        "one SCAN page and the script"
+    );
     assert_eq!(fleet.len(), 2);
     let live = fleet
         .iter()
@@ -142,4 +146,91 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
         .oldest_wait(now_seconds())
         .expect("the oldest waiting task is known");
     assert!((0.0..5.0).contains(&waited), "{waited}");
+}
+
+/// A reference worker writes only its heartbeat hash (the captured fixture's
+/// fields); the fleet lists it next to exo's own workers, alive, and as
+/// dead once its hash is gone.
+#[tokio::test]
+async fn the_fleet_lists_reference_workers_that_write_only_their_hash() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let now = now_seconds();
+    broker
+        .worker_session("exo-1")
+        .heartbeat(&health("exo-1", now), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../exo-proto/test_data/worker_heartbeat.hash.json"
+    ))
+    .unwrap();
+    let mut fields: Vec<(String, String)> = fixture["fields"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
+        .collect();
+    for (name, value) in &mut fields {
+        if name == "last_heartbeat" || name == "started_at" {
+            *value = now.to_string();
+        }
+    }
+    let reference = broker.keys().worker("vm-4242-0badcafe");
+    let _: () = client.hset(&reference, fields).await.unwrap();
+    let _: () = client.expire(&reference, 30, None).await.unwrap();
+    // A consumer of the queue's group with a heartbeat hash is found too
+    // (here it read an entry, so Redis created the consumer).
+    broker.client().submit(payload("read")).await.unwrap();
+    let consumer = broker.keys().worker("vm-4343-0ddba11");
+    let _: () = client
+        .hset(&consumer, [("last_heartbeat", now.to_string())])
+        .await
+        .unwrap();
+    let _: Value = client
+        .custom(
+            fred::cmd!("XREADGROUP"),
+            vec![
+                "GROUP".to_owned(),
+                broker.keys().group(),
+                "vm-4343-0ddba11".to_owned(),
+                "COUNT".to_owned(),
+                "1".to_owned(),
+                "STREAMS".to_owned(),
+                broker.keys().queue().to_owned(),
+                ">".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let start = broker.round_trips();
+    let fleet = broker.admin().fleet().await.unwrap();
+    assert_eq!(
+        broker.round_trips() - start,
+        2,
+        "one SCAN page (a small keyspace) and the script"
+    );
+    let mut ids: Vec<&str> = fleet.iter().map(|entry| entry.worker_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["exo-1", "vm-4242-0badcafe", "vm-4343-0ddba11"]);
+    let python = fleet
+        .iter()
+        .find(|entry| entry.worker_id == "vm-4242-0badcafe")
+        .unwrap();
+    assert!(python.alive(now));
+    let python_health = python.health.as_ref().unwrap();
+    assert_eq!(python_health.concurrency, 4);
+    assert_eq!(python_health.hostname, "vm");
+
+    // It stops: still listed, as dead.
+    let _: () = client.del(&reference).await.unwrap();
+    let fleet = broker.admin().fleet().await.unwrap();
+    let python = fleet
+        .iter()
+        .find(|entry| entry.worker_id == "vm-4242-0badcafe")
+        .expect("a stopped reference worker stays listed");
+    assert!(!python.alive(now));
 }

@@ -1,5 +1,6 @@
 //! `exo alerts check`: the guide's alert rules against live Redis.
 
+use crate::output::outln;
 use std::process::ExitCode;
 
 use exo_observability::{alerts_exit_code, apply_overrides, default_rules, evaluate};
@@ -32,7 +33,7 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
             "exit_code": code,
         }));
     } else if firing.is_empty() {
-        println!(
+        outln!(
             "OK: no alert fires (queue depth {}, {} live workers, failure rate {}, oldest wait {})",
             snapshot.queue_depth,
             snapshot.workers_alive,
@@ -45,7 +46,7 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
         );
     } else {
         for alert in &firing {
-            println!("{}", alert.message);
+            outln!("{}", alert.message);
         }
     }
     Ok(ExitCode::from(code))

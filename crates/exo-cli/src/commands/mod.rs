@@ -7,6 +7,7 @@ pub(crate) mod start;
 pub(crate) mod task;
 pub(crate) mod worker;
 
+use crate::output::outln;
 use exo_broker::{Broker, BrokerConfig};
 use exo_proto::Keys;
 
@@ -61,7 +62,7 @@ pub(crate) async fn connect(global: &Global) -> Result<Broker, Failure> {
 
 /// Prints a value as pretty JSON.
 pub(crate) fn print_json(value: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );

@@ -1,5 +1,6 @@
 //! `exo queue stats` and `exo dlq list|redrive`.
 
+use crate::output::outln;
 use std::process::ExitCode;
 
 use comfy_table::Cell;
@@ -30,26 +31,26 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
                 }));
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("Queue        {}", broker.keys().queue());
-            println!(
+            outln!("Queue        {}", broker.keys().queue());
+            outln!(
                 "Depth        {} (waiting to start, including delayed retries)",
                 stats.depth()
             );
-            println!(
+            outln!(
                 "Lag          {}",
                 stats
                     .lag
                     .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string())
             );
-            println!("Pending      {} (claimed, running)", stats.pending);
-            println!("Delayed      {} (waiting for a retry)", stats.delayed);
-            println!("Dead letter  {}", stats.dead_letter);
+            outln!("Pending      {} (claimed, running)", stats.pending);
+            outln!("Delayed      {} (waiting for a retry)", stats.delayed);
+            outln!("Dead letter  {}", stats.dead_letter);
             if !stats.pending_by_consumer.is_empty() {
                 let mut table = render::table(&["Worker", "Pending"]);
                 for (consumer, count) in &stats.pending_by_consumer {
                     table.add_row(vec![Cell::new(consumer), Cell::new(count)]);
                 }
-                println!("{table}");
+                outln!("{table}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -78,7 +79,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
                 return Ok(ExitCode::SUCCESS);
             }
             if letters.is_empty() {
-                println!("The dead-letter stream is empty.");
+                outln!("The dead-letter stream is empty.");
                 return Ok(ExitCode::SUCCESS);
             }
             let mut table = render::table(&["Entry", "Task ID", "Attempts", "Failed", "Reason"]);
@@ -95,7 +96,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
                     Cell::new(&letter.reason),
                 ]);
             }
-            println!("{table}");
+            outln!("{table}");
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Redrive { entry_id } => match broker.admin().redrive(&entry_id).await {
@@ -103,7 +104,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
                 if global.json {
                     print_json(&json!({"entry_id": entry_id, "task_id": task_id}));
                 } else {
-                    println!("{task_id}: back on the queue");
+                    outln!("{task_id}: back on the queue");
                 }
                 Ok(ExitCode::SUCCESS)
             }

@@ -138,7 +138,7 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
         .build()
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
     let temporal = temporal_banner(&config)?;
-    println!(
+    crate::output::best_effort(format_args!(
         "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}",
         worker.id(),
         exo_broker::mask_url(&config.broker.redis_url),
@@ -148,7 +148,7 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
             ExecutorKind::Local => "local",
             ExecutorKind::Temporal => "temporal",
         }
-    );
+    ));
     let status = worker.status();
     let server = match args.metrics_addr {
         Some(address) => {
@@ -160,10 +160,10 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
             let server = exo_observability::serve_http(address, telemetry.metrics(), readiness)
                 .await
                 .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
-            println!(
+            crate::output::best_effort(format_args!(
                 "  metrics:     http://{}/metrics (also /healthz, /readyz)",
                 server.local_addr()
-            );
+            ));
             Some(server)
         }
         None => None,

@@ -1,5 +1,8 @@
 //! `exo task list|status|cancel|submit|events`.
 
+mod batch;
+
+use crate::output::outln;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,6 +36,13 @@ pub(crate) async fn run(global: Global, command: TaskCommand) -> Outcome {
         })?),
         _ => None,
     };
+    if let TaskCommand::Submit(args) = &command
+        && let Some(source) = &args.batch
+    {
+        let input = batch::open(source).await?;
+        let broker = connect(&global).await?;
+        return batch::submit(&broker, input, usize::from(args.in_flight)).await;
+    }
     let prepared = match &command {
         TaskCommand::Submit(args) => Some(prepare_payload(args)?),
         _ => None,
@@ -69,7 +79,7 @@ async fn list(
         return Ok(ExitCode::SUCCESS);
     }
     if page.tasks.is_empty() {
-        println!(
+        outln!(
             "No tasks{}.",
             status
                 .map(|status| format!(" with status {status}"))
@@ -99,7 +109,7 @@ async fn list(
             ),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,7 +167,7 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
     push("Error", task.error.clone());
     push("Output", task.output().map(str::to_owned));
     for (name, value) in lines {
-        println!("{name:<10} {value}");
+        outln!("{name:<10} {value}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -179,27 +189,32 @@ async fn cancel(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
     if global.json {
         print_json(&json!({"task_id": task_id, "result": word}));
     } else {
-        println!("{task_id}: {message}");
+        outln!("{task_id}: {message}");
     }
     Ok(ExitCode::from(code))
 }
 
 /// Reads the agent file and builds the payload, validating the config.
 fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
-    let text = std::fs::read_to_string(&args.agent)
-        .with_context(|| format!("cannot read the agent file {}", args.agent.display()))
+    let Some(agent) = &args.agent else {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!("--agent FILE (or --batch FILE) is required"),
+        ));
+    };
+    let text = std::fs::read_to_string(agent)
+        .with_context(|| format!("cannot read the agent file {}", agent.display()))
         .map_err(Failure::invalid)?;
-    let is_yaml = args
-        .agent
+    let is_yaml = agent
         .extension()
         .is_some_and(|extension| extension == "yaml" || extension == "yml");
     let config: Value = if is_yaml {
         serde_norway::from_str(&text)
-            .with_context(|| format!("{} is not valid YAML", args.agent.display()))
+            .with_context(|| format!("{} is not valid YAML", agent.display()))
             .map_err(Failure::invalid)?
     } else {
         serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", args.agent.display()))
+            .with_context(|| format!("{} is not valid JSON", agent.display()))
             .map_err(Failure::invalid)?
     };
     let Value::Object(config) = config else {
@@ -232,6 +247,13 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
         payload.messages = exo_proto::decode::<Vec<Message>>("messages", text.as_bytes())
             .map_err(Failure::invalid)?;
     }
+    check_agent(&payload).map_err(Failure::invalid)?;
+    Ok(payload)
+}
+
+/// Validates the payload's agent config as a worker will read it (with the
+/// payload's fallback model when the config names none).
+pub(crate) fn check_agent(payload: &TaskPayload) -> Result<(), exo_proto::Error> {
     let mut checked = payload.clone();
     if checked.model.is_some() && !checked.agent_config.contains_key("model") {
         checked.agent_config.insert(
@@ -239,8 +261,7 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
             Value::String(checked.model.clone().unwrap_or_default()),
         );
     }
-    checked.agent_spec().map_err(Failure::invalid)?;
-    Ok(payload)
+    checked.agent_spec().map(|_| ())
 }
 
 async fn submit(
@@ -272,7 +293,7 @@ async fn submit(
                 handle.task_id()
             );
         }
-        println!("{}", handle.task_id());
+        outln!("{}", handle.task_id());
     }
     if !follow {
         return Ok(ExitCode::SUCCESS);
@@ -290,7 +311,7 @@ async fn events(
     let mut printer = render::EventPrinter::default();
     let print = |printer: &mut render::EventPrinter, id: &str, event: &exo_proto::StreamEvent| {
         if global.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"id": id, "event": serde_json::to_value(event).unwrap_or(Value::Null)})
             );

@@ -1,5 +1,6 @@
 //! `exo worker list` and `exo worker health`.
 
+use crate::output::outln;
 use std::process::ExitCode;
 
 use comfy_table::Cell;
@@ -46,7 +47,7 @@ async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     if fleet.is_empty() {
-        println!("No workers.");
+        outln!("No workers.");
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = render::table(&[
@@ -89,7 +90,7 @@ async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
         };
         table.add_row(row);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -101,7 +102,7 @@ async fn health(global: &Global, broker: &exo_broker::Broker, worker_id: &str) -
     if global.json {
         print_json(&exo_observability::health_json(worker_id, &report));
     } else {
-        println!("{}", exo_observability::format_health(worker_id, &report));
+        outln!("{}", exo_observability::format_health(worker_id, &report));
     }
     Ok(ExitCode::from(exo_observability::health_exit_code(
         report.health,
