@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let broker = exo_broker::Broker::connect(exo_broker::BrokerConfig::default()).await?;
+//! let broker = exo_broker::Broker::connect(exo_broker::BrokerConfig::new("redis://localhost:6379")).await?;
 //! let config = exo_gateway::GatewayConfig::new("127.0.0.1:8080".parse()?);
 //! let gateway = exo_gateway::Gateway::bind(broker, config).await?;
 //! println!("listening on http://{}", gateway.local_addr());
