@@ -65,7 +65,8 @@ pub(crate) async fn run(global: Global, command: Serve) -> Outcome {
     let gateway = Gateway::bind(broker, config).await?;
     let addr = gateway.local_addr();
     tracing::info!(%addr, "serving the API and the dashboard");
-    println!("exo gateway listening on http://{addr}");
+    // A long-running server must not stop because nobody reads its banner.
+    crate::output::best_effort(format_args!("exo gateway listening on http://{addr}"));
     gateway.serve(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
