@@ -120,7 +120,10 @@ pub(crate) async fn heartbeat_once(shared: &Shared) -> Beat {
             }
             // Lost attempts are stopped first; the others may go on.
             if shared.paused() {
-                let _ = shared.pause.send(false);
+                // `send_replace`, not `send`: `send` leaves the value as it
+                // is when no run holds a receiver, and the worker would
+                // then stay paused (claiming nothing) for good.
+                shared.pause.send_replace(false);
                 tracing::info!("heartbeat landed again; resuming the paused runs");
             }
             Beat::Landed
@@ -298,7 +301,7 @@ pub(crate) async fn background(
                     running = shared.registry.running().len(),
                     "no heartbeat has landed for too long; pausing the runs until Redis answers"
                 );
-                let _ = shared.pause.send(true);
+                shared.pause.send_replace(true);
             }
             Tick::Reap => {
                 if shared.paused() {
