@@ -13,58 +13,16 @@ its hash and exits, as the reference does when it stops.
 """
 
 import signal
-import socket
 import sys
 import time
-from urllib.parse import unquote, urlparse
 
-
-def command(sock, reader, *args):
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    sock.sendall(b"".join(parts))
-    return read_reply(reader)
-
-
-def read_reply(reader):
-    line = reader.readline().rstrip(b"\r\n")
-    kind, rest = line[:1], line[1:]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        if size < 0:
-            return None
-        data = reader.read(size + 2)[:-2]
-        return data.decode()
-    if kind == b"*":
-        size = int(rest)
-        return None if size < 0 else [read_reply(reader) for _ in range(size)]
-    raise RuntimeError("unexpected reply %r" % line)
+from resp import command, connect
 
 
 def main():
     url, prefix, queue, worker_id = sys.argv[1:5]
     interval = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
-    parsed = urlparse(url)
-    sock = socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379))
-    reader = sock.makefile("rb")
-    if parsed.password:
-        user = unquote(parsed.username) if parsed.username else None
-        if user:
-            command(sock, reader, "AUTH", user, unquote(parsed.password))
-        else:
-            command(sock, reader, "AUTH", unquote(parsed.password))
-    database = parsed.path.lstrip("/")
-    if database:
-        command(sock, reader, "SELECT", database)
-
+    sock, reader = connect(url)
     group = queue + ":group"
     try:
         command(sock, reader, "XGROUP", "CREATE", queue, group, "0", "MKSTREAM")

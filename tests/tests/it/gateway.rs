@@ -771,11 +771,11 @@ fn refuses_to_listen_beyond_loopback_without_tokens() {
     assert!(process.wait(Duration::from_secs(10)).success());
 }
 
-/// Runs tests/python/reference_client.py (standard library only) against
+/// Runs tests/reference/reference_client.py (standard library only) against
 /// the test's Redis.
 fn reference_client(target: &Target, command: &str, argument: &str) -> String {
     let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/reference_client.py");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/reference_client.py");
     let output = std::process::Command::new("python3")
         .arg(script)
         .args([

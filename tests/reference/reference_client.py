@@ -14,47 +14,18 @@ Usage:
 """
 
 import json
-import socket
 import sys
 import uuid
-from urllib.parse import urlparse
+
+from resp import command, connect
 
 
 class Redis:
     def __init__(self, url):
-        parsed = urlparse(url)
-        self.sock = socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=10)
-        self.file = self.sock.makefile("rb")
-        if parsed.password:
-            self.call("AUTH", *([parsed.username] if parsed.username else []), parsed.password)
+        self.sock, self.reader = connect(url)
 
     def call(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-        return self.read()
-
-    def read(self):
-        line = self.file.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            data = self.file.read(size + 2)[:-2]
-            return data.decode()
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
-        raise RuntimeError("unexpected reply %r" % line)
+        return command(self.sock, self.reader, *args)
 
 
 def main():
