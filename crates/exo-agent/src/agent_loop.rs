@@ -8,9 +8,10 @@ use std::{
 
 use exo_models::{Completion, ModelProvider, ModelRequest, ToolDefinition};
 use exo_proto::{
-    AgentConfig, Content, ErrorEvent, ErrorType, Message, ReasoningEvent, RunStatus, StepEvent,
-    StepStatus, StreamEvent, TextEvent, ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput,
-    ToolResultEvent, Usage, UsageEvent,
+    AgentConfig, ApprovalRequest, Content, ErrorEvent, ErrorType, JournalRecord, Message,
+    ModelRecord, ReasoningEvent, RunStatus, StepEvent, StepKey, StepStatus, StreamEvent, TextEvent,
+    ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput, ToolRecord, ToolResultEvent, Usage,
+    UsageEvent,
 };
 use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value, json};
@@ -51,6 +52,8 @@ pub(crate) struct AgentRun {
     /// The text of the last step.
     pub(crate) final_text: String,
     pub(crate) failure: Option<Failure>,
+    /// The run stopped at a call that waits for a person's approval.
+    pub(crate) waiting: Option<ApprovalRequest>,
 }
 
 impl AgentRun {
@@ -142,20 +145,77 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
 }
 
-async fn run_tool(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
+/// What to do with one tool call of a step.
+enum CallPlan {
+    /// An earlier attempt ran it: its recorded result.
+    Replayed(ToolRecord),
+    /// Run it now, with these arguments (the model's, or the approver's).
+    Run(String),
+    /// A person denied it: the model is told.
+    Denied(String),
+    /// It needs a person's approval, and none was given yet.
+    Wait,
+}
+
+fn plan_call(ctx: &RunContext, agent: &PreparedAgent, key: &StepKey, call: &ToolCall) -> CallPlan {
+    if let Some(record) = ctx.replay.tool(key, &call.id) {
+        return CallPlan::Replayed(record.clone());
+    }
+    if !agent
+        .config
+        .hitl_tools
+        .iter()
+        .any(|name| *name == call.name)
+    {
+        return CallPlan::Run(call.arguments.clone());
+    }
+    match ctx.replay.decision(key, &call.id) {
+        None => CallPlan::Wait,
+        Some(decision) if decision.approved => CallPlan::Run(
+            decision
+                .arguments
+                .clone()
+                .unwrap_or_else(|| call.arguments.clone()),
+        ),
+        Some(decision) => CallPlan::Denied(match &decision.reason {
+            Some(reason) => format!(
+                "The call to tool '{}' was denied by {}: {reason}",
+                call.name, decision.by
+            ),
+            None => format!(
+                "The call to tool '{}' was denied by {}",
+                call.name, decision.by
+            ),
+        }),
+    }
+}
+
+async fn run_tool(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    key: &StepKey,
+    call: &ToolCall,
+    arguments: &str,
+) -> ToolRun {
     let span = tracing::info_span!(
         "exo.tool.call",
         agent = %agent.config.name,
         tool = %call.name,
         tool_call_id = %call.id
     );
-    tracing::Instrument::instrument(run_tool_in_span(ctx, agent, call), span).await
+    tracing::Instrument::instrument(run_tool_in_span(ctx, agent, key, call, arguments), span).await
 }
 
-async fn run_tool_in_span(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCall) -> ToolRun {
+async fn run_tool_in_span(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    key: &StepKey,
+    call: &ToolCall,
+    arguments: &str,
+) -> ToolRun {
     ctx.resumed().await;
     let started = Instant::now();
-    let (arguments, end) = match parse_arguments(&call.name, &call.arguments) {
+    let (arguments, end) = match parse_arguments(&call.name, arguments) {
         Err(message) => (Map::new(), ToolEnd::Error(message)),
         Ok(arguments) => {
             let end = match agent.tools.iter().find(|bound| bound.name == call.name) {
@@ -184,6 +244,7 @@ async fn run_tool_in_span(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCa
                         agent_name: agent.config.name.clone(),
                         tool_call_id: call.id.clone(),
                         cancel: ctx.cancel.clone(),
+                        idempotency_key: ctx.idempotency_key(key, &call.id),
                     };
                     match AssertUnwindSafe(bound.tool.call(stripped, &context))
                         .catch_unwind()
@@ -212,19 +273,28 @@ async fn run_tool_in_span(ctx: &RunContext, agent: &PreparedAgent, call: &ToolCa
 pub(crate) async fn run_agent(
     ctx: &RunContext,
     agent: &PreparedAgent,
+    scope: &str,
     input: &str,
     history: Vec<Message>,
 ) -> AgentRun {
     let config = &agent.config;
     let name = config.name.as_str();
     let emitter = &ctx.emitter;
-    emitter
-        .event(StreamEvent::status(
-            RunStatus::Starting,
-            name,
-            format!("Agent '{name}' starting execution"),
-        ))
-        .await;
+    // A run that an earlier attempt started goes on from its journal: the
+    // events of what it replays are already in the task's stream.
+    let first_key = StepKey {
+        scope: scope.to_owned(),
+        call: ctx.peek_model_call(scope),
+    };
+    if ctx.replay.model(&first_key).is_none() {
+        emitter
+            .event(StreamEvent::status(
+                RunStatus::Starting,
+                name,
+                format!("Agent '{name}' starting execution"),
+            ))
+            .await;
+    }
 
     let mut messages = Vec::with_capacity(history.len() + 2);
     if !config.instructions.is_empty() {
@@ -240,56 +310,84 @@ pub(crate) async fn run_agent(
 
     let mut output = String::new();
     for step in 1..=config.max_steps {
-        let started_at = unix_now();
-        emitter
-            .event(StreamEvent::Step(StepEvent {
-                step_number: step,
-                agent_name: name.to_owned(),
-                status: StepStatus::Started,
-                started_at,
-                completed_at: None,
-                usage: None,
-            }))
-            .await;
-
-        let request = ModelRequest {
-            messages: messages.clone(),
-            tools: tools.clone(),
-            temperature: Some(config.temperature),
-            max_tokens: config.max_tokens,
+        let key = StepKey {
+            scope: scope.to_owned(),
+            call: ctx.next_model_call(scope),
         };
-        let completion = match stream_step(ctx, agent, &request).await {
-            Ok(completion) => completion,
-            Err(error) => {
-                let failure = Failure {
-                    message: error.to_string(),
-                    error_type: error.error_type(),
-                    retryable: error.is_retryable(),
+        let replayed = ctx.replay.model(&key).cloned();
+        // Whether this step did anything new (its events are then due).
+        let mut fresh = replayed.is_none();
+        let started_at = unix_now();
+        let completion = match replayed {
+            Some(record) => {
+                if let Some(usage) = record.usage {
+                    ctx.add_usage(usage);
+                }
+                Completion::replayed(record.text, record.tool_calls, record.usage)
+            }
+            None => {
+                emitter
+                    .event(StreamEvent::Step(StepEvent {
+                        step_number: step,
+                        agent_name: name.to_owned(),
+                        status: StepStatus::Started,
+                        started_at,
+                        completed_at: None,
+                        usage: None,
+                    }))
+                    .await;
+                let request = ModelRequest {
+                    messages: messages.clone(),
+                    tools: tools.clone(),
+                    temperature: Some(config.temperature),
+                    max_tokens: config.max_tokens,
                 };
-                emit_error(ctx, name, &failure, Some(step)).await;
-                return AgentRun {
-                    output,
-                    failure: Some(failure),
-                    ..AgentRun::default()
+                let completion = match stream_step(ctx, agent, &request).await {
+                    Ok(completion) => completion,
+                    Err(error) => {
+                        let failure = Failure {
+                            message: error.to_string(),
+                            error_type: error.error_type(),
+                            retryable: error.is_retryable(),
+                        };
+                        emit_error(ctx, name, &failure, Some(step)).await;
+                        return AgentRun {
+                            output,
+                            failure: Some(failure),
+                            ..AgentRun::default()
+                        };
+                    }
                 };
+                emitter
+                    .journal(JournalRecord::Model(ModelRecord {
+                        key: key.clone(),
+                        attempt: ctx.attempt,
+                        text: completion.text.clone(),
+                        tool_calls: completion.tool_calls(),
+                        usage: completion.usage,
+                    }))
+                    .await;
+                if let Some(usage) = completion.usage {
+                    ctx.add_usage(usage);
+                    emitter
+                        .event(StreamEvent::Usage(UsageEvent {
+                            usage,
+                            agent_name: name.to_owned(),
+                            step_number: step,
+                            model: config.model.clone(),
+                        }))
+                        .await;
+                }
+                completion
             }
         };
         output.push_str(&completion.text);
-        if let Some(usage) = completion.usage {
-            ctx.add_usage(usage);
-            emitter
-                .event(StreamEvent::Usage(UsageEvent {
-                    usage,
-                    agent_name: name.to_owned(),
-                    step_number: step,
-                    model: config.model.clone(),
-                }))
-                .await;
-        }
         let calls = completion.tool_calls();
         let assistant = Message::assistant(completion.text.clone(), calls.clone());
         messages.push(assistant.clone());
-        emitter.message(name, assistant).await;
+        if fresh {
+            emitter.message(name, assistant).await;
+        }
 
         let step_completed = |usage: Option<Usage>| {
             StreamEvent::Step(StepEvent {
@@ -302,59 +400,110 @@ pub(crate) async fn run_agent(
             })
         };
         if calls.is_empty() {
-            emitter.event(step_completed(completion.usage)).await;
+            if fresh {
+                emitter.event(step_completed(completion.usage)).await;
+            }
             return AgentRun {
                 output,
                 final_text: completion.text,
-                failure: None,
+                ..AgentRun::default()
             };
         }
 
-        for call in &calls {
-            emitter
-                .event(StreamEvent::ToolCall(ToolCallEvent {
-                    tool_name: call.name.clone(),
-                    tool_call_id: call.id.clone(),
-                    arguments: call.arguments.clone(),
-                    agent_name: name.to_owned(),
-                }))
-                .await;
+        if fresh {
+            for call in &calls {
+                emitter
+                    .event(StreamEvent::ToolCall(ToolCallEvent {
+                        tool_name: call.name.clone(),
+                        tool_call_id: call.id.clone(),
+                        arguments: call.arguments.clone(),
+                        agent_name: name.to_owned(),
+                    }))
+                    .await;
+            }
         }
-        let runs =
-            futures::future::join_all(calls.iter().map(|call| run_tool(ctx, agent, call))).await;
+        let plans: Vec<CallPlan> = calls
+            .iter()
+            .map(|call| plan_call(ctx, agent, &key, call))
+            .collect();
+        let runs = futures::future::join_all(calls.iter().zip(&plans).map(|(call, plan)| {
+            let key = &key;
+            async move {
+                match plan {
+                    CallPlan::Run(arguments) => {
+                        Some(run_tool(ctx, agent, key, call, arguments).await)
+                    }
+                    CallPlan::Denied(message) => Some(ToolRun {
+                        arguments: parse_arguments(&call.name, &call.arguments).unwrap_or_default(),
+                        end: ToolEnd::Error(message.clone()),
+                        duration_ms: 0.0,
+                    }),
+                    CallPlan::Replayed(_) | CallPlan::Wait => None,
+                }
+            }
+        }))
+        .await;
         let mut panicked = None;
-        for (call, run) in calls.iter().zip(runs) {
-            let (result, error) = match run.end {
-                ToolEnd::Output(output) => (output, None),
-                ToolEnd::Error(message) => (ToolOutput::Text(String::new()), Some(message)),
-                ToolEnd::Panic(message) => {
-                    let message = format!("Tool '{}' panicked: {message}", call.name);
-                    panicked.get_or_insert_with(|| message.clone());
-                    (ToolOutput::Text(String::new()), Some(message))
+        let mut waiting = None;
+        for ((call, plan), run) in calls.iter().zip(plans).zip(runs) {
+            let (result, error) = match (plan, run) {
+                (CallPlan::Replayed(record), _) => {
+                    // Its events and message are in the stream and memory
+                    // already; the model gets its result again.
+                    messages.push(tool_message(call, record.output, record.error));
+                    continue;
+                }
+                (CallPlan::Wait, _) => {
+                    waiting.get_or_insert_with(|| ApprovalRequest {
+                        key: key.clone(),
+                        agent_name: name.to_owned(),
+                        tool_call_id: call.id.clone(),
+                        tool_name: call.name.clone(),
+                        arguments: call.arguments.clone(),
+                    });
+                    continue;
+                }
+                (_, None) => continue,
+                (_, Some(run)) => {
+                    fresh = true;
+                    let (result, error) = match run.end {
+                        ToolEnd::Output(output) => (output, None),
+                        ToolEnd::Error(message) => (ToolOutput::Text(String::new()), Some(message)),
+                        ToolEnd::Panic(message) => {
+                            let message = format!("Tool '{}' panicked: {message}", call.name);
+                            panicked.get_or_insert_with(|| message.clone());
+                            (ToolOutput::Text(String::new()), Some(message))
+                        }
+                    };
+                    emitter
+                        .event(StreamEvent::ToolResult(ToolResultEvent {
+                            tool_name: call.name.clone(),
+                            tool_call_id: call.id.clone(),
+                            arguments: run.arguments,
+                            result: result.clone(),
+                            success: error.is_none(),
+                            error: error.clone(),
+                            duration_ms: run.duration_ms,
+                            agent_name: name.to_owned(),
+                        }))
+                        .await;
+                    if panicked.is_none() {
+                        emitter
+                            .journal(JournalRecord::Tool(ToolRecord {
+                                key: key.clone(),
+                                attempt: ctx.attempt,
+                                tool_call_id: call.id.clone(),
+                                tool_name: call.name.clone(),
+                                output: result.clone(),
+                                error: error.clone(),
+                                duration_ms: run.duration_ms,
+                            }))
+                            .await;
+                    }
+                    (result, error)
                 }
             };
-            emitter
-                .event(StreamEvent::ToolResult(ToolResultEvent {
-                    tool_name: call.name.clone(),
-                    tool_call_id: call.id.clone(),
-                    arguments: run.arguments,
-                    result: result.clone(),
-                    success: error.is_none(),
-                    error: error.clone(),
-                    duration_ms: run.duration_ms,
-                    agent_name: name.to_owned(),
-                }))
-                .await;
-            let content = match result {
-                ToolOutput::Text(text) => Content::Text(text),
-                ToolOutput::Blocks(blocks) => Content::Blocks(blocks),
-            };
-            let message = Message::Tool {
-                tool_call_id: call.id.clone(),
-                tool_name: call.name.clone(),
-                content,
-                error,
-            };
+            let message = tool_message(call, result, error);
             messages.push(message.clone());
             emitter.message(name, message).await;
         }
@@ -371,7 +520,17 @@ pub(crate) async fn run_agent(
                 ..AgentRun::default()
             };
         }
-        emitter.event(step_completed(completion.usage)).await;
+        if let Some(approval) = waiting {
+            // The slot is freed; a decision resumes the run from here.
+            return AgentRun {
+                output,
+                waiting: Some(approval),
+                ..AgentRun::default()
+            };
+        }
+        if fresh {
+            emitter.event(step_completed(completion.usage)).await;
+        }
     }
 
     let failure = Failure {
@@ -387,6 +546,20 @@ pub(crate) async fn run_agent(
         output,
         failure: Some(failure),
         ..AgentRun::default()
+    }
+}
+
+/// The conversation message of a tool's result.
+fn tool_message(call: &ToolCall, result: ToolOutput, error: Option<String>) -> Message {
+    let content = match result {
+        ToolOutput::Text(text) => Content::Text(text),
+        ToolOutput::Blocks(blocks) => Content::Blocks(blocks),
+    };
+    Message::Tool {
+        tool_call_id: call.id.clone(),
+        tool_name: call.name.clone(),
+        content,
+        error,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a run reports while it goes ([`RunEvent`]) and what the caller
 //! tells it ([`RunOptions`]). How it ends is [`exo_proto::RunOutcome`].
 
-use exo_proto::{Message, StreamEvent};
+use exo_proto::{Journal, JournalRecord, Message, StreamEvent};
 pub use exo_proto::{OutcomeStatus, RunOutcome};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,10 @@ pub enum RunEvent {
         /// The message.
         message: Message,
     },
+    /// A finished model call or tool call, for the task's step journal: a
+    /// later attempt that gets it back (see [`RunOptions::replay`]) does not
+    /// do it again.
+    Journal(JournalRecord),
 }
 
 /// How the caller runs a task.
@@ -39,6 +43,17 @@ pub struct RunOptions {
     /// still take effect. A worker cut off from its queue holds its runs
     /// here until it knows whether it still owns them.
     pub pause: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What earlier attempts of this task finished (their
+    /// [`RunEvent::Journal`] records): replayed model calls are not sent
+    /// again, replayed tools do not run again, and their events are not
+    /// emitted again (they are in the stream already). Decisions on calls
+    /// to `hitl_tools` come this way too.
+    pub replay: Journal,
+    /// The task id, for the idempotency keys tools get
+    /// ([`crate::ToolContext::idempotency_key`]).
+    pub task_id: String,
+    /// The attempt, recorded in the journal records this run writes.
+    pub attempt: u32,
 }
 
 /// Sends a run's events, dropping the ones a non-detailed run does not
@@ -58,6 +73,10 @@ impl Emitter {
         if self.detailed || event.is_plain() {
             let _ = self.sender.send(RunEvent::Stream(event)).await;
         }
+    }
+
+    pub(crate) async fn journal(&self, record: JournalRecord) {
+        let _ = self.sender.send(RunEvent::Journal(record)).await;
     }
 
     pub(crate) async fn message(&self, agent_name: &str, message: Message) {

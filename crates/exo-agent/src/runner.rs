@@ -10,8 +10,8 @@ use std::{
 
 use exo_models::ProviderFactory;
 use exo_proto::{
-    AgentConfig, AgentSpec, ErrorType, Message, OutcomeStatus, RunOutcome, SwarmMode, ToolSpec,
-    Usage,
+    AgentConfig, AgentSpec, ErrorType, Journal, Message, OutcomeStatus, RunOutcome, StepKey,
+    SwarmMode, ToolSpec, Usage,
 };
 use futures::FutureExt;
 use tokio::{sync::mpsc, time::Instant};
@@ -36,6 +36,12 @@ pub(crate) struct RunContext {
     pub(crate) cancel: CancellationToken,
     pause: Option<tokio::sync::watch::Receiver<bool>>,
     usage: Mutex<Usage>,
+    /// What earlier attempts finished.
+    pub(crate) replay: Journal,
+    pub(crate) attempt: u32,
+    task_id: String,
+    /// Model calls made (or replayed) so far, per scope.
+    model_calls: Mutex<BTreeMap<String, u32>>,
     #[cfg(feature = "mcp")]
     pub(crate) sessions: crate::mcp_client::Sessions,
 }
@@ -56,6 +62,33 @@ impl RunContext {
             // An error means the sender is gone: nobody can pause any more.
             let _ = pause.wait_for(|paused| !*paused).await;
         }
+    }
+
+    /// Numbers the scope's next model call (1, 2, ...).
+    pub(crate) fn next_model_call(&self, scope: &str) -> u32 {
+        let mut calls = self
+            .model_calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let next = calls.entry(scope.to_owned()).or_insert(0);
+        *next += 1;
+        *next
+    }
+
+    /// The number the scope's next model call will get.
+    pub(crate) fn peek_model_call(&self, scope: &str) -> u32 {
+        self.model_calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(scope)
+            .copied()
+            .unwrap_or(0)
+            + 1
+    }
+
+    /// The idempotency key of one tool call.
+    pub(crate) fn idempotency_key(&self, key: &StepKey, tool_call_id: &str) -> String {
+        format!("{}/{}/{}/{tool_call_id}", self.task_id, key.scope, key.call)
     }
 
     fn usage(&self) -> Usage {
@@ -132,6 +165,10 @@ impl Runner {
             cancel: options.cancel.child_token(),
             pause: options.pause.clone(),
             usage: Mutex::new(Usage::default()),
+            replay: options.replay.clone(),
+            attempt: options.attempt,
+            task_id: options.task_id.clone(),
+            model_calls: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "mcp")]
             sessions: crate::mcp_client::Sessions::default(),
         });
@@ -148,6 +185,7 @@ impl Runner {
                 .is_some_and(|failure| failure.error_type.retryable().unwrap_or(failure.retryable)),
             error: failure.as_ref().map(|failure| failure.message.clone()),
             error_type: failure.map(|failure| failure.error_type),
+            approval: None,
         };
 
         let plan = match spec
@@ -177,7 +215,7 @@ impl Runner {
 
         let body = async {
             match &plan {
-                Plan::Agent(agent) => run_agent(&ctx, agent, input, history).await,
+                Plan::Agent(agent) => run_agent(&ctx, agent, &name, input, history).await,
                 Plan::Swarm(swarm) => run_swarm(&ctx, swarm, input, history).await,
             }
         };
@@ -212,6 +250,15 @@ impl Runner {
 
         let usage = ctx.usage();
         match end {
+            End::Finished(AgentRun {
+                waiting: Some(approval),
+                failure: None,
+                ..
+            }) => RunOutcome {
+                usage,
+                is_swarm,
+                ..RunOutcome::waiting(name.clone(), approval)
+            },
             End::Finished(run) => match run.failure {
                 None => outcome(OutcomeStatus::Completed, run.output, None, usage),
                 Some(failure) => outcome(OutcomeStatus::Failed, run.output, Some(failure), usage),
@@ -297,6 +344,13 @@ impl Runner {
                             .ok_or_else(|| Error::InvalidConfig("a swarm needs agents".into()))?;
                         let mut delegates = Vec::new();
                         for agent in others {
+                            if !agent.hitl_tools.is_empty() {
+                                return Err(Error::InvalidConfig(format!(
+                                    "agent `{}`: a team member's calls cannot wait for approval \
+                                     (`hitl_tools`); give those tools to the lead `{}`",
+                                    agent.name, lead.name
+                                )));
+                            }
                             let member = Arc::new(self.prepare_agent(ctx, agent, Vec::new())?);
                             let tool = DelegateTool::new(Arc::clone(&member), Arc::clone(ctx));
                             delegates.push(BoundTool {

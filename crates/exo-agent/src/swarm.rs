@@ -148,7 +148,7 @@ pub(crate) async fn run_swarm(
         SwarmMode::Handoff => handoff(ctx, plan, input, history).await,
         SwarmMode::Team => {
             let lead = plan.config.agents[0].name.as_str();
-            run_agent(ctx, plan.member(lead), input, history).await
+            run_agent(ctx, plan.member(lead), lead, input, history).await
         }
     }
 }
@@ -163,14 +163,16 @@ async fn workflow(
     let mut history = Some(history);
     for stage in &plan.stages {
         let stage_history = history.take().unwrap_or_default();
-        let runs = futures::future::join_all(
-            stage
-                .iter()
-                .map(|name| run_agent(ctx, plan.member(name), &input, stage_history.clone())),
-        )
-        .await;
+        let runs =
+            futures::future::join_all(stage.iter().map(|name| {
+                run_agent(ctx, plan.member(name), name, &input, stage_history.clone())
+            }))
+            .await;
         if let Some(failed) = runs.iter().find(|run| run.failure.is_some()) {
             return failed.clone();
+        }
+        if let Some(waiting) = runs.iter().find(|run| run.waiting.is_some()) {
+            return waiting.clone();
         }
         input = runs
             .iter()
@@ -181,7 +183,7 @@ async fn workflow(
     AgentRun {
         final_text: input.clone(),
         output: input,
-        failure: None,
+        ..AgentRun::default()
     }
 }
 
@@ -201,8 +203,15 @@ async fn handoff(
     let mut current_input = input.to_owned();
     let mut handoffs = 0;
     loop {
-        let run = run_agent(ctx, plan.member(&current), &current_input, history.clone()).await;
-        if run.failure.is_some() {
+        let run = run_agent(
+            ctx,
+            plan.member(&current),
+            &current,
+            &current_input,
+            history.clone(),
+        )
+        .await;
+        if run.failure.is_some() || run.waiting.is_some() {
             return run;
         }
         let Some((target, message)) = handoff_target(&run.final_text, &current, &names) else {
@@ -290,14 +299,17 @@ impl Tool for DelegateTool {
     async fn call(
         &self,
         arguments: Map<String, Value>,
-        _context: &ToolContext,
+        context: &ToolContext,
     ) -> Result<ToolOutput, String> {
         let task = match arguments.get("task") {
             Some(Value::String(task)) => task.clone(),
             Some(other) => other.to_string(),
             None => Value::Object(arguments.clone()).to_string(),
         };
-        let run = run_agent(&self.ctx, &self.member, &task, Vec::new()).await;
+        // A delegation's own scope: its model calls are found again by the
+        // call that made it (stable once that answer is in the journal).
+        let scope = format!("{}>{}", context.tool_call_id, self.member.config.name);
+        let run = run_agent(&self.ctx, &self.member, &scope, &task, Vec::new()).await;
         match run.failure {
             None => Ok(ToolOutput::Text(run.output)),
             Some(failure) => Err(format!(

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What a tool gets besides its arguments.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ToolContext {
     /// The agent that called the tool.
     pub agent_name: String,
@@ -20,6 +21,12 @@ pub struct ToolContext {
     /// only needs this for work it runs outside its own future (a spawned
     /// task, a blocking thread).
     pub cancel: CancellationToken,
+    /// The same for every run of this call, whichever attempt or worker
+    /// runs it (`<task id>/<scope>/<model call>/<call id>`): pass it to an
+    /// external system that deduplicates (an `Idempotency-Key` header, say)
+    /// to cover what the step journal cannot (a worker killed after the
+    /// tool's side effect and before its result was recorded).
+    pub idempotency_key: String,
 }
 
 /// A tool the model can call.

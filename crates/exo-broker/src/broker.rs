@@ -154,6 +154,12 @@ impl Broker {
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Every element of a list (`LRANGE 0 -1`), in one round trip.
+    pub(crate) async fn read_list(&self, key: &str) -> Result<Vec<String>> {
+        self.count();
+        Ok(self.inner.client.lrange(key, 0, -1).await?)
+    }
+
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.client.is_connected()

@@ -9,7 +9,7 @@ use crate::{
     error::{Error, Result},
     events::{EventStream, StreamItem},
     handle::TaskHandle,
-    ops::{cancel::CancelCall, list::ListCall, reply, submit::SubmitCall},
+    ops::{cancel::CancelCall, decide::DecideCall, list::ListCall, reply, submit::SubmitCall},
 };
 
 /// Submits and follows tasks. Cheap to clone; get one from
@@ -62,6 +62,37 @@ pub enum CancelOutcome {
     Cancelling,
     /// The task had already ended with this status.
     AlreadyFinished(TaskStatus),
+    /// No such task.
+    NotFound,
+}
+
+/// A person's decision on the tool call a task waits at (a tool named in
+/// the agent's `hitl_tools`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    /// Approve (the tool runs) or deny (the model is told why).
+    pub approved: bool,
+    /// Who decides; recorded in the journal and the task's events.
+    pub by: String,
+    /// Why (shown to the model on a denial).
+    pub reason: Option<String>,
+    /// Arguments that replace the model's (approval only).
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The call the decision is for; `None` for whichever call waits.
+    pub tool_call_id: Option<String>,
+}
+
+/// What a decision did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// The decision was recorded; the task is back on the queue and goes on
+    /// from its journal on any worker.
+    Resumed {
+        /// The tool the decision was about.
+        tool_name: String,
+    },
+    /// The task waits for no decision (it has this status).
+    NotWaiting(Option<TaskStatus>),
     /// No such task.
     NotFound,
 }
@@ -175,6 +206,12 @@ impl Client {
     /// signalled and stops within a bounded time.
     pub async fn cancel(&self, task_id: &str) -> Result<CancelOutcome> {
         self.broker.call(&CancelCall { task_id }).await
+    }
+
+    /// Records a decision on the tool call `task_id` waits at, and puts the
+    /// task back on the queue (one round trip).
+    pub async fn decide(&self, task_id: &str, decision: &Decision) -> Result<Decided> {
+        self.broker.call(&DecideCall { task_id, decision }).await
     }
 
     /// The events of a task, after `from` (`None` or "0" for all); see

@@ -39,9 +39,25 @@ pub struct EventPublisher {
     flusher: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A buffered event or step-journal record.
+#[derive(Debug)]
+enum Item {
+    Event(String),
+    Journal(String),
+}
+
+/// What a closed publisher had not yet written, for the task's final write.
+#[derive(Debug, Default)]
+pub struct Unsent {
+    /// Event JSON, in order.
+    pub events: Vec<String>,
+    /// Step-journal records, in order.
+    pub journal: Vec<String>,
+}
+
 #[derive(Debug)]
 struct Shared {
-    buffer: Mutex<VecDeque<String>>,
+    buffer: Mutex<VecDeque<Item>>,
     wakeup: Notify,
     room: Semaphore,
     closed: std::sync::atomic::AtomicBool,
@@ -85,7 +101,7 @@ async fn flush_loop(
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
-        let batch: Vec<String> = {
+        let batch: Vec<Item> = {
             let mut buffer = shared
                 .buffer
                 .lock()
@@ -101,7 +117,17 @@ async fn flush_loop(
         let options = PublishOptions {
             fence: lease.as_ref(),
         };
-        match session.publish(&task_id, &batch, options).await {
+        let (mut events, mut journal) = (Vec::new(), Vec::new());
+        for item in &batch {
+            match item {
+                Item::Event(json) => events.push(json.clone()),
+                Item::Journal(json) => journal.push(json.clone()),
+            }
+        }
+        match session
+            .publish_with_journal(&task_id, &events, &journal, options)
+            .await
+        {
             Ok(false) => {
                 // The attempt was superseded: this worker's events no
                 // longer belong in the stream.
@@ -114,12 +140,12 @@ async fn flush_loop(
             }
             Ok(true) => {
                 if let Some(observer) = session.broker().inner.publish_observer.get() {
-                    observer(batch.len(), started.elapsed());
+                    observer(events.len(), started.elapsed());
                 }
                 failures = 0;
                 shared
                     .published
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 shared.room.add_permits(batch.len());
             }
             Err(error) => {
@@ -151,6 +177,17 @@ impl EventPublisher {
 
     /// Queues an event already serialized to JSON.
     pub async fn publish_json(&self, json: String) {
+        self.push(Item::Event(json)).await;
+    }
+
+    /// Queues a step-journal record (JSON): it goes to the task's journal
+    /// in the same round trip as the events around it, under the same
+    /// fence.
+    pub async fn journal(&self, record: String) {
+        self.push(Item::Journal(record)).await;
+    }
+
+    async fn push(&self, item: Item) {
         if let Ok(permit) = self.shared.room.acquire().await {
             permit.forget();
         }
@@ -158,7 +195,7 @@ impl EventPublisher {
             .buffer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .push_back(json);
+            .push_back(item);
         self.shared.wakeup.notify_one();
     }
 
@@ -171,7 +208,13 @@ impl EventPublisher {
 
     /// Stops the background flusher after its batch in flight and returns
     /// the events not yet published, in order, for the task's final write.
-    pub async fn close(mut self) -> Vec<String> {
+    pub async fn close(self) -> Vec<String> {
+        self.close_all().await.events
+    }
+
+    /// [`EventPublisher::close`], also handing back the step-journal records
+    /// not yet written.
+    pub async fn close_all(mut self) -> Unsent {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -179,12 +222,20 @@ impl EventPublisher {
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.await;
         }
-        self.shared
+        let mut unsent = Unsent::default();
+        for item in self
+            .shared
             .buffer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .drain(..)
-            .collect()
+        {
+            match item {
+                Item::Event(json) => unsent.events.push(json),
+                Item::Journal(json) => unsent.journal.push(json),
+            }
+        }
+        unsent
     }
 }
 

@@ -68,10 +68,10 @@ mod url;
 
 pub use admin::{Admin, DeadLetter, FleetEntry, FleetScan, QueueStats};
 pub use broker::{Broker, PublishObserver};
-pub use client::{CancelOutcome, Client, Submitted, TaskPage, TaskQuery};
+pub use client::{CancelOutcome, Client, Decided, Decision, Submitted, TaskPage, TaskQuery};
 pub use config::{BrokerConfig, RetryPolicy};
 pub use error::{Error, RedisCode, Result};
-pub use events::{EventPublisher, EventStream, StreamItem};
+pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
 pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
 pub use session::{

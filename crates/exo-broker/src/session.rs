@@ -103,6 +103,18 @@ pub enum Outcome<'a> {
     },
     /// The run stopped on a cancel.
     Cancelled,
+    /// The run stopped at a tool call that needs a person's approval: the
+    /// task waits (`pending`, with no queue entry) until a decision or the
+    /// deadline, and the slot is free.
+    Waiting {
+        /// The [`exo_proto::ApprovalRequest`] as JSON.
+        approval: &'a str,
+        /// The `status` event (`waiting_for_tool`, with extension fields)
+        /// that says so in the task's stream.
+        event: &'a str,
+        /// How long the wait may last before the call counts as denied.
+        wait: Duration,
+    },
 }
 
 /// What finishing an attempt did.
@@ -121,6 +133,8 @@ pub enum Finished {
         /// The backoff.
         delay: Duration,
     },
+    /// The task waits for a person's decision on a tool call.
+    Waiting,
     /// Refused: a client cancelled the task; finish it as cancelled.
     CancelRequested,
     /// Refused: the attempt is no longer current (the task was reclaimed).
@@ -162,6 +176,8 @@ pub struct ReapReport {
     /// True when the pass reclaimed nothing because the fleet clock saw a
     /// stall (see [`crate::BrokerConfig::heartbeat_ttl`]).
     pub quiet: bool,
+    /// Waits for approval that passed their deadline, ended as denied.
+    pub approvals_expired: u64,
 }
 
 /// Options of [`WorkerSession::finish`].
@@ -182,6 +198,10 @@ pub struct FinishOptions {
     /// claimed in the same round trip ([`Claimer::finish_then_claim`])
     /// takes its place.
     pub current_task_after: Option<String>,
+    /// Step-journal records (JSON) of the attempt not yet written; kept
+    /// when the task will run again (a retry, a wait for approval) and
+    /// dropped with the journal when it ends.
+    pub journal: Vec<String>,
 }
 
 /// Options of [`WorkerSession::publish`] and [`WorkerSession::publisher`].
@@ -269,6 +289,7 @@ impl WorkerSession {
             claim_next,
             worker_id: self.worker_id.as_str(),
             current_task_after: options.current_task_after.as_deref(),
+            journal: &options.journal,
         }
     }
 
@@ -282,7 +303,21 @@ impl WorkerSession {
         events: &[String],
         options: PublishOptions<'_>,
     ) -> Result<bool> {
-        if events.is_empty() {
+        self.publish_with_journal(task_id, events, &[], options)
+            .await
+    }
+
+    /// [`WorkerSession::publish`] with step-journal records (JSON), appended
+    /// to the task's journal in the same round trip and under the same
+    /// fence.
+    pub async fn publish_with_journal(
+        &self,
+        task_id: &str,
+        events: &[String],
+        journal: &[String],
+        options: PublishOptions<'_>,
+    ) -> Result<bool> {
+        if events.is_empty() && journal.is_empty() {
             return Ok(true);
         }
         self.broker
@@ -290,8 +325,16 @@ impl WorkerSession {
                 task_id,
                 fence: options.fence,
                 events,
+                journal,
             })
             .await
+    }
+
+    /// The step journal of a task: the records its earlier attempts wrote,
+    /// in order (one `LRANGE`; empty when there is none).
+    pub async fn journal(&self, task_id: &str) -> Result<Vec<String>> {
+        let key = self.broker.config().keys.journal(task_id);
+        Ok(self.broker.read_list(&key).await?)
     }
 
     /// A batching publisher for one task's events.

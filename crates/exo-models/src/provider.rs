@@ -135,6 +135,20 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// A whole answer as an earlier attempt recorded it (text, tool calls in
+    /// order, usage), for a run that replays its journal.
+    pub fn replayed(text: String, tool_calls: Vec<ToolCall>, usage: Option<Usage>) -> Self {
+        Completion {
+            text,
+            usage,
+            calls: (0u32..)
+                .zip(tool_calls)
+                .map(|(index, call)| (index, (call, false)))
+                .collect(),
+            ..Completion::default()
+        }
+    }
+
     /// Adds a chunk: appends text, assembles tool calls by index, and keeps
     /// the finish reason and the last usage.
     pub fn push(&mut self, chunk: &StreamChunk) {

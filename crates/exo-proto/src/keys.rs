@@ -181,6 +181,22 @@ impl Keys {
         format!("{}idem:", self.prefix)
     }
 
+    /// Extension: the sorted set of tasks waiting for a person's decision
+    /// on a tool call, scored by the wait's deadline (ms).
+    pub fn approvals(&self) -> String {
+        format!("{}:approvals", self.queue)
+    }
+
+    /// Extension: one task's step journal (a list of JSON records).
+    pub fn journal(&self, task_id: &str) -> String {
+        format!("{}journal:{task_id}", self.prefix)
+    }
+
+    /// The family prefix of [`Keys::journal`].
+    pub fn journal_prefix(&self) -> String {
+        format!("{}journal:", self.prefix)
+    }
+
     /// Extension: the wake-up stream of one multiplexed event reader (a
     /// reader blocks on it with the task streams it follows, and an entry
     /// added to it ends the block so the reader picks up new streams).
@@ -218,6 +234,9 @@ impl Keys {
             self.worker_registry(),
             self.idempotency("k"),
             self.idempotency_prefix(),
+            self.approvals(),
+            self.journal(id),
+            self.journal_prefix(),
         ]
     }
 

@@ -29,6 +29,7 @@ mod error;
 mod error_type;
 mod event;
 mod health;
+mod journal;
 mod keys;
 mod message;
 mod outcome;
@@ -48,6 +49,9 @@ pub use event::{
     ToolResultEvent, UsageEvent,
 };
 pub use health::{DEAD_AFTER_SECONDS, Health, HealthReport, WorkerHealth};
+pub use journal::{
+    ApprovalRequest, DecisionRecord, Journal, JournalRecord, ModelRecord, StepKey, ToolRecord,
+};
 pub use keys::{Keys, cluster_slot};
 pub use message::{Content, Message, ToolCall};
 pub use outcome::{OutcomeStatus, RunOutcome};

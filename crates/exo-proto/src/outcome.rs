@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{ErrorType, RunStatus, StreamEvent, Usage};
+use crate::{ApprovalRequest, ErrorType, RunStatus, StreamEvent, Usage};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,9 @@ pub enum OutcomeStatus {
     Cancelled,
     /// The run passed its deadline.
     TimedOut,
+    /// The run stopped at a call to a tool that needs a person's approval
+    /// (see `approval`); it goes on from its journal once decided.
+    WaitingForApproval,
 }
 
 /// The end of a run.
@@ -51,6 +54,9 @@ pub struct RunOutcome {
     /// MCP server, authentication, max steps); meaningful for `Failed`.
     #[serde(default)]
     pub retryable: bool,
+    /// For `WaitingForApproval`: the call that waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRequest>,
 }
 
 impl RunOutcome {
@@ -65,6 +71,16 @@ impl RunOutcome {
             error: None,
             error_type: None,
             retryable: false,
+            approval: None,
+        }
+    }
+
+    /// A run that stopped to wait for a person's decision on `approval`.
+    pub fn waiting(agent_name: impl Into<String>, approval: ApprovalRequest) -> Self {
+        RunOutcome {
+            status: OutcomeStatus::WaitingForApproval,
+            approval: Some(approval),
+            ..RunOutcome::completed(agent_name, "")
         }
     }
 
@@ -130,6 +146,17 @@ impl RunOutcome {
             OutcomeStatus::Failed | OutcomeStatus::TimedOut => {
                 StreamEvent::status(RunStatus::Error, name, error())
             }
+            OutcomeStatus::WaitingForApproval => StreamEvent::status(
+                RunStatus::WaitingForTool,
+                name,
+                match &self.approval {
+                    Some(approval) => format!(
+                        "Waiting for approval of tool '{}' (call {})",
+                        approval.tool_name, approval.tool_call_id
+                    ),
+                    None => "Waiting for approval".to_owned(),
+                },
+            ),
             OutcomeStatus::Cancelled => StreamEvent::status(
                 RunStatus::Cancelled,
                 name,

@@ -206,6 +206,27 @@ fn activity_result(
         (OutcomeStatus::Failed | OutcomeStatus::TimedOut, None) => {
             Err(failed(AttemptOutcome { outcome, attempt }))
         }
+        // Approvals are honoured by the local executor only: under Temporal
+        // the wait would have to be a workflow signal, which this executor
+        // does not wire yet.
+        (OutcomeStatus::WaitingForApproval, None) => Err(failed(AttemptOutcome {
+            outcome: RunOutcome {
+                status: OutcomeStatus::Failed,
+                error: Some(format!(
+                    "tool '{}' needs an approval (hitl_tools), which the Temporal executor does not support; run this agent on a worker with the local executor",
+                    outcome
+                        .approval
+                        .as_ref()
+                        .map(|approval| approval.tool_name.as_str())
+                        .unwrap_or_default()
+                )),
+                error_type: Some(ErrorType::Config),
+                retryable: false,
+                approval: None,
+                ..outcome
+            },
+            attempt,
+        })),
     }
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn application_failure(
             OutcomeStatus::Failed => "the run failed",
             OutcomeStatus::Cancelled => "cancelled",
             OutcomeStatus::TimedOut => "timed out",
+            OutcomeStatus::WaitingForApproval => "waiting for approval",
         }
         .to_owned()
     });

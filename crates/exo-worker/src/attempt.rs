@@ -77,6 +77,7 @@ pub(crate) async fn run_task(
                 true,
             ),
             unsent_events: Vec::new(),
+            unsent_journal: Vec::new(),
             retries_used: 0,
         },
     };
@@ -141,9 +142,22 @@ fn settlement<'a>(
     outcome: &'a RunOutcome,
     cancelled: bool,
     timeout_text: &'a str,
+    waiting: &'a Waiting,
 ) -> (Outcome<'a>, StreamEvent) {
     let agent_name = outcome.agent_name.as_str();
     match outcome.status {
+        OutcomeStatus::WaitingForApproval if cancelled => (
+            Outcome::Cancelled,
+            RunOutcome::cancelled(agent_name).terminal_event(),
+        ),
+        OutcomeStatus::WaitingForApproval => (
+            Outcome::Waiting {
+                approval: &waiting.approval,
+                event: &waiting.event,
+                wait: waiting.wait,
+            },
+            outcome.terminal_event(),
+        ),
         OutcomeStatus::Completed => (
             Outcome::Completed {
                 output: &outcome.output,
@@ -179,6 +193,44 @@ fn settlement<'a>(
     }
 }
 
+/// What a run that stopped for an approval leaves in Redis: the request
+/// (JSON), the `waiting_for_tool` event with its extension fields, and how
+/// long the wait may last.
+#[derive(Debug, Default)]
+struct Waiting {
+    approval: String,
+    event: String,
+    wait: Duration,
+}
+
+impl Waiting {
+    fn of(outcome: &RunOutcome, payload: &exo_proto::TaskPayload, most: Duration) -> Self {
+        let Some(approval) = &outcome.approval else {
+            return Waiting::default();
+        };
+        // The payload may ask for a shorter wait than the worker allows.
+        let wait = payload
+            .metadata
+            .get("approval_timeout_seconds")
+            .and_then(serde_json::Value::as_f64)
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+            .filter(|wait| !wait.is_zero())
+            .map_or(most, |wait| wait.min(most));
+        let deadline = exo_proto::time::now_seconds() + wait.as_secs_f64();
+        let mut event = serde_json::to_value(outcome.terminal_event()).unwrap_or_default();
+        event["waiting_for"] = "approval".into();
+        event["tool_name"] = approval.tool_name.clone().into();
+        event["tool_call_id"] = approval.tool_call_id.clone().into();
+        event["arguments"] = approval.arguments.clone().into();
+        event["approval_deadline"] = deadline.into();
+        Waiting {
+            approval: serde_json::to_string(approval).unwrap_or_default(),
+            event: event.to_string(),
+            wait,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
@@ -193,15 +245,17 @@ async fn finish(
     let outcome = execution.outcome;
     let agent_name = outcome.agent_name.clone();
     let timeout_text = timeout_message(timeout);
-    let (result, terminal) = settlement(&outcome, cancelled, &timeout_text);
+    let waiting = Waiting::of(&outcome, &task.payload, shared.config.approval_timeout);
+    let (result, terminal) = settlement(&outcome, cancelled, &timeout_text, &waiting);
     let events = execution.unsent_events;
+    let journal = execution.unsent_journal;
     let retries_used = execution.retries_used;
     let mut claimed = Vec::new();
     let mut finished = write_outcome(
         shared,
         task,
         result,
-        events.clone(),
+        (events.clone(), journal),
         &terminal,
         retries_used,
         claimer,
@@ -218,7 +272,7 @@ async fn finish(
             shared,
             task,
             Outcome::Cancelled,
-            events,
+            (events, Vec::new()),
             &terminal,
             retries_used,
             claimer,
@@ -230,6 +284,17 @@ async fn finish(
         return claimed;
     };
     let (status, output, error) = match &finished {
+        Finished::Waiting => {
+            tracing::info!(
+                task_id = task.lease.task_id,
+                tool = outcome
+                    .approval
+                    .as_ref()
+                    .map(|approval| approval.tool_name.as_str()),
+                "the task waits for an approval; its slot is free"
+            );
+            return claimed;
+        }
         Finished::Completed => {
             shared.processed.fetch_add(1, Ordering::Relaxed);
             (TaskStatus::Completed, Some(outcome.output.as_str()), None)
@@ -302,7 +367,7 @@ async fn write_outcome(
     shared: &Shared,
     task: &ClaimedTask,
     outcome: Outcome<'_>,
-    events: Vec<String>,
+    (events, journal): (Vec<String>, Vec<String>),
     terminal: &StreamEvent,
     retries_used: u32,
     claimer: &mut Claimer,
@@ -313,6 +378,7 @@ async fn write_outcome(
         let options = FinishOptions {
             inner_retries: retries_used,
             current_task_after: Some(shared.current_task_besides(&task.lease.task_id)),
+            journal: journal.clone(),
         };
         let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim());
         let written = claimer
@@ -418,6 +484,7 @@ mod tests {
             error: error.map(str::to_owned),
             error_type: error.map(|_| exo_proto::ErrorType::Runtime),
             retryable,
+            approval: None,
         }
     }
 
@@ -463,11 +530,14 @@ mod tests {
                 "error: ",
             ),
         ];
+        let waiting = super::Waiting::default();
         for (outcome, cancelled, recorded, terminal) in cases {
-            let (result, event) = settlement(outcome, *cancelled, "timed out after 0.5 s");
+            let (result, event) =
+                settlement(outcome, *cancelled, "timed out after 0.5 s", &waiting);
             let recorded_now = match result {
                 Outcome::Completed { output } => format!("completed: {output}"),
                 Outcome::Cancelled => "cancelled".to_owned(),
+                Outcome::Waiting { .. } => "waiting".to_owned(),
                 Outcome::Failed { error, retryable } => format!(
                     "failed ({}): {error}",
                     if retryable { "retryable" } else { "final" }

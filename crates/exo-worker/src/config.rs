@@ -60,6 +60,11 @@ pub struct WorkerConfig {
     pub max_task_timeout: Duration,
     /// Which memory stores payloads may use.
     pub memory: MemorySettings,
+    /// How long a task may wait for a decision on a call to one of its
+    /// agent's `hitl_tools` (a payload's `metadata.approval_timeout_seconds`
+    /// may ask for less). At the deadline the call counts as denied and the
+    /// run goes on. At most the task TTL.
+    pub approval_timeout: Duration,
 }
 
 /// Which memory stores a worker's payloads may use, and how much history a
@@ -101,6 +106,7 @@ impl WorkerConfig {
             hook_timeout: Duration::from_secs(30),
             max_task_timeout: Duration::from_secs(24 * 3600),
             memory: MemorySettings::default(),
+            approval_timeout: Duration::from_secs(3600),
         }
     }
 
@@ -121,6 +127,12 @@ impl WorkerConfig {
             || self.broker.event_ttl < Duration::from_secs(1)
         {
             return Err("the task and event TTLs must be at least 1 s".into());
+        }
+        if self.approval_timeout.is_zero() || self.approval_timeout > self.broker.task_ttl {
+            return Err(format!(
+                "the approval timeout must be more than 0 and at most the task TTL ({} s)",
+                self.broker.task_ttl.as_secs()
+            ));
         }
         if self.max_task_timeout.is_zero() {
             return Err("the task timeout cap must be positive".into());

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use exo_agent::{RunEvent, RunOptions, Runner};
 use exo_broker::{ClaimedTask, PublishOptions, WorkerSession};
-use exo_proto::{AgentSpec, ErrorEvent, ErrorType, RunOutcome, StreamEvent, TaskPayload};
+use exo_proto::{AgentSpec, ErrorEvent, ErrorType, Journal, RunOutcome, StreamEvent, TaskPayload};
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ pub struct Execution {
     pub outcome: RunOutcome,
     /// Event JSON not yet published.
     pub unsent_events: Vec<String>,
+    /// Step-journal records not yet written.
+    pub unsent_journal: Vec<String>,
     /// Retries the executor spent inside this attempt (Temporal retries
     /// activities itself); they are added to the task's `retries`, so the
     /// task hash reads the same whichever executor ran it.
@@ -170,11 +172,7 @@ impl LocalExecutor {
                     false,
                 );
                 publisher.publish(&error_event(&outcome)).await;
-                return Execution {
-                    outcome,
-                    unsent_events: publisher.close().await,
-                    retries_used: 0,
-                };
+                return Execution::closing(outcome, publisher).await;
             }
         };
         let (memory, history) = match MemorySession::open(&self.memory, payload).await {
@@ -192,19 +190,38 @@ impl LocalExecutor {
                     failure.retryable,
                 );
                 publisher.publish(&error_event(&outcome)).await;
-                return Execution {
-                    outcome,
-                    unsent_events: publisher.close().await,
-                    retries_used: 0,
-                };
+                return Execution::closing(outcome, publisher).await;
             }
         };
+        let replay = match read_journal(&self.session, task_id, lease).await {
+            Ok(journal) => journal,
+            Err(error) => {
+                let outcome = RunOutcome::failed(
+                    spec.name(),
+                    format!("the step journal could not be read: {error}"),
+                    ErrorType::Runtime,
+                    true,
+                );
+                publisher.publish(&error_event(&outcome)).await;
+                return Execution::closing(outcome, publisher).await;
+            }
+        };
+        if !replay.is_empty() {
+            tracing::info!(
+                task_id,
+                model_calls = replay.model_calls(),
+                "resuming from the step journal"
+            );
+        }
         let (sender, mut receiver) = mpsc::channel(256);
         let options = RunOptions {
             detailed: payload.detailed,
             cancel: control.cancel.clone(),
             deadline: Some(control.deadline),
             pause: control.pause.clone(),
+            replay,
+            task_id: task_id.to_owned(),
+            attempt: lease.map_or(0, |lease| lease.attempt),
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();
@@ -268,12 +285,39 @@ impl LocalExecutor {
             }
         }
         drop(memory);
+        Execution::closing(outcome, publisher).await
+    }
+}
+
+impl Execution {
+    /// The outcome, with what `publisher` had not yet written.
+    pub(crate) async fn closing(
+        outcome: RunOutcome,
+        publisher: exo_broker::EventPublisher,
+    ) -> Self {
+        let unsent = publisher.close_all().await;
         Execution {
             outcome,
-            unsent_events: publisher.close().await,
+            unsent_events: unsent.events,
+            unsent_journal: unsent.journal,
             retries_used: 0,
         }
     }
+}
+
+/// The step journal of a task's earlier attempts. A first attempt (with a
+/// lease) has none and reads nothing; a retried, reclaimed or resumed one
+/// reads it in one round trip.
+async fn read_journal(
+    session: &WorkerSession,
+    task_id: &str,
+    lease: Option<&exo_broker::Lease>,
+) -> exo_broker::Result<Journal> {
+    if lease.is_some_and(|lease| lease.attempt <= 1) {
+        return Ok(Journal::default());
+    }
+    let records = session.journal(task_id).await?;
+    Ok(Journal::from_json(records.iter().map(String::as_str)))
 }
 
 /// Sends one thing a run produced where it goes: events to the stream,
@@ -296,6 +340,10 @@ async fn forward(
                 memory.save(&agent_name, &message).await;
             }
         }
+        RunEvent::Journal(record) => match serde_json::to_string(&record) {
+            Ok(json) => publisher.journal(json).await,
+            Err(error) => tracing::warn!(%error, "a journal record did not serialize"),
+        },
         _ => {}
     }
 }

@@ -243,6 +243,7 @@ fn execution(outcome: RunOutcome, retries_used: u32) -> Execution {
     Execution {
         outcome,
         unsent_events: Vec::new(),
+        unsent_journal: Vec::new(),
         retries_used,
     }
 }
@@ -358,7 +359,14 @@ impl ActivityHost for WorkerHost {
         exo_observability::set_parent_from(&span, &payload.trace_context());
         let execution =
             tracing::Instrument::instrument(self.local.run_payload(&payload, control), span).await;
-        if let Err(error) = self.publish(&run.task_id, &execution.unsent_events).await {
+        if let Err(error) = self
+            .publish_with_journal(
+                &run.task_id,
+                &execution.unsent_events,
+                &execution.unsent_journal,
+            )
+            .await
+        {
             return names_failed_to_publish(&names, &error);
         }
         execution.outcome
@@ -368,12 +376,23 @@ impl ActivityHost for WorkerHost {
 impl WorkerHost {
     /// Publishes events, retrying while Redis is unreachable.
     async fn publish(&self, task_id: &str, events: &[String]) -> exo_broker::Result<()> {
+        self.publish_with_journal(task_id, events, &[]).await
+    }
+
+    /// Publishes events and step-journal records (a later activity attempt
+    /// replays the journal), retrying while Redis is unreachable.
+    async fn publish_with_journal(
+        &self,
+        task_id: &str,
+        events: &[String],
+        journal: &[String],
+    ) -> exo_broker::Result<()> {
         let mut attempt = 0;
         loop {
             let published = self
                 .local
                 .session()
-                .publish(task_id, events, PublishOptions::default())
+                .publish_with_journal(task_id, events, journal, PublishOptions::default())
                 .await;
             match published {
                 Ok(_) => return Ok(()),
@@ -432,6 +451,7 @@ mod tests {
                 error: Some("e".into()),
                 error_type: Some(ErrorType::Runtime),
                 retryable: true,
+                approval: None,
             };
             // The outcome crosses Temporal as JSON.
             let sent = serde_json::to_string(&AttemptOutcome {

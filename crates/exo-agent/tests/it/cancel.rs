@@ -37,6 +37,7 @@ async fn a_sleeping_tool_is_cancelled_within_a_second() {
         cancel: cancel.clone(),
         deadline: None,
         pause: None,
+        ..RunOptions::default()
     };
     let (sender, mut receiver) = tokio::sync::mpsc::channel(16);
     let run =
@@ -190,6 +191,7 @@ async fn a_run_cancelled_before_it_starts_does_nothing() {
             cancel,
             deadline: None,
             pause: None,
+            ..RunOptions::default()
         },
     )
     .await;

@@ -240,6 +240,7 @@ async fn check_session_closed(end: End) {
         deadline: (end == End::Deadline)
             .then(|| tokio::time::Instant::now() + Duration::from_secs(3)),
         pause: None,
+        ..RunOptions::default()
     };
     let started = Instant::now();
     let run =

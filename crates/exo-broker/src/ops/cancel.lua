@@ -11,7 +11,7 @@
 
 local task_id = ARGV[7]
 local key = task_key(task_id)
-local state = redis.call('HMGET', key, 'status', 'agent_name')
+local state = redis.call('HMGET', key, 'status', 'agent_name', 'waiting_for')
 local status = state[1]
 if not status then return { 'not_found' } end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
@@ -24,5 +24,10 @@ if status == 'running' then return { 'cancelling' } end
 
 redis.call('ZREM', DELAYED, task_id)
 redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-end_stream(task_id, { status_event('cancelled', state[2], 'Task cancelled before it started') })
+if state[3] == 'approval' then
+  redis.call('HDEL', key, 'waiting_for')
+  end_stream(task_id, { status_event('cancelled', state[2], 'Task cancelled while waiting for approval') })
+else
+  end_stream(task_id, { status_event('cancelled', state[2], 'Task cancelled before it started') })
+end
 return { 'cancelled' }

@@ -15,7 +15,8 @@
 -- KEYS[6] task timeline (zset)      KEYS[15] family: cancel channel
 -- KEYS[7] worker registry (zset)    KEYS[16] family: worker heartbeat hash
 -- KEYS[8] active tasks (zset)       KEYS[17] family: idempotency key
--- KEYS[9] fleet beat (string)
+-- KEYS[9] fleet beat (string)             KEYS[18] tasks waiting for approval (zset)
+--                                        KEYS[19] family: step journal (list)
 --
 -- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
 -- ARGV[2] consumer group                          ARGV[5] event stream max length
@@ -33,6 +34,7 @@ local INDEX, TIMELINE, REGISTRY, ACTIVE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = KEYS[9], KEYS[10], KEYS[11]
 local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
 local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
+local APPROVALS, JOURNAL_FAMILY = KEYS[18], KEYS[19]
 local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -43,6 +45,7 @@ local function channel_key(task_id) return CHANNEL_FAMILY .. task_id end
 local function cancel_channel(task_id) return CANCEL_FAMILY .. task_id end
 local function worker_key(worker_id) return WORKER_FAMILY .. worker_id end
 local function idempotency_key(key) return IDEMPOTENCY_FAMILY .. key end
+local function journal_key(task_id) return JOURNAL_FAMILY .. task_id end
 
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
@@ -71,6 +74,25 @@ local function append_events(task_id, events)
     redis.call('PUBLISH', channel, events[i])
   end
   redis.call('EXPIRE', stream, EVENT_TTL)
+end
+
+-- Appends step-journal records (JSON strings) to the task's journal. It is
+-- bounded: past JOURNAL_MAX records, or for a record over the payload size
+-- limit, nothing is kept (those steps run again on a later attempt, which
+-- is what happens without a journal). It lives as long as the task hash.
+local JOURNAL_MAX = 2000
+local function append_journal(task_id, records)
+  if #records == 0 then return end
+  local key = journal_key(task_id)
+  local room = JOURNAL_MAX - redis.call('LLEN', key)
+  for i = 1, #records do
+    if room <= 0 then break end
+    if SIZE_LIMIT == 0 or #records[i] <= SIZE_LIMIT then
+      redis.call('RPUSH', key, records[i])
+      room = room - 1
+    end
+  end
+  redis.call('EXPIRE', key, TASK_TTL)
 end
 
 -- Replaces the placeholder string `slot` (with its quotes) in an event
@@ -172,10 +194,13 @@ local function trim_index(limit)
   return #expired
 end
 
--- Ends a task's event stream with its one terminal status event.
+-- Ends a task's event stream with its one terminal status event. Its
+-- journal goes: nothing will run it again.
 local function end_stream(task_id, events)
   append_events(task_id, events)
   redis.call('HSET', task_key(task_id), 'ended', '1')
+  redis.call('DEL', journal_key(task_id))
+  redis.call('ZREM', APPROVALS, task_id)
 end
 
 -- Fails a task that can never run (bad payload): dead letter, and, when
@@ -237,7 +262,7 @@ local function promote_due(limit)
     redis.call('HDEL', DELAYED_PAYLOADS, task_id)
     if payload then
       local status = redis.call('HGET', task_key(task_id), 'status')
-      if status == 'retrying' then
+      if status == 'retrying' or status == 'pending' then
         enqueue(task_id, payload)
       elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
         enqueue(nil, payload)
@@ -433,4 +458,42 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     redis.call('HSET', worker_key(consumer), 'current_task_id', rows[#rows - 4])
   end
   return { next_due(), rows, rejected, now_ms() }
+end
+
+-- A decision on the tool call a waiting task stopped at (`approval` in its
+-- hash, JSON of an ApprovalRequest): the journal records it (the next
+-- attempt replays it), the event stream says who decided what and when,
+-- and the task goes back on the queue at once. Returns the tool's name.
+local function decide(task_id, approval_json, approved, by, reason, arguments)
+  local key = task_key(task_id)
+  local approval = cjson.decode(approval_json)
+  local record = { kind = 'decision', scope = approval.scope, call = approval.call,
+    tool_call_id = approval.tool_call_id, approved = approved, by = by, at = tonumber(NOW) }
+  if reason and reason ~= '' then record.reason = reason end
+  if arguments and arguments ~= '' then record.arguments = arguments end
+  append_journal(task_id, { cjson.encode(record) })
+  local verdict = approved and 'approved' or 'denied'
+  local message = "Tool '" .. tostring(approval.tool_name) .. "' " .. verdict .. ' by ' .. by
+  if reason and reason ~= '' then message = message .. ': ' .. reason end
+  local shown = { tool_name = approval.tool_name, tool_call_id = approval.tool_call_id,
+    approved = approved, by = by, at = record.at, reason = record.reason, arguments = record.arguments }
+  local event = fill(fill(fill(STATUS_DECIDED, '\\u0001agent', approval.agent_name or ''),
+    '\\u0001message', message), '\\u0001approval', shown)
+  append_events(task_id, { event })
+  redis.call('ZREM', APPROVALS, task_id)
+  redis.call('HDEL', key, 'waiting_for', 'approval', 'approval_deadline')
+  redis.call('HSET', key, 'approval_decision', cjson.encode(record))
+  local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
+  redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+  if payload then
+    update_task(task_id, 'status', 'pending')
+    enqueue(task_id, payload)
+  else
+    local reason_lost = 'the payload of the task waiting for approval was lost'
+    update_task(task_id, 'status', 'failed', 'error', reason_lost, 'completed_at', NOW)
+    dead_letter(task_id, '', reason_lost, redis.call('HGET', key, 'attempt'))
+    end_stream(task_id, { error_event(reason_lost, ERROR_TYPES.LOST_PAYLOAD, approval.agent_name or '', false),
+      status_event('error', approval.agent_name or '', reason_lost) })
+  end
+  return approval.tool_name
 end

@@ -3,13 +3,16 @@
 -- ARGV[7]  task id
 -- ARGV[8]  queue entry id
 -- ARGV[9]  the fence from claim ("<attempt>:<token>"; see fence_holds)
--- ARGV[10] outcome: completed | failed | cancelled
--- ARGV[11] completed: the result JSON; failed: the error message
+-- ARGV[10] outcome: completed | failed | cancelled | waiting
+-- ARGV[11] completed: the result JSON; failed: the error message; waiting:
+--          the approval request JSON (the tool call that waits)
 -- ARGV[12] failed: "1" when the failure may be retried
--- ARGV[13] failed: backoff before the retry, in ms
+-- ARGV[13] failed: backoff before the retry, in ms; waiting: how long the
+--          wait may last, in ms
 -- ARGV[14] failed: the raw payload, used for the retry or the dead letter
 --          only when the queue entry is gone (its exact bytes are preferred)
--- ARGV[15] the terminal status event JSON (used when the task ends)
+-- ARGV[15] the terminal status event JSON (used when the task ends); for
+--          waiting, the `waiting_for_tool` status event
 -- ARGV[16] the status event JSON that announces a retry
 -- ARGV[17] default max retries
 -- ARGV[18] retries the executor spent inside this attempt (added to
@@ -25,7 +28,18 @@
 --          ended (a task the worker still runs, or ""), unless a task is
 --          claimed here (then that one)
 -- ARGV[25] "1" when ARGV[24] is to be written
--- ARGV[26...] events of the run not yet published
+-- ARGV[26] n, the number of step-journal records that follow
+-- ARGV[27...26+n] step-journal records not yet written (kept for a retry
+--          or a wait; a task that ends drops its journal)
+-- ARGV[27+n...] events of the run not yet published
+--
+-- `waiting` (the run stopped at a tool call that needs a person's
+-- approval): the task goes back to `pending` with no queue entry, its
+-- payload kept in the delayed payloads and its id in the approvals set
+-- (scored by the wait's deadline), its hash showing `waiting_for` =
+-- `approval`, `approval` and `approval_deadline`. The slot is free; a
+-- decision (decide.lua, or the reaper at the deadline) puts it back on the
+-- queue.
 --
 -- When the attempt ends here (not in a repeated call) and the worker's
 -- heartbeat hash exists, its `tasks_processed` (completed) or
@@ -61,6 +75,9 @@ local function finish_attempt()
   if (status == 'completed' or status == 'failed') and status == outcome then
     return { status }
   end
+  if outcome == 'waiting' and status == 'pending' then
+    return { 'waiting' }
+  end
   if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
     ack(entry_id)
     return { 'cancelled' }
@@ -73,8 +90,11 @@ local function finish_attempt()
     return { 'stale', status or '', state[2] or '' }
   end
 
+  local journal_count = tonumber(ARGV[26]) or 0
+  local journal = {}
+  for i = 27, 26 + journal_count do table.insert(journal, ARGV[i]) end
   local events = {}
-  for i = 26, #ARGV do table.insert(events, ARGV[i]) end
+  for i = 27 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
   -- The payload exactly as queued, for a retry or the dead letter.
   local function queued_payload()
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
@@ -91,6 +111,22 @@ local function finish_attempt()
 
   -- The task was claimed here, so exo indexed it: `update_task`. The
   -- stream's end (`ended`) is written with the final state.
+  if outcome == 'waiting' then
+    local payload = queued_payload()
+    local deadline = now_ms() + (tonumber(ARGV[13]) or 0)
+    redis.call('HDEL', key, 'entry')
+    update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', ARGV[11],
+      'approval_deadline', string.format('%.3f', deadline / 1000))
+    redis.call('ZADD', APPROVALS, deadline, task_id)
+    redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+    append_journal(task_id, journal)
+    table.insert(events, ARGV[15])
+    ack(entry_id)
+    append_events(task_id, events)
+    ended_here = true
+    return { 'waiting' }
+  end
+
   if outcome == 'completed' then
     if state[8] then redis.call('HDEL', key, 'error') end
     update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11], 'ended', '1')
@@ -115,6 +151,7 @@ local function finish_attempt()
       update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
       redis.call('ZADD', DELAYED, due, task_id)
       redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+      append_journal(task_id, journal)
       table.insert(events, ARGV[16])
       ack(entry_id)
       append_events(task_id, events)
@@ -129,6 +166,7 @@ local function finish_attempt()
 
   ack(entry_id)
   append_events(task_id, events)
+  redis.call('DEL', journal_key(task_id))
   ended_here = true
   return reply
 end
@@ -153,6 +191,6 @@ local reply = finish_attempt()
 if ended_here then note_on_worker(reply[1]) end
 local claim_count = tonumber(ARGV[19]) or 0
 if claim_count <= 0 then return reply end
-local ended = { completed = true, cancelled = true, failed = true, retrying = true }
+local ended = { completed = true, cancelled = true, failed = true, retrying = true, waiting = true }
 if not ended[reply[1]] then return { reply, { -1, {}, {}, now_ms() } } end
 return { reply, claim_batch(ARGV[20], claim_count, ARGV[17], tonumber(ARGV[22]), ARGV[21], {}) }

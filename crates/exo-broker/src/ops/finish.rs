@@ -38,6 +38,8 @@ pub(crate) struct FinishCall<'a> {
     pub(crate) worker_id: &'a str,
     /// What that hash shows as `current_task_id` afterwards, if anything.
     pub(crate) current_task_after: Option<&'a str>,
+    /// Step-journal records not yet written.
+    pub(crate) journal: &'a [String],
 }
 
 /// The claim that follows a final write in the same round trip.
@@ -67,6 +69,7 @@ impl FinishCall<'_> {
             ),
             Outcome::Failed { error, retryable } => ("failed", error.to_owned(), retryable),
             Outcome::Cancelled => ("cancelled", String::new(), false),
+            Outcome::Waiting { approval, .. } => ("waiting", approval.to_owned(), false),
         }
     }
 
@@ -106,7 +109,7 @@ impl Operation for FinishCall<'_> {
             String::new()
         };
         let lease = &self.task.lease;
-        argv.reserve(19 + self.events.len());
+        argv.reserve(20 + self.journal.len() + self.events.len());
         argv.extend([
             lease.task_id.clone(),
             lease.entry_id.clone(),
@@ -114,7 +117,10 @@ impl Operation for FinishCall<'_> {
             kind.to_owned(),
             text,
             if retryable { "1" } else { "0" }.to_owned(),
-            self.backoff.as_millis().to_string(),
+            match self.outcome {
+                Outcome::Waiting { wait, .. } => wait.as_millis().to_string(),
+                _ => self.backoff.as_millis().to_string(),
+            },
             // Only a failure needs the payload (for the retry or the dead
             // letter), and only when its queue entry is gone.
             if failed {
@@ -122,7 +128,10 @@ impl Operation for FinishCall<'_> {
             } else {
                 String::new()
             },
-            self.terminal.to_json(),
+            match self.outcome {
+                Outcome::Waiting { event, .. } => event.to_owned(),
+                _ => self.terminal.to_json(),
+            },
             retry_event,
             self.default_max_retries.to_string(),
             self.inner_retries.to_string(),
@@ -146,6 +155,8 @@ impl Operation for FinishCall<'_> {
             }
             .to_owned(),
         ]);
+        argv.push(self.journal.len().to_string());
+        argv.extend(self.journal.iter().cloned());
         argv.extend(self.events.iter().cloned());
     }
 
@@ -171,6 +182,7 @@ impl FinishCall<'_> {
             "completed" => Finished::Completed,
             "cancelled" => Finished::Cancelled,
             "failed" => Finished::Failed,
+            "waiting" => Finished::Waiting,
             "retrying" => Finished::Retrying {
                 retry: parts.count()? as u32,
                 delay: self.backoff,

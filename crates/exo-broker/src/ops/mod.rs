@@ -36,6 +36,7 @@ use crate::{
 
 pub(crate) mod cancel;
 pub(crate) mod claim;
+pub(crate) mod decide;
 pub(crate) mod deregister;
 pub(crate) mod finish;
 pub(crate) mod fleet;
@@ -99,6 +100,8 @@ impl ScriptContext {
             keys.cancel_channel_prefix(),
             keys.worker_prefix(),
             keys.idempotency_prefix(),
+            keys.approvals(),
+            keys.journal_prefix(),
         ];
         // The order is common.lua's ARGV header.
         let settings = vec![
@@ -122,6 +125,7 @@ impl ScriptContext {
 pub(crate) struct Scripts {
     pub(crate) submit: Script,
     pub(crate) claim: Script,
+    pub(crate) decide: Script,
     pub(crate) finish: Script,
     pub(crate) publish: Script,
     pub(crate) cancel: Script,
@@ -142,6 +146,7 @@ impl Scripts {
         Scripts {
             submit: script(submit::LUA),
             claim: script(claim::LUA),
+            decide: script(decide::LUA),
             finish: script(finish::LUA),
             publish: script(publish::LUA),
             cancel: script(cancel::LUA),
@@ -162,6 +167,7 @@ impl Scripts {
 const AGENT: &str = "\u{1}agent";
 const MESSAGE: &str = "\u{1}message";
 const ERROR_TYPE: &str = "\u{1}error_type";
+const APPROVAL: &str = "\u{1}approval";
 
 /// The event templates as Lua string constants, then common.lua.
 fn prelude() -> String {
@@ -186,9 +192,19 @@ fn prelude() -> String {
     .map(|(name, kind)| format!("{name} = {}", lua_string(kind.as_str())))
     .collect::<Vec<_>>()
     .join(", ");
+    // A `status` event with an extension field (reference readers ignore
+    // it): the decision on a call that waited for approval.
+    let decided = {
+        let mut event =
+            serde_json::to_value(StreamEvent::status(RunStatus::Running, AGENT, MESSAGE))
+                .expect("events serialize");
+        event["approval"] = serde_json::Value::from(APPROVAL);
+        event.to_string()
+    };
     format!(
-        "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\nlocal ERROR_TYPES = {{ {error_types} }}\n{COMMON}",
+        "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal STATUS_DECIDED = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\nlocal ERROR_TYPES = {{ {error_types} }}\n{COMMON}",
         lua_string(&status(RunStatus::Cancelled)),
+        lua_string(&decided),
         lua_string(&status(RunStatus::Error)),
         lua_string(&error(false)),
         lua_string(&error(true)),
@@ -299,6 +315,7 @@ mod tests {
             r#""\u0001agent""#,
             r#""\u0001message""#,
             r#""\u0001error_type""#,
+            r#""\u0001approval""#,
         ] {
             assert!(prelude.contains(slot), "{slot} missing from the prelude");
         }
@@ -315,7 +332,7 @@ mod tests {
         for key in &context.names {
             assert!(sample.contains(key), "{key} is not in Keys::all_sample");
         }
-        assert_eq!(context.keys.len(), 17);
+        assert_eq!(context.keys.len(), 19);
         assert_eq!(context.settings.len(), 6);
     }
 }

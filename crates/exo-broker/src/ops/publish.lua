@@ -2,9 +2,12 @@
 --
 -- ARGV[7]  task id
 -- ARGV[8]  the fence ("<attempt>:<token>", "" to skip the check)
--- ARGV[9...] event JSON strings, in order
+-- ARGV[9]  n, the number of step-journal records that follow
+-- ARGV[10...9+n] step-journal records (JSON) to append to the task's journal
+-- ARGV[10+n...] event JSON strings, in order
 --
--- One XADD and one PUBLISH per event, one EXPIRE per batch. With an attempt,
+-- One XADD and one PUBLISH per event, one EXPIRE per batch; journal
+-- records go in the same round trip as the events produced with them. With an attempt,
 -- the batch is refused when the attempt is no longer current or the stream
 -- has ended (a worker cut off from Redis must not mix its events into the
 -- next attempt's); without one, only when the stream has ended. A fenced
@@ -18,7 +21,11 @@ if attempt ~= '' then
   if not fence_holds(task_key(task_id), attempt) then return -1 end
   redis.call('EXPIRE', task_key(task_id), TASK_TTL)
 end
+local journal_count = tonumber(ARGV[9]) or 0
+local journal = {}
+for i = 10, 9 + journal_count do table.insert(journal, ARGV[i]) end
 local events = {}
-for i = 9, #ARGV do table.insert(events, ARGV[i]) end
+for i = 10 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
+append_journal(task_id, journal)
 append_events(task_id, events)
 return #events

@@ -14,6 +14,8 @@ pub(crate) struct PublishCall<'a> {
     /// Refuse the batch unless this lease still holds the task.
     pub(crate) fence: Option<&'a Lease>,
     pub(crate) events: &'a [String],
+    /// Step-journal records, appended in the same round trip.
+    pub(crate) journal: &'a [String],
 }
 
 impl Operation for PublishCall<'_> {
@@ -27,9 +29,11 @@ impl Operation for PublishCall<'_> {
     }
 
     fn arguments(&self, argv: &mut Vec<String>) {
-        argv.reserve(self.events.len() + 2);
+        argv.reserve(self.events.len() + self.journal.len() + 3);
         argv.push(self.task_id.to_owned());
         argv.push(self.fence.map(Lease::fence).unwrap_or_default());
+        argv.push(self.journal.len().to_string());
+        argv.extend(self.journal.iter().cloned());
         argv.extend(self.events.iter().cloned());
     }
 

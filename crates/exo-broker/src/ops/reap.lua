@@ -29,13 +29,30 @@
 -- Consumers of dead workers with nothing pending are removed from the
 -- group. While the fleet clock says the server (or every worker) was
 -- stalled, nothing is reclaimed for one TTL.
--- Returns {promoted, requeued, failed, cleaned, reconciled, quiet (0/1)}.
+-- Waits for approval past their deadline end here as denied (by `exo`,
+-- with the reason), so the run goes on and its model is told.
+-- Returns {promoted, requeued, failed, cleaned, reconciled, quiet (0/1),
+-- approvals expired}.
 
 local me, lease_ms, limit, default_max = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local dead_idle_ms = tonumber(ARGV[11]) or 0
 local ttl_ms = tonumber(ARGV[12]) or 30000
 local promoted = promote_due(limit)
 trim_index(100)
+
+local expired_approvals = 0
+for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', APPROVALS, '-inf', NOW_MS, 'LIMIT', 0, limit)) do
+  local ok = pcall(function()
+    local state = redis.call('HMGET', task_key(task_id), 'status', 'waiting_for', 'approval')
+    if state[1] == 'pending' and state[2] == 'approval' and state[3] then
+      decide(task_id, state[3], false, 'exo', 'no decision before the approval deadline', nil)
+      expired_approvals = expired_approvals + 1
+    else
+      redis.call('ZREM', APPROVALS, task_id)
+    end
+  end)
+  if not ok then redis.call('ZREM', APPROVALS, task_id) end
+end
 
 -- The fleet clock: no heartbeat for half a TTL means the server or the
 -- whole fleet was stopped; everyone's keys look expired, so wait one TTL.
@@ -48,7 +65,7 @@ if last_beat and NOW_MS - last_beat > ttl_ms / 2 then
 elseif NOW_MS < (tonumber(redis.call('GET', quiet_key) or '0') or 0) then
   quiet = true
 end
-if quiet then return { promoted, 0, 0, 0, 0, 1 } end
+if quiet then return { promoted, 0, 0, 0, 0, 1, expired_approvals } end
 
 local stuck, order, dead_consumers = {}, {}, {}
 local function mark(entry_id, reason)
@@ -237,4 +254,4 @@ if ok_info then
     end
   end
 end
-return { promoted, requeued, failed, cleaned, reconciled, 0 }
+return { promoted, requeued, failed, cleaned, reconciled, 0, expired_approvals }

@@ -50,6 +50,7 @@ impl Operation for ReapCall<'_> {
             cleaned: parts.count()?,
             reconciled: parts.count()?,
             quiet: parts.count()? == 1,
+            approvals_expired: parts.count()?,
         })
     }
 }
