@@ -104,10 +104,13 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `mcp` | off | MCP tools over stdio and streamable HTTP (`rmcp`). Without it, an MCP tool in a config fails the run before it starts. |
+//! | `http` | off | [`HttpTool`] (`http_request`): HTTP endpoints under the prefixes the operator allows, with the call's idempotency key. |
 
 mod agent_loop;
 pub mod builtin;
 mod error;
+#[cfg(feature = "http")]
+mod http_tool;
 mod mcp;
 #[cfg(feature = "mcp")]
 mod mcp_client;
@@ -118,6 +121,8 @@ mod tool;
 
 pub use error::{Error, Result};
 pub use exo_proto::ToolOutput;
+#[cfg(feature = "http")]
+pub use http_tool::HttpTool;
 pub use mcp::McpPolicy;
 pub use outcome::{OutcomeStatus, RunEvent, RunOptions, RunOutcome};
 pub use runner::Runner;

@@ -35,6 +35,9 @@ use crate::{
     tool::{Tool, ToolContext},
 };
 
+/// The `_meta` key of a tool call's idempotency key.
+pub(crate) const IDEMPOTENCY_META_KEY: &str = "exo/idempotency_key";
+
 /// How long connecting and the MCP handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -118,6 +121,7 @@ impl Sessions {
         spec: &McpToolSpec,
         arguments: Map<String, Value>,
         progress: Option<&str>,
+        idempotency_key: &str,
     ) -> Result<ToolOutput, String> {
         let server = if spec.server_name.is_empty() {
             "mcp"
@@ -125,8 +129,16 @@ impl Sessions {
             spec.server_name.as_str()
         };
         let session = self.session(server, &spec.server_config).await?;
-        let params = CallToolRequestParams::new(spec.server_tool_name().to_owned())
+        let mut params = CallToolRequestParams::new(spec.server_tool_name().to_owned())
             .with_arguments(arguments);
+        // The same key for every run of this call, whichever attempt makes
+        // it: a server with side effects can deduplicate on it.
+        let mut meta = Map::new();
+        meta.insert(
+            IDEMPOTENCY_META_KEY.to_owned(),
+            Value::String(idempotency_key.to_owned()),
+        );
+        params.meta = Some(meta.into());
         let options = match spec.server_config.timeout {
             Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
                 // A config's `timeout: 1e300` is capped, not a panic.
@@ -345,7 +357,13 @@ impl Tool for McpTool {
         let progress = self.emit_progress.then_some(context.agent_name.as_str());
         self.ctx
             .sessions
-            .call(&self.ctx, &self.spec, arguments, progress)
+            .call(
+                &self.ctx,
+                &self.spec,
+                arguments,
+                progress,
+                &context.idempotency_key,
+            )
             .await
     }
 }

@@ -43,6 +43,7 @@ impl Cli {
             ("concurrency", defaults.concurrency.to_string()),
             ("heartbeat_ttl", seconds(defaults.broker.heartbeat_ttl)),
             ("drain_timeout", seconds(defaults.drain_timeout)),
+            ("approval_timeout", seconds(defaults.approval_timeout)),
             ("lease", seconds(defaults.broker.lease)),
             ("max_retries", defaults.broker.retry.max_retries.to_string()),
             ("task_ttl", seconds(defaults.broker.task_ttl)),
@@ -190,6 +191,11 @@ pub(crate) struct StartWorker {
     /// Seconds running tasks may finish after SIGTERM before they are handed back.
     #[arg(long)]
     pub(crate) drain_timeout: Option<u64>,
+    /// Seconds a task may wait for a decision on a call to one of its
+    /// agent's `hitl_tools`; then the call counts as denied and the run goes
+    /// on (at most the task TTL).
+    #[arg(long)]
+    pub(crate) approval_timeout: Option<u64>,
     /// Seconds without a lease renewal after which another worker reclaims a task.
     #[arg(long)]
     pub(crate) lease: Option<u64>,
@@ -237,6 +243,11 @@ pub(crate) struct StartWorker {
     /// A host (any port) or host:port agents may reach MCP servers on over HTTP; `*` for any. Repeatable.
     #[arg(long = "mcp-allow-http-host", value_name = "HOST[:PORT]")]
     pub(crate) mcp_allow_http_hosts: Vec<String>,
+    /// A URL prefix the `http_request` tool may call (scheme, host, port and path prefix must
+    /// match; redirects are not followed); the tool is registered when one is given. Repeatable.
+    #[cfg(feature = "http")]
+    #[arg(long = "http-tool-allow", value_name = "URL PREFIX")]
+    pub(crate) http_tool_allow: Vec<String>,
     /// Register the built-in demo tools (get_weather, sleep, echo, fail, panic).
     #[arg(long, env = "EXO_BUILTIN_TOOLS")]
     pub(crate) builtin_tools: bool,
@@ -273,6 +284,35 @@ pub(crate) enum TaskCommand {
     Cancel {
         /// The task id.
         task_id: String,
+    },
+    /// Approve the tool call a task waits at (a tool in its agent's
+    /// `hitl_tools`); the run goes on, on any worker, from its journal.
+    Approve {
+        /// The task id.
+        task_id: String,
+        /// Arguments (a JSON object) that replace the model's.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        /// Who approves (recorded); defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+        /// Only if this is the call that waits.
+        #[arg(long, value_name = "ID")]
+        call: Option<String>,
+    },
+    /// Deny the tool call a task waits at; the model is told why.
+    Deny {
+        /// The task id.
+        task_id: String,
+        /// Why (the model sees it).
+        #[arg(long)]
+        reason: String,
+        /// Who denies (recorded); defaults to $USER.
+        #[arg(long)]
+        by: Option<String>,
+        /// Only if this is the call that waits.
+        #[arg(long, value_name = "ID")]
+        call: Option<String>,
     },
     /// Submit an agent and an input.
     Submit(Box<SubmitArgs>),

@@ -339,6 +339,14 @@ pub struct TaskResult {
     /// Extension: the tenant the task belongs to (the payload's
     /// `metadata.tenant`), when it has one.
     pub tenant: Option<String>,
+    /// Extension: `approval` while the task waits for a person's decision
+    /// on a tool call (`status` is then `pending`): the call
+    /// ([`crate::ApprovalRequest`]).
+    pub waiting_for: Option<String>,
+    /// Extension: the call that waits, as JSON.
+    pub approval: Option<Value>,
+    /// Extension: when the wait ends with a denial (Unix seconds).
+    pub approval_deadline: Option<f64>,
 }
 
 impl TaskResult {
@@ -358,6 +366,9 @@ impl TaskResult {
             created_at: None,
             agent_name: None,
             tenant: None,
+            waiting_for: None,
+            approval: None,
+            approval_deadline: None,
         }
     }
 
@@ -425,6 +436,12 @@ impl TaskResult {
             error: fields.get("error").cloned(),
             agent_name: fields.get("agent_name").cloned(),
             tenant: fields.get("tenant").cloned(),
+            waiting_for: fields.get("waiting_for").cloned(),
+            // Shown as it is; text that is not JSON is left out.
+            approval: fields
+                .get("approval")
+                .and_then(|text| serde_json::from_str(text).ok()),
+            approval_deadline: float("approval_deadline")?,
             result,
             task_id,
             status,

@@ -42,6 +42,9 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     if let Some(timeout) = args.drain_timeout {
         config.drain_timeout = Duration::from_secs(timeout);
     }
+    if let Some(timeout) = args.approval_timeout {
+        config.approval_timeout = Duration::from_secs(timeout);
+    }
     if let Some(lease) = args.lease {
         config.broker.lease = Duration::from_secs(lease);
     }
@@ -118,6 +121,13 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
     let mut tools = ToolRegistry::new();
     if args.builtin_tools {
         exo_agent::builtin::register_all(&mut tools);
+    }
+    #[cfg(feature = "http")]
+    if !args.http_tool_allow.is_empty() {
+        let tool = exo_agent::HttpTool::new(&args.http_tool_allow).map_err(|error| {
+            Failure::with_code(2, anyhow::anyhow!("--http-tool-allow: {error}"))
+        })?;
+        tools.register(tool);
     }
     let mut mcp = McpPolicy::deny_all();
     for line in &args.mcp_allow_commands {

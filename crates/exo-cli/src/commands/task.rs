@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use comfy_table::Cell;
-use exo_broker::{Broker, CancelOutcome, Submitted};
+use exo_broker::{Broker, CancelOutcome, Decided, Decision, Submitted};
 use exo_proto::{Message, TaskPayload, TaskStatus};
 use serde_json::{Map, Value, json};
 
@@ -52,6 +52,53 @@ pub(crate) async fn run(global: Global, command: TaskCommand) -> Outcome {
         TaskCommand::List { limit, .. } => list(&global, &broker, status_filter, limit).await,
         TaskCommand::Status { task_id } => status(&global, &broker, &task_id).await,
         TaskCommand::Cancel { task_id } => cancel(&global, &broker, &task_id).await,
+        TaskCommand::Approve {
+            task_id,
+            args,
+            by,
+            call,
+        } => {
+            let arguments = match args
+                .as_deref()
+                .map(serde_json::from_str::<serde_json::Value>)
+            {
+                None => None,
+                Some(Ok(serde_json::Value::Object(arguments))) => Some(arguments),
+                Some(Ok(_)) => {
+                    return Err(Failure::invalid(anyhow::anyhow!(
+                        "--args must be a JSON object"
+                    )));
+                }
+                Some(Err(error)) => {
+                    return Err(Failure::invalid(anyhow::anyhow!(
+                        "--args is not valid JSON: {error}"
+                    )));
+                }
+            };
+            let decision = Decision {
+                approved: true,
+                by: decider(by),
+                reason: None,
+                arguments,
+                tool_call_id: call,
+            };
+            decide(&global, &broker, &task_id, &decision).await
+        }
+        TaskCommand::Deny {
+            task_id,
+            reason,
+            by,
+            call,
+        } => {
+            let decision = Decision {
+                approved: false,
+                by: decider(by),
+                reason: Some(reason),
+                arguments: None,
+                tool_call_id: call,
+            };
+            decide(&global, &broker, &task_id, &decision).await
+        }
         TaskCommand::Submit(args) => {
             let payload =
                 prepared.ok_or_else(|| Failure::invalid(anyhow::anyhow!("no payload")))?;
@@ -185,6 +232,43 @@ async fn cancel(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
             ("already_finished", format!("already {status}"), 0)
         }
         CancelOutcome::NotFound => ("not_found", "not found".to_owned(), 1),
+    };
+    if global.json {
+        print_json(&json!({"task_id": task_id, "result": word}));
+    } else {
+        outln!("{task_id}: {message}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Who decides: `--by`, else the login name.
+fn decider(by: Option<String>) -> String {
+    by.filter(|by| !by.trim().is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|user| !user.is_empty()))
+        .unwrap_or_else(|| "cli".to_owned())
+}
+
+async fn decide(global: &Global, broker: &Broker, task_id: &str, decision: &Decision) -> Outcome {
+    let verdict = if decision.approved {
+        "approved"
+    } else {
+        "denied"
+    };
+    let (word, message, code) = match broker.client().decide(task_id, decision).await? {
+        Decided::Resumed { tool_name } => (
+            verdict,
+            format!("{verdict} the call to `{tool_name}`; the task is queued again"),
+            0,
+        ),
+        Decided::NotWaiting(status) => (
+            "not_waiting",
+            format!(
+                "waits for no approval (status {})",
+                status.map_or_else(|| "unknown".to_owned(), |status| status.to_string())
+            ),
+            1,
+        ),
+        Decided::NotFound => ("not_found", "not found".to_owned(), 1),
     };
     if global.json {
         print_json(&json!({"task_id": task_id, "result": word}));

@@ -73,6 +73,8 @@ pub(crate) fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::approve))
+        .routes(routes!(tasks::deny))
         .routes(routes!(tasks::wait))
         .routes(routes!(fleet::me))
         .routes(routes!(fleet::workers))

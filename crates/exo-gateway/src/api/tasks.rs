@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use exo_broker::{CancelOutcome, Submitted, TaskQuery};
+use exo_broker::{CancelOutcome, Decided, Decision, Submitted, TaskQuery};
 use exo_proto::{TaskPayload, TaskResult, TaskStatus};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -16,7 +16,10 @@ use utoipa::IntoParams;
 
 use super::{
     ApiJson, ApiQuery, AppState,
-    views::{CancelView, ListQuery, SubmittedView, TaskPageView, TaskSubmission, TaskView},
+    views::{
+        ApproveBody, CancelView, DecisionView, DenyBody, ListQuery, SubmittedView, TaskPageView,
+        TaskSubmission, TaskView,
+    },
 };
 use crate::{
     auth::{Caller, Scope},
@@ -307,6 +310,107 @@ pub(crate) async fn cancel(
         outcome: outcome.to_owned(),
         status,
     }))
+}
+
+/// Approves the tool call the task waits at (a tool in its agent's
+/// `hitl_tools`): the run goes on, on any worker, from its journal.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task_id}/approve",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id")),
+    request_body = ApproveBody,
+    responses(
+        (status = 200, description = "Recorded; the task is queued again", body = DecisionView),
+        (status = 404, description = "No such task (or another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task waits for no approval", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+    ApiJson(body): ApiJson<ApproveBody>,
+) -> Result<Json<DecisionView>, Problem> {
+    let decision = Decision {
+        approved: true,
+        by: String::new(),
+        reason: None,
+        arguments: body.arguments,
+        tool_call_id: body.tool_call_id,
+    };
+    decide(&state, &caller, task_id, decision).await
+}
+
+/// Denies the tool call the task waits at; the model is told why.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task_id}/deny",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id")),
+    request_body = DenyBody,
+    responses(
+        (status = 200, description = "Recorded; the task is queued again", body = DecisionView),
+        (status = 404, description = "No such task (or another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task waits for no approval", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn deny(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+    ApiJson(body): ApiJson<DenyBody>,
+) -> Result<Json<DecisionView>, Problem> {
+    let decision = Decision {
+        approved: false,
+        by: String::new(),
+        reason: Some(body.reason),
+        arguments: None,
+        tool_call_id: body.tool_call_id,
+    };
+    decide(&state, &caller, task_id, decision).await
+}
+
+/// A decision over HTTP: needs the `cancel` scope (it steers a task that
+/// already runs); the token's name is recorded as who decided.
+async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    task_id: String,
+    mut decision: Decision,
+) -> Result<Json<DecisionView>, Problem> {
+    caller.require(Scope::Cancel)?;
+    visible_task(state, caller, &task_id).await?;
+    decision.by = caller.name.clone().unwrap_or_else(|| "http".to_owned());
+    let outcome = if decision.approved {
+        "approved"
+    } else {
+        "denied"
+    };
+    match state.broker.client().decide(&task_id, &decision).await? {
+        Decided::Resumed { tool_name } => {
+            tracing::info!(
+                task_id,
+                by = decision.by,
+                outcome,
+                tool_name,
+                "decision over HTTP"
+            );
+            Ok(Json(DecisionView {
+                task_id,
+                outcome: outcome.to_owned(),
+                tool_name,
+                by: decision.by,
+            }))
+        }
+        Decided::NotWaiting(status) => Err(Problem::conflict(format!(
+            "task `{task_id}` waits for no approval (status {})",
+            status.map_or_else(|| "unknown".to_owned(), |status| status.as_str().to_owned())
+        ))),
+        Decided::NotFound => Err(Problem::no_task(&task_id)),
+    }
 }
 
 /// The query of `wait`.

@@ -37,6 +37,17 @@ pub(crate) struct TaskView {
     agent_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<String>,
+    /// `approval` while the task waits for a decision on a tool call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
+    /// The call that waits: `agent_name`, `tool_name`, `tool_call_id`,
+    /// `arguments` (JSON text), `scope`, `call`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    approval: Option<Value>,
+    /// When the wait ends with a denial (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_deadline: Option<f64>,
 }
 
 impl From<TaskResult> for TaskView {
@@ -55,8 +66,47 @@ impl From<TaskResult> for TaskView {
             max_retries: task.max_retries,
             agent_name: task.agent_name,
             tenant: task.tenant,
+            waiting_for: task.waiting_for,
+            approval: task.approval,
+            approval_deadline: task.approval_deadline,
         }
     }
+}
+
+/// The body of `POST /v1/tasks/{task_id}/approve`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApproveBody {
+    /// Arguments that replace the model's.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) arguments: Option<serde_json::Map<String, Value>>,
+    /// Only if this is the call that waits.
+    #[serde(default)]
+    pub(crate) tool_call_id: Option<String>,
+}
+
+/// The body of `POST /v1/tasks/{task_id}/deny`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DenyBody {
+    /// Why; the model is told.
+    pub(crate) reason: String,
+    /// Only if this is the call that waits.
+    #[serde(default)]
+    pub(crate) tool_call_id: Option<String>,
+}
+
+/// What a decision did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct DecisionView {
+    pub(crate) task_id: String,
+    /// `approved` or `denied`: recorded, and the task is queued again.
+    pub(crate) outcome: String,
+    /// The tool the decision was about.
+    pub(crate) tool_name: String,
+    /// Who decided (the token's name).
+    pub(crate) by: String,
 }
 
 /// The body of `POST /v1/tasks`: the task payload's own field names, so a
