@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use exo_agent::{McpPolicy, RunEvent, RunOptions, RunOutcome, Runner, ToolRegistry};
 use exo_models::{ProviderFactory, ScriptedProvider, fixed_factory};
-use exo_proto::{AgentSpec, Message, StreamEvent};
+use exo_proto::{AgentSpec, JournalRecord, Message, StreamEvent};
 use serde_json::{Value, json};
 
 /// Everything one run produced.
@@ -14,6 +14,7 @@ pub(crate) struct Collected {
     pub(crate) outcome: RunOutcome,
     pub(crate) events: Vec<StreamEvent>,
     pub(crate) messages: Vec<(String, Message)>,
+    pub(crate) journal: Vec<JournalRecord>,
 }
 
 impl Collected {
@@ -140,6 +141,7 @@ pub(crate) async fn collect(
     let reader = tokio::spawn(async move {
         let mut events = Vec::new();
         let mut messages = Vec::new();
+        let mut journal = Vec::new();
         while let Some(event) = receiver.recv().await {
             match event {
                 RunEvent::Stream(event) => events.push(event),
@@ -147,10 +149,11 @@ pub(crate) async fn collect(
                     agent_name,
                     message,
                 } => messages.push((agent_name, message)),
+                RunEvent::Journal(record) => journal.push(record),
                 other => panic!("unexpected run event {other:?}"),
             }
         }
-        (events, messages)
+        (events, messages, journal)
     });
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),
@@ -158,11 +161,12 @@ pub(crate) async fn collect(
     )
     .await
     .expect("the run finished within 30 s");
-    let (events, messages) = reader.await.unwrap();
+    let (events, messages, journal) = reader.await.unwrap();
     Collected {
         outcome,
         events,
         messages,
+        journal,
     }
 }
 

@@ -6,6 +6,7 @@
 mod cancel;
 mod common;
 mod golden;
+mod journal;
 #[cfg(feature = "mcp")]
 mod mcp;
 mod openai_e2e;
