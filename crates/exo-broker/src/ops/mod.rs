@@ -204,8 +204,8 @@ fn prelude() -> String {
     format!(
         "local STATUS_CANCELLED = {}\nlocal STATUS_ERROR = {}\nlocal STATUS_DECIDED = {}\nlocal ERROR_FATAL = {}\nlocal ERROR_RECOVERABLE = {}\nlocal ERROR_TYPES = {{ {error_types} }}\n{COMMON}",
         lua_string(&status(RunStatus::Cancelled)),
-        lua_string(&decided),
         lua_string(&status(RunStatus::Error)),
+        lua_string(&decided),
         lua_string(&error(false)),
         lua_string(&error(true)),
     )

@@ -11,6 +11,9 @@
 //! (fenced on the claim), `finish-claim <id> completed <output>` (the final
 //! write that also claims the worker's next task), `release <id>`, `heartbeat <worker>` (with the
 //! worker's claimed leases), `reap <worker>`, `redrive <id>`, `sleep <ms>`,
+//! `journal <id> <record JSON>` (a step-journal record, fenced on the
+//! claim), `wait <id> <tool> [wait ms]` (the attempt stops for an approval
+//! of a call to `tool`), `approve <id> <who>`, `deny <id> <who> <reason>`,
 //! and `raw <command...>` where `{queue}` and `{task:<id>}` name keys.
 
 use std::{
@@ -19,8 +22,8 @@ use std::{
     time::Duration,
 };
 
-use exo_broker::{Broker, ClaimedTask, FinishOptions, Outcome, PublishOptions};
-use exo_proto::{StreamEvent, TextEvent};
+use exo_broker::{Broker, ClaimedTask, Decision, FinishOptions, Outcome, PublishOptions};
+use exo_proto::{ApprovalRequest, RunStatus, StepKey, StreamEvent, TextEvent};
 use exo_testkit::TestRedis;
 use fred::prelude::*;
 use serde_json::json;
@@ -30,7 +33,8 @@ use crate::common::*;
 const SEPARATOR: &str = "----\n";
 
 /// Hash fields whose values differ from run to run.
-const VOLATILE: [(&str, &str); 6] = [
+const VOLATILE: [(&str, &str); 7] = [
+    ("approval_deadline", "<time>"),
     ("created_at", "<time>"),
     ("started_at", "<time>"),
     ("completed_at", "<time>"),
@@ -238,6 +242,67 @@ impl World {
                     .unwrap();
                 format!("written {written}")
             }
+            ["journal", id, ..] => {
+                let (worker, task) = self.claimed[*id].clone();
+                let options = PublishOptions {
+                    fence: Some(&task.lease),
+                };
+                let written = self
+                    .broker
+                    .worker_session(worker)
+                    .publish_with_journal(id, &[], &[rest(2)], options)
+                    .await
+                    .unwrap();
+                format!("written {written}")
+            }
+            ["wait", id, tool, wait @ ..] => {
+                let (worker, task) = self.claimed[*id].clone();
+                let wait =
+                    Duration::from_millis(wait.first().map_or(60_000, |ms| ms.parse().unwrap()));
+                let approval = serde_json::to_string(&ApprovalRequest {
+                    key: StepKey {
+                        scope: "helper".into(),
+                        call: 1,
+                    },
+                    agent_name: "helper".into(),
+                    tool_call_id: "c1".into(),
+                    tool_name: (*tool).to_owned(),
+                    arguments: r#"{"to":"ada"}"#.into(),
+                })
+                .unwrap();
+                let event =
+                    json!({"type": "status", "status": "waiting_for_tool", "agent_name": "helper",
+                    "message": "waiting", "waiting_for": "approval", "tool_name": tool})
+                    .to_string();
+                let terminal = StreamEvent::status(RunStatus::WaitingForTool, "helper", "waiting");
+                let outcome = Outcome::Waiting {
+                    approval: &approval,
+                    event: &event,
+                    wait,
+                };
+                match self
+                    .broker
+                    .worker_session(worker)
+                    .finish(&task, outcome, vec![], &terminal, FinishOptions::default())
+                    .await
+                {
+                    Ok(finished) => format!("{finished:?}"),
+                    Err(error) => format!("error: {error}"),
+                }
+            }
+            ["approve" | "deny", id, who, ..] => {
+                let decision = Decision {
+                    approved: words[0] == "approve",
+                    by: (*who).to_owned(),
+                    reason: (words[0] == "deny").then(|| rest(3)),
+                    arguments: None,
+                    tool_call_id: None,
+                };
+                match self.broker.client().decide(id, &decision).await {
+                    Ok(decided) => format!("{decided:?}"),
+                    Err(error) => format!("error: {error}"),
+                }
+            }
             ["release", id] => {
                 let (worker, task) = self.claimed[*id].clone();
                 let released = self
@@ -336,6 +401,11 @@ impl World {
                     *value = placeholder.to_owned();
                 }
             }
+            for value in fields.values_mut() {
+                if value.starts_with('{') {
+                    *value = timeless(value);
+                }
+            }
             hashes.insert(id.clone(), fields.into_iter().collect());
             let entries: Vec<(String, HashMap<String, String>)> = self
                 .raw
@@ -349,14 +419,49 @@ impl World {
                     .filter_map(|(_, mut fields)| fields.remove("event"))
                     .collect(),
             );
+            let journal: Vec<String> = self.raw.lrange(keys.journal(id), 0, -1).await.unwrap();
+            if !journal.is_empty() {
+                hashes.insert(
+                    format!("{id} journal"),
+                    journal
+                        .iter()
+                        .enumerate()
+                        .map(|(index, record)| (index.to_string(), timeless(record)))
+                        .collect(),
+                );
+            }
         }
         let dead: u64 = self.raw.xlen(keys.dead_letter()).await.unwrap();
-        hashes.insert(
-            "(queue)".to_owned(),
-            BTreeMap::from([("dead letters".to_owned(), dead.to_string())]),
-        );
+        let mut queue = BTreeMap::from([("dead letters".to_owned(), dead.to_string())]);
+        let waiting: u64 = self.raw.zcard(keys.approvals()).await.unwrap();
+        if waiting > 0 {
+            queue.insert("waiting for approval".to_owned(), waiting.to_string());
+        }
+        hashes.insert("(queue)".to_owned(), queue);
         Snapshot { hashes, events }
     }
+}
+
+/// JSON text with its times (`at`, `approval_deadline`) replaced.
+fn timeless(text: &str) -> String {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(object) => {
+                for (key, value) in object.iter_mut() {
+                    if key == "at" || key == "approval_deadline" {
+                        *value = json!("<time>");
+                    } else {
+                        walk(value);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text).unwrap_or(json!(text));
+    walk(&mut value);
+    value.to_string()
 }
 
 /// The last step's before and after, as text.
@@ -378,8 +483,7 @@ fn render_last(before: &Snapshot, after: &Snapshot) -> String {
     for (id, events) in &after.events {
         let seen = before.events.get(id).map_or(0, Vec::len);
         for event in events.iter().skip(seen) {
-            let value: serde_json::Value = serde_json::from_str(event).unwrap_or(json!(event));
-            text.push_str(&format!("  {id}: {value}\n"));
+            text.push_str(&format!("  {id}: {}\n", timeless(event)));
         }
     }
     text
