@@ -161,12 +161,7 @@ fn plan_call(ctx: &RunContext, agent: &PreparedAgent, key: &StepKey, call: &Tool
     if let Some(record) = ctx.replay.tool(key, &call.id) {
         return CallPlan::Replayed(record.clone());
     }
-    if !agent
-        .config
-        .hitl_tools
-        .iter()
-        .any(|name| *name == call.name)
-    {
+    if !agent.config.hitl_tools.contains(&call.name) {
         return CallPlan::Run(call.arguments.clone());
     }
     match ctx.replay.decision(key, &call.id) {

@@ -229,7 +229,7 @@ impl Runner {
             }
         };
         enum End {
-            Finished(AgentRun),
+            Finished(Box<AgentRun>),
             Panicked(String),
             Cancelled,
             TimedOut,
@@ -239,7 +239,7 @@ impl Runner {
             () = options.cancel.cancelled() => End::Cancelled,
             () = deadline => End::TimedOut,
             run = body => match run {
-                Ok(run) => End::Finished(run),
+                Ok(run) => End::Finished(Box::new(run)),
                 Err(payload) => End::Panicked(panic_message(payload.as_ref())),
             },
         };
@@ -250,18 +250,26 @@ impl Runner {
 
         let usage = ctx.usage();
         match end {
-            End::Finished(AgentRun {
-                waiting: Some(approval),
-                failure: None,
-                ..
-            }) => RunOutcome {
-                usage,
-                is_swarm,
-                ..RunOutcome::waiting(name.clone(), approval)
-            },
-            End::Finished(run) => match run.failure {
-                None => outcome(OutcomeStatus::Completed, run.output, None, usage),
-                Some(failure) => outcome(OutcomeStatus::Failed, run.output, Some(failure), usage),
+            End::Finished(run) => match *run {
+                AgentRun {
+                    waiting: Some(approval),
+                    failure: None,
+                    ..
+                } => RunOutcome {
+                    usage,
+                    is_swarm,
+                    ..RunOutcome::waiting(name.clone(), approval)
+                },
+                AgentRun {
+                    output,
+                    failure: None,
+                    ..
+                } => outcome(OutcomeStatus::Completed, output, None, usage),
+                AgentRun {
+                    output,
+                    failure: Some(failure),
+                    ..
+                } => outcome(OutcomeStatus::Failed, output, Some(failure), usage),
             },
             End::Panicked(message) => {
                 let failure = Failure {

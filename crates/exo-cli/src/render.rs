@@ -82,6 +82,9 @@ pub(crate) fn task_json(task: &TaskResult) -> Value {
         "retries": task.retries.unwrap_or(0),
         "max_retries": task.max_retries,
         "attempt": task.attempt,
+        "waiting_for": task.waiting_for,
+        "approval": task.approval,
+        "approval_deadline": task.approval_deadline,
     })
 }
 

@@ -7,6 +7,7 @@ mod dashboard;
 mod deploy_commands;
 mod deployments;
 mod gateway;
+mod journal;
 mod mixed_fleet;
 mod observability;
 #[cfg(feature = "temporal")]

@@ -211,6 +211,23 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
         )),
     );
     push("Attempt", task.attempt.map(|attempt| attempt.to_string()));
+    if task.waiting_for.is_some() {
+        let call = task.approval.as_ref().map(|approval| {
+            format!(
+                "{}({})",
+                approval["tool_name"].as_str().unwrap_or("?"),
+                approval["arguments"].as_str().unwrap_or("")
+            )
+        });
+        push(
+            "Waiting",
+            Some(format!(
+                "for approval of {}",
+                call.unwrap_or_else(|| "a tool call".to_owned())
+            )),
+        );
+        push("Deadline", task.approval_deadline.map(render::utc));
+    }
     push("Error", task.error.clone());
     push("Output", task.output().map(str::to_owned));
     for (name, value) in lines {
