@@ -64,7 +64,12 @@ impl<'de> Deserialize<'de> for StreamEvent {
             "tool_result" => StreamEvent::ToolResult(body(&kind, value)?),
             "reasoning" => StreamEvent::Reasoning(body(&kind, value)?),
             "error" => StreamEvent::Error(body(&kind, value)?),
-            "status" => StreamEvent::Status(body(&kind, value)?),
+            "status" => {
+                let mut event: StatusEvent = body(&kind, value)?;
+                // The tag is the enum's; it must not come back as an extra.
+                event.extra.remove("type");
+                StreamEvent::Status(event)
+            }
             "usage" => StreamEvent::Usage(body(&kind, value)?),
             "mcp_progress" => StreamEvent::McpProgress(body(&kind, value)?),
             "context" => StreamEvent::Context(body(&kind, value)?),
@@ -144,6 +149,7 @@ impl StreamEvent {
             status,
             agent_name: agent_name.to_owned(),
             message: message.into(),
+            extra: Map::new(),
         })
     }
 }
@@ -350,6 +356,12 @@ pub struct StatusEvent {
     /// A human-readable message.
     #[serde(default)]
     pub message: String,
+    /// Extension fields, kept as they came: `waiting_for`, `tool_name`,
+    /// `tool_call_id`, `arguments` and `approval_deadline` of a
+    /// `waiting_for_tool` event, `approval` of a decision (see
+    /// `docs/protocol.md`). Empty on reference events.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
 }
 
 /// `usage`: token usage of one step.

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use exo_e2e::{Target, agent_file, eventually};
+use exo_e2e::{Target, WorkerProcess, agent_file, eventually};
 use exo_testkit::{FakeLlmServer, FakeResponse, TestRedis, redis_command};
 use serde_json::{Value, json};
 
@@ -27,7 +27,7 @@ fn list_length(redis: &TestRedis, key: &str) -> usize {
 }
 
 /// The task's events, as JSON, in stream order.
-fn events(target: &Target, task_id: &str) -> Vec<Value> {
+fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
     let output = target
         .command()
         .args(["task", "events", task_id, "--json"])
@@ -54,6 +54,20 @@ fn tool_results_in(body: &Value) -> usize {
 #[test]
 fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
     let redis = TestRedis::new();
+    killed_in_step_4(&redis, &|target, args| target.start_worker(args), true);
+}
+
+/// A five-step run (four `http_request` calls, then an answer) whose worker
+/// is SIGKILLed while step 4 waits for the provider; `start` starts a
+/// worker process with the given arguments. The provider must see steps 1-3
+/// once and each tool must run once. `new_attempt` says whether the resumed
+/// run is a new attempt of the Redis task (under Temporal, the activity is
+/// retried within the same attempt, or the task is reclaimed: either way).
+pub(crate) fn killed_in_step_4(
+    redis: &TestRedis,
+    start: &dyn Fn(&Target, &[&str]) -> WorkerProcess,
+    new_attempt: bool,
+) {
     let provider = FakeLlmServer::start();
     let base = provider.base_url();
     let step = |number: usize| {
@@ -84,7 +98,7 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
         );
     }
 
-    let target = Target::of(&redis)
+    let target = Target::of(redis)
         .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
         .with_env("OPENAI_API_KEY", "test-key");
     let dir = tempfile::tempdir().unwrap();
@@ -104,14 +118,14 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
         "--http-tool-allow",
         &format!("{base}/step/"),
     ];
-    let victim = target.start_worker(&worker_args);
+    let victim = start(&target, &worker_args);
     let task_id = target.submit(&agent, "Do the four steps.");
     let journal = format!("{}journal:{task_id}", redis.prefix());
     // Three model calls and three tools finished: the run is in step 4.
     eventually(
         Duration::from_secs(30),
         "six journal records",
-        || (list_length(&redis, &journal) == 6).then_some(()),
+        || (list_length(redis, &journal) == 6).then_some(()),
     );
     eventually(Duration::from_secs(10), "the fourth model request", || {
         (provider
@@ -123,10 +137,12 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
             .then_some(())
     });
     victim.signal("KILL");
-    let survivor = target.start_worker(&worker_args);
+    let survivor = start(&target, &worker_args);
     let status = target.wait_for_status(&task_id, "completed", Duration::from_secs(60));
     assert_eq!(status["worker_id"], json!(survivor.worker_id));
-    assert_eq!(status["attempt"], 2, "{status}");
+    if new_attempt {
+        assert_eq!(status["retries"], 1, "the lost attempt counts as a retry: {status}");
+    }
     assert_eq!(
         status["result"]["output"], "All four steps are done.",
         "{status}"
@@ -176,7 +192,7 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
 
     // The stream does not repeat what was replayed: four tool calls, one
     // terminal event.
-    let events = events(&target, &task_id);
+    let events = events_of(&target, &task_id);
     let calls = events
         .iter()
         .filter(|event| event["type"] == "tool_call")
@@ -191,7 +207,7 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_on_another_worker() {
         .count();
     assert_eq!(terminal, 1);
     // A finished task keeps no journal.
-    assert_eq!(list_length(&redis, &journal), 0);
+    assert_eq!(list_length(redis, &journal), 0);
 }
 
 /// Waits until the task waits for approval and returns its status JSON.
@@ -249,7 +265,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
     );
     let done = target.wait_for_status(&approved, "completed", Duration::from_secs(30));
     assert_eq!(done["waiting_for"], Value::Null);
-    let events = events(&target, &approved);
+    let events = events_of(&target, &approved);
     let waiting_event = events
         .iter()
         .find(|event| event["status"] == "waiting_for_tool")
@@ -290,7 +306,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
         String::from_utf8_lossy(&output.stderr)
     );
     target.wait_for_status(&denied, "completed", Duration::from_secs(30));
-    let events = events(&target, &denied);
+    let events = events_of(&target, &denied);
     let decision = events
         .iter()
         .find(|event| event.get("approval").is_some())
@@ -313,7 +329,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
         .unwrap()
         .to_owned();
     target.wait_for_status(&timed_out, "completed", Duration::from_secs(30));
-    let events = events(&target, &timed_out);
+    let events = events_of(&target, &timed_out);
     let decision = events
         .iter()
         .find(|event| event.get("approval").is_some())
@@ -328,7 +344,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
     assert!(output.status.success());
     let status = target.wait_for_status(&cancelled, "cancelled", Duration::from_secs(10));
     assert_eq!(status["waiting_for"], Value::Null);
-    let last = events(&target, &cancelled).pop().unwrap();
+    let last = events_of(&target, &cancelled).pop().unwrap();
     assert_eq!(last["status"], "cancelled");
     let approve = target.run(&["task", "approve", &cancelled]);
     assert!(!approve.status.success(), "a cancelled task takes no decision");

@@ -196,6 +196,18 @@ fn a_worker_killed_mid_activity_loses_nothing() {
 }
 
 #[test]
+fn a_run_killed_in_step_4_resumes_from_the_journal_under_temporal() {
+    let redis = TestRedis::new();
+    require_temporal_binary(&Target::of(&redis));
+    let temporal = TestTemporal::new();
+    crate::journal::killed_in_step_4(
+        &redis,
+        &|target, args| start_temporal_worker(target, &temporal, args),
+        false,
+    );
+}
+
+#[test]
 fn a_cancel_through_the_cli_cancels_the_workflow() {
     let redis = TestRedis::new();
     let target = Target::of(&redis);

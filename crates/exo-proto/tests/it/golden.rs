@@ -322,3 +322,20 @@ fn the_swarm_fixture_parses_into_stages() {
     );
     assert_eq!(swarm.agents[0].tools[0].tool_name(), "get_weather");
 }
+
+/// A `status` event's extension fields (a `waiting_for_tool` event, a
+/// decision) survive a read and a write, and the tag is written once.
+#[test]
+fn status_extension_fields_round_trip() {
+    let text = r#"{"type":"status","status":"waiting_for_tool","agent_name":"a","message":"m","waiting_for":"approval","tool_name":"send","arguments":"{}","approval_deadline":1.5}"#;
+    let event: StreamEvent = serde_json::from_str(text).unwrap();
+    let StreamEvent::Status(status) = &event else {
+        panic!("not a status event: {event:?}")
+    };
+    assert_eq!(status.extra["tool_name"], "send");
+    assert!(!status.extra.contains_key("type"));
+    let written = serde_json::to_string(&event).unwrap();
+    assert_eq!(written.matches("\"type\"").count(), 1, "{written}");
+    let again: Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(again, serde_json::from_str::<Value>(text).unwrap());
+}

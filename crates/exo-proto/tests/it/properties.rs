@@ -171,6 +171,7 @@ fn event() -> impl Strategy<Value = StreamEvent> {
                 status,
                 agent_name,
                 message,
+                extra: serde_json::Map::new(),
             })
         }),
         (usage(), text(), 0u32..50, text()).prop_map(|(usage, agent_name, step_number, model)| {
