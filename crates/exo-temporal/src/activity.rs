@@ -206,27 +206,14 @@ fn activity_result(
         (OutcomeStatus::Failed | OutcomeStatus::TimedOut, None) => {
             Err(failed(AttemptOutcome { outcome, attempt }))
         }
-        // Approvals are honoured by the local executor only: under Temporal
-        // the wait would have to be a workflow signal, which this executor
-        // does not wire yet.
-        (OutcomeStatus::WaitingForApproval, None) => Err(failed(AttemptOutcome {
-            outcome: RunOutcome {
-                status: OutcomeStatus::Failed,
-                error: Some(format!(
-                    "tool '{}' needs an approval (hitl_tools), which the Temporal executor does not support; run this agent on a worker with the local executor",
-                    outcome
-                        .approval
-                        .as_ref()
-                        .map(|approval| approval.tool_name.as_str())
-                        .unwrap_or_default()
-                )),
-                error_type: Some(ErrorType::Config),
-                retryable: false,
-                approval: None,
-                ..outcome
-            },
-            attempt,
-        })),
+        // A call waits for a person: the workflow run ends (never retried)
+        // with the waiting outcome, the claiming worker parks the task in
+        // Redis and frees its slot, and the decision re-queues it; its next
+        // claim starts a new run of the workflow, which replays the journal
+        // (the decision included).
+        (OutcomeStatus::WaitingForApproval, None) => Err(ActivityError::application(
+            application_failure(&AttemptOutcome { outcome, attempt }, true),
+        )),
     }
 }
 
@@ -247,6 +234,19 @@ mod tests {
         let flaky = RunOutcome::failed("a", "rate limited", ErrorType::Runtime, true);
         let timed_out = RunOutcome::timed_out("a", "deadline passed");
         let cancelled = RunOutcome::cancelled("a");
+        let waiting = RunOutcome::waiting(
+            "a",
+            exo_proto::ApprovalRequest {
+                key: exo_proto::StepKey {
+                    scope: "a".into(),
+                    call: 1,
+                },
+                agent_name: "a".into(),
+                tool_call_id: "c1".into(),
+                tool_name: "send".into(),
+                arguments: "{}".into(),
+            },
+        );
         // (outcome, stop, expected: Ok, or Err as (kind, type, non-retryable))
         let cases: Vec<(RunOutcome, Option<Stop>, Result<(), (&str, &str, bool)>)> = vec![
             (completed.clone(), None, Ok(())),
@@ -258,6 +258,16 @@ mod tests {
                 Err(("application", "RuntimeError", false)),
             ),
             (timed_out, None, Err(("application", "TimeoutError", false))),
+            (
+                waiting.clone(),
+                None,
+                Err(("application", "WaitingForApproval", true)),
+            ),
+            (
+                waiting,
+                Some(Stop::Cancelled),
+                Err(("cancelled", "", false)),
+            ),
             (
                 cancelled.clone(),
                 Some(Stop::Cancelled),

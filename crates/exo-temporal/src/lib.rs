@@ -34,6 +34,12 @@
 //!    timed out on its last attempt, and ends cancelled (with it as details)
 //!    when it was cancelled. [`RunningWorkflow::outcome`] turns all of these
 //!    back into an [`AttemptOutcome`].
+//! 5. A run that stops at a call waiting for a person's approval fails its
+//!    workflow run with the non-retryable `WaitingForApproval` failure (the
+//!    waiting outcome as details). The claiming worker parks the task in
+//!    Redis; after the decision the next claim starts a new run of the same
+//!    id, whose activity replays the task's step journal from Redis, so
+//!    no finished model or tool call runs again.
 //!
 //! Configuration comes from the environment ([`TemporalConfig::from_env`]):
 //!

@@ -108,6 +108,11 @@ impl AttemptOutcome {
     }
 }
 
+/// The failure type of a run that waits for a person's decision. The
+/// workflow run ends with it (never retried), so the task's next claim,
+/// after the decision, starts a new run of the same workflow id.
+pub(crate) const WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
+
 /// The application failure that carries an outcome: named after its error
 /// type, with its error message, and the outcome as its details.
 pub(crate) fn application_failure(
@@ -125,12 +130,16 @@ pub(crate) fn application_failure(
         }
         .to_owned()
     });
-    let type_name = outcome
-        .error_type
-        .as_ref()
-        .unwrap_or(&ErrorType::Runtime)
-        .as_str()
-        .to_owned();
+    let type_name = if outcome.status == OutcomeStatus::WaitingForApproval {
+        WAITING_FOR_APPROVAL.to_owned()
+    } else {
+        outcome
+            .error_type
+            .as_ref()
+            .unwrap_or(&ErrorType::Runtime)
+            .as_str()
+            .to_owned()
+    };
     ApplicationFailure::builder(message)
         .type_name(type_name)
         .non_retryable(non_retryable)

@@ -208,6 +208,75 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_under_temporal() {
 }
 
 #[test]
+fn an_approval_under_temporal_frees_the_slot_and_resumes_a_new_run() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    require_temporal_binary(&target);
+    let temporal = TestTemporal::new();
+    let dir = tempfile::tempdir().unwrap();
+    let gated = agent_file(
+        dir.path(),
+        "gated.json",
+        &json!({"name": "gated", "model": "scripted:weather",
+            "tools": ["fixtools.tools.get_weather"], "hitl_tools": ["get_weather"]}),
+    );
+    let echo = agent_file(
+        dir.path(),
+        "echo.json",
+        &json!({"name": "echoer", "model": "scripted:echo"}),
+    );
+    let mut worker = start_temporal_worker(&target, &temporal, &["--concurrency", "1"]);
+    let task_id = submit(&target, &gated);
+    let waiting = eventually(Duration::from_secs(30), "the task to wait", || {
+        let status = status_of(&target, &task_id);
+        (status["waiting_for"] == "approval").then_some(status)
+    });
+    assert_eq!(waiting["approval"]["tool_name"], "get_weather");
+    assert_eq!(
+        temporal
+            .workflow_status(&format!("exo-task-{task_id}"))
+            .as_deref(),
+        Some("Failed"),
+        "the waiting run ended; the decision starts the next"
+    );
+    // The one slot is free: another task runs meanwhile.
+    let other = submit(&target, &echo);
+    target.wait_for_status(&other, "completed", Duration::from_secs(30));
+    let output = target.run(&["task", "approve", &task_id, "--by", "ada"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let done = target.wait_for_status(&task_id, "completed", Duration::from_secs(60));
+    assert_eq!(
+        done["result"],
+        json!({"output": "Let me check. It is sunny in Paris."})
+    );
+    assert_eq!(
+        temporal
+            .workflow_status(&format!("exo-task-{task_id}"))
+            .as_deref(),
+        Some("Completed")
+    );
+    let events = events_of(&target, &task_id);
+    let terminal: Vec<&Value> = events.iter().filter(|event| is_terminal(event)).collect();
+    assert_eq!(terminal.len(), 1, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|event| event["approval"]["by"] == "ada" && event["approval"]["approved"] == true),
+        "{events:#?}"
+    );
+    let calls = events
+        .iter()
+        .filter(|event| event["type"] == "tool_call")
+        .count();
+    assert_eq!(calls, 1, "the replayed call is not repeated: {events:#?}");
+    stop(&mut worker);
+}
+
+#[test]
 fn a_cancel_through_the_cli_cancels_the_workflow() {
     let redis = TestRedis::new();
     let target = Target::of(&redis);
