@@ -41,14 +41,12 @@ fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
 
 /// How many tool results the chat request carries: which step it asks for.
 fn tool_results_in(body: &Value) -> usize {
-    body["messages"]
-        .as_array()
-        .map_or(0, |messages| {
-            messages
-                .iter()
-                .filter(|message| message["role"] == "tool")
-                .count()
-        })
+    body["messages"].as_array().map_or(0, |messages| {
+        messages
+            .iter()
+            .filter(|message| message["role"] == "tool")
+            .count()
+    })
 }
 
 #[test]
@@ -122,11 +120,9 @@ pub(crate) fn killed_in_step_4(
     let task_id = target.submit(&agent, "Do the four steps.");
     let journal = format!("{}journal:{task_id}", redis.prefix());
     // Three model calls and three tools finished: the run is in step 4.
-    eventually(
-        Duration::from_secs(30),
-        "six journal records",
-        || (list_length(redis, &journal) == 6).then_some(()),
-    );
+    eventually(Duration::from_secs(30), "six journal records", || {
+        (list_length(redis, &journal) == 6).then_some(())
+    });
     eventually(Duration::from_secs(10), "the fourth model request", || {
         (provider
             .json_bodies()
@@ -141,7 +137,10 @@ pub(crate) fn killed_in_step_4(
     let status = target.wait_for_status(&task_id, "completed", Duration::from_secs(60));
     assert_eq!(status["worker_id"], json!(survivor.worker_id));
     if new_attempt {
-        assert_eq!(status["retries"], 1, "the lost attempt counts as a retry: {status}");
+        assert_eq!(
+            status["retries"], 1,
+            "the lost attempt counts as a retry: {status}"
+        );
     }
     assert_eq!(
         status["result"]["output"], "All four steps are done.",
@@ -186,7 +185,9 @@ pub(crate) fn killed_in_step_4(
         .collect();
     assert_eq!(paths, ["/step/1", "/step/2", "/step/3", "/step/4"]);
     for request in &side_effects {
-        let key = request.header("idempotency-key").expect("an Idempotency-Key");
+        let key = request
+            .header("idempotency-key")
+            .expect("an Idempotency-Key");
         assert!(key.starts_with(&format!("{task_id}/")), "{key}");
     }
 
@@ -202,7 +203,8 @@ pub(crate) fn killed_in_step_4(
         .iter()
         .filter(|event| {
             event["type"] == "status"
-                && ["completed", "error", "cancelled"].contains(&event["status"].as_str().unwrap_or(""))
+                && ["completed", "error", "cancelled"]
+                    .contains(&event["status"].as_str().unwrap_or(""))
         })
         .count();
     assert_eq!(terminal, 1);
@@ -347,7 +349,10 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
     let last = events_of(&target, &cancelled).pop().unwrap();
     assert_eq!(last["status"], "cancelled");
     let approve = target.run(&["task", "approve", &cancelled]);
-    assert!(!approve.status.success(), "a cancelled task takes no decision");
+    assert!(
+        !approve.status.success(),
+        "a cancelled task takes no decision"
+    );
 
     // The worker never held a slot while a task waited, and it is healthy.
     let health = target.run(&["worker", "health", &worker.worker_id]);
