@@ -3,20 +3,21 @@
 use std::{
     panic::AssertUnwindSafe,
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use exo_models::{Completion, ModelProvider, ModelRequest, ToolDefinition};
 use exo_proto::{
     AgentConfig, ApprovalRequest, Content, ErrorEvent, ErrorType, JournalRecord, Message,
-    ModelRecord, ReasoningEvent, RunStatus, StepEvent, StepKey, StepStatus, StreamEvent, TextEvent,
-    ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput, ToolRecord, ToolResultEvent, Usage,
-    UsageEvent,
+    ModelRecord, ReasoningEvent, RunStatus, StatusEvent, StepEvent, StepKey, StepStatus,
+    StreamEvent, TextEvent, ToolCall, ToolCallDeltaEvent, ToolCallEvent, ToolOutput, ToolRecord,
+    ToolResultEvent, Usage, UsageEvent,
 };
 use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value, json};
 
 use crate::{
+    gate::{GateDecision, GatePermit, estimate_tokens, with_jitter},
     runner::RunContext,
     tool::{Tool, ToolContext},
 };
@@ -337,7 +338,20 @@ pub(crate) async fn run_agent(
                     temperature: Some(config.temperature),
                     max_tokens: config.max_tokens,
                 };
-                let completion = match stream_step(ctx, agent, &request).await {
+                let permit = match admit(ctx, agent, &request).await {
+                    Ok(permit) => permit,
+                    Err(failure) => {
+                        emit_error(ctx, name, &failure, Some(step)).await;
+                        return AgentRun {
+                            output,
+                            failure: Some(failure),
+                            ..AgentRun::default()
+                        };
+                    }
+                };
+                let result = stream_step(ctx, agent, &request).await;
+                settle(ctx, agent, permit.as_ref(), &result).await;
+                let completion = match result {
                     Ok(completion) => completion,
                     Err(error) => {
                         let failure = Failure {
@@ -555,6 +569,105 @@ fn tool_message(call: &ToolCall, result: ToolOutput, error: Option<String>) -> M
         tool_name: call.name.clone(),
         content,
         error,
+    }
+}
+
+/// Waits until the run's gate admits the model call (at once without a
+/// gate). The first wait is announced with a `status` event (`running`, with
+/// the extension fields `waiting_for: "capacity"`, `rule`, `reason` and
+/// `retry_in_ms`), sent whatever the run's `detailed` setting.
+async fn admit(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    request: &ModelRequest,
+) -> Result<Option<GatePermit>, Failure> {
+    let Some(gate) = ctx.gate.clone() else {
+        return Ok(None);
+    };
+    let model = agent.config.model.as_str();
+    let tokens = estimate_tokens(request);
+    let mut announced = false;
+    loop {
+        ctx.resumed().await;
+        match gate.admit(model, tokens).await {
+            Ok(GateDecision::Open) => return Ok(None),
+            Ok(GateDecision::Granted(permit)) => return Ok(Some(permit)),
+            Ok(GateDecision::Wait {
+                retry_in,
+                rule,
+                reason,
+            }) => {
+                if !announced {
+                    announced = true;
+                    let name = agent.config.name.as_str();
+                    let mut extra = Map::new();
+                    extra.insert("waiting_for".into(), "capacity".into());
+                    extra.insert("rule".into(), rule.clone().into());
+                    extra.insert("reason".into(), reason.clone().into());
+                    extra.insert(
+                        "retry_in_ms".into(),
+                        u64::try_from(retry_in.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .into(),
+                    );
+                    ctx.emitter
+                        .always(StreamEvent::Status(StatusEvent {
+                            status: RunStatus::Running,
+                            agent_name: name.to_owned(),
+                            message: format!(
+                                "waiting for model capacity: rule '{rule}' ({reason}), about {:.1} s",
+                                retry_in.as_secs_f64()
+                            ),
+                            extra,
+                        }))
+                        .await;
+                }
+                tokio::time::sleep(with_jitter(retry_in)).await;
+            }
+            Ok(GateDecision::Refused(message)) => {
+                return Err(Failure {
+                    message,
+                    error_type: ErrorType::Config,
+                    retryable: false,
+                });
+            }
+            Err(message) => {
+                return Err(Failure {
+                    message: format!("cannot reserve model capacity: {message}"),
+                    error_type: ErrorType::Runtime,
+                    retryable: true,
+                });
+            }
+        }
+    }
+}
+
+/// Tells the gate what an admitted call used, and passes on a provider's
+/// request to back off.
+async fn settle(
+    ctx: &RunContext,
+    agent: &PreparedAgent,
+    permit: Option<&GatePermit>,
+    result: &exo_models::Result<Completion>,
+) {
+    let Some(gate) = ctx.gate.as_ref() else {
+        return;
+    };
+    match result {
+        Ok(completion) => {
+            if let (Some(permit), Some(usage)) = (permit, completion.usage) {
+                let used = usage
+                    .total_tokens
+                    .max(usage.input_tokens + usage.output_tokens);
+                gate.settle(permit, used).await;
+            }
+        }
+        Err(error) => {
+            if error.error_type() == ErrorType::RateLimit {
+                let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
+                gate.back_off(&agent.config.model, retry_after).await;
+            }
+        }
     }
 }
 

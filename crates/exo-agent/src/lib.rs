@@ -109,6 +109,7 @@
 mod agent_loop;
 pub mod builtin;
 mod error;
+mod gate;
 #[cfg(feature = "http")]
 mod http_tool;
 mod mcp;
@@ -121,6 +122,7 @@ mod tool;
 
 pub use error::{Error, Result};
 pub use exo_proto::ToolOutput;
+pub use gate::{DEFAULT_OUTPUT_ESTIMATE, GateDecision, GatePermit, ModelGate, estimate_tokens};
 #[cfg(feature = "http")]
 pub use http_tool::HttpTool;
 pub use mcp::McpPolicy;

@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub task_id: String,
     /// The attempt, recorded in the journal records this run writes.
     pub attempt: u32,
+    /// Admits each model call the run sends against shared rate limits
+    /// (see [`crate::ModelGate`]); none by default.
+    pub gate: Option<std::sync::Arc<dyn crate::ModelGate>>,
 }
 
 /// Sends a run's events, dropping the ones a non-detailed run does not
@@ -73,6 +76,12 @@ impl Emitter {
         if self.detailed || event.is_plain() {
             let _ = self.sender.send(RunEvent::Stream(event)).await;
         }
+    }
+
+    /// Sends an event whatever the run's `detailed` setting (a status
+    /// that a reader of any run must see, e.g. a wait for capacity).
+    pub(crate) async fn always(&self, event: StreamEvent) {
+        let _ = self.sender.send(RunEvent::Stream(event)).await;
     }
 
     pub(crate) async fn journal(&self, record: JournalRecord) {

@@ -40,6 +40,8 @@ pub(crate) struct RunContext {
     pub(crate) replay: Journal,
     pub(crate) attempt: u32,
     task_id: String,
+    /// Admits model calls against shared rate limits.
+    pub(crate) gate: Option<Arc<dyn crate::ModelGate>>,
     /// Model calls made (or replayed) so far, per scope.
     model_calls: Mutex<BTreeMap<String, u32>>,
     #[cfg(feature = "mcp")]
@@ -168,6 +170,7 @@ impl Runner {
             replay: options.replay.clone(),
             attempt: options.attempt,
             task_id: options.task_id.clone(),
+            gate: options.gate.clone(),
             model_calls: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "mcp")]
             sessions: crate::mcp_client::Sessions::default(),

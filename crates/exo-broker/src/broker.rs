@@ -261,6 +261,11 @@ impl Broker {
     pub fn admin(&self) -> Admin {
         Admin::new(self.clone())
     }
+
+    /// Fleet-wide rate limits of model calls.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits::new(self.clone())
+    }
 }
 
 /// True for the error Redis gives when the consumer group is missing (the

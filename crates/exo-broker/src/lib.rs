@@ -62,6 +62,7 @@ mod error;
 mod events;
 mod follow;
 mod handle;
+mod limits;
 mod ops;
 mod session;
 mod url;
@@ -74,6 +75,7 @@ pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
 pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
+pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits};
 pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
     Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,

@@ -196,6 +196,14 @@ pub(crate) struct StartWorker {
     /// on (at most the task TTL).
     #[arg(long)]
     pub(crate) approval_timeout: Option<u64>,
+    /// A fleet-wide limit of model calls per minute: MODEL=N, where MODEL is the agent's model
+    /// string (openai:gpt-4o-mini) or the name after its provider prefix. Every worker with the
+    /// same rule shares it through Redis. Repeatable.
+    #[arg(long = "model-rpm", value_name = "MODEL=N")]
+    pub(crate) model_rpm: Vec<String>,
+    /// A fleet-wide limit of model tokens (input plus output) per minute: MODEL=N. Repeatable.
+    #[arg(long = "model-tpm", value_name = "MODEL=N")]
+    pub(crate) model_tpm: Vec<String>,
     /// Seconds without a lease renewal after which another worker reclaims a task.
     #[arg(long)]
     pub(crate) lease: Option<u64>,

@@ -55,6 +55,13 @@ pub const EVENTS_EMITTED: &str = "exo.stream.events.emitted";
 /// How long publishing one event took, in seconds (histogram).
 pub const EVENT_PUBLISH_DURATION: &str = "exo.stream.event.publish_duration";
 
+/// Model calls admitted under a fleet-wide rate-limit rule (counter, label
+/// `rule`).
+pub const MODEL_CALLS_ADMITTED: &str = "exo.model.calls.admitted";
+/// Times a model call was told to wait for capacity under a fleet-wide
+/// rate-limit rule (counter, labels `rule` and `reason`).
+pub const MODEL_CALLS_WAITED: &str = "exo.model.calls.waited";
+
 /// The label holding the queue (stream) name.
 pub const LABEL_QUEUE: &str = "queue";
 /// The label holding the worker id.
@@ -65,6 +72,12 @@ pub const LABEL_LOOP: &str = "loop";
 pub const LABEL_STATUS: &str = "status";
 /// The label holding an event type (`text`, `tool_call`, ...).
 pub const LABEL_EVENT_TYPE: &str = "event_type";
+/// The label naming a rate-limit rule (a model, as configured by the
+/// operator: bounded).
+pub const LABEL_RULE: &str = "rule";
+/// The label naming the limit that held a call (`requests`, `tokens`,
+/// `paused`).
+pub const LABEL_REASON: &str = "reason";
 
 /// The three kinds of metric the facade knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +202,16 @@ pub const METRICS: &[MetricSpec] = &[
         EVENTS_EMITTED,
         "Events published to task event streams.",
         &[LABEL_EVENT_TYPE],
+    ),
+    counter(
+        MODEL_CALLS_ADMITTED,
+        "Model calls admitted under a fleet-wide rate-limit rule.",
+        &[LABEL_RULE],
+    ),
+    counter(
+        MODEL_CALLS_WAITED,
+        "Times a model call was told to wait for capacity under a fleet-wide rate-limit rule.",
+        &[LABEL_RULE, LABEL_REASON],
     ),
     MetricSpec {
         name: EVENT_PUBLISH_DURATION,
@@ -377,4 +400,16 @@ pub fn event_emitted(event_type: &'static str) {
 /// `took`.
 pub fn events_published(took: Duration) {
     metrics::histogram!(EVENT_PUBLISH_DURATION).record(took.as_secs_f64());
+}
+
+/// A model call was admitted under the rate-limit rule `rule`.
+pub fn model_call_admitted(rule: &str) {
+    metrics::counter!(MODEL_CALLS_ADMITTED, LABEL_RULE => rule.to_owned()).increment(1);
+}
+
+/// A model call was told to wait under `rule`, held by `reason`
+/// (`requests`, `tokens` or `paused`).
+pub fn model_call_waited(rule: &str, reason: &'static str) {
+    metrics::counter!(MODEL_CALLS_WAITED, LABEL_RULE => rule.to_owned(), LABEL_REASON => reason)
+        .increment(1);
 }

@@ -197,6 +197,19 @@ impl Keys {
         format!("{}journal:", self.prefix)
     }
 
+    /// Extension: the model-call reservations of one fleet-wide rate-limit
+    /// rule (a sorted set: reservation id by when it was made, ms); the
+    /// rule's tokens per reservation are `{key}:tokens` (a hash) and a
+    /// provider's back-off is `{key}:paused` (until when, ms).
+    pub fn limit(&self, rule: &str) -> String {
+        format!("{}limits:{rule}", self.prefix)
+    }
+
+    /// The family prefix of [`Keys::limit`].
+    pub fn limit_prefix(&self) -> String {
+        format!("{}limits:", self.prefix)
+    }
+
     /// Extension: the wake-up stream of one multiplexed event reader (a
     /// reader blocks on it with the task streams it follows, and an entry
     /// added to it ends the block so the reader picks up new streams).
@@ -237,6 +250,8 @@ impl Keys {
             self.approvals(),
             self.journal(id),
             self.journal_prefix(),
+            self.limit("openai:gpt-4o"),
+            self.limit_prefix(),
         ]
     }
 

@@ -266,6 +266,12 @@ impl FakeResponse {
     /// chunks), then `finish_reason: stop`, usage and `[DONE]`. It answers
     /// requests to paths ending in `/chat/completions`.
     pub fn openai_text(text: &str) -> Self {
+        let completion = text.split_whitespace().count().max(1) as u64;
+        Self::openai_text_with_usage(text, 10, completion)
+    }
+
+    /// [`FakeResponse::openai_text`] reporting this usage.
+    pub fn openai_text_with_usage(text: &str, prompt_tokens: u64, completion_tokens: u64) -> Self {
         let mut events = vec![openai_chunk(
             json!({"role": "assistant", "content": ""}),
             None,
@@ -276,7 +282,7 @@ impl FakeResponse {
                 .map(|piece| openai_chunk(json!({ "content": piece }), None)),
         );
         events.push(openai_chunk(json!({}), Some("stop")));
-        events.push(openai_usage(text));
+        events.push(openai_usage(prompt_tokens, completion_tokens));
         events.push("[DONE]".to_owned());
         FakeResponse::sse(events).for_path("/chat/completions")
     }
@@ -308,7 +314,7 @@ impl FakeResponse {
             ));
         }
         events.push(openai_chunk(json!({}), Some("tool_calls")));
-        events.push(openai_usage(""));
+        events.push(openai_usage(10, 1));
         events.push("[DONE]".to_owned());
         FakeResponse::sse(events).for_path("/chat/completions")
     }
@@ -325,16 +331,15 @@ fn openai_chunk(delta: Value, finish_reason: Option<&str>) -> String {
     .to_string()
 }
 
-fn openai_usage(text: &str) -> String {
-    let completion = text.split_whitespace().count().max(1);
+fn openai_usage(prompt: u64, completion: u64) -> String {
     json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
         "created": 0,
         "model": "fake",
         "choices": [],
-        "usage": {"prompt_tokens": 10, "completion_tokens": completion,
-            "total_tokens": 10 + completion},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion},
     })
     .to_string()
 }
@@ -394,10 +399,25 @@ struct State {
     requests: Vec<RecordedRequest>,
 }
 
-#[derive(Debug, Default)]
+/// Answers a request before the queue and the default do (`None`: let
+/// them answer).
+pub type FakeHandler = dyn Fn(&RecordedRequest) -> Option<FakeResponse> + Send + Sync;
+
+#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
+    handler: Mutex<Option<Arc<FakeHandler>>>,
     stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Shared")
+            .field("state", &self.state)
+            .field("stopping", &self.stopping)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -470,6 +490,20 @@ impl FakeLlmServer {
         self.shared.state().default = Some(response);
     }
 
+    /// Answers every request with `handler` first: a provider with state
+    /// of its own (a rate limit it enforces, say). When it returns `None`
+    /// the queue and the default answer.
+    pub fn set_handler(
+        &self,
+        handler: impl Fn(&RecordedRequest) -> Option<FakeResponse> + Send + Sync + 'static,
+    ) {
+        *self
+            .shared
+            .handler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(handler));
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.state().requests.clone()
@@ -527,9 +561,17 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     let Some(request) = read_request(&stream) else {
         return;
     };
-    let response = {
+    shared.state().requests.push(request.clone());
+    let handler = shared
+        .handler
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let handled = handler.and_then(|handler| handler(&request));
+    let response = if handled.is_some() {
+        handled
+    } else {
         let mut state = shared.state();
-        state.requests.push(request.clone());
         let path = request.path_only().to_owned();
         let matches = |response: &FakeResponse| {
             response

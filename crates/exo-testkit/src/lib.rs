@@ -47,7 +47,7 @@ mod topology;
 
 pub use child::{TestProcess, WorkerProcess};
 pub use expect::expect_file;
-pub use fake_llm::{FakeChunk, FakeLlmServer, FakeResponse, RecordedRequest};
+pub use fake_llm::{FakeChunk, FakeHandler, FakeLlmServer, FakeResponse, RecordedRequest};
 pub use http::http_get;
 pub use postgres::{PostgresServer, TestPostgres};
 pub use process::{find_binary, free_port, unique_name, wait_for_port};

@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     /// may ask for less). At the deadline the call counts as denied and the
     /// run goes on. At most the task TTL.
     pub approval_timeout: Duration,
+    /// Fleet-wide rate limits of model calls, one rule per model (as an
+    /// agent's config names it, e.g. `openai:gpt-4o-mini`, or the name
+    /// after its provider prefix). Every worker of the queue with the same
+    /// rules shares them. Empty: no limits.
+    pub model_limits: Vec<exo_broker::LimitRule>,
 }
 
 /// Which memory stores a worker's payloads may use, and how much history a
@@ -107,6 +112,7 @@ impl WorkerConfig {
             max_task_timeout: Duration::from_secs(24 * 3600),
             memory: MemorySettings::default(),
             approval_timeout: Duration::from_secs(3600),
+            model_limits: Vec::new(),
         }
     }
 
@@ -133,6 +139,32 @@ impl WorkerConfig {
                 "the approval timeout must be more than 0 and at most the task TTL ({} s)",
                 self.broker.task_ttl.as_secs()
             ));
+        }
+        for rule in &self.model_limits {
+            if rule.name.is_empty()
+                || rule.name.len() > 200
+                || rule
+                    .name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "a model rate-limit rule needs a name of 1 to 200 bytes without spaces, not `{}`",
+                    rule.name
+                ));
+            }
+            if rule.requests == 0 && rule.tokens == 0 {
+                return Err(format!(
+                    "the model rate-limit rule `{}` limits neither requests nor tokens",
+                    rule.name
+                ));
+            }
+            if rule.window < Duration::from_secs(1) {
+                return Err(format!(
+                    "the window of the model rate-limit rule `{}` must be at least 1 s",
+                    rule.name
+                ));
+            }
         }
         if self.max_task_timeout.is_zero() {
             return Err("the task timeout cap must be positive".into());

@@ -58,6 +58,7 @@ pub struct LocalExecutor {
     runner: Arc<Runner>,
     memory: Memory,
     grace: Duration,
+    gate: Option<Arc<dyn exo_agent::ModelGate>>,
 }
 
 impl LocalExecutor {
@@ -75,7 +76,15 @@ impl LocalExecutor {
             runner,
             memory,
             grace,
+            gate: None,
         }
+    }
+
+    /// The same executor, admitting every model call through `gate`
+    /// (fleet-wide rate limits).
+    pub fn with_gate(mut self, gate: Arc<dyn exo_agent::ModelGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The worker session it publishes through.
@@ -222,6 +231,7 @@ impl LocalExecutor {
             replay,
             task_id: task_id.to_owned(),
             attempt: lease.map_or(0, |lease| lease.attempt),
+            gate: self.gate.clone(),
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();

@@ -93,6 +93,7 @@ mod config;
 mod error;
 mod execute;
 mod hooks;
+mod limits;
 mod memory;
 mod runtime;
 mod state;

@@ -37,12 +37,19 @@ impl Worker {
         self.status.connected.store(true, Ordering::Relaxed);
         broker.on_publish(Arc::new(|_events, took| record::events_published(took)));
         let session = broker.worker_session(self.worker_id.clone());
-        let local = Arc::new(LocalExecutor::new(
+        let mut local = LocalExecutor::new(
             session.clone(),
             self.runner.clone(),
             self.memory.clone(),
             self.config.deadline_grace,
-        ));
+        );
+        if !self.config.model_limits.is_empty() {
+            local = local.with_gate(Arc::new(crate::limits::RedisGate::new(
+                broker.limits(),
+                self.config.model_limits.clone(),
+            )));
+        }
+        let local = Arc::new(local);
         let executor: Arc<dyn Executor> = match (&self.executor, self.config.executor) {
             (Some(custom), _) => custom.clone(),
             (None, ExecutorKind::Local) => local,

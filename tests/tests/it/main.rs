@@ -10,6 +10,7 @@ mod gateway;
 mod journal;
 mod mixed_fleet;
 mod observability;
+mod rate_limits;
 #[cfg(feature = "temporal")]
 mod temporal;
 mod worker_process;

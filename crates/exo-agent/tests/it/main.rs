@@ -5,6 +5,7 @@
 
 mod cancel;
 mod common;
+mod gate;
 mod golden;
 mod journal;
 #[cfg(feature = "mcp")]

@@ -7,16 +7,17 @@
 -- the script appends the id to the family's prefix, because the ids are
 -- found inside the script (entries read from the queue, pending entries).
 --
--- KEYS[1] queue stream              KEYS[10] fleet quiet-until (string)
--- KEYS[2] delayed (zset)            KEYS[11] active sweep cursor (string)
--- KEYS[3] delayed payloads (hash)   KEYS[12] family: task hash
--- KEYS[4] dead-letter stream        KEYS[13] family: event stream
--- KEYS[5] task index (set)          KEYS[14] family: event channel
--- KEYS[6] task timeline (zset)      KEYS[15] family: cancel channel
--- KEYS[7] worker registry (zset)    KEYS[16] family: worker heartbeat hash
--- KEYS[8] active tasks (zset)       KEYS[17] family: idempotency key
--- KEYS[9] fleet beat (string)             KEYS[18] tasks waiting for approval (zset)
---                                        KEYS[19] family: step journal (list)
+-- KEYS[1] queue stream             KEYS[10] fleet quiet-until (string)
+-- KEYS[2] delayed (zset)           KEYS[11] active sweep cursor (string)
+-- KEYS[3] delayed payloads (hash)  KEYS[12] family: task hash
+-- KEYS[4] dead-letter stream       KEYS[13] family: event stream
+-- KEYS[5] task index (set)         KEYS[14] family: event channel
+-- KEYS[6] task timeline (zset)     KEYS[15] family: cancel channel
+-- KEYS[7] worker registry (zset)   KEYS[16] family: worker heartbeat hash
+-- KEYS[8] active tasks (zset)      KEYS[17] family: idempotency key
+-- KEYS[9] fleet beat (string)      KEYS[18] tasks waiting for approval (zset)
+--                                  KEYS[19] family: step journal (list)
+--                                  KEYS[20] family: model rate-limit rule
 --
 -- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
 -- ARGV[2] consumer group                          ARGV[5] event stream max length
@@ -34,7 +35,7 @@ local INDEX, TIMELINE, REGISTRY, ACTIVE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = KEYS[9], KEYS[10], KEYS[11]
 local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
 local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
-local APPROVALS, JOURNAL_FAMILY = KEYS[18], KEYS[19]
+local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = KEYS[18], KEYS[19], KEYS[20]
 local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])

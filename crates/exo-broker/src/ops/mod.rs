@@ -34,6 +34,7 @@ use crate::{
     error::{Error, RedisCode, Result},
 };
 
+pub(crate) mod admit;
 pub(crate) mod cancel;
 pub(crate) mod claim;
 pub(crate) mod decide;
@@ -102,6 +103,7 @@ impl ScriptContext {
             keys.idempotency_prefix(),
             keys.approvals(),
             keys.journal_prefix(),
+            keys.limit_prefix(),
         ];
         // The order is common.lua's ARGV header.
         let settings = vec![
@@ -123,6 +125,7 @@ impl ScriptContext {
 /// Every script, compiled once (EVALSHA, reloaded on NOSCRIPT).
 #[derive(Debug)]
 pub(crate) struct Scripts {
+    pub(crate) admit: Script,
     pub(crate) submit: Script,
     pub(crate) claim: Script,
     pub(crate) decide: Script,
@@ -144,6 +147,7 @@ impl Scripts {
         let prelude = prelude();
         let script = |body: &str| Script::from_lua(format!("{prelude}{body}"));
         Scripts {
+            admit: script(admit::LUA),
             submit: script(submit::LUA),
             claim: script(claim::LUA),
             decide: script(decide::LUA),

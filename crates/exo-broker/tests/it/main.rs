@@ -4,6 +4,7 @@ mod common;
 mod events;
 mod fleet;
 mod follow;
+mod limits;
 mod queue;
 mod recovery;
 mod reliability;

@@ -48,6 +48,7 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     if let Some(lease) = args.lease {
         config.broker.lease = Duration::from_secs(lease);
     }
+    config.model_limits = model_limits(&args.model_rpm, &args.model_tpm)?;
     if let Some(ttl) = args.task_ttl {
         config.broker.task_ttl = Duration::from_secs(ttl);
     }
@@ -115,6 +116,46 @@ fn install_telemetry(format: LogFormat) -> Result<exo_observability::Telemetry, 
     Ok(telemetry)
 }
 
+/// `--model-rpm` and `--model-tpm` as one rule per model, in the order
+/// first named.
+fn model_limits(rpm: &[String], tpm: &[String]) -> Result<Vec<exo_broker::LimitRule>, Failure> {
+    let mut rules: Vec<exo_broker::LimitRule> = Vec::new();
+    let flags = rpm
+        .iter()
+        .map(|value| ("model-rpm", value))
+        .chain(tpm.iter().map(|value| ("model-tpm", value)));
+    for (flag, value) in flags {
+        let parsed = value
+            .rsplit_once('=')
+            .and_then(|(model, limit)| Some((model.trim(), limit.trim().parse::<u64>().ok()?)))
+            .filter(|(model, limit)| !model.is_empty() && *limit > 0);
+        let Some((model, limit)) = parsed else {
+            return Err(Failure::with_code(
+                2,
+                anyhow::anyhow!("--{flag} takes MODEL=N with N a positive number, not `{value}`"),
+            ));
+        };
+        let index = match rules.iter().position(|rule| rule.name == model) {
+            Some(index) => index,
+            None => {
+                rules.push(exo_broker::LimitRule {
+                    name: model.to_owned(),
+                    requests: 0,
+                    tokens: 0,
+                    window: exo_broker::DEFAULT_WINDOW,
+                });
+                rules.len() - 1
+            }
+        };
+        if flag == "model-rpm" {
+            rules[index].requests = u32::try_from(limit).unwrap_or(u32::MAX);
+        } else {
+            rules[index].tokens = limit;
+        }
+    }
+    Ok(rules)
+}
+
 async fn start_worker(global: Global, args: StartWorker) -> Outcome {
     let config = worker_config(&global, &args)?;
     let telemetry = install_telemetry(args.log_format)?;
@@ -148,8 +189,24 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
         .build()
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
     let temporal = temporal_banner(&config)?;
+    let limits: String = config
+        .model_limits
+        .iter()
+        .map(|rule| {
+            let per_minute =
+                |value: u64, unit: &str| (value > 0).then(|| format!("{value} {unit}/min"));
+            let parts: Vec<String> = [
+                per_minute(u64::from(rule.requests), "requests"),
+                per_minute(rule.tokens, "tokens"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            format!("\n  limit:       {} {}", rule.name, parts.join(", "))
+        })
+        .collect();
     crate::output::best_effort(format_args!(
-        "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}",
+        "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}{limits}",
         worker.id(),
         exo_broker::mask_url(&config.broker.redis_url),
         config.broker.keys.queue(),

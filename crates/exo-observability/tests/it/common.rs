@@ -38,6 +38,8 @@ pub(crate) fn record_one_of_everything() {
     record::event_emitted("text");
     record::events_published(Duration::from_micros(800));
     record::loop_error("web01-1234-a1b2c3d4", "reaper");
+    record::model_call_admitted("openai:gpt-4o-mini");
+    record::model_call_waited("openai:gpt-4o-mini", "tokens");
 }
 
 /// One sample line of the text format.

@@ -286,6 +286,8 @@ fn rendered_names_are_the_prometheus_conventions() {
         "exo_distributed_tasks_submitted_total counter",
         "exo_distributed_worker_loop_errors_total counter",
         "exo_distributed_workers_alive gauge",
+        "exo_model_calls_admitted_total counter",
+        "exo_model_calls_waited_total counter",
         "exo_redis_round_trips_total counter",
         "exo_stream_event_publish_duration_seconds histogram",
         "exo_stream_events_emitted_total counter",

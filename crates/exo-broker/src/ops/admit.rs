@@ -1,0 +1,110 @@
+//! `admit.lua`: reservations under fleet-wide model rate limits.
+
+use std::time::Duration;
+
+use fred::types::{Value, scripts::Script};
+
+use super::{Operation, Scripts, reply::Parts};
+use crate::{
+    error::{Error, Result},
+    limits::{Admission, LimitReason, LimitRule},
+};
+
+pub(crate) const LUA: &str = include_str!("admit.lua");
+
+/// What the call does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    Admit,
+    Settle,
+    Pause,
+}
+
+/// `ARGV[7...]` of admit.lua.
+#[derive(Debug)]
+pub(crate) struct AdmitCall<'a> {
+    pub(crate) mode: Mode,
+    pub(crate) rule: &'a LimitRule,
+    pub(crate) reservation: &'a str,
+    pub(crate) tokens: u64,
+    pub(crate) pause: Duration,
+}
+
+/// The script's reply.
+#[derive(Debug)]
+pub(crate) enum AdmitReply {
+    Admission(Admission),
+    Settled(bool),
+    Paused,
+}
+
+impl AdmitReply {
+    pub(crate) fn admission(self) -> Admission {
+        match self {
+            AdmitReply::Admission(admission) => admission,
+            _ => Admission::Granted,
+        }
+    }
+
+    pub(crate) fn settled(self) -> bool {
+        matches!(self, AdmitReply::Settled(true))
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().max(1).to_string()
+}
+
+impl Operation for AdmitCall<'_> {
+    type Reply = AdmitReply;
+    const NAME: &'static str = "admit";
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.admit
+    }
+
+    fn arguments(&self, argv: &mut Vec<String>) {
+        argv.extend([
+            match self.mode {
+                Mode::Admit => "admit",
+                Mode::Settle => "settle",
+                Mode::Pause => "pause",
+            }
+            .to_owned(),
+            self.rule.name.clone(),
+            self.reservation.to_owned(),
+            self.rule.requests.to_string(),
+            self.rule.tokens.to_string(),
+            self.tokens.to_string(),
+            millis(self.rule.window),
+            millis(self.pause),
+        ]);
+    }
+
+    fn parse(&self, value: Value) -> Result<AdmitReply> {
+        let mut parts = Parts::new(Self::NAME, value)?;
+        Ok(match parts.string()?.as_str() {
+            "granted" => AdmitReply::Admission(Admission::Granted),
+            "wait" => {
+                let retry_in = Duration::from_millis(parts.count()?);
+                let reason = match parts.string()?.as_str() {
+                    "paused" => LimitReason::Paused,
+                    "requests" => LimitReason::Requests,
+                    _ => LimitReason::Tokens,
+                };
+                AdmitReply::Admission(Admission::Wait { retry_in, reason })
+            }
+            "never" => AdmitReply::Admission(Admission::Never {
+                tokens: parts.count()?,
+            }),
+            "settled" => AdmitReply::Settled(parts.count()? == 1),
+            "paused" => AdmitReply::Paused,
+            other => {
+                return Err(Error::Reply {
+                    what: Self::NAME,
+                    detail: format!("an answer `{other}`"),
+                });
+            }
+        })
+    }
+}
