@@ -304,7 +304,16 @@ fn rendered_names_are_the_prometheus_conventions() {
 /// function takes one, and nothing that is recorded carries one.
 #[test]
 fn no_metric_carries_a_task_id() {
-    let allowed = BTreeSet::from(["queue", "worker_id", "status", "event_type", "le", "loop"]);
+    let allowed = BTreeSet::from([
+        "queue",
+        "worker_id",
+        "status",
+        "event_type",
+        "le",
+        "loop",
+        "rule",
+        "reason",
+    ]);
     let (_, text) = render_with(record_one_of_everything);
     for sample in samples(&text) {
         for (key, value) in &sample.labels {
