@@ -122,6 +122,16 @@ impl Client {
                 limit,
             });
         }
+        if let Some(run_at) = payload.run_at {
+            let ttl = self.broker.config().task_ttl.as_secs_f64();
+            if run_at - exo_proto::time::now_seconds() > ttl {
+                return Err(Error::Refused {
+                    reason: format!(
+                        "run_at is more than the task TTL ({ttl} s) away: the task would expire before it runs"
+                    ),
+                });
+            }
+        }
         let agent_name = payload
             .agent_spec()
             .map(|spec| spec.name())
@@ -135,6 +145,7 @@ impl Client {
                 max_retries: payload.max_retries,
                 idempotency_key: payload.idempotency_key.as_deref(),
                 tenant: payload.tenant().unwrap_or_default(),
+                run_at: payload.run_at,
             })
             .await?;
         Ok(TaskHandle::new(

@@ -380,6 +380,12 @@ pub(crate) struct SubmitArgs {
     /// A duplicate submit with this key returns the first task.
     #[arg(long)]
     pub(crate) idempotency_key: Option<String>,
+    /// Start no sooner than this many seconds from now (the task waits in the delayed set).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "run_at")]
+    pub(crate) delay: Option<f64>,
+    /// Start no sooner than this time, in Unix seconds.
+    #[arg(long, value_name = "UNIX SECONDS")]
+    pub(crate) run_at: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -85,6 +85,7 @@ pub(crate) fn task_json(task: &TaskResult) -> Value {
         "waiting_for": task.waiting_for,
         "approval": task.approval,
         "approval_deadline": task.approval_deadline,
+        "scheduled_for": task.scheduled_for,
     })
 }
 

@@ -49,6 +49,11 @@ pub struct TaskPayload {
     /// Extension: a submit with the same key returns the first task's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Extension: do not start before this time (Unix seconds). The task
+    /// waits in the delayed set until then; a time in the past starts it
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<f64>,
 }
 
 fn default_timeout() -> f64 {
@@ -138,6 +143,7 @@ impl TaskPayload {
             timeout_seconds: default_timeout(),
             max_retries: None,
             idempotency_key: None,
+            run_at: None,
         }
     }
 
@@ -177,6 +183,15 @@ impl TaskPayload {
 
     fn check(&self) -> Result<()> {
         check_task_id(&self.task_id)?;
+        if let Some(run_at) = self.run_at
+            && (!run_at.is_finite() || run_at < 0.0)
+        {
+            return Err(Error::field(
+                "task payload",
+                "run_at",
+                format!("must be a time in Unix seconds, got {run_at}"),
+            ));
+        }
         if !self.timeout_seconds.is_finite() || self.timeout_seconds <= 0.0 {
             return Err(Error::field(
                 "task payload",
@@ -347,6 +362,9 @@ pub struct TaskResult {
     pub approval: Option<Value>,
     /// Extension: when the wait ends with a denial (Unix seconds).
     pub approval_deadline: Option<f64>,
+    /// Extension: when a task submitted with `run_at` is due (Unix
+    /// seconds), while it waits for that time.
+    pub scheduled_for: Option<f64>,
 }
 
 impl TaskResult {
@@ -369,6 +387,7 @@ impl TaskResult {
             waiting_for: None,
             approval: None,
             approval_deadline: None,
+            scheduled_for: None,
         }
     }
 
@@ -442,6 +461,7 @@ impl TaskResult {
                 .get("approval")
                 .and_then(|text| serde_json::from_str(text).ok()),
             approval_deadline: float("approval_deadline")?,
+            scheduled_for: float("scheduled_for")?,
             result,
             task_id,
             status,

@@ -238,3 +238,36 @@ fn cancel_through_the_cli_stops_a_running_task() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("● cancelled"));
     assert_eq!(target.status(&task_id)["status"], "cancelled");
 }
+
+#[test]
+fn a_task_submitted_with_a_delay_starts_when_due() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "echoer", "model": "scripted:echo"}),
+    );
+    let _worker = target.start_worker(&["--concurrency", "1"]);
+    let submitted = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "later",
+        "--delay",
+        "2",
+    ]);
+    let task_id = submitted["task_id"].as_str().unwrap();
+    let waiting = target.status(task_id);
+    assert_eq!(waiting["status"], "pending");
+    let created = waiting["created_at"].as_f64().unwrap();
+    let due = waiting["scheduled_for"].as_f64().unwrap();
+    assert!((due - created - 2.0).abs() < 0.5, "{waiting}");
+    let done = target.wait_for_status(task_id, "completed", Duration::from_secs(20));
+    let started = done["started_at"].as_f64().unwrap();
+    assert!(started >= due - 0.01, "started {started} before {due}");
+    assert_eq!(done["scheduled_for"], Value::Null);
+}

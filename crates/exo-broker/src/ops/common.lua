@@ -265,6 +265,7 @@ local function promote_due(limit)
       local status = redis.call('HGET', task_key(task_id), 'status')
       if status == 'retrying' or status == 'pending' then
         enqueue(task_id, payload)
+        redis.call('HDEL', task_key(task_id), 'scheduled_for')
       elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
         enqueue(nil, payload)
       end

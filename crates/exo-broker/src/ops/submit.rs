@@ -16,6 +16,8 @@ pub(crate) struct SubmitCall<'a> {
     pub(crate) max_retries: Option<u32>,
     pub(crate) idempotency_key: Option<&'a str>,
     pub(crate) tenant: &'a str,
+    /// Not before this time (Unix seconds).
+    pub(crate) run_at: Option<f64>,
 }
 
 /// The task that holds the submission, and whether this call created it.
@@ -44,6 +46,9 @@ impl Operation for SubmitCall<'_> {
                 .unwrap_or_default(),
             self.idempotency_key.unwrap_or_default().to_owned(),
             self.tenant.to_owned(),
+            self.run_at
+                .map(|seconds| format!("{:.0}", seconds * 1000.0))
+                .unwrap_or_default(),
         ]);
     }
 

@@ -826,3 +826,60 @@ async fn a_superseded_attempt_cannot_publish() {
         "nothing after the terminal event"
     );
 }
+
+#[tokio::test]
+async fn a_task_submitted_for_later_waits_then_runs_and_can_be_cancelled_meanwhile() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = broker.client();
+    let due = exo_proto::time::now_seconds() + 1.5;
+    let mut later = payload("later");
+    later.run_at = Some(due);
+    let later_id = later.task_id.clone();
+    client.submit(later).await.unwrap();
+    let mut cancelled = payload("never");
+    cancelled.run_at = Some(due);
+    let cancelled_id = cancelled.task_id.clone();
+    client.submit(cancelled).await.unwrap();
+    // In the past: at once.
+    let mut now = payload("now");
+    now.run_at = Some(1.0);
+    let now_id = now.task_id.clone();
+    client.submit(now).await.unwrap();
+
+    let waiting = client.get(&later_id).await.unwrap().unwrap();
+    assert_eq!(waiting.status, TaskStatus::Pending);
+    assert!(
+        (waiting.scheduled_for.unwrap() - due).abs() < 0.01,
+        "{waiting:?}"
+    );
+    let claimed = claim_all(&broker, "w1", 3).await;
+    let ids: Vec<&str> = claimed
+        .iter()
+        .map(|task| task.lease.task_id.as_str())
+        .collect();
+    assert_eq!(ids, [now_id.as_str()], "only the task due now runs now");
+    assert_eq!(
+        client.cancel(&cancelled_id).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let claimed = claim_all(&broker, "w1", 2).await;
+    let ids: Vec<&str> = claimed
+        .iter()
+        .map(|task| task.lease.task_id.as_str())
+        .collect();
+    assert_eq!(ids, [later_id.as_str()], "the cancelled one never runs");
+    let running = client.get(&later_id).await.unwrap().unwrap();
+    assert_eq!(running.status, TaskStatus::Running);
+    assert_eq!(running.scheduled_for, None);
+
+    let mut too_late = payload("too late");
+    too_late.run_at = Some(exo_proto::time::now_seconds() + 2.0 * 86_400.0);
+    let error = client
+        .submit(too_late)
+        .await
+        .expect_err("past the task TTL");
+    assert!(error.to_string().contains("task TTL"), "{error}");
+}

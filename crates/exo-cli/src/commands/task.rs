@@ -228,6 +228,7 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
         );
         push("Deadline", task.approval_deadline.map(render::utc));
     }
+    push("Scheduled", task.scheduled_for.map(render::utc));
     push("Error", task.error.clone());
     push("Output", task.output().map(str::to_owned));
     for (name, value) in lines {
@@ -333,6 +334,16 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
     payload.timeout_seconds = args.timeout;
     payload.max_retries = args.max_retries;
     payload.idempotency_key = args.idempotency_key.clone();
+    payload.run_at = match (args.delay, args.run_at) {
+        (Some(delay), _) if !delay.is_finite() || delay < 0.0 => {
+            return Err(Failure::with_code(
+                2,
+                anyhow::anyhow!("--delay must be a number of seconds, 0 or more"),
+            ));
+        }
+        (Some(delay), _) => Some(exo_proto::time::now_seconds() + delay),
+        (None, run_at) => run_at,
+    };
     if let Some(metadata) = &args.metadata {
         payload.metadata = serde_json::from_str::<Map<String, Value>>(metadata)
             .context("--metadata must be a JSON object")

@@ -143,7 +143,27 @@ fn payload(
         }
     }
     fields.insert("metadata".to_owned(), Value::Object(metadata));
+    let run_at = match (submission.run_at, submission.delay_seconds) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "give `run_at` or `delay_seconds`, not both",
+            ));
+        }
+        (_, Some(delay)) if !delay.is_finite() || delay < 0.0 => {
+            return Err(Problem::bad_request(
+                "`delay_seconds` must be a number of seconds, 0 or more",
+            ));
+        }
+        (_, Some(delay)) => Some(exo_proto::time::now_seconds() + delay),
+        (run_at, None) => run_at,
+    };
     let optional = [
+        (
+            "run_at",
+            run_at
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number),
+        ),
         ("input", submission.input.map(Value::String)),
         ("messages", submission.messages.map(Value::Array)),
         ("model", submission.model.map(Value::String)),

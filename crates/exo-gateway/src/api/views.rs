@@ -48,6 +48,10 @@ pub(crate) struct TaskView {
     /// When the wait ends with a denial (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_deadline: Option<f64>,
+    /// When a task submitted for later is due (Unix seconds), while it
+    /// waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_for: Option<f64>,
 }
 
 impl From<TaskResult> for TaskView {
@@ -69,6 +73,7 @@ impl From<TaskResult> for TaskView {
             waiting_for: task.waiting_for,
             approval: task.approval,
             approval_deadline: task.approval_deadline,
+            scheduled_for: task.scheduled_for,
         }
     }
 }
@@ -151,6 +156,13 @@ pub(crate) struct TaskSubmission {
     /// Submission time (Unix seconds); now when missing.
     #[serde(default)]
     pub(crate) created_at: Option<f64>,
+    /// Start no sooner than this time (Unix seconds).
+    #[serde(default)]
+    pub(crate) run_at: Option<f64>,
+    /// Start no sooner than this many seconds from now (instead of
+    /// `run_at`).
+    #[serde(default)]
+    pub(crate) delay_seconds: Option<f64>,
 }
 
 /// What `POST /v1/tasks` did.

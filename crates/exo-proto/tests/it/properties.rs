@@ -266,6 +266,7 @@ fn payload() -> impl Strategy<Value = TaskPayload> {
                     timeout_seconds,
                     max_retries,
                     idempotency_key,
+                    run_at: None,
                 }
             },
         )
