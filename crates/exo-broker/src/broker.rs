@@ -160,6 +160,15 @@ impl Broker {
         Ok(self.inner.client.lrange(key, 0, -1).await?)
     }
 
+    /// `HGETALL` of a key, for the readers of the crate.
+    pub(crate) async fn read_hash(
+        &self,
+        key: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        self.count();
+        Ok(self.inner.client.hgetall(key).await?)
+    }
+
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.client.is_connected()
@@ -265,6 +274,11 @@ impl Broker {
     /// Fleet-wide rate limits of model calls.
     pub fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits::new(self.clone())
+    }
+
+    /// Cron schedules: add, list, remove, and fire the due ones.
+    pub fn schedules(&self) -> crate::schedules::Schedules {
+        crate::schedules::Schedules::new(self.clone())
     }
 }
 

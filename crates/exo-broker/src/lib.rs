@@ -64,6 +64,7 @@ mod follow;
 mod handle;
 mod limits;
 mod ops;
+mod schedules;
 mod session;
 mod url;
 
@@ -76,6 +77,7 @@ pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
 pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
 pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits};
+pub use schedules::{Fired, Schedule, Schedules, parse_cron, schedule_json, tick_task_id};
 pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
     Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,

@@ -111,6 +111,9 @@ pub(crate) enum Command {
     /// Inspect and re-drive the dead-letter stream.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Cron schedules: tasks submitted at each tick, fired by the workers.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Evaluate the alert rules.
     #[command(subcommand)]
     Alerts(AlertsCommand),
@@ -386,6 +389,42 @@ pub(crate) struct SubmitArgs {
     /// Start no sooner than this time, in Unix seconds.
     #[arg(long, value_name = "UNIX SECONDS")]
     pub(crate) run_at: Option<f64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Add a schedule (or replace the one of that name). Each tick submits one task, however
+    /// many workers run; ticks missed while no worker ran fire once, as the latest of them.
+    Add {
+        /// The schedule's name: 1 to 64 letters, digits, `_`, `-` or `.`.
+        #[arg(long)]
+        name: String,
+        /// A cron expression in UTC: five fields (`*/5 * * * *`) or six, seconds first.
+        #[arg(long)]
+        cron: String,
+        /// The agent (or swarm) config, JSON or YAML.
+        #[arg(long)]
+        agent: PathBuf,
+        /// The input of each tick's task.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Emit the detailed event set.
+        #[arg(long)]
+        detailed: bool,
+        /// Execution deadline of each task, in seconds.
+        #[arg(long, default_value_t = 300.0)]
+        timeout: f64,
+        /// Metadata of each task, as a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List the schedules and when they fire next.
+    List,
+    /// Remove a schedule.
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

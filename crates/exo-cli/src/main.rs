@@ -134,6 +134,7 @@ fn main() -> ExitCode {
             Command::Queue(command) => commands::queue::run(cli.global, command).await,
             Command::Dlq(command) => commands::queue::run_dlq(cli.global, command).await,
             Command::Alerts(command) => commands::alerts::run(cli.global, command).await,
+            Command::Schedule(command) => commands::schedule::run(cli.global, command).await,
             Command::Serve(command) => commands::serve::run(cli.global, *command).await,
             Command::Completions { .. } | Command::ManPages { .. } => Ok(ExitCode::SUCCESS),
         }

@@ -210,6 +210,17 @@ impl Keys {
         format!("{}limits:", self.prefix)
     }
 
+    /// Extension: the cron schedules (a hash: name → the schedule as JSON).
+    pub fn schedules(&self) -> String {
+        format!("{}schedules", self.prefix)
+    }
+
+    /// Extension: when each schedule fires next (a sorted set: name by
+    /// Unix ms).
+    pub fn schedules_due(&self) -> String {
+        format!("{}schedules:due", self.prefix)
+    }
+
     /// Extension: the wake-up stream of one multiplexed event reader (a
     /// reader blocks on it with the task streams it follows, and an entry
     /// added to it ends the block so the reader picks up new streams).
@@ -252,6 +263,8 @@ impl Keys {
             self.journal_prefix(),
             self.limit("openai:gpt-4o"),
             self.limit_prefix(),
+            self.schedules(),
+            self.schedules_due(),
         ]
     }
 

@@ -159,6 +159,10 @@ enum Tick {
     Reap,
     /// A reaper pass came back.
     ReapDone,
+    /// Time to fire the due cron schedules.
+    Schedules,
+    /// The schedules pass came back.
+    SchedulesDone,
     /// Time to measure the queue.
     Stats,
     /// The measurement came back.
@@ -243,6 +247,9 @@ pub(crate) async fn background(
     let mut heartbeat: InFlight<Beat> = None;
     let mut reap: InFlight<()> = None;
     let mut stats: InFlight<()> = None;
+    let fire_schedules = !config.schedule_interval.is_zero();
+    let mut next_schedules = Instant::now() + config.schedule_interval;
+    let mut schedules: InFlight<()> = None;
     let mut subscribe: InFlight<Option<CancelListener>> = None;
     let mut listener = first_listener;
     let mut subscribe_failures = 0u32;
@@ -264,6 +271,9 @@ pub(crate) async fn background(
                 if resubscribe_at.is_some() && subscribe.is_none() => Tick::Resubscribe,
             () = landed(&mut reap) => Tick::ReapDone,
             () = tokio::time::sleep_until(next_reap), if reap.is_none() => Tick::Reap,
+            () = landed(&mut schedules) => Tick::SchedulesDone,
+            () = tokio::time::sleep_until(next_schedules),
+                if fire_schedules && schedules.is_none() => Tick::Schedules,
             () = landed(&mut stats) => Tick::StatsDone,
             () = tokio::time::sleep_until(next_stats), if measure && stats.is_none() => Tick::Stats,
         };
@@ -315,6 +325,18 @@ pub(crate) async fn background(
                 }
             }
             Tick::ReapDone => next_reap = Instant::now() + reap_wait(&config),
+            Tick::Schedules => {
+                if shared.paused() {
+                    next_schedules = Instant::now() + config.schedule_interval;
+                } else {
+                    let call = {
+                        let shared = shared.clone();
+                        async move { fire_schedules_once(&shared).await }
+                    };
+                    schedules = Some(guarded(&shared, "schedules", call, ()));
+                }
+            }
+            Tick::SchedulesDone => next_schedules = Instant::now() + config.schedule_interval,
             Tick::Stats => {
                 let call = {
                     let shared = shared.clone();
@@ -361,6 +383,26 @@ pub(crate) async fn background(
                 record::loop_error(&shared.worker_id, "cancel");
                 resubscribe_at = Some(Instant::now() + backoff(subscribe_failures));
             }
+        }
+    }
+}
+
+/// Fires the cron schedules that are due, logged.
+async fn fire_schedules_once(shared: &Shared) {
+    match shared.broker.schedules().fire_due().await {
+        Ok(fired) => {
+            for tick in fired.iter().filter(|tick| tick.created) {
+                tracing::info!(
+                    schedule = tick.schedule,
+                    tick = tick.tick,
+                    task_id = tick.task_id,
+                    "fired a scheduled task"
+                );
+            }
+        }
+        Err(error) => {
+            record::loop_error(&shared.worker_id, "schedules");
+            tracing::warn!(%error, "firing the due schedules failed");
         }
     }
 }

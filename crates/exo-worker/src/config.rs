@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub reap_interval: Duration,
     /// How often queue depth is measured for metrics (zero: never).
     pub stats_interval: Duration,
+    /// How often this worker fires the cron schedules that are due (zero:
+    /// never). Every worker does; each tick still becomes one task.
+    pub schedule_interval: Duration,
     /// Extra time a run gets past its deadline to stop by itself before it
     /// is aborted.
     pub deadline_grace: Duration,
@@ -107,6 +110,7 @@ impl WorkerConfig {
             claim_block: Duration::from_secs(2),
             reap_interval: Duration::from_secs(5),
             stats_interval: Duration::from_secs(10),
+            schedule_interval: Duration::from_secs(1),
             deadline_grace: Duration::from_secs(5),
             hook_timeout: Duration::from_secs(30),
             max_task_timeout: Duration::from_secs(24 * 3600),

@@ -271,3 +271,74 @@ fn a_task_submitted_with_a_delay_starts_when_due() {
     assert!(started >= due - 0.01, "started {started} before {due}");
     assert_eq!(done["scheduled_for"], Value::Null);
 }
+
+#[test]
+fn each_cron_tick_runs_once_across_three_workers_one_of_them_killed() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "ticker", "model": "scripted:slow:1500"}),
+    );
+    let fast_failover = [
+        "--concurrency",
+        "2",
+        "--heartbeat-ttl",
+        "2",
+        "--lease",
+        "10",
+    ];
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| target.start_worker(&fast_failover))
+        .collect();
+    let added = target.json(&[
+        "schedule",
+        "add",
+        "--name",
+        "every-2s",
+        "--cron",
+        "*/2 * * * * *",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--input",
+        "tick",
+    ]);
+    assert_eq!(added["name"], "every-2s");
+    std::thread::sleep(Duration::from_secs(9));
+    // One worker dies mid-run; the others go on firing and take over its task.
+    let victim = workers.remove(0);
+    victim.signal("KILL");
+    std::thread::sleep(Duration::from_secs(9));
+    let removed = target.json(&["schedule", "remove", "every-2s"]);
+    assert_eq!(removed["removed"], true);
+    assert_eq!(target.json(&["schedule", "list"]), json!([]));
+
+    let tasks = eventually(Duration::from_secs(60), "every tick's task to end", || {
+        let tasks = target.json(&["task", "list", "--limit", "100"]);
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|task| task["status"] == "completed")
+            .then_some(tasks)
+    });
+    let mut ticks: Vec<i64> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| {
+            let id = task["task_id"].as_str().unwrap();
+            id.strip_prefix("sched.every-2s.")
+                .unwrap_or_else(|| panic!("not a tick's task: {id}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    ticks.sort_unstable();
+    assert!(ticks.len() >= 7, "about nine ticks in 18 s: {ticks:?}");
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 2, "a tick missed or doubled: {ticks:?}");
+    }
+}

@@ -18,6 +18,8 @@
 -- KEYS[9] fleet beat (string)      KEYS[18] tasks waiting for approval (zset)
 --                                  KEYS[19] family: step journal (list)
 --                                  KEYS[20] family: model rate-limit rule
+--                                  KEYS[21] schedules (hash)
+--                                  KEYS[22] schedules due (zset)
 --
 -- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
 -- ARGV[2] consumer group                          ARGV[5] event stream max length
@@ -36,6 +38,7 @@ local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = KEYS[9], KEYS[10], KEYS[11]
 local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
 local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
 local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = KEYS[18], KEYS[19], KEYS[20]
+local SCHEDULES, SCHEDULES_DUE = KEYS[21], KEYS[22]
 local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])

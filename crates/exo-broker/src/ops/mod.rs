@@ -48,6 +48,7 @@ pub(crate) mod reap;
 pub(crate) mod redrive;
 pub(crate) mod release;
 pub(crate) mod reply;
+pub(crate) mod schedule;
 pub(crate) mod stats;
 pub(crate) mod submit;
 
@@ -104,6 +105,8 @@ impl ScriptContext {
             keys.approvals(),
             keys.journal_prefix(),
             keys.limit_prefix(),
+            keys.schedules(),
+            keys.schedules_due(),
         ];
         // The order is common.lua's ARGV header.
         let settings = vec![
@@ -140,6 +143,7 @@ pub(crate) struct Scripts {
     pub(crate) stats: Script,
     pub(crate) redrive: Script,
     pub(crate) deregister: Script,
+    pub(crate) schedule: Script,
 }
 
 impl Scripts {
@@ -162,6 +166,7 @@ impl Scripts {
             stats: script(stats::LUA),
             redrive: script(redrive::LUA),
             deregister: script(deregister::LUA),
+            schedule: script(schedule::LUA),
         }
     }
 }

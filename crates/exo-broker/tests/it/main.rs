@@ -9,5 +9,6 @@ mod queue;
 mod recovery;
 mod reliability;
 mod round_trips;
+mod schedules;
 mod topologies;
 mod transitions;

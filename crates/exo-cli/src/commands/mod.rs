@@ -2,6 +2,7 @@
 
 pub(crate) mod alerts;
 pub(crate) mod queue;
+pub(crate) mod schedule;
 pub(crate) mod serve;
 pub(crate) mod start;
 pub(crate) mod task;

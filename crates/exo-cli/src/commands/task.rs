@@ -304,26 +304,7 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
             anyhow::anyhow!("--agent FILE (or --batch FILE) is required"),
         ));
     };
-    let text = std::fs::read_to_string(agent)
-        .with_context(|| format!("cannot read the agent file {}", agent.display()))
-        .map_err(Failure::invalid)?;
-    let is_yaml = agent
-        .extension()
-        .is_some_and(|extension| extension == "yaml" || extension == "yml");
-    let config: Value = if is_yaml {
-        serde_norway::from_str(&text)
-            .with_context(|| format!("{} is not valid YAML", agent.display()))
-            .map_err(Failure::invalid)?
-    } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", agent.display()))
-            .map_err(Failure::invalid)?
-    };
-    let Value::Object(config) = config else {
-        return Err(Failure::invalid(anyhow::anyhow!(
-            "the agent file must hold an object"
-        )));
-    };
+    let config = read_agent_file(agent)?;
     let mut payload = TaskPayload::new(
         uuid::Uuid::new_v4().simple().to_string(),
         config,
@@ -472,4 +453,29 @@ async fn events(
         Some(_) => ExitCode::from(1),
         None => ExitCode::SUCCESS,
     })
+}
+
+/// An agent (or swarm) config from a JSON or YAML file.
+pub(crate) fn read_agent_file(agent: &std::path::Path) -> Result<Map<String, Value>, Failure> {
+    let text = std::fs::read_to_string(agent)
+        .with_context(|| format!("cannot read the agent file {}", agent.display()))
+        .map_err(Failure::invalid)?;
+    let is_yaml = agent
+        .extension()
+        .is_some_and(|extension| extension == "yaml" || extension == "yml");
+    let config: Value = if is_yaml {
+        serde_norway::from_str(&text)
+            .with_context(|| format!("{} is not valid YAML", agent.display()))
+            .map_err(Failure::invalid)?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", agent.display()))
+            .map_err(Failure::invalid)?
+    };
+    let Value::Object(config) = config else {
+        return Err(Failure::invalid(anyhow::anyhow!(
+            "the agent file must hold an object"
+        )));
+    };
+    Ok(config)
 }
