@@ -338,6 +338,14 @@ pub(crate) async fn run_agent(
                     temperature: Some(config.temperature),
                     max_tokens: config.max_tokens,
                 };
+                if let Some(failure) = budget_spent(ctx) {
+                    emit_error(ctx, name, &failure, Some(step)).await;
+                    return AgentRun {
+                        output,
+                        failure: Some(failure),
+                        ..AgentRun::default()
+                    };
+                }
                 let permit = match admit(ctx, agent, &request).await {
                     Ok(permit) => permit,
                     Err(failure) => {
@@ -570,6 +578,23 @@ fn tool_message(call: &ToolCall, result: ToolOutput, error: Option<String>) -> M
         content,
         error,
     }
+}
+
+/// The failure of a run whose token budget is spent, before it sends
+/// another model call.
+fn budget_spent(ctx: &RunContext) -> Option<Failure> {
+    let max = ctx.budget.max_tokens?;
+    let usage = ctx.usage();
+    let used = usage
+        .total_tokens
+        .max(usage.input_tokens + usage.output_tokens);
+    (used >= max).then(|| Failure {
+        message: format!(
+            "the task's token budget of {max} is spent ({used} tokens used); no further model call"
+        ),
+        error_type: ErrorType::BudgetExceeded,
+        retryable: false,
+    })
 }
 
 /// Waits until the run's gate admits the model call (at once without a

@@ -57,6 +57,10 @@ pub struct RunOptions {
     /// Admits each model call the run sends against shared rate limits
     /// (see [`crate::ModelGate`]); none by default.
     pub gate: Option<std::sync::Arc<dyn crate::ModelGate>>,
+    /// What the run may spend (the payload's `budget`): once its tokens
+    /// are spent, the run starts no new model call and fails with
+    /// `BudgetExceeded`.
+    pub budget: exo_proto::Budget,
 }
 
 /// Sends a run's events, dropping the ones a non-detailed run does not

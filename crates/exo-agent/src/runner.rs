@@ -42,6 +42,8 @@ pub(crate) struct RunContext {
     task_id: String,
     /// Admits model calls against shared rate limits.
     pub(crate) gate: Option<Arc<dyn crate::ModelGate>>,
+    /// What the run may spend.
+    pub(crate) budget: exo_proto::Budget,
     /// Model calls made (or replayed) so far, per scope.
     model_calls: Mutex<BTreeMap<String, u32>>,
     #[cfg(feature = "mcp")]
@@ -93,7 +95,7 @@ impl RunContext {
         format!("{}/{}/{}/{tool_call_id}", self.task_id, key.scope, key.call)
     }
 
-    fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         *self
             .usage
             .lock()
@@ -171,6 +173,7 @@ impl Runner {
             attempt: options.attempt,
             task_id: options.task_id.clone(),
             gate: options.gate.clone(),
+            budget: options.budget,
             model_calls: Mutex::new(BTreeMap::new()),
             #[cfg(feature = "mcp")]
             sessions: crate::mcp_client::Sessions::default(),

@@ -389,6 +389,10 @@ pub(crate) struct SubmitArgs {
     /// Start no sooner than this time, in Unix seconds.
     #[arg(long, value_name = "UNIX SECONDS")]
     pub(crate) run_at: Option<f64>,
+    /// The most tokens (input plus output, all model calls) the run may spend; then it fails
+    /// with BudgetExceeded.
+    #[arg(long, value_name = "TOKENS")]
+    pub(crate) budget_tokens: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -85,6 +85,8 @@ error_types! {
     ToolPanic => "ToolPanic", retryable: Some(false);
     /// The agent reached `max_steps` without a final answer.
     MaxStepsExceeded => "MaxStepsExceeded", retryable: Some(false);
+    /// The task spent its token budget (`budget.max_tokens`).
+    BudgetExceeded => "BudgetExceeded", retryable: Some(false);
     /// A handoff swarm handed off more than `max_handoffs` times.
     MaxHandoffsExceeded => "MaxHandoffsExceeded", retryable: Some(false);
     /// The conversation memory could not be read.
@@ -170,6 +172,7 @@ mod tests {
             (ErrorType::Panic, "Panic"),
             (ErrorType::ToolPanic, "ToolPanic"),
             (ErrorType::MaxStepsExceeded, "MaxStepsExceeded"),
+            (ErrorType::BudgetExceeded, "BudgetExceeded"),
             (ErrorType::MaxHandoffsExceeded, "MaxHandoffsExceeded"),
             (ErrorType::Memory, "MemoryError"),
             (ErrorType::Serialization, "SerializationError"),

@@ -54,6 +54,19 @@ pub struct TaskPayload {
     /// at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<f64>,
+    /// Extension: what the run may spend; the run stops with
+    /// `BudgetExceeded` once it is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// What one task's run may spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Tokens (input plus output, over every model call of the run,
+    /// replayed calls included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 fn default_timeout() -> f64 {
@@ -144,6 +157,7 @@ impl TaskPayload {
             max_retries: None,
             idempotency_key: None,
             run_at: None,
+            budget: None,
         }
     }
 

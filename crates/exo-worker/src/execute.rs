@@ -232,6 +232,7 @@ impl LocalExecutor {
             task_id: task_id.to_owned(),
             attempt: lease.map_or(0, |lease| lease.attempt),
             gate: self.gate.clone(),
+            budget: payload.budget.unwrap_or_default(),
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();

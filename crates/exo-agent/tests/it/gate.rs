@@ -154,3 +154,53 @@ async fn cases() {
         }
     }
 }
+
+/// The payload's token budget: the run starts no model call once it is
+/// spent, and fails with `BudgetExceeded`; a budget with room changes
+/// nothing.
+#[tokio::test]
+async fn a_spent_token_budget_stops_the_run() {
+    let runner = runner(scripted_factory());
+    let weather = spec(agent(
+        "helper",
+        "scripted:weather",
+        serde_json::json!({"tools": ["get_weather"]}),
+    ));
+    // (budget, expected status, model calls made)
+    for (max_tokens, status, calls) in [
+        (10, OutcomeStatus::Failed, 1),
+        (1_000, OutcomeStatus::Completed, 2),
+    ] {
+        let options = RunOptions {
+            detailed: true,
+            budget: exo_proto::Budget {
+                max_tokens: Some(max_tokens),
+            },
+            ..RunOptions::default()
+        };
+        let run = collect(&runner, &weather, "Weather?", Vec::new(), options).await;
+        assert_eq!(
+            run.outcome.status, status,
+            "{max_tokens}: {:?}",
+            run.outcome
+        );
+        let usages = run
+            .events
+            .iter()
+            .filter(|event| matches!(event, StreamEvent::Usage(_)))
+            .count();
+        assert_eq!(usages, calls, "{max_tokens}");
+        if status == OutcomeStatus::Failed {
+            assert_eq!(
+                run.outcome.error_type,
+                Some(exo_proto::ErrorType::BudgetExceeded)
+            );
+            assert!(!run.outcome.retryable);
+            let message = run.outcome.error.clone().unwrap_or_default();
+            assert!(
+                message.contains("token budget of 10 is spent (15 tokens used)"),
+                "{message}"
+            );
+        }
+    }
+}

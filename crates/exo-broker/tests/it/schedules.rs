@@ -25,7 +25,10 @@ async fn many_workers_fire_a_due_tick_once() {
         .put("every-second", "* * * * * *", template())
         .await
         .unwrap();
-    assert_eq!(schedules.list().await.unwrap(), [schedule.clone()]);
+    assert_eq!(
+        schedules.list().await.unwrap(),
+        std::slice::from_ref(&schedule)
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let calls = (0..8).map(|_| {
         let schedules = broker.schedules();

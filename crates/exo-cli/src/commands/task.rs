@@ -325,6 +325,11 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
         (Some(delay), _) => Some(exo_proto::time::now_seconds() + delay),
         (None, run_at) => run_at,
     };
+    if let Some(max_tokens) = args.budget_tokens {
+        payload.budget = Some(exo_proto::Budget {
+            max_tokens: Some(max_tokens),
+        });
+    }
     if let Some(metadata) = &args.metadata {
         payload.metadata = serde_json::from_str::<Map<String, Value>>(metadata)
             .context("--metadata must be a JSON object")

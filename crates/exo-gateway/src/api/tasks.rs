@@ -176,6 +176,7 @@ fn payload(
                 .map(Value::Number),
         ),
         ("max_retries", submission.max_retries.map(Value::from)),
+        ("budget", submission.budget.map(Value::Object)),
         (
             "created_at",
             submission

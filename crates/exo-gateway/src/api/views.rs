@@ -163,6 +163,10 @@ pub(crate) struct TaskSubmission {
     /// `run_at`).
     #[serde(default)]
     pub(crate) delay_seconds: Option<f64>,
+    /// What the run may spend: `{"max_tokens": N}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) budget: Option<Map<String, Value>>,
 }
 
 /// What `POST /v1/tasks` did.

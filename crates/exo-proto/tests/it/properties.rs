@@ -267,6 +267,7 @@ fn payload() -> impl Strategy<Value = TaskPayload> {
                     max_retries,
                     idempotency_key,
                     run_at: None,
+                    budget: None,
                 }
             },
         )
