@@ -341,7 +341,7 @@ mod tests {
         for key in &context.names {
             assert!(sample.contains(key), "{key} is not in Keys::all_sample");
         }
-        assert_eq!(context.keys.len(), 19);
+        assert_eq!(context.keys.len(), 22);
         assert_eq!(context.settings.len(), 6);
     }
 }
