@@ -198,6 +198,10 @@ fn forget_unpacked_overlay(crates: &[Publishable]) -> Result<()> {
 }
 
 /// Unpacks `<name>-<version>.crate` into `<name>-<version>/` beside it.
+/// The files get the time of unpacking (`-m`), not the archive's: the
+/// archive's times are fixed, so a crate whose contents changed under the
+/// same version would otherwise look unchanged to cargo's freshness check,
+/// and a persistent target directory would build the stale one.
 fn unpack(directory: &Path, krate: &Publishable) -> Result<()> {
     let stem = format!("{}-{}", krate.name, krate.version);
     let _ = std::fs::remove_dir_all(directory.join(&stem));
@@ -205,7 +209,7 @@ fn unpack(directory: &Path, krate: &Publishable) -> Result<()> {
         &format!("unpack {stem}.crate"),
         Command::new("tar")
             .current_dir(directory)
-            .args(["-xzf", &format!("{stem}.crate")]),
+            .args(["-xzmf", &format!("{stem}.crate")]),
     )
 }
 
