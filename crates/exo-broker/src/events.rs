@@ -22,6 +22,13 @@ use crate::{
 const BUFFER_LIMIT: usize = 4096;
 /// Events sent in one round trip at most.
 const BATCH_LIMIT: usize = 512;
+/// How long step-journal records with no event to ride with wait before
+/// they are written on their own. A run that emits events writes them in
+/// the events' round trip; a run that ends within this time hands them to
+/// its final write instead (which drops them when the task ends), so a
+/// short run pays no round trip for its journal. A crash within this time
+/// repeats the step it did not record.
+const JOURNAL_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 /// Quiet reads (of the block time each) a reader waits for a worker to end
 /// the stream of a cancelled running task before it ends it from the hash;
 /// longer than a lease and a reaper pass, so a dead worker's task is ended
@@ -97,10 +104,27 @@ async fn flush_loop(
 ) {
     use std::sync::atomic::Ordering;
     let mut failures = 0;
+    let mut lingered = false;
     loop {
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
+        let only_journal = {
+            let buffer = shared
+                .buffer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            !buffer.is_empty() && buffer.iter().all(|item| matches!(item, Item::Journal(_)))
+        };
+        if only_journal && !lingered {
+            lingered = true;
+            tokio::select! {
+                () = shared.wakeup.notified() => {}
+                () = tokio::time::sleep(JOURNAL_LINGER) => {}
+            }
+            continue;
+        }
+        lingered = false;
         let batch: Vec<Item> = {
             let mut buffer = shared
                 .buffer
@@ -191,12 +215,22 @@ impl EventPublisher {
         if let Ok(permit) = self.shared.room.acquire().await {
             permit.forget();
         }
-        self.shared
-            .buffer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .push_back(item);
-        self.shared.wakeup.notify_one();
+        // A journal record alone does not start a round trip: it waits for
+        // an event to ride with, or for JOURNAL_LINGER.
+        let wake = matches!(item, Item::Event(_));
+        let was_empty = {
+            let mut buffer = self
+                .shared
+                .buffer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let was_empty = buffer.is_empty();
+            buffer.push_back(item);
+            was_empty
+        };
+        if wake || was_empty {
+            self.shared.wakeup.notify_one();
+        }
     }
 
     /// Events published so far.

@@ -35,6 +35,9 @@ pub struct Schedule {
     /// The task each tick submits (its `task_id` and `created_at` are made
     /// per tick; `metadata.schedule` says which schedule and tick).
     pub payload: TaskPayload,
+    /// The queue its tasks go to; only that queue's workers fire it.
+    #[serde(default)]
+    pub queue: String,
     /// When it fires next (Unix seconds).
     pub next_at: f64,
     /// The last tick fired (Unix seconds).
@@ -108,10 +111,19 @@ impl Schedules {
         payload.task_id = tick_task_id(name, seconds(next));
         payload.validate()?;
         payload.task_id = String::new();
+        // Each tick is a task of its own: a template's key would make every
+        // tick a repeat of the first.
+        payload.idempotency_key = None;
+        let limit = self.broker.config().max_payload_bytes;
+        let size = payload.to_json().len();
+        if limit > 0 && size + 256 > limit {
+            return Err(Error::PayloadTooLarge { size, limit });
+        }
         let schedule = Schedule {
             name: name.to_owned(),
             cron: cron.to_owned(),
             payload,
+            queue: self.broker.keys().queue().to_owned(),
             next_at: seconds(next),
             last_tick: None,
             created_at: seconds(now),
@@ -158,22 +170,29 @@ impl Schedules {
         };
         let now = at_ms(now_ms);
         let client = self.broker.client();
+        let own_queue = self.broker.keys().queue();
         let mut fired = Vec::new();
         for due in schedules {
             let Ok(mut schedule) = serde_json::from_str::<Schedule>(&due.json) else {
                 tracing::warn!(
                     schedule = due.name,
-                    "a schedule that does not decode; skipped"
+                    "a schedule that does not decode; parked for a minute"
                 );
+                self.park(&due.name, due.json.clone(), due.due_ms, now_ms)
+                    .await?;
                 continue;
             };
-            let Ok(cron) = parse_cron(&schedule.cron) else {
-                tracing::warn!(
-                    schedule = due.name,
-                    cron = schedule.cron,
-                    "a schedule with a bad cron expression; skipped"
-                );
+            if !schedule.queue.is_empty() && schedule.queue != own_queue {
                 continue;
+            }
+            let cron = match parse_cron(&schedule.cron) {
+                Ok(cron) => cron,
+                Err(error) => {
+                    tracing::warn!(schedule = due.name, %error, "a schedule with a bad cron expression; parked for a minute");
+                    self.park(&due.name, due.json.clone(), due.due_ms, now_ms)
+                        .await?;
+                    continue;
+                }
             };
             // Missed ticks collapse into the latest one.
             let read = at_ms(due.due_ms);
@@ -182,6 +201,12 @@ impl Schedules {
                 _ => read,
             };
             let Ok(next) = cron.find_next_occurrence(&now, false) else {
+                tracing::warn!(
+                    schedule = due.name,
+                    "a schedule that never fires again; parked for a minute"
+                );
+                self.park(&due.name, due.json.clone(), due.due_ms, now_ms)
+                    .await?;
                 continue;
             };
             let mut payload = schedule.payload.clone();
@@ -191,7 +216,19 @@ impl Schedules {
                 "schedule".to_owned(),
                 json!({"name": schedule.name, "tick": seconds(tick)}),
             );
-            let handle = client.submit(payload).await?;
+            let handle = match client.submit(payload).await {
+                Ok(handle) => Some(handle),
+                // A tick that can never be submitted is skipped, so it does
+                // not hold the schedule (or the others) back.
+                Err(
+                    error
+                    @ (Error::PayloadTooLarge { .. } | Error::Wire(_) | Error::Refused { .. }),
+                ) => {
+                    tracing::warn!(schedule = schedule.name, %error, "the tick's task cannot be submitted; tick skipped");
+                    None
+                }
+                Err(error) => return Err(error),
+            };
             schedule.last_tick = Some(seconds(tick));
             schedule.next_at = seconds(next);
             self.broker
@@ -202,14 +239,30 @@ impl Schedules {
                     read_ms: due.due_ms,
                 })
                 .await?;
-            fired.push(Fired {
-                schedule: schedule.name.clone(),
-                tick: seconds(tick),
-                task_id: handle.task_id().to_owned(),
-                created: handle.submitted() == crate::client::Submitted::Created,
-            });
+            if let Some(handle) = handle {
+                fired.push(Fired {
+                    schedule: schedule.name.clone(),
+                    tick: seconds(tick),
+                    task_id: handle.task_id().to_owned(),
+                    created: handle.submitted() == crate::client::Submitted::Created,
+                });
+            }
         }
         Ok(fired)
+    }
+
+    /// Moves a schedule that cannot fire a minute ahead, as it is, so it
+    /// neither blocks the others nor is retried every second.
+    async fn park(&self, name: &str, json: String, read_ms: u64, now_ms: u64) -> Result<()> {
+        self.broker
+            .call(&ScheduleCall::Advance {
+                name,
+                json,
+                next_ms: now_ms + 60_000,
+                read_ms,
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -218,6 +271,7 @@ pub fn schedule_json(schedule: &Schedule) -> Value {
     json!({
         "name": schedule.name,
         "cron": schedule.cron,
+        "queue": schedule.queue,
         "next_at": schedule.next_at,
         "last_tick": schedule.last_tick,
         "created_at": schedule.created_at,

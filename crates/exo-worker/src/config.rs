@@ -151,9 +151,11 @@ impl WorkerConfig {
                     .name
                     .chars()
                     .any(|c| c.is_whitespace() || c.is_control())
+                || rule.name.ends_with(":tokens")
+                || rule.name.ends_with(":paused")
             {
                 return Err(format!(
-                    "a model rate-limit rule needs a name of 1 to 200 bytes without spaces, not `{}`",
+                    "a model rate-limit rule needs a name of 1 to 200 bytes without spaces, not ending in `:tokens` or `:paused`, not `{}`",
                     rule.name
                 ));
             }

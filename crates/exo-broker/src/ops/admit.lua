@@ -24,7 +24,8 @@ local rpm, tpm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0
 local tokens = math.max(0, tonumber(ARGV[12]) or 0)
 local window = math.max(1, tonumber(ARGV[13]) or 60000)
 
-if rule == '' or #rule > 200 or string.find(rule, '[%s%c]') then
+if rule == '' or #rule > 200 or string.find(rule, '[%s%c]')
+  or string.find(rule, ':tokens$') or string.find(rule, ':paused$') then
   return redis.error_reply('ERR invalid rate-limit rule name')
 end
 local RESERVED = LIMIT_FAMILY .. rule

@@ -476,7 +476,10 @@ local function decide(task_id, approval_json, approved, by, reason, arguments)
     tool_call_id = approval.tool_call_id, approved = approved, by = by, at = tonumber(NOW) }
   if reason and reason ~= '' then record.reason = reason end
   if arguments and arguments ~= '' then record.arguments = arguments end
-  append_journal(task_id, { cjson.encode(record) })
+  -- The decision is written even into a full journal: without it the
+  -- resumed run would wait for the same call again.
+  redis.call('RPUSH', journal_key(task_id), cjson.encode(record))
+  redis.call('EXPIRE', journal_key(task_id), TASK_TTL)
   local verdict = approved and 'approved' or 'denied'
   local message = "Tool '" .. tostring(approval.tool_name) .. "' " .. verdict .. ' by ' .. by
   if reason and reason ~= '' then message = message .. ': ' .. reason end
@@ -490,7 +493,7 @@ local function decide(task_id, approval_json, approved, by, reason, arguments)
   redis.call('HSET', key, 'approval_decision', cjson.encode(record))
   local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
   redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-  if payload then
+  if payload and payload ~= '' then
     update_task(task_id, 'status', 'pending')
     enqueue(task_id, payload)
   else

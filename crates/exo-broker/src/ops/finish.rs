@@ -121,9 +121,10 @@ impl Operation for FinishCall<'_> {
                 Outcome::Waiting { wait, .. } => wait.as_millis().to_string(),
                 _ => self.backoff.as_millis().to_string(),
             },
-            // Only a failure needs the payload (for the retry or the dead
-            // letter), and only when its queue entry is gone.
-            if failed {
+            // Only a failure (for the retry or the dead letter) and a wait
+            // (parked until the decision) need the payload, and only when
+            // its queue entry is gone.
+            if failed || matches!(self.outcome, Outcome::Waiting { .. }) {
                 self.task.raw_payload.clone()
             } else {
                 String::new()

@@ -149,7 +149,13 @@ async fn keys_expire_and_bad_rule_names_are_refused() {
             .unwrap();
         assert!(ttl > 0 && ttl <= 4_000, "{key}: {ttl}");
     }
-    for name in ["", "with space", &"x".repeat(201)] {
+    for name in [
+        "",
+        "with space",
+        &"x".repeat(201),
+        "gpt:tokens",
+        "gpt:paused",
+    ] {
         let error = limits
             .admit(&self::rule(name, 1, 0, 1000), &new_id(), 1)
             .await

@@ -117,3 +117,28 @@ async fn bad_names_and_expressions_are_refused_and_remove_works() {
     assert!(!schedules.remove("nightly").await.unwrap());
     assert!(schedules.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn only_the_schedules_queue_fires_it_and_a_template_key_is_dropped() {
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let mut other = crate::common::config(&redis);
+    other.keys = exo_proto::Keys::new(redis.prefix(), format!("{}other", redis.prefix()));
+    let other = exo_broker::Broker::connect(other).await.unwrap();
+    let mut keyed = template();
+    keyed.idempotency_key = Some("once".into());
+    let schedule = broker
+        .schedules()
+        .put("mine", "* * * * * *", keyed)
+        .await
+        .unwrap();
+    assert_eq!(schedule.queue, broker.keys().queue());
+    assert_eq!(schedule.payload.idempotency_key, None);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        other.schedules().fire_due().await.unwrap().is_empty(),
+        "another queue's worker does not fire it"
+    );
+    let fired = broker.schedules().fire_due().await.unwrap();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+}
