@@ -322,16 +322,6 @@ pub(crate) async fn run_agent(
                 Completion::replayed(record.text, record.tool_calls, record.usage)
             }
             None => {
-                emitter
-                    .event(StreamEvent::Step(StepEvent {
-                        step_number: step,
-                        agent_name: name.to_owned(),
-                        status: StepStatus::Started,
-                        started_at,
-                        completed_at: None,
-                        usage: None,
-                    }))
-                    .await;
                 let request = ModelRequest {
                     messages: messages.clone(),
                     tools: tools.clone(),
@@ -357,6 +347,18 @@ pub(crate) async fn run_agent(
                         };
                     }
                 };
+                // The step starts once the call may be sent: a step refused
+                // by the budget or the gate leaves no `step started` behind.
+                emitter
+                    .event(StreamEvent::Step(StepEvent {
+                        step_number: step,
+                        agent_name: name.to_owned(),
+                        status: StepStatus::Started,
+                        started_at,
+                        completed_at: None,
+                        usage: None,
+                    }))
+                    .await;
                 let result = stream_step(ctx, agent, &request).await;
                 settle(ctx, agent, permit.as_ref(), &result).await;
                 let completion = match result {

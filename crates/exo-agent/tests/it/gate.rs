@@ -132,6 +132,15 @@ async fn cases() {
             assert_eq!(wait.extra["reason"], "tokens", "{case}");
             assert_eq!(wait.extra["retry_in_ms"], 20, "{case}");
         }
+        if status == OutcomeStatus::Failed {
+            assert!(
+                !run.events
+                    .iter()
+                    .any(|event| matches!(event, StreamEvent::Step(_))),
+                "{case}: a refused call starts no step: {:?}",
+                run.events
+            );
+        }
         let asked = gate.asked.lock().unwrap();
         assert!(
             asked
@@ -190,6 +199,12 @@ async fn a_spent_token_budget_stops_the_run() {
             .filter(|event| matches!(event, StreamEvent::Usage(_)))
             .count();
         assert_eq!(usages, calls, "{max_tokens}");
+        let started = run
+            .events
+            .iter()
+            .filter(|event| matches!(event, StreamEvent::Step(step) if step.status == exo_proto::StepStatus::Started))
+            .count();
+        assert_eq!(started, calls, "{max_tokens}: a refused step never starts");
         if status == OutcomeStatus::Failed {
             assert_eq!(
                 run.outcome.error_type,

@@ -24,6 +24,7 @@ if status == 'running' then return { 'cancelling' } end
 
 redis.call('ZREM', DELAYED, task_id)
 redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+redis.call('HDEL', key, 'scheduled_for')
 if state[3] == 'approval' then
   redis.call('HDEL', key, 'waiting_for')
   end_stream(task_id, { status_event('cancelled', state[2], 'Task cancelled while waiting for approval') })

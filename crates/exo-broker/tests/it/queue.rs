@@ -863,6 +863,12 @@ async fn a_task_submitted_for_later_waits_then_runs_and_can_be_cancelled_meanwhi
         client.cancel(&cancelled_id).await.unwrap(),
         CancelOutcome::Cancelled
     );
+    let ended = client.get(&cancelled_id).await.unwrap().unwrap();
+    assert_eq!(ended.status, TaskStatus::Cancelled);
+    assert_eq!(
+        ended.scheduled_for, None,
+        "a cancelled task is due for nothing"
+    );
 
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let claimed = claim_all(&broker, "w1", 2).await;
