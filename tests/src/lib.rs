@@ -122,6 +122,21 @@ impl Target {
         self.json(&["task", "status", task_id])
     }
 
+    /// `exo task events <id> --json`: the task's events, in stream order.
+    pub fn events(&self, task_id: &str) -> Vec<Value> {
+        let output = self
+            .command()
+            .args(["task", "events", task_id, "--json"])
+            .output()
+            .expect("run exo");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<Value>(line).expect("an event line")["event"].clone()
+            })
+            .collect()
+    }
+
     /// Waits until the task has `status`; returns its status JSON.
     pub fn wait_for_status(&self, task_id: &str, status: &str, timeout: Duration) -> Value {
         eventually(timeout, &format!("task {task_id} to be {status}"), || {

@@ -26,19 +26,6 @@ fn list_length(redis: &TestRedis, key: &str) -> usize {
         .unwrap_or_else(|_| panic!("LLEN {key}: {reply}"))
 }
 
-/// The task's events, as JSON, in stream order.
-fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
-    let output = target
-        .command()
-        .args(["task", "events", task_id, "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].clone())
-        .collect()
-}
-
 /// How many tool results the chat request carries: which step it asks for.
 fn tool_results_in(body: &Value) -> usize {
     body["messages"].as_array().map_or(0, |messages| {
@@ -193,7 +180,7 @@ pub(crate) fn killed_in_step_4(
 
     // The stream does not repeat what was replayed: four tool calls, one
     // terminal event.
-    let events = events_of(&target, &task_id);
+    let events = target.events(&task_id);
     let calls = events
         .iter()
         .filter(|event| event["type"] == "tool_call")
@@ -267,7 +254,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
     );
     let done = target.wait_for_status(&approved, "completed", Duration::from_secs(30));
     assert_eq!(done["waiting_for"], Value::Null);
-    let events = events_of(&target, &approved);
+    let events = target.events(&approved);
     let waiting_event = events
         .iter()
         .find(|event| event["status"] == "waiting_for_tool")
@@ -308,7 +295,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
         String::from_utf8_lossy(&output.stderr)
     );
     target.wait_for_status(&denied, "completed", Duration::from_secs(30));
-    let events = events_of(&target, &denied);
+    let events = target.events(&denied);
     let decision = events
         .iter()
         .find(|event| event.get("approval").is_some())
@@ -331,7 +318,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
         .unwrap()
         .to_owned();
     target.wait_for_status(&timed_out, "completed", Duration::from_secs(30));
-    let events = events_of(&target, &timed_out);
+    let events = target.events(&timed_out);
     let decision = events
         .iter()
         .find(|event| event.get("approval").is_some())
@@ -346,7 +333,7 @@ fn approvals_approve_deny_time_out_and_cancel_while_the_slot_serves_others() {
     assert!(output.status.success());
     let status = target.wait_for_status(&cancelled, "cancelled", Duration::from_secs(10));
     assert_eq!(status["waiting_for"], Value::Null);
-    let last = events_of(&target, &cancelled).pop().unwrap();
+    let last = target.events(&cancelled).pop().unwrap();
     assert_eq!(last["status"], "cancelled");
     let approve = target.run(&["task", "approve", &cancelled]);
     assert!(

@@ -12,7 +12,7 @@ use std::{
 
 use exo_e2e::{Target, agent_file, eventually};
 use exo_testkit::{FakeLlmServer, FakeResponse, RecordedRequest, TestRedis};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MODEL: &str = "openai:gpt-4o-mini";
 
@@ -135,18 +135,6 @@ fn four_workers_stay_under_the_providers_limits_and_use_them() {
     );
 }
 
-fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
-    let output = target
-        .command()
-        .args(["task", "events", task_id, "--json"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].clone())
-        .collect()
-}
-
 #[test]
 fn a_call_waiting_for_capacity_says_so_and_cancel_and_deadline_still_end_it() {
     let redis = TestRedis::new();
@@ -182,7 +170,8 @@ fn a_call_waiting_for_capacity_says_so_and_cancel_and_deadline_still_end_it() {
         .unwrap()
         .to_owned();
     let waiting = eventually(Duration::from_secs(20), "a capacity wait", || {
-        events_of(&target, &cancelled)
+        target
+            .events(&cancelled)
             .into_iter()
             .find(|event| event["waiting_for"] == "capacity")
     });

@@ -91,18 +91,6 @@ fn status_of(target: &Target, task_id: &str) -> Value {
     target.json(&["task", "status", task_id])
 }
 
-fn events_of(target: &Target, task_id: &str) -> Vec<Value> {
-    let output = target
-        .command()
-        .args(["task", "events", task_id, "--json"])
-        .output()
-        .expect("run exo");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).expect("an event line")["event"].clone())
-        .collect()
-}
-
 fn is_terminal(event: &Value) -> bool {
     event["type"] == "status"
         && ["completed", "error", "cancelled"].contains(&event["status"].as_str().unwrap_or(""))
@@ -152,7 +140,7 @@ fn a_worker_killed_mid_activity_loses_nothing() {
             let status = status_of(&target, &task_id);
             (status["status"] == "running"
                 && status["worker_id"] == json!(victim.worker_id)
-                && !events_of(&target, &task_id).is_empty())
+                && !target.events(&task_id).is_empty())
             .then_some(())
         },
     );
@@ -172,7 +160,7 @@ fn a_worker_killed_mid_activity_loses_nothing() {
     let took = started.elapsed();
     assert_eq!(status["worker_id"], json!(survivor.worker_id));
     assert_eq!(status["result"], json!({"output": "Done after 4000 ms."}));
-    let events = events_of(&target, &task_id);
+    let events = target.events(&task_id);
     let terminal: Vec<&Value> = events.iter().filter(|event| is_terminal(event)).collect();
     assert_eq!(terminal.len(), 1, "exactly one terminal event: {events:#?}");
     assert_eq!(terminal[0]["status"], "completed");
@@ -259,7 +247,7 @@ fn an_approval_under_temporal_frees_the_slot_and_resumes_a_new_run() {
             .as_deref(),
         Some("Completed")
     );
-    let events = events_of(&target, &task_id);
+    let events = target.events(&task_id);
     let terminal: Vec<&Value> = events.iter().filter(|event| is_terminal(event)).collect();
     assert_eq!(terminal.len(), 1, "{events:#?}");
     assert!(
@@ -291,7 +279,7 @@ fn a_cancel_through_the_cli_cancels_the_workflow() {
     let mut worker = start_temporal_worker(&target, &temporal, &[]);
     let task_id = submit(&target, &agent);
     eventually(Duration::from_secs(20), "the activity to start", || {
-        (!events_of(&target, &task_id).is_empty()).then_some(())
+        (!target.events(&task_id).is_empty()).then_some(())
     });
     let cancelled = target.json(&["task", "cancel", &task_id]);
     assert_eq!(cancelled["result"], "cancelling");
@@ -308,7 +296,7 @@ fn a_cancel_through_the_cli_cancels_the_workflow() {
         String::from_utf8_lossy(&output.stdout)
     );
     assert_eq!(status_of(&target, &task_id)["status"], "cancelled");
-    let events = events_of(&target, &task_id);
+    let events = target.events(&task_id);
     assert_eq!(
         events.last().unwrap(),
         &json!({"type": "status", "status": "cancelled", "agent_name": "slow", "message": "Agent 'slow' was cancelled"})
