@@ -9,7 +9,13 @@ use crate::{
     error::{Error, Result},
     events::{EventStream, StreamItem},
     handle::TaskHandle,
-    ops::{cancel::CancelCall, decide::DecideCall, list::ListCall, reply, submit::SubmitCall},
+    ops::{
+        cancel::CancelCall,
+        decide::DecideCall,
+        list::ListCall,
+        reply,
+        submit::{SubmitCall, Submission},
+    },
 };
 
 /// Submits and follows tasks. Cheap to clone; get one from
@@ -146,17 +152,25 @@ impl Client {
                 idempotency_key: payload.idempotency_key.as_deref(),
                 tenant: payload.tenant().unwrap_or_default(),
                 run_at: payload.run_at,
+                priority: payload.priority,
+                concurrency_key: payload.concurrency_key.as_deref(),
+                multitask_strategy: payload.multitask_strategy,
             })
             .await?;
-        Ok(TaskHandle::new(
-            self.clone(),
-            submitted.task_id,
-            if submitted.created {
-                Submitted::Created
-            } else {
-                Submitted::Duplicate
-            },
-        ))
+        let submitted_as = match submitted.outcome {
+            Submission::Created => Submitted::Created,
+            Submission::Duplicate => Submitted::Duplicate,
+            Submission::Busy => {
+                return Err(Error::Refused {
+                    reason: format!(
+                        "conversation `{}` is busy: task {} has not ended (multitask_strategy reject)",
+                        payload.concurrency_key.as_deref().unwrap_or_default(),
+                        submitted.task_id
+                    ),
+                });
+            }
+        };
+        Ok(TaskHandle::new(self.clone(), submitted.task_id, submitted_as))
     }
 
     /// A handle on an existing task.

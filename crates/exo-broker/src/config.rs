@@ -50,6 +50,48 @@ pub struct BrokerConfig {
     /// The most retries a payload may ask for (`max_retries` above this is
     /// capped).
     pub max_retries_cap: u32,
+    /// Limits of concurrency keys this worker applies when it claims.
+    pub concurrency: ConcurrencyRules,
+}
+
+/// How many tasks of one concurrency key (a tenant, a user, a
+/// conversation) may hold a slot at a time, fleet-wide. A claim applies the
+/// claiming worker's rules: a rule for the key, else the payload's
+/// `concurrency_limit`, else `default`; never more than `max`. A key with
+/// no limit from any of them is not limited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConcurrencyRules {
+    /// The limit of a key no rule names and no payload sets.
+    pub default: Option<u32>,
+    /// The most any key may have, whatever a payload asks.
+    pub max: Option<u32>,
+    /// Limits of named keys.
+    pub keys: std::collections::BTreeMap<String, u32>,
+}
+
+impl ConcurrencyRules {
+    /// The rules as the claim script reads them ("" when there are none).
+    pub fn to_json(&self) -> String {
+        if *self == ConcurrencyRules::default() {
+            return String::new();
+        }
+        let mut rules = serde_json::Map::new();
+        if let Some(default) = self.default.filter(|limit| *limit > 0) {
+            rules.insert("default".into(), default.into());
+        }
+        if let Some(max) = self.max.filter(|limit| *limit > 0) {
+            rules.insert("max".into(), max.into());
+        }
+        if !self.keys.is_empty() {
+            let keys: serde_json::Map<String, serde_json::Value> = self
+                .keys
+                .iter()
+                .map(|(key, limit)| (key.clone(), (*limit).max(1).into()))
+                .collect();
+            rules.insert("keys".into(), keys.into());
+        }
+        serde_json::Value::Object(rules).to_string()
+    }
 }
 
 impl BrokerConfig {
@@ -73,6 +115,7 @@ impl BrokerConfig {
             replica_ack_timeout: Duration::from_secs(1),
             heartbeat_ttl: Duration::from_secs(30),
             max_retries_cap: 25,
+            concurrency: ConcurrencyRules::default(),
         }
     }
 

@@ -245,6 +245,7 @@ impl WorkerSession {
             blocking: None,
             found_work: true,
             next_due_at: None,
+            concurrency_rules: self.broker.config().concurrency.to_json(),
         }
     }
 
@@ -582,6 +583,8 @@ pub struct Claimer {
     blocking: Option<fred::clients::Client>,
     found_work: bool,
     next_due_at: Option<tokio::time::Instant>,
+    /// The worker's concurrency rules, as the claim script reads them.
+    concurrency_rules: String,
 }
 
 impl Claimer {
@@ -625,6 +628,10 @@ impl Claimer {
         };
         let ids = self.blocking_read(max, block).await?;
         if ids.is_empty() {
+            // Nothing arrived on the stream; tasks that wait beside it
+            // (prioritized ones, held ones let through) are looked at by
+            // the next call's script.
+            self.found_work = true;
             return Ok(Claim::default());
         }
         let claim = self.run_script(max, &ids).await?;
@@ -655,6 +662,7 @@ impl Claimer {
             consumer: &session.worker_id,
             token: &token,
             max_retries_cap: config.max_retries_cap,
+            concurrency_rules: &self.concurrency_rules,
         };
         let call = session.finish_call(task, outcome, events, terminal, &options, Some(claim_next));
         let reply = session.broker.call(&call).await?;
@@ -680,6 +688,7 @@ impl Claimer {
                 default_max_retries: config.retry.max_retries,
                 max_retries_cap: config.max_retries_cap,
                 token: &token,
+                concurrency_rules: &self.concurrency_rules,
                 entry_ids: ids,
             })
             .await?;

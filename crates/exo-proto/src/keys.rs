@@ -221,6 +221,29 @@ impl Keys {
         format!("{}schedules:due", self.prefix)
     }
 
+    /// Extension: tasks that carry a priority and wait for a free slot (a sorted set,
+    /// scored by run order; see `docs/protocol.md`).
+    pub fn prioritized(&self) -> String {
+        format!("{}:prioritized", self.queue)
+    }
+
+    /// Extension: the keys of one concurrency key: `{concurrency_prefix}{key}:running`
+    /// (a set of the tasks that hold its slots) and `...:waiting` (a list of
+    /// the tasks held back).
+    pub fn concurrency(&self, key: &str) -> String {
+        format!("{}:ckey:{key}", self.queue)
+    }
+
+    /// The prefix of [`Keys::concurrency`].
+    pub fn concurrency_prefix(&self) -> String {
+        format!("{}:ckey:", self.queue)
+    }
+
+    /// Extension: concurrency keys with tasks held back, and their limit (a hash).
+    pub fn concurrency_waiting(&self) -> String {
+        format!("{}:ckeys", self.queue)
+    }
+
     /// Extension: the wake-up stream of one multiplexed event reader (a
     /// reader blocks on it with the task streams it follows, and an entry
     /// added to it ends the block so the reader picks up new streams).
@@ -265,6 +288,10 @@ impl Keys {
             self.limit_prefix(),
             self.schedules(),
             self.schedules_due(),
+            self.prioritized(),
+            self.concurrency("tenant-a"),
+            self.concurrency_prefix(),
+            self.concurrency_waiting(),
         ]
     }
 

@@ -58,6 +58,91 @@ pub struct TaskPayload {
     /// `BudgetExceeded` once it is spent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Extension: 1 (first) to 10. A task with a priority waits among the
+    /// prioritized ones, in the order of its arrival plus a minute per
+    /// level after the first; tasks without one go first (see
+    /// `docs/protocol.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Extension: the tenant, user or conversation whose tasks share a
+    /// limit of tasks running at once, fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Extension: that limit, unless the worker's rules set one (capped by
+    /// the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// Extension: makes the concurrency key a conversation (one task at a
+    /// time) and says what a new task does while an earlier one has not
+    /// ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multitask_strategy: Option<MultitaskStrategy>,
+}
+
+/// What a new task of a busy conversation does (a conversation's tasks
+/// share a concurrency key and run one at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultitaskStrategy {
+    /// Refuse the new task.
+    Reject,
+    /// Run it after the earlier ones.
+    Enqueue,
+    /// Cancel the earlier ones; what they wrote to memory stays.
+    Interrupt,
+    /// Cancel the earlier ones and delete what they wrote to memory.
+    Rollback,
+}
+
+impl MultitaskStrategy {
+    /// The strategy's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MultitaskStrategy::Reject => "reject",
+            MultitaskStrategy::Enqueue => "enqueue",
+            MultitaskStrategy::Interrupt => "interrupt",
+            MultitaskStrategy::Rollback => "rollback",
+        }
+    }
+}
+
+impl FromStr for MultitaskStrategy {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "reject" => Ok(MultitaskStrategy::Reject),
+            "enqueue" => Ok(MultitaskStrategy::Enqueue),
+            "interrupt" => Ok(MultitaskStrategy::Interrupt),
+            "rollback" => Ok(MultitaskStrategy::Rollback),
+            other => Err(Error::field(
+                "task payload",
+                "multitask_strategy",
+                format!("`{other}` is not one of reject, enqueue, interrupt, rollback"),
+            )),
+        }
+    }
+}
+
+/// Checks a concurrency key: 1 to 128 ASCII letters, digits, `_`, `.`,
+/// `:`, `@`, `/` or `-` (the broker's scripts check the same).
+pub fn check_concurrency_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > 128
+        || !key
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_.:@/-".contains(&byte))
+    {
+        return Err(Error::field(
+            "task payload",
+            "concurrency_key",
+            format!(
+                "`{}` must be 1 to 128 ASCII letters, digits, `_`, `.`, `:`, `@`, `/` or `-`",
+                key.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What one task's run may spend.
@@ -158,6 +243,10 @@ impl TaskPayload {
             idempotency_key: None,
             run_at: None,
             budget: None,
+            priority: None,
+            concurrency_key: None,
+            concurrency_limit: None,
+            multitask_strategy: None,
         }
     }
 
@@ -204,6 +293,32 @@ impl TaskPayload {
                 "task payload",
                 "run_at",
                 format!("must be a time in Unix seconds, got {run_at}"),
+            ));
+        }
+        if let Some(priority) = self.priority
+            && !(1..=10).contains(&priority)
+        {
+            return Err(Error::field(
+                "task payload",
+                "priority",
+                format!("must be 1 (first) to 10, got {priority}"),
+            ));
+        }
+        if let Some(key) = &self.concurrency_key {
+            check_concurrency_key(key)?;
+        }
+        if self.concurrency_limit == Some(0) {
+            return Err(Error::field(
+                "task payload",
+                "concurrency_limit",
+                "must be at least 1",
+            ));
+        }
+        if self.multitask_strategy.is_some() && self.concurrency_key.is_none() {
+            return Err(Error::field(
+                "task payload",
+                "multitask_strategy",
+                "needs a concurrency_key (the conversation)",
             ));
         }
         if !self.timeout_seconds.is_finite() || self.timeout_seconds <= 0.0 {

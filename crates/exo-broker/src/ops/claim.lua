@@ -5,7 +5,9 @@
 -- ARGV[9]  default max retries
 -- ARGV[10] the most retries a payload may ask for (the worker's cap)
 -- ARGV[11] this claim's random token (see fence_holds)
--- ARGV[12...] entry ids already read by a blocking XREADGROUP (optional);
+-- ARGV[12] the worker's concurrency rules: JSON {"default": n, "max": n,
+--          "keys": {key: n}} ("" for none); see concurrency_of
+-- ARGV[13...] entry ids already read by a blocking XREADGROUP (optional);
 --             without them the script reads new entries itself.
 --
 -- First promotes due retries onto the queue. Then, per entry (each under
@@ -26,5 +28,5 @@
 -- clock.
 
 local entry_ids = {}
-for i = 12, #ARGV do table.insert(entry_ids, ARGV[i]) end
-return claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids)
+for i = 13, #ARGV do table.insert(entry_ids, ARGV[i]) end
+return claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids, ARGV[12])

@@ -17,6 +17,8 @@ pub(crate) struct ClaimCall<'a> {
     pub(crate) max_retries_cap: u32,
     /// This claim's random token (see `Lease::token`).
     pub(crate) token: &'a str,
+    /// The worker's concurrency rules as JSON ("" for none).
+    pub(crate) concurrency_rules: &'a str,
     /// Entries a blocking XREADGROUP already read; empty to let the script
     /// read new entries itself.
     pub(crate) entry_ids: &'a [String],
@@ -54,13 +56,14 @@ impl Operation for ClaimCall<'_> {
     }
 
     fn arguments(&self, argv: &mut Vec<String>) {
-        argv.reserve(5 + self.entry_ids.len());
+        argv.reserve(6 + self.entry_ids.len());
         argv.extend([
             self.consumer.to_owned(),
             self.count.to_string(),
             self.default_max_retries.to_string(),
             self.max_retries_cap.to_string(),
             self.token.to_owned(),
+            self.concurrency_rules.to_owned(),
         ]);
         argv.extend(self.entry_ids.iter().cloned());
     }

@@ -20,6 +20,9 @@
 --                                  KEYS[20] family: model rate-limit rule
 --                                  KEYS[21] schedules (hash)
 --                                  KEYS[22] schedules due (zset)
+--                                  KEYS[23] prioritized tasks (zset)
+--                                  KEYS[24] family: concurrency key
+--                                  KEYS[25] concurrency keys held back (hash)
 --
 -- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
 -- ARGV[2] consumer group                          ARGV[5] event stream max length
@@ -39,6 +42,7 @@ local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
 local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
 local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = KEYS[18], KEYS[19], KEYS[20]
 local SCHEDULES, SCHEDULES_DUE = KEYS[21], KEYS[22]
+local PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD = KEYS[23], KEYS[24], KEYS[25]
 local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -50,6 +54,12 @@ local function cancel_channel(task_id) return CANCEL_FAMILY .. task_id end
 local function worker_key(worker_id) return WORKER_FAMILY .. worker_id end
 local function idempotency_key(key) return IDEMPOTENCY_FAMILY .. key end
 local function journal_key(task_id) return JOURNAL_FAMILY .. task_id end
+-- A concurrency key's tasks that hold its slots (a set), the tasks held
+-- back until a slot frees (a list, oldest first), and, for a conversation
+-- (a key with a multitask strategy), its tasks not yet ended (a set).
+local function key_running(ckey) return CONCURRENCY_FAMILY .. ckey .. ':running' end
+local function key_waiting(ckey) return CONCURRENCY_FAMILY .. ckey .. ':waiting' end
+local function key_tasks(ckey) return CONCURRENCY_FAMILY .. ckey .. ':tasks' end
 
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
@@ -257,6 +267,56 @@ local function entry_exists(entry_id)
   return entry_id and #redis.call('XRANGE', QUEUE, entry_id, entry_id) > 0
 end
 
+-- Ends a task whose payload was removed behind exo's back, with the reason.
+local function lose(task_id, reason)
+  local key = task_key(task_id)
+  local state = redis.call('HMGET', key, 'agent_name', 'attempt')
+  redis.call('HDEL', key, 'entry', 'waiting_for')
+  write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
+  dead_letter(task_id, '', reason, state[2])
+  end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_PAYLOAD, state[1], false), status_event('error', state[1], reason) })
+end
+
+-- Priorities (extension field `priority`, 1 to 10; 1 runs first). A task
+-- with a priority waits in the prioritized set, scored by its run order:
+-- arrival time plus a minute per level below the first, so a task of a
+-- lower level is passed by newer ones for at most that long and never
+-- starves. Tasks without a priority (the reference's, among them) stay on
+-- the stream and go first, as in BullMQ; a prioritized task that has
+-- waited a minute past its score joins the stream's line (see reap.lua).
+local PRIORITY_STEP_MS = 60000
+local PRIORITY_OVERDUE_MS = 60000
+local function priority_score(priority, since_ms)
+  return since_ms + (math.max(1, math.min(10, math.floor(tonumber(priority) or 1))) - 1) * PRIORITY_STEP_MS
+end
+
+local function prioritize(task_id, payload, score)
+  redis.call('ZADD', PRIORITIZED, score, task_id)
+  redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+  redis.call('HDEL', task_key(task_id), 'entry')
+end
+
+-- Moves up to `limit` prioritized tasks scored at most `max_score` onto the
+-- queue, first in run order. Returns how many went.
+local function release_prioritized(max_score, limit)
+  local moved = 0
+  for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', PRIORITIZED, '-inf', max_score, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', PRIORITIZED, task_id)
+    local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
+    redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+    local status = redis.call('HGET', task_key(task_id), 'status')
+    if status == 'pending' or status == 'retrying' then
+      if payload then
+        enqueue(task_id, payload)
+        moved = moved + 1
+      else
+        lose(task_id, 'the payload of the prioritized task was lost')
+      end
+    end
+  end
+  return moved
+end
+
 -- Moves retries whose backoff has elapsed back onto the queue.
 local function promote_due(limit)
   local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now_ms(), 'LIMIT', 0, limit)
@@ -265,10 +325,16 @@ local function promote_due(limit)
     redis.call('ZREM', DELAYED, task_id)
     redis.call('HDEL', DELAYED_PAYLOADS, task_id)
     if payload then
-      local status = redis.call('HGET', task_key(task_id), 'status')
+      local state = redis.call('HMGET', task_key(task_id), 'status', 'priority')
+      local status = state[1]
       if status == 'retrying' or status == 'pending' then
-        enqueue(task_id, payload)
         redis.call('HDEL', task_key(task_id), 'scheduled_for')
+        if state[2] then
+          -- A task with a priority waits its turn among the prioritized.
+          prioritize(task_id, payload, priority_score(state[2], now_ms()))
+        else
+          enqueue(task_id, payload)
+        end
       elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
         enqueue(nil, payload)
       end
@@ -355,14 +421,183 @@ local function guarded(entry_id, payload, work)
   return false, reason
 end
 
+-- Messages sent to the stream's undelivered part: entries no consumer has
+-- read yet (the stream holds only waiting and running entries; exo deletes
+-- what it acknowledges).
+local function undelivered()
+  local ok, summary = pcall(redis.call, 'XPENDING', QUEUE, GROUP)
+  local pending = ok and tonumber(summary[1]) or 0
+  return redis.call('XLEN', QUEUE) - pending
+end
+
+-- Concurrency keys (extension fields `concurrency_key`,
+-- `concurrency_limit`): at most `limit` tasks of one key hold a slot at a
+-- time. A task over its key's limit is held back (status `pending`,
+-- `waiting_for` = `concurrency`, no queue entry, payload kept) in its key's
+-- list, so it blocks no other key; when a slot of the key frees, the
+-- oldest held task goes to the back of the line, which serves the keys
+-- round-robin.
+local function valid_concurrency_key(ckey)
+  return type(ckey) == 'string' and #ckey > 0 and #ckey <= 128 and ckey:match('^[%w_.:@/-]+$') ~= nil
+end
+
+-- Whether a member of a key's running set still holds its slot: it runs,
+-- or it was let through and waits in line (an entry, or the prioritized
+-- set), or it was cancelled while running and its worker has not stopped.
+local function holds_slot(task_id)
+  local state = redis.call('HMGET', task_key(task_id), 'status', 'entry', 'ended', 'waiting_for')
+  local status = state[1]
+  if status == 'running' then return true end
+  if status == 'pending' and not state[4] then
+    return state[2] ~= false or redis.call('ZSCORE', PRIORITIZED, task_id) ~= false
+  end
+  return status == 'cancelled' and state[3] ~= '1' and state[2] ~= false
+end
+
+-- The slots of a key in use; checks the holders only when they seem to
+-- fill the limit (a task that ended without freeing its slot is dropped).
+local function slots_used(ckey, limit)
+  local set = key_running(ckey)
+  local used = redis.call('SCARD', set)
+  if used < limit then return used end
+  for _, task_id in ipairs(redis.call('SMEMBERS', set)) do
+    if not holds_slot(task_id) then
+      redis.call('SREM', set, task_id)
+      used = used - 1
+    end
+  end
+  return used
+end
+
+-- Lets held tasks of a key through while it has room: each goes to the
+-- back of the line holding its slot already. Forgets the key once none
+-- wait.
+local function admit_held(ckey, limit)
+  local waiting = key_waiting(ckey)
+  local used = slots_used(ckey, limit)
+  while used < limit do
+    local task_id = redis.call('LPOP', waiting)
+    if not task_id then break end
+    local key = task_key(task_id)
+    local state = redis.call('HMGET', key, 'status', 'waiting_for', 'priority')
+    if state[1] == 'pending' and state[2] == 'concurrency' then
+      local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
+      redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+      redis.call('HDEL', key, 'waiting_for')
+      if payload then
+        redis.call('SADD', key_running(ckey), task_id)
+        if state[3] then
+          prioritize(task_id, payload, priority_score(state[3], NOW_MS))
+        else
+          enqueue(task_id, payload)
+        end
+        used = used + 1
+      else
+        lose(task_id, 'the payload of the task held back by its concurrency key was lost')
+      end
+    end
+  end
+  if redis.call('LLEN', waiting) == 0 then
+    redis.call('HDEL', KEYS_HELD, ckey)
+  else
+    redis.call('HSET', KEYS_HELD, ckey, limit)
+  end
+end
+
+-- Holds a claimed entry's task back until its key has room.
+local function hold(task_id, entry_id, payload, ckey, limit)
+  ack(entry_id)
+  redis.call('HDEL', task_key(task_id), 'entry')
+  write_task(task_id, 'status', 'pending', 'waiting_for', 'concurrency', 'concurrency_key', ckey)
+  redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+  redis.call('RPUSH', key_waiting(ckey), task_id)
+  redis.call('HSET', KEYS_HELD, ckey, limit)
+end
+
+-- Frees the slot a task of `ckey` held (its attempt ended) and lets the
+-- next held task of the key through.
+local function free_slot(task_id, ckey)
+  if not ckey then return end
+  redis.call('SREM', key_running(ckey), task_id)
+  local limit = tonumber(redis.call('HGET', KEYS_HELD, ckey) or '')
+  if limit then admit_held(ckey, limit) end
+end
+
+-- The key and limit of a decoded payload under the claiming worker's
+-- rules ({default, max, keys}): a rule for the key, else the payload's
+-- limit, else the default, capped by max. A conversation (a payload with a
+-- multitask strategy) runs one task at a time. Returns (key, limit or nil
+-- for no limit, problem).
+local function concurrency_of(decoded, rules)
+  local ckey = decoded.concurrency_key
+  if ckey == nil or ckey == cjson.null then return nil end
+  if not valid_concurrency_key(ckey) then
+    return nil, nil, 'concurrency_key must be 1 to 128 letters, digits, `_`, `.`, `:`, `@`, `/` or `-`'
+  end
+  local limit
+  local strategy = decoded.multitask_strategy
+  if type(strategy) == 'string' then
+    limit = 1
+  else
+    local rule = rules.keys and rules.keys[ckey]
+    if type(rule) == 'number' then
+      limit = rule
+    elseif type(decoded.concurrency_limit) == 'number' and decoded.concurrency_limit >= 1 then
+      limit = math.floor(decoded.concurrency_limit)
+    elseif type(rules.default) == 'number' and rules.default >= 1 then
+      limit = rules.default
+    end
+    if type(rules.max) == 'number' and rules.max >= 1 then
+      limit = math.min(limit or rules.max, rules.max)
+    end
+  end
+  return ckey, limit, nil
+end
+
+-- Cancels a task that has not ended (see cancel.lua): marks it cancelled
+-- and signals its worker; one that was not running can never start and
+-- its stream ends here. Returns "cancelled" or "cancelling" (it runs).
+local function cancel_task(task_id, status, agent_name, waiting_for)
+  local key = task_key(task_id)
+  write_task(task_id, 'status', 'cancelled', 'completed_at', NOW, 'cancel_requested_at', NOW)
+  redis.call('PUBLISH', cancel_channel(task_id), 'cancel')
+  if status == 'running' then return 'cancelling' end
+  redis.call('ZREM', DELAYED, task_id)
+  redis.call('ZREM', PRIORITIZED, task_id)
+  redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+  redis.call('HDEL', key, 'scheduled_for')
+  if waiting_for == 'approval' then
+    redis.call('HDEL', key, 'waiting_for')
+    end_stream(task_id, { status_event('cancelled', agent_name, 'Task cancelled while waiting for approval') })
+  else
+    if waiting_for then redis.call('HDEL', key, 'waiting_for') end
+    end_stream(task_id, { status_event('cancelled', agent_name, 'Task cancelled before it started') })
+  end
+  return 'cancelled'
+end
+
 -- Takes up to `count` tasks for `consumer` and marks them running (see
 -- claim.lua for the rules); `entry_ids` are entries a blocking read already
--- delivered, or empty to read new ones. When it takes a task, the
--- consumer's heartbeat hash (if there is one) shows it as
--- `current_task_id`. Returns {next_due_ms, rows, rejected, server_now_ms}
--- (see claim.lua).
-local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids)
+-- delivered, or empty to read new ones. `rules_json` holds the worker's
+-- concurrency rules ({default, max, keys}; "" for none). A task over its
+-- concurrency key's limit is held back and the script reads on (at most
+-- CLAIM_SCAN entries per call), so a backlog of one key never hides the
+-- others' tasks. Once the stream has no unread entry, prioritized tasks go
+-- onto it, first in run order, and are read in the same call. When it
+-- takes a task, the consumer's heartbeat hash (if there is one) shows it
+-- as `current_task_id`. Returns {next_due_ms, rows, rejected,
+-- server_now_ms} (see claim.lua).
+local CLAIM_SCAN = 500
+local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids, rules_json)
   promote_due(100)
+
+  local drained = false
+  local function read_new(wanted)
+    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', wanted, 'STREAMS', QUEUE, '>')
+    local got = (read and read[1]) and read[1][2] or {}
+    if #got < wanted then drained = true end
+    return got
+  end
 
   local entries = {}
   if #entry_ids > 0 then
@@ -375,18 +610,29 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       end
     end
   else
-    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count, 'STREAMS', QUEUE, '>')
-    if read and read[1] then entries = read[1][2] end
+    entries = read_new(count)
   end
 
   local rows, rejected = {}, {}
+  local claimed, held = 0, 0
   local function refuse(entry_id, task_id, reason)
     table.insert(rejected, entry_id)
     table.insert(rejected, task_id or '')
     table.insert(rejected, reason)
   end
+  local rules = nil
+  local function worker_rules()
+    if rules == nil then
+      rules = {}
+      if rules_json and rules_json ~= '' then
+        local ok, decoded = pcall(cjson.decode, rules_json)
+        if ok and type(decoded) == 'table' then rules = decoded end
+      end
+    end
+    return rules
+  end
 
-  for _, entry in ipairs(entries) do
+  local function take(entry)
     local entry_id = entry[1]
     local payload = entry_payload(entry[2])
     local ok, failure = guarded(entry_id, payload, function()
@@ -425,6 +671,30 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         redis.call('ZREM', DELAYED, task_id)
         redis.call('HDEL', DELAYED_PAYLOADS, task_id)
       end
+      local ckey, limit, key_problem = concurrency_of(decoded, worker_rules())
+      if key_problem then
+        reject(entry_id, task_id, payload, key_problem)
+        refuse(entry_id, task_id, key_problem)
+        return
+      end
+      if ckey and limit then
+        local running = key_running(ckey)
+        if redis.call('SISMEMBER', running, task_id) == 0 then
+          if redis.call('LLEN', key_waiting(ckey)) > 0 then
+            -- Others of the key wait already: this one goes behind them.
+            hold(task_id, entry_id, payload, ckey, limit)
+            admit_held(ckey, limit)
+            held = held + 1
+            return
+          end
+          if slots_used(ckey, limit) >= limit then
+            hold(task_id, entry_id, payload, ckey, limit)
+            held = held + 1
+            return
+          end
+          redis.call('SADD', running, task_id)
+        end
+      end
       local attempt = redis.call('HINCRBY', key, 'attempt', 1)
       local max_retries = state[6]
       if not max_retries then
@@ -443,6 +713,10 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         table.insert(extra, 'agent_name')
         table.insert(extra, decoded.agent_config.name)
       end
+      if ckey then
+        table.insert(extra, 'concurrency_key')
+        table.insert(extra, ckey)
+      end
       -- A task that ran before (a retry) drops its last ending.
       if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
       -- Only exo's own writes set `entry`: such a task is indexed already.
@@ -455,8 +729,33 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       table.insert(rows, attempt)
       table.insert(rows, state[5] or '0')
       table.insert(rows, max_retries)
+      claimed = claimed + 1
     end)
     if not ok then refuse(entry_id, nil, failure) end
+  end
+
+  local examined = 0
+  while true do
+    local held_before = held
+    for _, entry in ipairs(entries) do take(entry) end
+    examined = examined + #entries
+    local wanted = count - claimed
+    if wanted <= 0 or examined >= CLAIM_SCAN then break end
+    entries = {}
+    -- Read on when held-back tasks made room, or when a blocking read's
+    -- entries did not fill the claim.
+    if not drained and (held > held_before or #entry_ids > 0) then
+      entry_ids = {}
+      entries = read_new(wanted)
+    end
+    if #entries == 0 and drained and redis.call('EXISTS', PRIORITIZED) == 1 then
+      -- Nothing else waits on the stream: prioritized tasks go next.
+      if release_prioritized('+inf', wanted) > 0 then
+        drained = false
+        entries = read_new(wanted)
+      end
+    end
+    if #entries == 0 then break end
   end
   -- The worker's heartbeat hash names the task it took last, at once.
   if #rows > 0 and redis.call('EXISTS', worker_key(consumer)) == 1 then

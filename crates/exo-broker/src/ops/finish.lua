@@ -28,10 +28,11 @@
 --          ended (a task the worker still runs, or ""), unless a task is
 --          claimed here (then that one)
 -- ARGV[25] "1" when ARGV[24] is to be written
--- ARGV[26] n, the number of step-journal records that follow
--- ARGV[27...26+n] step-journal records not yet written (kept for a retry
+-- ARGV[26] the claiming worker's concurrency rules (JSON; see claim.lua)
+-- ARGV[27] n, the number of step-journal records that follow
+-- ARGV[28...27+n] step-journal records not yet written (kept for a retry
 --          or a wait; a task that ends drops its journal)
--- ARGV[27+n...] events of the run not yet published
+-- ARGV[28+n...] events of the run not yet published
 --
 -- `waiting` (the run stopped at a tool call that needs a person's
 -- approval): the task goes back to `pending` with no queue entry, its
@@ -90,11 +91,11 @@ local function finish_attempt()
     return { 'stale', status or '', state[2] or '' }
   end
 
-  local journal_count = tonumber(ARGV[26]) or 0
+  local journal_count = tonumber(ARGV[27]) or 0
   local journal = {}
-  for i = 27, 26 + journal_count do table.insert(journal, ARGV[i]) end
+  for i = 28, 27 + journal_count do table.insert(journal, ARGV[i]) end
   local events = {}
-  for i = 27 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
+  for i = 28 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
   -- The payload exactly as queued, for a retry or the dead letter.
   local function queued_payload()
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
@@ -188,9 +189,13 @@ local function note_on_worker(outcome)
 end
 
 local reply = finish_attempt()
-if ended_here then note_on_worker(reply[1]) end
+if ended_here then
+  note_on_worker(reply[1])
+  -- The attempt no longer holds a slot of its concurrency key.
+  free_slot(ARGV[7], redis.call('HGET', task_key(ARGV[7]), 'concurrency_key'))
+end
 local claim_count = tonumber(ARGV[19]) or 0
 if claim_count <= 0 then return reply end
 local ended = { completed = true, cancelled = true, failed = true, retrying = true, waiting = true }
 if not ended[reply[1]] then return { reply, { -1, {}, {}, now_ms() } } end
-return { reply, claim_batch(ARGV[20], claim_count, ARGV[17], tonumber(ARGV[22]), ARGV[21], {}) }
+return { reply, claim_batch(ARGV[20], claim_count, ARGV[17], tonumber(ARGV[22]), ARGV[21], {}, ARGV[26]) }

@@ -49,6 +49,8 @@ pub(crate) struct ClaimNext<'a> {
     pub(crate) consumer: &'a str,
     pub(crate) token: &'a str,
     pub(crate) max_retries_cap: u32,
+    /// The worker's concurrency rules as JSON ("" for none).
+    pub(crate) concurrency_rules: &'a str,
 }
 
 /// What the final write did, and what the claim after it took.
@@ -156,6 +158,11 @@ impl Operation for FinishCall<'_> {
             }
             .to_owned(),
         ]);
+        argv.push(
+            self.claim_next
+                .map(|next| next.concurrency_rules.to_owned())
+                .unwrap_or_default(),
+        );
         argv.push(self.journal.len().to_string());
         argv.extend(self.journal.iter().cloned());
         argv.extend(self.events.iter().cloned());

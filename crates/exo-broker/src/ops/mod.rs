@@ -107,6 +107,9 @@ impl ScriptContext {
             keys.limit_prefix(),
             keys.schedules(),
             keys.schedules_due(),
+            keys.prioritized(),
+            keys.concurrency_prefix(),
+            keys.concurrency_waiting(),
         ];
         // The order is common.lua's ARGV header.
         let settings = vec![
@@ -341,7 +344,7 @@ mod tests {
         for key in &context.names {
             assert!(sample.contains(key), "{key} is not in Keys::all_sample");
         }
-        assert_eq!(context.keys.len(), 22);
+        assert_eq!(context.keys.len(), 25);
         assert_eq!(context.settings.len(), 6);
     }
 }

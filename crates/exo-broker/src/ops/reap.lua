@@ -9,7 +9,9 @@
 --          (so a heartbeat that is only late does not cost running tasks)
 -- ARGV[12] heartbeat TTL in ms (for the fleet clock; see heartbeat.lua)
 --
--- Also promotes due retries and trims expired ids from the index. A stuck
+-- Also promotes due retries, lets overdue prioritized tasks and held
+-- tasks of concurrency keys with room through, and trims expired ids from
+-- the index. A stuck
 -- entry is one pending on a consumer whose heartbeat key is gone, or idle
 -- past the lease. What happens to it depends on its task (each entry under
 -- pcall, so one bad entry never stops a pass):
@@ -39,6 +41,15 @@ local dead_idle_ms = tonumber(ARGV[11]) or 0
 local ttl_ms = tonumber(ARGV[12]) or 30000
 local promoted = promote_due(limit)
 trim_index(100)
+-- Prioritized tasks passed over for a minute past their turn join the
+-- stream's line (so tasks without a priority cannot starve them), and
+-- concurrency keys with held tasks let them through when slots freed
+-- without a final write (a worker lost, a task cancelled while held).
+release_prioritized(NOW_MS - PRIORITY_OVERDUE_MS, limit)
+local held_keys = redis.call('HRANDFIELD', KEYS_HELD, 100, 'WITHVALUES')
+for i = 1, #held_keys, 2 do
+  pcall(admit_held, held_keys[i], tonumber(held_keys[i + 1]) or 1)
+end
 
 local expired_approvals = 0
 for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', APPROVALS, '-inf', NOW_MS, 'LIMIT', 0, limit)) do
@@ -211,6 +222,7 @@ for _, task_id in ipairs(candidates) do
       return
     end
     if redis.call('ZSCORE', DELAYED, task_id) then return end
+    if redis.call('ZSCORE', PRIORITIZED, task_id) then return end
     if carrier and entry_exists(carrier) then return end
     if status == 'pending' and not carrier then return end
     if status == 'running' and worker and redis.call('EXISTS', worker_key(worker)) == 1 then return end

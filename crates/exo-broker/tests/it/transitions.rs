@@ -5,7 +5,8 @@
 //! `UPDATE_EXPECT=1 cargo test -p exo-broker transitions` rewrites the part
 //! below the line.
 //!
-//! Steps: `submit <id> [max_retries=N]`, `claim <worker> [count]`,
+//! Steps: `submit <id> [max_retries=N] [priority=N] [key=K] [limit=N]
+//! [strategy=S]` (S: a multitask strategy), `claim <worker> [count]`,
 //! `finish <id> completed <output>`, `finish <id> failed retryable|fatal
 //! <error>`, `finish <id> cancelled`, `cancel <id>`, `publish <id> <text>`
 //! (fenced on the claim), `finish-claim <id> completed <output>` (the final
@@ -133,8 +134,21 @@ impl World {
                 let mut payload = payload("hi");
                 payload.task_id = (*id).to_owned();
                 for option in options {
-                    if let Some(retries) = option.strip_prefix("max_retries=") {
-                        payload.max_retries = Some(retries.parse().unwrap());
+                    match option.split_once('=') {
+                        Some(("max_retries", retries)) => {
+                            payload.max_retries = Some(retries.parse().unwrap());
+                        }
+                        Some(("priority", priority)) => {
+                            payload.priority = Some(priority.parse().unwrap());
+                        }
+                        Some(("key", key)) => payload.concurrency_key = Some(key.to_owned()),
+                        Some(("limit", limit)) => {
+                            payload.concurrency_limit = Some(limit.parse().unwrap());
+                        }
+                        Some(("strategy", strategy)) => {
+                            payload.multitask_strategy = Some(strategy.parse().unwrap());
+                        }
+                        _ => panic!("unknown submit option {option}"),
                     }
                 }
                 self.submitted.push((*id).to_owned());

@@ -268,6 +268,10 @@ fn payload() -> impl Strategy<Value = TaskPayload> {
                     idempotency_key,
                     run_at: None,
                     budget: None,
+                    priority: None,
+                    concurrency_key: None,
+                    concurrency_limit: None,
+                    multitask_strategy: None,
                 }
             },
         )
