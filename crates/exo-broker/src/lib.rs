@@ -71,7 +71,7 @@ mod url;
 pub use admin::{Admin, DeadLetter, FleetEntry, FleetScan, QueueStats};
 pub use broker::{Broker, PublishObserver};
 pub use client::{CancelOutcome, Client, Decided, Decision, Submitted, TaskPage, TaskQuery};
-pub use config::{BrokerConfig, RetryPolicy};
+pub use config::{BrokerConfig, ConcurrencyRules, RetryPolicy};
 pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
 pub use follow::{FollowedEvent, Follower, Following};

@@ -338,6 +338,20 @@ impl WorkerSession {
         self.broker.read_list(&key).await
     }
 
+    /// Whether a later task of the conversation asked to roll this one
+    /// back (`multitask_strategy` `rollback`): its run deletes what it
+    /// wrote to memory once it has stopped. One `HGET`.
+    pub async fn rollback_requested(&self, task_id: &str) -> Result<bool> {
+        self.broker.count();
+        let value: Option<String> = self
+            .broker
+            .inner
+            .client
+            .hget(self.broker.keys().task(task_id), "rollback")
+            .await?;
+        Ok(value.as_deref() == Some("1"))
+    }
+
     /// A batching publisher for one task's events.
     pub fn publisher(&self, task_id: &str, options: PublishOptions<'_>) -> EventPublisher {
         EventPublisher::new(self.clone(), task_id, options.fence.cloned())

@@ -207,6 +207,13 @@ pub(crate) struct StartWorker {
     /// A fleet-wide limit of model tokens (input plus output) per minute: MODEL=N. Repeatable.
     #[arg(long = "model-tpm", value_name = "MODEL=N")]
     pub(crate) model_tpm: Vec<String>,
+    /// How many tasks of one concurrency key may run at once, fleet-wide: KEY=N for one key, or
+    /// N for every key that neither a rule nor its payload limits. Repeatable.
+    #[arg(long = "concurrency-limit", value_name = "[KEY=]N")]
+    pub(crate) concurrency_limit: Vec<String>,
+    /// The most tasks of one concurrency key a payload may ask to run at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency_limit_max: Option<u32>,
     /// Seconds without a lease renewal after which another worker reclaims a task.
     #[arg(long)]
     pub(crate) lease: Option<u64>,
@@ -393,6 +400,21 @@ pub(crate) struct SubmitArgs {
     /// with BudgetExceeded.
     #[arg(long, value_name = "TOKENS")]
     pub(crate) budget_tokens: Option<u64>,
+    /// 1 (first) to 10: the task waits among the prioritized ones, in the order of its arrival
+    /// plus a minute per level after the first. Tasks without a priority go first.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub(crate) priority: Option<u8>,
+    /// The tenant, user or conversation whose tasks share a limit of tasks running at once.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) concurrency_key: Option<String>,
+    /// How many tasks of the concurrency key may run at once (unless the workers' rules say).
+    #[arg(long, value_name = "N", requires = "concurrency_key", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency_limit: Option<u32>,
+    /// Makes the concurrency key a conversation (one task at a time) and says what this task
+    /// does while an earlier one has not ended: reject, enqueue, interrupt (cancel it) or
+    /// rollback (cancel it and delete what it wrote to memory).
+    #[arg(long, value_name = "STRATEGY", requires = "concurrency_key")]
+    pub(crate) multitask_strategy: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,9 @@ use std::{sync::Arc, time::Duration};
 
 use exo_agent::{RunEvent, RunOptions, Runner};
 use exo_broker::{ClaimedTask, PublishOptions, WorkerSession};
-use exo_proto::{AgentSpec, ErrorEvent, ErrorType, Journal, RunOutcome, StreamEvent, TaskPayload};
+use exo_proto::{
+    AgentSpec, ErrorEvent, ErrorType, Journal, OutcomeStatus, RunOutcome, StreamEvent, TaskPayload,
+};
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -295,6 +297,11 @@ impl LocalExecutor {
                 () = tokio::time::sleep_until(hard_stop + self.grace) => break,
             }
         }
+        if let Some(memory) = &memory
+            && outcome.status == OutcomeStatus::Cancelled
+        {
+            roll_back_if_asked(&self.session, memory, task_id).await;
+        }
         drop(memory);
         Execution::closing(outcome, publisher).await
     }
@@ -313,6 +320,25 @@ impl Execution {
             unsent_journal: unsent.journal,
             retries_used: 0,
         }
+    }
+}
+
+/// Deletes what a cancelled run wrote to memory when a later task of its
+/// conversation asked for a rollback.
+async fn roll_back_if_asked(session: &WorkerSession, memory: &MemorySession, task_id: &str) {
+    match session.rollback_requested(task_id).await {
+        Ok(true) => match memory.roll_back(task_id).await {
+            Ok(deleted) => {
+                tracing::info!(task_id, deleted, "rolled back what the run wrote to memory");
+            }
+            Err(failure) => tracing::warn!(
+                task_id,
+                error = failure.message,
+                "could not roll back what the run wrote to memory"
+            ),
+        },
+        Ok(false) => {}
+        Err(error) => tracing::warn!(task_id, %error, "could not read whether to roll back"),
     }
 }
 

@@ -101,6 +101,14 @@ impl MemorySession {
         Ok(Some((MemorySession { store, metadata }, history)))
     }
 
+    /// Deletes what this task wrote to memory (its input and messages): a
+    /// later task of its conversation rolled it back. Returns how many
+    /// items went.
+    pub(crate) async fn roll_back(&self, task_id: &str) -> Result<u64, MemoryFailure> {
+        let scope = exo_memory::MemoryScope::new().with_task_id(task_id);
+        self.store.clear(&scope).await.map_err(failure)
+    }
+
     /// Step 4: persists one message of the run.
     pub(crate) async fn save(&self, agent_name: &str, message: &Message) {
         let mut metadata = self.metadata.clone();

@@ -6,6 +6,7 @@ mod cli_habits;
 mod dashboard;
 mod deploy_commands;
 mod deployments;
+mod flow_control;
 mod gateway;
 mod journal;
 mod mixed_fleet;

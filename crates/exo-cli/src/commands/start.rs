@@ -49,6 +49,8 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         config.broker.lease = Duration::from_secs(lease);
     }
     config.model_limits = model_limits(&args.model_rpm, &args.model_tpm)?;
+    config.broker.concurrency =
+        concurrency_rules(&args.concurrency_limit, args.concurrency_limit_max)?;
     if let Some(ttl) = args.task_ttl {
         config.broker.task_ttl = Duration::from_secs(ttl);
     }
@@ -151,6 +153,46 @@ fn model_limits(rpm: &[String], tpm: &[String]) -> Result<Vec<exo_broker::LimitR
             rules[index].requests = u32::try_from(limit).unwrap_or(u32::MAX);
         } else {
             rules[index].tokens = limit;
+        }
+    }
+    Ok(rules)
+}
+
+/// `--concurrency-limit [KEY=]N` (repeatable) and `--concurrency-limit-max N`.
+fn concurrency_rules(
+    limits: &[String],
+    max: Option<u32>,
+) -> Result<exo_broker::ConcurrencyRules, Failure> {
+    let mut rules = exo_broker::ConcurrencyRules {
+        max,
+        ..Default::default()
+    };
+    for value in limits {
+        let invalid = || {
+            Failure::with_code(
+                2,
+                anyhow::anyhow!(
+                    "--concurrency-limit takes N or KEY=N with N a positive number, not `{value}`"
+                ),
+            )
+        };
+        let (key, limit) = match value.rsplit_once('=') {
+            Some((key, limit)) => (Some(key.trim()), limit),
+            None => (None, value.as_str()),
+        };
+        let limit = limit
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| *limit > 0)
+            .ok_or_else(invalid)?;
+        match key {
+            Some(key) => {
+                exo_proto::check_concurrency_key(key)
+                    .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
+                rules.keys.insert(key.to_owned(), limit);
+            }
+            None => rules.default = Some(limit),
         }
     }
     Ok(rules)

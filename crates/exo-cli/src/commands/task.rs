@@ -330,6 +330,16 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
             max_tokens: Some(max_tokens),
         });
     }
+    payload.priority = args.priority;
+    payload.concurrency_key = args.concurrency_key.clone();
+    payload.concurrency_limit = args.concurrency_limit;
+    if let Some(strategy) = &args.multitask_strategy {
+        payload.multitask_strategy = Some(
+            strategy
+                .parse()
+                .map_err(|error: exo_proto::Error| Failure::with_code(2, anyhow::Error::new(error)))?,
+        );
+    }
     if let Some(metadata) = &args.metadata {
         payload.metadata = serde_json::from_str::<Map<String, Value>>(metadata)
             .context("--metadata must be a JSON object")

@@ -177,6 +177,19 @@ fn payload(
         ),
         ("max_retries", submission.max_retries.map(Value::from)),
         ("budget", submission.budget.map(Value::Object)),
+        ("priority", submission.priority.map(Value::from)),
+        (
+            "concurrency_key",
+            submission.concurrency_key.map(Value::String),
+        ),
+        (
+            "concurrency_limit",
+            submission.concurrency_limit.map(Value::from),
+        ),
+        (
+            "multitask_strategy",
+            submission.multitask_strategy.map(Value::String),
+        ),
         (
             "created_at",
             submission

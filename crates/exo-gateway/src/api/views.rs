@@ -167,6 +167,20 @@ pub(crate) struct TaskSubmission {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub(crate) budget: Option<Map<String, Value>>,
+    /// 1 (first) to 10; tasks without a priority go first.
+    #[serde(default)]
+    pub(crate) priority: Option<u8>,
+    /// The tenant, user or conversation whose tasks share a limit of tasks
+    /// running at once.
+    #[serde(default)]
+    pub(crate) concurrency_key: Option<String>,
+    /// That limit (unless the workers' rules set one).
+    #[serde(default)]
+    pub(crate) concurrency_limit: Option<u32>,
+    /// Makes the key a conversation: `reject`, `enqueue`, `interrupt` or
+    /// `rollback` a new task while an earlier one has not ended.
+    #[serde(default)]
+    pub(crate) multitask_strategy: Option<String>,
 }
 
 /// What `POST /v1/tasks` did.
