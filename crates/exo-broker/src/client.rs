@@ -14,7 +14,7 @@ use crate::{
         decide::DecideCall,
         list::ListCall,
         reply,
-        submit::{SubmitCall, Submission},
+        submit::{Submission, SubmitCall},
     },
 };
 
@@ -170,7 +170,11 @@ impl Client {
                 });
             }
         };
-        Ok(TaskHandle::new(self.clone(), submitted.task_id, submitted_as))
+        Ok(TaskHandle::new(
+            self.clone(),
+            submitted.task_id,
+            submitted_as,
+        ))
     }
 
     /// A handle on an existing task.

@@ -85,11 +85,7 @@ fn broker(redis: &TestRedis, runtime: &tokio::runtime::Runtime) -> exo_broker::B
 
 fn payload(input: &str, key: &str, limit: Option<u32>) -> TaskPayload {
     let config = json!({"name": "flow", "model": MODEL, "max_tokens": 20});
-    let mut payload = TaskPayload::new(
-        uuid_like(),
-        config.as_object().unwrap().clone(),
-        input,
-    );
+    let mut payload = TaskPayload::new(uuid_like(), config.as_object().unwrap().clone(), input);
     payload.concurrency_key = Some(key.to_owned());
     payload.concurrency_limit = limit;
     payload.max_retries = Some(0);
@@ -236,8 +232,7 @@ fn median(values: &[f64]) -> f64 {
 #[test]
 fn priorities_order_a_backlog() {
     let redis = TestRedis::new();
-    let (provider, log) =
-        logging_provider(Duration::from_millis(50), Duration::from_millis(2000));
+    let (provider, log) = logging_provider(Duration::from_millis(50), Duration::from_millis(2000));
     let target = Target::of(&redis)
         .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
         .with_env("OPENAI_API_KEY", "test-key");
@@ -278,7 +273,11 @@ fn priorities_order_a_backlog() {
     assert_eq!(shown["status"], "pending", "{shown}");
     let order = eventually(Duration::from_secs(30), "every task to run", || {
         let log = log.lock().unwrap();
-        (log.len() >= 8).then(|| log.iter().map(|(input, _)| input.clone()).collect::<Vec<_>>())
+        (log.len() >= 8).then(|| {
+            log.iter()
+                .map(|(input, _)| input.clone())
+                .collect::<Vec<_>>()
+        })
     });
     assert_eq!(
         order,
@@ -346,13 +345,17 @@ fn a_conversations_second_task_follows_its_strategy() {
         shown["task_id"].as_str().unwrap().to_owned()
     };
     let request_of = |input: &str| {
-        eventually(Duration::from_secs(30), &format!("the call of {input}"), || {
-            log.lock()
-                .unwrap()
-                .iter()
-                .find(|(seen, _)| seen == input)
-                .map(|(_, messages)| messages.clone())
-        })
+        eventually(
+            Duration::from_secs(30),
+            &format!("the call of {input}"),
+            || {
+                log.lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(seen, _)| seen == input)
+                    .map(|(_, messages)| messages.clone())
+            },
+        )
     };
 
     // reject: refused while the first runs.
@@ -378,7 +381,11 @@ fn a_conversations_second_task_follows_its_strategy() {
     assert!(seen.iter().any(|text| text == "enqueue first"), "{seen:?}");
 
     // interrupt: the first is cancelled; what it wrote to memory stays.
-    let first = task_id(submit("conv-interrupt", "interrupt", "interrupt first slow"));
+    let first = task_id(submit(
+        "conv-interrupt",
+        "interrupt",
+        "interrupt first slow",
+    ));
     request_of("interrupt first slow");
     let second = task_id(submit("conv-interrupt", "interrupt", "interrupt second"));
     target.wait_for_status(&first, "cancelled", Duration::from_secs(20));

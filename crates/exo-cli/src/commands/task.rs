@@ -334,11 +334,10 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
     payload.concurrency_key = args.concurrency_key.clone();
     payload.concurrency_limit = args.concurrency_limit;
     if let Some(strategy) = &args.multitask_strategy {
-        payload.multitask_strategy = Some(
-            strategy
-                .parse()
-                .map_err(|error: exo_proto::Error| Failure::with_code(2, anyhow::Error::new(error)))?,
-        );
+        payload.multitask_strategy =
+            Some(strategy.parse().map_err(|error: exo_proto::Error| {
+                Failure::with_code(2, anyhow::Error::new(error))
+            })?);
     }
     if let Some(metadata) = &args.metadata {
         payload.metadata = serde_json::from_str::<Map<String, Value>>(metadata)
