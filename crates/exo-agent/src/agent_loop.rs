@@ -317,7 +317,7 @@ pub(crate) async fn run_agent(
         let completion = match replayed {
             Some(record) => {
                 if let Some(usage) = record.usage {
-                    ctx.add_usage(usage);
+                    ctx.add_usage(&config.model, usage);
                 }
                 Completion::replayed(record.text, record.tool_calls, record.usage)
             }
@@ -387,7 +387,8 @@ pub(crate) async fn run_agent(
                     }))
                     .await;
                 if let Some(usage) = completion.usage {
-                    ctx.add_usage(usage);
+                    ctx.add_usage(&config.model, usage);
+                    emitter.spent(&config.model, usage).await;
                     emitter
                         .event(StreamEvent::Usage(UsageEvent {
                             usage,
@@ -585,6 +586,18 @@ fn tool_message(call: &ToolCall, result: ToolOutput, error: Option<String>) -> M
 /// The failure of a run whose token budget is spent, before it sends
 /// another model call.
 fn budget_spent(ctx: &RunContext) -> Option<Failure> {
+    if let Some(max_cost) = ctx.budget.max_cost {
+        let cost = ctx.cost();
+        if cost >= max_cost {
+            return Some(Failure {
+                message: format!(
+                    "the task's cost budget of ${max_cost} is spent (${cost:.6} used); no further model call"
+                ),
+                error_type: ErrorType::BudgetExceeded,
+                retryable: false,
+            });
+        }
+    }
     let max = ctx.budget.max_tokens?;
     let usage = ctx.usage();
     let used = usage

@@ -25,6 +25,14 @@ pub enum RunEvent {
     /// later attempt that gets it back (see [`RunOptions::replay`]) does not
     /// do it again.
     Journal(JournalRecord),
+    /// What one model call sent in this attempt used (a replayed call
+    /// sends nothing): for the usage ledger.
+    Spent {
+        /// The model string of the agent that made the call.
+        model: String,
+        /// The usage the provider reported.
+        usage: exo_proto::Usage,
+    },
 }
 
 /// How the caller runs a task.
@@ -61,6 +69,9 @@ pub struct RunOptions {
     /// are spent, the run starts no new model call and fails with
     /// `BudgetExceeded`.
     pub budget: exo_proto::Budget,
+    /// Turns tokens into cost, for `budget.max_cost`; none by default (then
+    /// a cost budget counts nothing).
+    pub prices: Option<std::sync::Arc<exo_proto::PriceTable>>,
 }
 
 /// Sends a run's events, dropping the ones a non-detailed run does not
@@ -86,6 +97,16 @@ impl Emitter {
     /// that a reader of any run must see, e.g. a wait for capacity).
     pub(crate) async fn always(&self, event: StreamEvent) {
         let _ = self.sender.send(RunEvent::Stream(event)).await;
+    }
+
+    pub(crate) async fn spent(&self, model: &str, usage: exo_proto::Usage) {
+        let _ = self
+            .sender
+            .send(RunEvent::Spent {
+                model: model.to_owned(),
+                usage,
+            })
+            .await;
     }
 
     pub(crate) async fn journal(&self, record: JournalRecord) {

@@ -36,6 +36,10 @@ pub(crate) struct RunContext {
     pub(crate) cancel: CancellationToken,
     pause: Option<tokio::sync::watch::Receiver<bool>>,
     usage: Mutex<Usage>,
+    /// What the run's model calls cost so far (millionths of a dollar).
+    cost_micros: Mutex<u64>,
+    /// Prices of models, for the cost budget.
+    pub(crate) prices: Option<Arc<exo_proto::PriceTable>>,
     /// What earlier attempts finished.
     pub(crate) replay: Journal,
     pub(crate) attempt: u32,
@@ -51,11 +55,28 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
-    pub(crate) fn add_usage(&self, usage: Usage) {
+    /// Counts one model call's usage (and its cost, by the price table).
+    pub(crate) fn add_usage(&self, model: &str, usage: Usage) {
         *self
             .usage
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) += usage;
+        if let Some(prices) = &self.prices {
+            *self
+                .cost_micros
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) +=
+                prices.cost_micros(model, &usage);
+        }
+    }
+
+    /// What the run's model calls cost so far, in dollars.
+    pub(crate) fn cost(&self) -> f64 {
+        *self
+            .cost_micros
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) as f64
+            / 1e6
     }
 
     /// Returns once the run may start a model or tool call (at once unless
@@ -169,6 +190,8 @@ impl Runner {
             cancel: options.cancel.child_token(),
             pause: options.pause.clone(),
             usage: Mutex::new(Usage::default()),
+            cost_micros: Mutex::new(0),
+            prices: options.prices.clone(),
             replay: options.replay.clone(),
             attempt: options.attempt,
             task_id: options.task_id.clone(),

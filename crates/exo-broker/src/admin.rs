@@ -140,6 +140,10 @@ pub struct DeadLetter {
 }
 
 impl Admin {
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
     pub(crate) fn new(broker: Broker) -> Self {
         Admin { broker }
     }

@@ -67,6 +67,7 @@ mod ops;
 mod schedules;
 mod session;
 mod url;
+mod usage;
 
 pub use admin::{Admin, DeadLetter, FleetEntry, FleetScan, QueueStats};
 pub use broker::{Broker, PublishObserver};
@@ -80,6 +81,7 @@ pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits};
 pub use schedules::{Fired, Schedule, Schedules, parse_cron, schedule_json, tick_task_id};
 pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
-    Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,
+    ModelSpend, Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,
 };
 pub use url::{RedisUrl, Servers, mask_url};
+pub use usage::{USAGE_KEPT, UsageDimension, UsageReport, UsageRow};

@@ -202,6 +202,22 @@ pub struct FinishOptions {
     /// when the task will run again (a retry, a wait for approval) and
     /// dropped with the journal when it ends.
     pub journal: Vec<String>,
+    /// What the attempt's model calls used, by model: written to the task
+    /// hash and the usage ledger with the final write.
+    pub spent: Vec<ModelSpend>,
+}
+
+/// What one model's calls of an attempt used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelSpend {
+    /// The model string.
+    pub model: String,
+    /// Tokens, as the provider reported them.
+    pub usage: exo_proto::Usage,
+    /// Calls sent.
+    pub calls: u64,
+    /// Their cost in millionths of a US dollar (0 without a price).
+    pub cost_micros: u64,
 }
 
 /// Options of [`WorkerSession::publish`] and [`WorkerSession::publisher`].
@@ -291,6 +307,7 @@ impl WorkerSession {
             worker_id: self.worker_id.as_str(),
             current_task_after: options.current_task_after.as_deref(),
             journal: &options.journal,
+            spent: &options.spent,
         }
     }
 

@@ -23,8 +23,21 @@ impl Cli {
     /// Parses the command line (exiting with clap's message on an error).
     /// Settings left out keep the library's defaults (`WorkerConfig::new`),
     /// which `--help` shows: read from the library, never restated here.
+    /// Settings the command line leaves out come from the config file
+    /// (see [`crate::config_file`]) when there is one.
     pub(crate) fn parse_with_defaults() -> Self {
-        let matches = Cli::command_with_defaults().get_matches();
+        let command = Cli::command_with_defaults();
+        let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let asks_for_help = argv
+            .iter()
+            .any(|word| matches!(word.to_str(), Some("-h" | "--help" | "-V" | "--version")));
+        if !asks_for_help && let Some(path) = crate::config_file::config_path(&argv) {
+            argv = crate::config_file::apply(argv, &command, &path).unwrap_or_else(|error| {
+                eprintln!("error: {error}");
+                std::process::exit(2)
+            });
+        }
+        let matches = command.get_matches_from(argv);
         Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
     }
 
@@ -92,6 +105,11 @@ pub(crate) struct Global {
     /// Print JSON instead of tables (read commands).
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// A config file (TOML) with settings for any flag: top-level keys for these global flags,
+    /// [worker] for `exo start worker`, [serve] for `exo serve`. Flags and environment variables
+    /// win over it. Without it, ./exo.toml is read when present.
+    #[arg(long, env = "EXO_CONFIG", global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +132,11 @@ pub(crate) enum Command {
     /// Cron schedules: tasks submitted at each tick, fired by the workers.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// What model calls used (tokens, calls, cost), by model, tenant or agent.
+    Usage(UsageArgs),
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Evaluate the alert rules.
     #[command(subcommand)]
     Alerts(AlertsCommand),
@@ -132,6 +155,57 @@ pub(crate) enum Command {
         /// Where to write them.
         directory: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the configuration `exo start worker` would run with (flags > environment > config
+    /// file > defaults), secrets masked. Takes the same flags.
+    Show(Box<StartWorker>),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    /// The period, back from now: 90s, 30m, 1h, 7d (at most 35d). Up to 3h it is counted to the
+    /// minute, beyond to the hour.
+    #[arg(long, default_value = "1h", value_parser = parse_period)]
+    pub(crate) since: std::time::Duration,
+    /// What to group by.
+    #[arg(long, value_enum, default_value = "model")]
+    pub(crate) by: UsageBy,
+}
+
+/// What `exo usage` groups by.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum UsageBy {
+    /// The agent's model string.
+    Model,
+    /// The task's tenant.
+    Tenant,
+    /// The agent's name.
+    Agent,
+}
+
+/// A period such as `90s`, `30m`, `1h` or `7d`.
+pub(crate) fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a period such as 30m, 1h or 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +285,10 @@ pub(crate) struct StartWorker {
     /// N for every key that neither a rule nor its payload limits. Repeatable.
     #[arg(long = "concurrency-limit", value_name = "[KEY=]N")]
     pub(crate) concurrency_limit: Vec<String>,
+    /// What a model's tokens cost: MODEL=INPUT,OUTPUT in US dollars per million tokens (e.g.
+    /// gpt-4o-mini=0.15,0.6). The usage ledger and budget.max_cost count cost by it. Repeatable.
+    #[arg(long = "price", value_name = "MODEL=IN,OUT")]
+    pub(crate) prices: Vec<String>,
     /// The most tasks of one concurrency key a payload may ask to run at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) concurrency_limit_max: Option<u32>,
@@ -400,6 +478,10 @@ pub(crate) struct SubmitArgs {
     /// with BudgetExceeded.
     #[arg(long, value_name = "TOKENS")]
     pub(crate) budget_tokens: Option<u64>,
+    /// The most the run may cost, in US dollars, by the workers' price table (`--price`); then it
+    /// fails with BudgetExceeded.
+    #[arg(long, value_name = "USD")]
+    pub(crate) budget_cost: Option<f64>,
     /// 1 (first) to 10: the task waits among the prioritized ones, in the order of its arrival
     /// plus a minute per level after the first. Tasks without a priority go first.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]

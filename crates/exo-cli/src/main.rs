@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod config_file;
 mod output;
 mod render;
 
@@ -133,6 +134,10 @@ fn main() -> ExitCode {
             Command::Task(command) => commands::task::run(cli.global, command).await,
             Command::Queue(command) => commands::queue::run(cli.global, command).await,
             Command::Dlq(command) => commands::queue::run_dlq(cli.global, command).await,
+            Command::Usage(args) => commands::queue::run_usage(cli.global, args).await,
+            Command::Config(crate::args::ConfigCommand::Show(args)) => {
+                commands::start::show_config(cli.global, *args).await
+            }
             Command::Alerts(command) => commands::alerts::run(cli.global, command).await,
             Command::Schedule(command) => commands::schedule::run(cli.global, command).await,
             Command::Serve(command) => commands::serve::run(cli.global, *command).await,

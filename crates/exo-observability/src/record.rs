@@ -61,7 +61,18 @@ pub const MODEL_CALLS_ADMITTED: &str = "exo.model.calls.admitted";
 /// Times a model call was told to wait for capacity under a fleet-wide
 /// rate-limit rule (counter, labels `rule` and `reason`).
 pub const MODEL_CALLS_WAITED: &str = "exo.model.calls.waited";
+/// Tokens the model calls sent by this worker used, as the providers
+/// reported them (counter, labels `model` and `kind`: `input` or
+/// `output`).
+pub const MODEL_TOKENS: &str = "exo.model.tokens";
+/// What those calls cost by the worker's price table, in millionths of a
+/// US dollar (counter, label `model`).
+pub const MODEL_COST: &str = "exo.model.cost_micro_usd";
 
+/// The label holding a model string.
+pub const LABEL_MODEL: &str = "model";
+/// The label saying which tokens (`input` or `output`).
+pub const LABEL_KIND: &str = "kind";
 /// The label holding the queue (stream) name.
 pub const LABEL_QUEUE: &str = "queue";
 /// The label holding the worker id.
@@ -212,6 +223,16 @@ pub const METRICS: &[MetricSpec] = &[
         MODEL_CALLS_WAITED,
         "Times a model call was told to wait for capacity under a fleet-wide rate-limit rule.",
         &[LABEL_RULE, LABEL_REASON],
+    ),
+    counter(
+        MODEL_TOKENS,
+        "Tokens the model calls sent by this worker used, as the providers reported them.",
+        &[LABEL_MODEL, LABEL_KIND],
+    ),
+    counter(
+        MODEL_COST,
+        "What the model calls sent by this worker cost by its price table, in millionths of a US dollar.",
+        &[LABEL_MODEL],
     ),
     MetricSpec {
         name: EVENT_PUBLISH_DURATION,
@@ -405,6 +426,18 @@ pub fn events_published(took: Duration) {
 /// A model call was admitted under the rate-limit rule `rule`.
 pub fn model_call_admitted(rule: &str) {
     metrics::counter!(MODEL_CALLS_ADMITTED, LABEL_RULE => rule.to_owned()).increment(1);
+}
+
+/// Model calls of `model` used these tokens and cost this much (millionths
+/// of a dollar; 0 without a price).
+pub fn model_usage(model: &str, input_tokens: u64, output_tokens: u64, cost_micros: u64) {
+    metrics::counter!(MODEL_TOKENS, LABEL_MODEL => model.to_owned(), LABEL_KIND => "input")
+        .increment(input_tokens);
+    metrics::counter!(MODEL_TOKENS, LABEL_MODEL => model.to_owned(), LABEL_KIND => "output")
+        .increment(output_tokens);
+    if cost_micros > 0 {
+        metrics::counter!(MODEL_COST, LABEL_MODEL => model.to_owned()).increment(cost_micros);
+    }
 }
 
 /// A model call was told to wait under `rule`, held by `reason`

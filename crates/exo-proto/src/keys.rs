@@ -244,6 +244,17 @@ impl Keys {
         format!("{}:ckeys", self.queue)
     }
 
+    /// Extension: one bucket of the usage ledger (a hash of counters,
+    /// `{dimension}|{name}|{metric}`): `m:{unix minute}` or `h:{unix hour}`.
+    pub fn usage_bucket(&self, bucket: &str) -> String {
+        format!("{}usage:{bucket}", self.prefix)
+    }
+
+    /// The prefix of [`Keys::usage_bucket`].
+    pub fn usage_prefix(&self) -> String {
+        format!("{}usage:", self.prefix)
+    }
+
     /// Extension: the wake-up stream of one multiplexed event reader (a
     /// reader blocks on it with the task streams it follows, and an entry
     /// added to it ends the block so the reader picks up new streams).
@@ -292,6 +303,8 @@ impl Keys {
             self.concurrency("tenant-a"),
             self.concurrency_prefix(),
             self.concurrency_waiting(),
+            self.usage_bucket("m:29000000"),
+            self.usage_prefix(),
         ]
     }
 

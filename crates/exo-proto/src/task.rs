@@ -152,6 +152,48 @@ pub struct Budget {
     /// replayed calls included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// Cost in US dollars (over every model call of the run, replayed calls
+    /// included), by the worker's price table; a model without a price
+    /// counts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<f64>,
+}
+
+/// What a model's tokens cost, in US dollars per million.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    /// Per million input (prompt) tokens.
+    pub input: f64,
+    /// Per million output (completion) tokens.
+    pub output: f64,
+}
+
+/// Prices by model: a model string (`openai:gpt-4o`) or the name after
+/// its provider prefix (`gpt-4o`, which covers every provider's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PriceTable {
+    /// Prices by model name.
+    pub models: BTreeMap<String, Price>,
+}
+
+impl PriceTable {
+    /// The price of a model, if the table has one.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.models.get(model).copied().or_else(|| {
+            let bare = model.split_once(':').map(|(_, name)| name)?;
+            self.models.get(bare).copied()
+        })
+    }
+
+    /// What `usage` of `model` cost, in millionths of a dollar (0 for a
+    /// model without a price).
+    pub fn cost_micros(&self, model: &str, usage: &Usage) -> u64 {
+        self.price(model).map_or(0, |price| {
+            (usage.input_tokens as f64 * price.input + usage.output_tokens as f64 * price.output)
+                .round()
+                .max(0.0) as u64
+        })
+    }
 }
 
 fn default_timeout() -> f64 {
@@ -293,6 +335,15 @@ impl TaskPayload {
                 "task payload",
                 "run_at",
                 format!("must be a time in Unix seconds, got {run_at}"),
+            ));
+        }
+        if let Some(max_cost) = self.budget.and_then(|budget| budget.max_cost)
+            && (!max_cost.is_finite() || max_cost <= 0.0)
+        {
+            return Err(Error::field(
+                "task payload",
+                "budget",
+                format!("max_cost must be a positive number of dollars, got {max_cost}"),
             ));
         }
         if let Some(priority) = self.priority

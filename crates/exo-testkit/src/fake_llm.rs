@@ -292,6 +292,15 @@ impl FakeResponse {
     /// fragments, then `finish_reason: tool_calls`, usage and `[DONE]`. It
     /// answers requests to paths ending in `/chat/completions`.
     pub fn openai_tool_calls(calls: &[(&str, &str, &str)]) -> Self {
+        Self::openai_tool_calls_with_usage(calls, 10, 1)
+    }
+
+    /// [`FakeResponse::openai_tool_calls`] reporting this usage.
+    pub fn openai_tool_calls_with_usage(
+        calls: &[(&str, &str, &str)],
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) -> Self {
         let mut events = vec![openai_chunk(
             json!({"role": "assistant", "content": null}),
             None,
@@ -314,7 +323,7 @@ impl FakeResponse {
             ));
         }
         events.push(openai_chunk(json!({}), Some("tool_calls")));
-        events.push(openai_usage(10, 1));
+        events.push(openai_usage(prompt_tokens, completion_tokens));
         events.push("[DONE]".to_owned());
         FakeResponse::sse(events).for_path("/chat/completions")
     }

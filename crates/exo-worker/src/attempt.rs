@@ -8,7 +8,7 @@ use std::{
 };
 
 use exo_agent::{OutcomeStatus, RunOutcome};
-use exo_broker::{ClaimedTask, Claimer, FinishOptions, Finished, Outcome};
+use exo_broker::{ClaimedTask, Claimer, FinishOptions, Finished, ModelSpend, Outcome};
 use exo_observability::record::{self, TaskLabels};
 use exo_proto::{RunStatus, StreamEvent, TaskStatus};
 use futures::FutureExt;
@@ -79,6 +79,7 @@ pub(crate) async fn run_task(
             unsent_events: Vec::new(),
             unsent_journal: Vec::new(),
             retries_used: 0,
+            spent: Vec::new(),
         },
     };
     let stop = running.stop_reason();
@@ -250,12 +251,13 @@ async fn finish(
     let events = execution.unsent_events;
     let journal = execution.unsent_journal;
     let retries_used = execution.retries_used;
+    let spent = priced(&shared.config.prices, execution.spent);
     let mut claimed = Vec::new();
     let mut finished = write_outcome(
         shared,
         task,
         result,
-        (events.clone(), journal),
+        (events.clone(), journal, spent.clone()),
         &terminal,
         retries_used,
         claimer,
@@ -272,7 +274,7 @@ async fn finish(
             shared,
             task,
             Outcome::Cancelled,
-            (events, Vec::new()),
+            (events, Vec::new(), spent),
             &terminal,
             retries_used,
             claimer,
@@ -354,6 +356,24 @@ async fn finish(
     claimed
 }
 
+/// What an attempt's model calls cost by the worker's price table, each
+/// model counted in the worker's metrics.
+fn priced(prices: &exo_proto::PriceTable, spent: Vec<ModelSpend>) -> Vec<ModelSpend> {
+    spent
+        .into_iter()
+        .map(|mut spend| {
+            spend.cost_micros = prices.cost_micros(&spend.model, &spend.usage);
+            record::model_usage(
+                &spend.model,
+                spend.usage.input_tokens,
+                spend.usage.output_tokens,
+                spend.cost_micros,
+            );
+            spend
+        })
+        .collect()
+}
+
 /// The fenced final write, retried while Redis is unreachable or answers
 /// with a passing error (loading, busy, a read-only replica after a
 /// failover, resharding): the result must not be lost. Until a forced
@@ -367,7 +387,7 @@ async fn write_outcome(
     shared: &Shared,
     task: &ClaimedTask,
     outcome: Outcome<'_>,
-    (events, journal): (Vec<String>, Vec<String>),
+    (events, journal, spent): (Vec<String>, Vec<String>, Vec<ModelSpend>),
     terminal: &StreamEvent,
     retries_used: u32,
     claimer: &mut Claimer,
@@ -379,6 +399,7 @@ async fn write_outcome(
             inner_retries: retries_used,
             current_task_after: Some(shared.current_task_besides(&task.lease.task_id)),
             journal: journal.clone(),
+            spent: spent.clone(),
         };
         let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim());
         let written = claimer

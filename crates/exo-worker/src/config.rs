@@ -73,6 +73,9 @@ pub struct WorkerConfig {
     /// after its provider prefix). Every worker of the queue with the same
     /// rules shares them. Empty: no limits.
     pub model_limits: Vec<exo_broker::LimitRule>,
+    /// Prices of models, in US dollars per million tokens: the usage
+    /// ledger and `budget.max_cost` count cost by them. Empty: no cost.
+    pub prices: exo_proto::PriceTable,
 }
 
 /// Which memory stores a worker's payloads may use, and how much history a
@@ -117,6 +120,7 @@ impl WorkerConfig {
             memory: MemorySettings::default(),
             approval_timeout: Duration::from_secs(3600),
             model_limits: Vec::new(),
+            prices: exo_proto::PriceTable::default(),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Execution {
     /// activities itself); they are added to the task's `retries`, so the
     /// task hash reads the same whichever executor ran it.
     pub retries_used: u32,
+    /// What the model calls this attempt sent used, by model (replayed
+    /// calls sent nothing); cost is added by the worker's price table.
+    pub spent: Vec<exo_broker::ModelSpend>,
 }
 
 /// Runs a claimed task's agent and streams its events. The worker claims,
@@ -61,6 +64,7 @@ pub struct LocalExecutor {
     memory: Memory,
     grace: Duration,
     gate: Option<Arc<dyn exo_agent::ModelGate>>,
+    prices: Option<Arc<exo_proto::PriceTable>>,
 }
 
 impl LocalExecutor {
@@ -79,7 +83,15 @@ impl LocalExecutor {
             memory,
             grace,
             gate: None,
+            prices: None,
         }
+    }
+
+    /// The same executor, counting cost (and `budget.max_cost`) by
+    /// `prices`.
+    pub fn with_prices(mut self, prices: Arc<exo_proto::PriceTable>) -> Self {
+        self.prices = Some(prices);
+        self
     }
 
     /// The same executor, admitting every model call through `gate`
@@ -235,6 +247,7 @@ impl LocalExecutor {
             attempt: lease.map_or(0, |lease| lease.attempt),
             gate: self.gate.clone(),
             budget: payload.budget.unwrap_or_default(),
+            prices: self.prices.clone(),
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();
@@ -261,6 +274,7 @@ impl LocalExecutor {
         // The timers come first: a run that streams without pause must not
         // starve them.
         let mut channel_open = true;
+        let mut spent = Spent::default();
         let outcome = loop {
             tokio::select! {
                 biased;
@@ -283,7 +297,7 @@ impl LocalExecutor {
                         // Publishing waits only when Redis is away and the
                         // buffer is full; the deadline still holds then.
                         tokio::select! {
-                            () = forward(event, &publisher, memory.as_ref()) => {}
+                            () = forward(event, &publisher, memory.as_ref(), &mut spent) => {}
                             () = tokio::time::sleep_until(hard_stop) => {}
                         }
                     }
@@ -293,7 +307,7 @@ impl LocalExecutor {
         };
         while let Ok(event) = receiver.try_recv() {
             tokio::select! {
-                () = forward(event, &publisher, memory.as_ref()) => {}
+                () = forward(event, &publisher, memory.as_ref(), &mut spent) => {}
                 () = tokio::time::sleep_until(hard_stop + self.grace) => break,
             }
         }
@@ -303,7 +317,31 @@ impl LocalExecutor {
             roll_back_if_asked(&self.session, memory, task_id).await;
         }
         drop(memory);
-        Execution::closing(outcome, publisher).await
+        let mut execution = Execution::closing(outcome, publisher).await;
+        execution.spent = spent.into_rows();
+        execution
+    }
+}
+
+/// What the model calls of one attempt used, by model.
+#[derive(Debug, Default)]
+struct Spent(std::collections::BTreeMap<String, exo_broker::ModelSpend>);
+
+impl Spent {
+    fn add(&mut self, model: String, usage: exo_proto::Usage) {
+        let row = self
+            .0
+            .entry(model.clone())
+            .or_insert_with(|| exo_broker::ModelSpend {
+                model,
+                ..Default::default()
+            });
+        row.usage += usage;
+        row.calls += 1;
+    }
+
+    fn into_rows(self) -> Vec<exo_broker::ModelSpend> {
+        self.0.into_values().collect()
     }
 }
 
@@ -319,6 +357,7 @@ impl Execution {
             unsent_events: unsent.events,
             unsent_journal: unsent.journal,
             retries_used: 0,
+            spent: Vec::new(),
         }
     }
 }
@@ -363,6 +402,7 @@ async fn forward(
     event: RunEvent,
     publisher: &exo_broker::EventPublisher,
     memory: Option<&MemorySession>,
+    spent: &mut Spent,
 ) {
     match event {
         RunEvent::Stream(event) => {
@@ -381,6 +421,7 @@ async fn forward(
             Ok(json) => publisher.journal(json).await,
             Err(error) => tracing::warn!(%error, "a journal record did not serialize"),
         },
+        RunEvent::Spent { model, usage } => spent.add(model, usage),
         _ => {}
     }
 }

@@ -43,6 +43,9 @@ impl Worker {
             self.memory.clone(),
             self.config.deadline_grace,
         );
+        if !self.config.prices.models.is_empty() {
+            local = local.with_prices(Arc::new(self.config.prices.clone()));
+        }
         if !self.config.model_limits.is_empty() {
             local = local.with_gate(Arc::new(crate::limits::RedisGate::new(
                 broker.limits(),

@@ -147,10 +147,14 @@ impl Executor for TemporalExecutor {
             () = control.cancel.cancelled() => self.stopped(task, &workflow).await,
         };
         match outcome {
-            Ok(ended) => execution(
-                names.settled(ended.outcome),
-                ended.attempt.saturating_sub(1),
-            ),
+            Ok(ended) => {
+                let mut done = execution(
+                    names.settled(ended.outcome),
+                    ended.attempt.saturating_sub(1),
+                );
+                done.spent = spent_of_run(&task.payload, &done.outcome);
+                done
+            }
             Err(error) => {
                 // The workflow may still be running; a retry of the task
                 // attaches to it.
@@ -238,6 +242,32 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What a workflow's run used, for the usage ledger: the activity ran it
+/// elsewhere, so only the run's totals come back; they are counted under
+/// the agent's model (a swarm's under its first member's), replayed calls
+/// included.
+fn spent_of_run(payload: &TaskPayload, outcome: &RunOutcome) -> Vec<exo_broker::ModelSpend> {
+    let usage = outcome.usage;
+    if usage.input_tokens + usage.output_tokens == 0 {
+        return Vec::new();
+    }
+    let model = match crate::execute::agent_spec(payload) {
+        Ok(exo_proto::AgentSpec::Agent(config)) => config.model.clone(),
+        Ok(exo_proto::AgentSpec::Swarm(swarm)) => swarm
+            .agents
+            .first()
+            .map(|agent| agent.model.clone())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    vec![exo_broker::ModelSpend {
+        model,
+        usage,
+        calls: 0,
+        cost_micros: 0,
+    }]
+}
+
 fn execution(outcome: RunOutcome, retries_used: u32) -> Execution {
     // The activity published every event it produced.
     Execution {
@@ -245,6 +275,7 @@ fn execution(outcome: RunOutcome, retries_used: u32) -> Execution {
         unsent_events: Vec::new(),
         unsent_journal: Vec::new(),
         retries_used,
+        spent: Vec::new(),
     }
 }
 

@@ -296,3 +296,117 @@ fn a_closed_stdout_is_a_quiet_exit() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[");
 }
+
+/// The config file: flags > environment > file > defaults, `exo config
+/// show` prints the result with secrets masked, a typo is refused, and a
+/// worker started from the file alone serves the file's queue.
+#[test]
+fn a_config_file_sets_what_flags_and_environment_leave_out() {
+    let redis = exo_testkit::TestRedis::new();
+    let target = exo_e2e::Target::of(&redis);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+redis_url = "{url}"
+key_prefix = "{prefix}"
+queue = "{queue}"
+
+[worker]
+worker_id = "from-file"
+concurrency = 3
+model_rpm = ["gpt-4o-mini=500"]
+concurrency_limit = ["4", "tenant-big=20"]
+price = ["gpt-4o-mini=0.15,0.6"]
+memory_store = ["main=postgres://exo:s3cret@db:5432/exo"]
+builtin_tools = true
+"#,
+            url = redis.url(),
+            prefix = redis.prefix(),
+            queue = redis.queue()
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let show = |args: &[&str], env: &[(&str, &str)]| -> Value {
+        let output = std::process::Command::new(exo_e2e::exo_binary())
+            .args(["--config", config, "config", "show", "--json"])
+            .args(args)
+            .env_remove("EXO_REDIS_URL")
+            .env_remove("EXO_WORKER_ID")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let shown = show(&[], &[]);
+    assert_eq!(shown["queue"], redis.queue());
+    assert_eq!(shown["config_file"], config);
+    let worker = &shown["worker"];
+    assert_eq!(worker["worker_id"], "from-file");
+    assert_eq!(worker["concurrency"], 3);
+    assert_eq!(worker["model_rpm"], json!(["gpt-4o-mini=500"]));
+    assert_eq!(worker["concurrency_limit"], json!(["4", "tenant-big=20"]));
+    assert_eq!(worker["price"], json!(["gpt-4o-mini=0.15,0.6"]));
+    assert_eq!(worker["builtin_tools"], true);
+    let stores = worker["memory_store"].to_string();
+    assert!(!stores.contains("s3cret"), "{stores}");
+    // The environment wins over the file, a flag over both.
+    let shown = show(&[], &[("EXO_WORKER_ID", "from-env")]);
+    assert_eq!(shown["worker"]["worker_id"], "from-env");
+    let shown = show(
+        &["--worker-id", "from-flag", "--concurrency", "5"],
+        &[("EXO_WORKER_ID", "from-env")],
+    );
+    assert_eq!(shown["worker"]["worker_id"], "from-flag");
+    assert_eq!(shown["worker"]["concurrency"], 5);
+    // The human form is TOML, as the file is.
+    let output = std::process::Command::new(exo_e2e::exo_binary())
+        .args(["--config", config, "config", "show"])
+        .env_remove("EXO_REDIS_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("concurrency = 3"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+
+    // A typo is refused with the key's name.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[worker]\nconcurency = 3\n").unwrap();
+    let output = exo(&["--config", typo.to_str().unwrap(), "config", "show"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("`concurency`"), "{message}");
+
+    // A worker started from the file alone serves its queue.
+    let mut command = std::process::Command::new(exo_e2e::exo_binary());
+    command
+        .args([
+            "--config",
+            config,
+            "start",
+            "worker",
+            "--log-format",
+            "compact",
+        ])
+        .env_remove("EXO_REDIS_URL")
+        .env_remove("EXO_KEY_PREFIX")
+        .env_remove("EXO_QUEUE")
+        .env_remove("EXO_WORKER_ID");
+    let _worker = exo_e2e::WorkerProcess::start(command);
+    let agent = exo_e2e::agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "filed", "model": "scripted:echo"}),
+    );
+    let task = target.submit(&agent, "from the file");
+    let done = target.wait_for_status(&task, "completed", std::time::Duration::from_secs(20));
+    assert_eq!(done["worker_id"], "from-file", "{done}");
+}

@@ -112,7 +112,7 @@ fn one_tenants_backlog_does_not_hold_back_another_and_its_limit_holds() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = broker(&redis, &runtime);
     let client = broker.client();
-    let _workers: Vec<_> = (0..2)
+    let workers: Vec<_> = (0..2)
         .map(|_| target.start_worker(&["--concurrency", "8"]))
         .collect();
 
@@ -166,20 +166,34 @@ fn one_tenants_backlog_does_not_hold_back_another_and_its_limit_holds() {
     // A's limit, over the first 15 s: never more than 4 of its tasks
     // between start and end at once.
     std::thread::sleep(Duration::from_secs(15).saturating_sub(submitted_b.elapsed()));
-    let (overlap, a_done) = runtime.block_on(async {
+    let (overlap, a_done, shown) = runtime.block_on(async {
         let mut spans = Vec::new();
+        let mut tasks = Vec::new();
         let mut done = 0;
         for id in &a_ids {
             let task = client.get(id).await.unwrap().unwrap();
             if let Some(started) = task.started_at {
                 let ended = task.completed_at.unwrap_or(f64::MAX);
                 spans.push((started, ended));
+                tasks.push(task.clone());
                 if task.status == TaskStatus::Completed {
                     done += 1;
                 }
             }
         }
-        (most_at_once(&spans), done)
+        let (most, at) = most_at_once(&spans);
+        let shown: Vec<String> = tasks
+            .iter()
+            .zip(&spans)
+            .filter(|(_, (start, end))| *start <= at && at < *end)
+            .map(|(task, span)| {
+                format!(
+                    "{} {:?} attempt {:?} on {:?} {span:?}",
+                    task.task_id, task.status, task.attempt, task.worker_id
+                )
+            })
+            .collect();
+        (most, done, shown)
     });
     let _ = writeln!(
         std::io::stderr(),
@@ -191,7 +205,36 @@ fn one_tenants_backlog_does_not_hold_back_another_and_its_limit_holds() {
         slowest < 5.0,
         "tenant B waited {slowest:.1} s behind tenant A's backlog"
     );
-    assert!(overlap <= 4, "tenant A ran {overlap} tasks at once");
+    if overlap > 4 {
+        let members = std::process::Command::new("redis-cli")
+            .args([
+                "-u",
+                redis.url(),
+                "SMEMBERS",
+                &format!("{}:ckey:tenant-a:running", redis.queue()),
+            ])
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "running set: {members:?}");
+        for worker in &workers {
+            let logged = worker.stderr();
+            let notable: Vec<&str> = logged
+                .lines()
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                .take(40)
+                .collect();
+            let _ = writeln!(
+                std::io::stderr(),
+                "worker {}: {notable:#?}",
+                worker.worker_id
+            );
+        }
+    }
+    assert!(
+        overlap <= 4,
+        "tenant A ran {overlap} tasks at once: {shown:#?}"
+    );
     assert!(a_done > 0, "tenant A made no progress");
 }
 
@@ -207,20 +250,24 @@ async fn futures_join<F: std::future::Future<Output = String> + Send + 'static>(
     out
 }
 
-/// The most spans (start, end) that overlap at one instant.
-fn most_at_once(spans: &[(f64, f64)]) -> usize {
+/// The most spans (start, end) that overlap at one instant, and that
+/// instant.
+fn most_at_once(spans: &[(f64, f64)]) -> (usize, f64) {
     let mut edges: Vec<(f64, i32)> = spans
         .iter()
         .flat_map(|(start, end)| [(*start, 1), (*end, -1)])
         .collect();
     // An end before a start at the same instant: a slot handed on.
     edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, step) in edges {
+    let (mut now, mut most, mut when) = (0i32, 0i32, 0.0);
+    for (at, step) in edges {
         now += step;
-        most = most.max(now);
+        if now > most {
+            most = now;
+            when = at;
+        }
     }
-    most as usize
+    (most as usize, when)
 }
 
 fn median(values: &[f64]) -> f64 {

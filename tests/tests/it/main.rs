@@ -14,4 +14,5 @@ mod observability;
 mod rate_limits;
 #[cfg(feature = "temporal")]
 mod temporal;
+mod usage_ledger;
 mod worker_process;

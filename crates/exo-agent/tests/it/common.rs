@@ -15,6 +15,8 @@ pub(crate) struct Collected {
     pub(crate) events: Vec<StreamEvent>,
     pub(crate) messages: Vec<(String, Message)>,
     pub(crate) journal: Vec<JournalRecord>,
+    /// (model, usage) of each model call sent.
+    pub(crate) spent: Vec<(String, exo_proto::Usage)>,
 }
 
 impl Collected {
@@ -142,6 +144,7 @@ pub(crate) async fn collect(
         let mut events = Vec::new();
         let mut messages = Vec::new();
         let mut journal = Vec::new();
+        let mut spent = Vec::new();
         while let Some(event) = receiver.recv().await {
             match event {
                 RunEvent::Stream(event) => events.push(event),
@@ -150,10 +153,11 @@ pub(crate) async fn collect(
                     message,
                 } => messages.push((agent_name, message)),
                 RunEvent::Journal(record) => journal.push(record),
+                RunEvent::Spent { model, usage } => spent.push((model, usage)),
                 other => panic!("unexpected run event {other:?}"),
             }
         }
-        (events, messages, journal)
+        (events, messages, journal, spent)
     });
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),
@@ -161,12 +165,13 @@ pub(crate) async fn collect(
     )
     .await
     .expect("the run finished within 30 s");
-    let (events, messages, journal) = reader.await.unwrap();
+    let (events, messages, journal, spent) = reader.await.unwrap();
     Collected {
         outcome,
         events,
         messages,
         journal,
+        spent,
     }
 }
 

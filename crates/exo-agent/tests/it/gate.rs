@@ -164,58 +164,91 @@ async fn cases() {
     }
 }
 
-/// The payload's token budget: the run starts no model call once it is
-/// spent, and fails with `BudgetExceeded`; a budget with room changes
-/// nothing.
+/// The payload's token and cost budgets: the run starts no model call once
+/// one is spent, and fails with `BudgetExceeded`; a budget with room
+/// changes nothing. The scripted model's first call uses 15 tokens; at a
+/// dollar per token it costs $15.
 #[tokio::test]
-async fn a_spent_token_budget_stops_the_run() {
+async fn a_spent_budget_stops_the_run() {
     let runner = runner(scripted_factory());
     let weather = spec(agent(
         "helper",
         "scripted:weather",
         serde_json::json!({"tools": ["get_weather"]}),
     ));
-    // (budget, expected status, model calls made)
-    for (max_tokens, status, calls) in [
-        (10, OutcomeStatus::Failed, 1),
-        (1_000, OutcomeStatus::Completed, 2),
-    ] {
+    let prices = std::sync::Arc::new(exo_proto::PriceTable {
+        models: [(
+            "scripted:weather".to_owned(),
+            exo_proto::Price {
+                input: 1e6,
+                output: 1e6,
+            },
+        )]
+        .into(),
+    });
+    // (max tokens, max cost, expected status, model calls made, message)
+    let cases = [
+        (
+            Some(10),
+            None,
+            OutcomeStatus::Failed,
+            1,
+            "token budget of 10 is spent (15 tokens used)",
+        ),
+        (Some(1_000), None, OutcomeStatus::Completed, 2, ""),
+        (
+            None,
+            Some(10.0),
+            OutcomeStatus::Failed,
+            1,
+            "cost budget of $10 is spent ($15.000000 used)",
+        ),
+        (None, Some(1e6), OutcomeStatus::Completed, 2, ""),
+    ];
+    for (max_tokens, max_cost, status, calls, message) in cases {
+        let case = format!("{max_tokens:?} {max_cost:?}");
         let options = RunOptions {
             detailed: true,
             budget: exo_proto::Budget {
-                max_tokens: Some(max_tokens),
+                max_tokens,
+                max_cost,
             },
+            prices: Some(prices.clone()),
             ..RunOptions::default()
         };
         let run = collect(&runner, &weather, "Weather?", Vec::new(), options).await;
-        assert_eq!(
-            run.outcome.status, status,
-            "{max_tokens}: {:?}",
-            run.outcome
-        );
+        assert_eq!(run.outcome.status, status, "{case}: {:?}", run.outcome);
         let usages = run
             .events
             .iter()
             .filter(|event| matches!(event, StreamEvent::Usage(_)))
             .count();
-        assert_eq!(usages, calls, "{max_tokens}");
+        assert_eq!(usages, calls, "{case}");
+        assert_eq!(
+            run.spent.len(),
+            calls,
+            "{case}: every call sent counts in the ledger"
+        );
+        assert!(
+            run.spent
+                .iter()
+                .all(|(model, _)| model == "scripted:weather"),
+            "{case}"
+        );
         let started = run
             .events
             .iter()
             .filter(|event| matches!(event, StreamEvent::Step(step) if step.status == exo_proto::StepStatus::Started))
             .count();
-        assert_eq!(started, calls, "{max_tokens}: a refused step never starts");
+        assert_eq!(started, calls, "{case}: a refused step never starts");
         if status == OutcomeStatus::Failed {
             assert_eq!(
                 run.outcome.error_type,
                 Some(exo_proto::ErrorType::BudgetExceeded)
             );
             assert!(!run.outcome.retryable);
-            let message = run.outcome.error.clone().unwrap_or_default();
-            assert!(
-                message.contains("token budget of 10 is spent (15 tokens used)"),
-                "{message}"
-            );
+            let shown = run.outcome.error.clone().unwrap_or_default();
+            assert!(shown.contains(message), "{case}: {shown}");
         }
     }
 }

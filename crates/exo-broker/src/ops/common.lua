@@ -23,6 +23,7 @@
 --                                  KEYS[23] prioritized tasks (zset)
 --                                  KEYS[24] family: concurrency key
 --                                  KEYS[25] concurrency keys held back (hash)
+--                                  KEYS[26] family: usage ledger bucket
 --
 -- ARGV[1] payload size limit (bytes; 0 for none)  ARGV[4] event stream TTL (s)
 -- ARGV[2] consumer group                          ARGV[5] event stream max length
@@ -43,6 +44,7 @@ local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEY
 local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = KEYS[18], KEYS[19], KEYS[20]
 local SCHEDULES, SCHEDULES_DUE = KEYS[21], KEYS[22]
 local PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD = KEYS[23], KEYS[24], KEYS[25]
+local USAGE_FAMILY = KEYS[26]
 local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
 local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
 local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])

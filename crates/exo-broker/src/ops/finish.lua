@@ -29,10 +29,13 @@
 --          claimed here (then that one)
 -- ARGV[25] "1" when ARGV[24] is to be written
 -- ARGV[26] the claiming worker's concurrency rules (JSON; see claim.lua)
--- ARGV[27] n, the number of step-journal records that follow
--- ARGV[28...27+n] step-journal records not yet written (kept for a retry
+-- ARGV[27] what the attempt's model calls used: JSON [[model, input
+--          tokens, output tokens, calls, cost in millionths of a dollar],
+--          ...] ("" for none); see record_usage
+-- ARGV[28] n, the number of step-journal records that follow
+-- ARGV[29...28+n] step-journal records not yet written (kept for a retry
 --          or a wait; a task that ends drops its journal)
--- ARGV[28+n...] events of the run not yet published
+-- ARGV[29+n...] events of the run not yet published
 --
 -- `waiting` (the run stopped at a tool call that needs a person's
 -- approval): the task goes back to `pending` with no queue entry, its
@@ -91,11 +94,11 @@ local function finish_attempt()
     return { 'stale', status or '', state[2] or '' }
   end
 
-  local journal_count = tonumber(ARGV[27]) or 0
+  local journal_count = tonumber(ARGV[28]) or 0
   local journal = {}
-  for i = 28, 27 + journal_count do table.insert(journal, ARGV[i]) end
+  for i = 29, 28 + journal_count do table.insert(journal, ARGV[i]) end
   local events = {}
-  for i = 28 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
+  for i = 29 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
   -- The payload exactly as queued, for a retry or the dead letter.
   local function queued_payload()
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
@@ -172,6 +175,44 @@ local function finish_attempt()
   return reply
 end
 
+-- The usage ledger: what the attempt's model calls used goes into the
+-- task hash (`usage_input_tokens`, `usage_output_tokens`, `usage_calls`,
+-- `usage_cost_micros`, summed over attempts) and into the ledger's bucket
+-- of the minute (kept 2 days) and of the hour (kept 35 days), counted by
+-- model, tenant and agent.
+local USAGE_METRICS = { 'input', 'output', 'calls', 'cost' }
+local function record_usage(task_id)
+  local text = ARGV[27]
+  if not text or text == '' then return end
+  local ok, spent = pcall(cjson.decode, text)
+  if not ok or type(spent) ~= 'table' then return end
+  local key = task_key(task_id)
+  local owner = redis.call('HMGET', key, 'tenant', 'agent_name')
+  local minute = math.floor(NOW_MS / 60000)
+  local buckets = {
+    { USAGE_FAMILY .. 'm:' .. minute, 2 * 86400 },
+    { USAGE_FAMILY .. 'h:' .. math.floor(minute / 60), 35 * 86400 },
+  }
+  local hash_fields = { 'usage_input_tokens', 'usage_output_tokens', 'usage_calls', 'usage_cost_micros' }
+  for _, row in ipairs(spent) do
+    if type(row) == 'table' and type(row[1]) == 'string' then
+      local names = { 'model|' .. row[1], 'tenant|' .. (owner[1] or ''), 'agent|' .. (owner[2] or '') }
+      for m = 1, 4 do
+        local amount = math.floor(tonumber(row[m + 1]) or 0)
+        if amount > 0 then
+          redis.call('HINCRBY', key, hash_fields[m], amount)
+          for _, bucket in ipairs(buckets) do
+            for _, name in ipairs(names) do
+              redis.call('HINCRBY', bucket[1], name .. '|' .. USAGE_METRICS[m], amount)
+            end
+          end
+        end
+      end
+    end
+  end
+  for _, bucket in ipairs(buckets) do redis.call('EXPIRE', bucket[1], bucket[2]) end
+end
+
 -- The worker's counters and current task, in its heartbeat hash.
 local function note_on_worker(outcome)
   local worker_id = ARGV[23]
@@ -191,6 +232,7 @@ end
 local reply = finish_attempt()
 if ended_here then
   note_on_worker(reply[1])
+  record_usage(ARGV[7])
   -- The attempt no longer holds a slot of its concurrency key.
   free_slot(ARGV[7], redis.call('HGET', task_key(ARGV[7]), 'concurrency_key'))
 end

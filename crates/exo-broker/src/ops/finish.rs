@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    session::{ClaimedTask, Finished, Outcome},
+    session::{ClaimedTask, Finished, ModelSpend, Outcome},
 };
 
 pub(crate) const LUA: &str = include_str!("finish.lua");
@@ -40,6 +40,30 @@ pub(crate) struct FinishCall<'a> {
     pub(crate) current_task_after: Option<&'a str>,
     /// Step-journal records not yet written.
     pub(crate) journal: &'a [String],
+    /// What the attempt's model calls used.
+    pub(crate) spent: &'a [ModelSpend],
+}
+
+/// finish.lua's `ARGV[27]`: `[[model, input, output, calls, cost], ...]`.
+fn spent_json(spent: &[ModelSpend]) -> String {
+    if spent.is_empty() {
+        return String::new();
+    }
+    serde_json::Value::Array(
+        spent
+            .iter()
+            .map(|spend| {
+                serde_json::json!([
+                    spend.model,
+                    spend.usage.input_tokens,
+                    spend.usage.output_tokens,
+                    spend.calls,
+                    spend.cost_micros
+                ])
+            })
+            .collect(),
+    )
+    .to_string()
 }
 
 /// The claim that follows a final write in the same round trip.
@@ -163,6 +187,7 @@ impl Operation for FinishCall<'_> {
                 .map(|next| next.concurrency_rules.to_owned())
                 .unwrap_or_default(),
         );
+        argv.push(spent_json(self.spent));
         argv.push(self.journal.len().to_string());
         argv.extend(self.journal.iter().cloned());
         argv.extend(self.events.iter().cloned());

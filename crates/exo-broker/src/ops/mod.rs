@@ -110,6 +110,7 @@ impl ScriptContext {
             keys.prioritized(),
             keys.concurrency_prefix(),
             keys.concurrency_waiting(),
+            keys.usage_prefix(),
         ];
         // The order is common.lua's ARGV header.
         let settings = vec![
@@ -344,7 +345,7 @@ mod tests {
         for key in &context.names {
             assert!(sample.contains(key), "{key} is not in Keys::all_sample");
         }
-        assert_eq!(context.keys.len(), 25);
+        assert_eq!(context.keys.len(), 26);
         assert_eq!(context.settings.len(), 6);
     }
 }

@@ -12,3 +12,4 @@ mod round_trips;
 mod schedules;
 mod topologies;
 mod transitions;
+mod usage;

@@ -1,4 +1,4 @@
-//! `exo queue stats` and `exo dlq list|redrive`.
+//! `exo queue stats`, `exo usage` and `exo dlq list|redrive`.
 
 use crate::output::outln;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::{
     Failure, Outcome,
-    args::{DlqCommand, Global, QueueCommand},
+    args::{DlqCommand, Global, QueueCommand, UsageArgs, UsageBy},
     commands::{connect, print_json},
     render,
 };
@@ -55,6 +55,63 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+pub(crate) async fn run_usage(global: Global, args: UsageArgs) -> Outcome {
+    let broker = connect(&global).await?;
+    let by = match args.by {
+        UsageBy::Model => exo_broker::UsageDimension::Model,
+        UsageBy::Tenant => exo_broker::UsageDimension::Tenant,
+        UsageBy::Agent => exo_broker::UsageDimension::Agent,
+    };
+    let report = broker.admin().usage(args.since, by).await?;
+    if global.json {
+        print_json(&json!({
+            "by": by.as_str(),
+            "from": report.from,
+            "to": report.to,
+            "rows": report.rows.iter().map(|row| json!({
+                by.as_str(): row.name,
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+                "calls": row.calls,
+                "cost_usd": row.cost_micros as f64 / 1e6,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let heading = match args.by {
+        UsageBy::Model => "Model",
+        UsageBy::Tenant => "Tenant",
+        UsageBy::Agent => "Agent",
+    };
+    let mut table = render::table(&[
+        heading,
+        "Calls",
+        "Input tokens",
+        "Output tokens",
+        "Cost (USD)",
+    ]);
+    for row in &report.rows {
+        table.add_row(vec![
+            Cell::new(if row.name.is_empty() {
+                "(none)"
+            } else {
+                &row.name
+            }),
+            Cell::new(row.calls),
+            Cell::new(row.input_tokens),
+            Cell::new(row.output_tokens),
+            Cell::new(format!("{:.6}", row.cost_micros as f64 / 1e6)),
+        ]);
+    }
+    outln!("{table}");
+    outln!(
+        "from {} to {} (server time)",
+        render::utc(report.from as f64),
+        render::utc(report.to as f64)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {

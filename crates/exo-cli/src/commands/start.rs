@@ -49,6 +49,7 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         config.broker.lease = Duration::from_secs(lease);
     }
     config.model_limits = model_limits(&args.model_rpm, &args.model_tpm)?;
+    config.prices = prices(&args.prices)?;
     config.broker.concurrency =
         concurrency_rules(&args.concurrency_limit, args.concurrency_limit_max)?;
     if let Some(ttl) = args.task_ttl {
@@ -78,6 +79,92 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         Executor::Temporal => ExecutorKind::Temporal,
     };
     Ok(config)
+}
+
+/// `exo config show`: the configuration `exo start worker` would run with,
+/// secrets masked; TOML (the config file's form), or JSON with `--json`.
+pub(crate) async fn show_config(global: Global, args: StartWorker) -> Outcome {
+    let config = worker_config(&global, &args)?;
+    let seconds = |duration: Duration| serde_json::json!(duration.as_secs_f64());
+    let masked_stores: Vec<String> = args
+        .memory_stores
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, dsn)) => format!("{name}={}", exo_broker::mask_url(dsn)),
+            None => spec.clone(),
+        })
+        .collect();
+    #[cfg(feature = "http")]
+    let http_tool_allow = args.http_tool_allow.clone();
+    #[cfg(not(feature = "http"))]
+    let http_tool_allow: Vec<String> = Vec::new();
+    let rules = &config.broker.concurrency;
+    let shown = serde_json::json!({
+        "config_file": crate::config_file::config_path(&std::env::args_os().collect::<Vec<_>>())
+            .map(|path| path.display().to_string()),
+        "redis_url": exo_broker::mask_url(&config.broker.redis_url),
+        "queue": config.broker.keys.queue(),
+        "key_prefix": config.broker.keys.prefix(),
+        "replica_acks": config.broker.replica_acks,
+        "worker": {
+            "worker_id": config.worker_id,
+            "concurrency": config.concurrency,
+            "executor": match config.executor {
+                ExecutorKind::Local => "local",
+                ExecutorKind::Temporal => "temporal",
+            },
+            "heartbeat_ttl": seconds(config.broker.heartbeat_ttl),
+            "drain_timeout": seconds(config.drain_timeout),
+            "approval_timeout": seconds(config.approval_timeout),
+            "lease": seconds(config.broker.lease),
+            "max_retries": config.broker.retry.max_retries,
+            "retry_backoff": seconds(config.broker.retry.base_backoff),
+            "task_ttl": seconds(config.broker.task_ttl),
+            "event_ttl": seconds(config.broker.event_ttl),
+            "stats_interval": seconds(config.stats_interval),
+            "model_rpm": config.model_limits.iter().filter(|rule| rule.requests > 0)
+                .map(|rule| format!("{}={}", rule.name, rule.requests)).collect::<Vec<_>>(),
+            "model_tpm": config.model_limits.iter().filter(|rule| rule.tokens > 0)
+                .map(|rule| format!("{}={}", rule.name, rule.tokens)).collect::<Vec<_>>(),
+            "concurrency_limit": rules.default.map(|limit| limit.to_string()).into_iter()
+                .chain(rules.keys.iter().map(|(key, limit)| format!("{key}={limit}")))
+                .collect::<Vec<_>>(),
+            "concurrency_limit_max": rules.max,
+            "price": config.prices.models.iter()
+                .map(|(model, price)| format!("{model}={},{}", price.input, price.output))
+                .collect::<Vec<_>>(),
+            "memory_store": masked_stores,
+            "allow_payload_dsn": config.memory.allow_payload_dsn,
+            "mcp_allow_command": args.mcp_allow_commands,
+            "mcp_allow_env": args.mcp_allow_env,
+            "mcp_allow_cwd": args.mcp_allow_cwd,
+            "mcp_allow_http_host": args.mcp_allow_http_hosts,
+            "http_tool_allow": http_tool_allow,
+            "builtin_tools": args.builtin_tools,
+            "metrics_addr": args.metrics_addr.map(|address| address.to_string()),
+        },
+    });
+    if global.json {
+        crate::commands::print_json(&shown);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = toml::to_string_pretty(&without_nulls(shown))
+        .map_err(|error| Failure::invalid(anyhow::Error::new(error)))?;
+    crate::output::text(format_args!("{text}"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// TOML has no null: unset settings are left out.
+fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .filter(|(_, value)| !value.is_null())
+                .map(|(key, value)| (key, without_nulls(value)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// The banner's Temporal line in temporal mode: where workflows run. The
@@ -156,6 +243,31 @@ fn model_limits(rpm: &[String], tpm: &[String]) -> Result<Vec<exo_broker::LimitR
         }
     }
     Ok(rules)
+}
+
+/// `--price MODEL=IN,OUT` (repeatable), dollars per million tokens.
+fn prices(values: &[String]) -> Result<exo_proto::PriceTable, Failure> {
+    let mut table = exo_proto::PriceTable::default();
+    for value in values {
+        let parsed = value.rsplit_once('=').and_then(|(model, prices)| {
+            let (input, output) = prices.split_once(',')?;
+            let input: f64 = input.trim().parse().ok()?;
+            let output: f64 = output.trim().parse().ok()?;
+            let valid = |price: f64| price.is_finite() && price >= 0.0;
+            (!model.trim().is_empty() && valid(input) && valid(output))
+                .then(|| (model.trim().to_owned(), exo_proto::Price { input, output }))
+        });
+        let Some((model, price)) = parsed else {
+            return Err(Failure::with_code(
+                2,
+                anyhow::anyhow!(
+                    "--price takes MODEL=INPUT,OUTPUT in dollars per million tokens (e.g. gpt-4o-mini=0.15,0.6), not `{value}`"
+                ),
+            ));
+        };
+        table.models.insert(model, price);
+    }
+    Ok(table)
 }
 
 /// `--concurrency-limit [KEY=]N` (repeatable) and `--concurrency-limit-max N`.

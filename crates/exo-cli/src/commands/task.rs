@@ -325,9 +325,10 @@ fn prepare_payload(args: &SubmitArgs) -> Result<TaskPayload, Failure> {
         (Some(delay), _) => Some(exo_proto::time::now_seconds() + delay),
         (None, run_at) => run_at,
     };
-    if let Some(max_tokens) = args.budget_tokens {
+    if args.budget_tokens.is_some() || args.budget_cost.is_some() {
         payload.budget = Some(exo_proto::Budget {
-            max_tokens: Some(max_tokens),
+            max_tokens: args.budget_tokens,
+            max_cost: args.budget_cost,
         });
     }
     payload.priority = args.priority;

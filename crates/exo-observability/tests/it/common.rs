@@ -40,6 +40,7 @@ pub(crate) fn record_one_of_everything() {
     record::loop_error("web01-1234-a1b2c3d4", "reaper");
     record::model_call_admitted("openai:gpt-4o-mini");
     record::model_call_waited("openai:gpt-4o-mini", "tokens");
+    record::model_usage("openai:gpt-4o-mini", 100, 20, 27);
 }
 
 /// One sample line of the text format.

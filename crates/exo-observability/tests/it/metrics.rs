@@ -288,6 +288,8 @@ fn rendered_names_are_the_prometheus_conventions() {
         "exo_distributed_workers_alive gauge",
         "exo_model_calls_admitted_total counter",
         "exo_model_calls_waited_total counter",
+        "exo_model_cost_micro_usd_total counter",
+        "exo_model_tokens_total counter",
         "exo_redis_round_trips_total counter",
         "exo_stream_event_publish_duration_seconds histogram",
         "exo_stream_events_emitted_total counter",
@@ -313,6 +315,8 @@ fn no_metric_carries_a_task_id() {
         "loop",
         "rule",
         "reason",
+        "model",
+        "kind",
     ]);
     let (_, text) = render_with(record_one_of_everything);
     for sample in samples(&text) {
