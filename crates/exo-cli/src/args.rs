@@ -106,7 +106,7 @@ pub(crate) struct Global {
     #[arg(long, global = true)]
     pub(crate) json: bool,
     /// A config file (TOML) with settings for any flag: top-level keys for these global flags,
-    /// [worker] for `exo start worker`, [serve] for `exo serve`. Flags and environment variables
+    /// `[worker]` for `exo start worker`, `[serve]` for `exo serve`. Flags and environment variables
     /// win over it. Without it, ./exo.toml is read when present.
     #[arg(long, env = "EXO_CONFIG", global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
