@@ -61,13 +61,16 @@
 -- when the attempt ended here (completed, cancelled, failed or retrying).
 
 local ended_here = false
+-- The concurrency key of the task whose attempt ends (read with its state).
+local attempt_key = nil
 
 local function finish_attempt()
   local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
   local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'lease', 'error')
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'lease', 'error', 'concurrency_key')
   local status = state[1]
+  attempt_key = state[9]
 
   if not fence_matches(fence, state[2], state[7]) then
     return { 'stale', status or '', state[2] or '' }
@@ -234,7 +237,7 @@ if ended_here then
   note_on_worker(reply[1])
   record_usage(ARGV[7])
   -- The attempt no longer holds a slot of its concurrency key.
-  free_slot(ARGV[7], redis.call('HGET', task_key(ARGV[7]), 'concurrency_key'))
+  free_slot(ARGV[7], attempt_key)
 end
 local claim_count = tonumber(ARGV[19]) or 0
 if claim_count <= 0 then return reply end
