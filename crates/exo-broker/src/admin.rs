@@ -104,6 +104,11 @@ pub struct QueueStats {
     pub dead_letter: u64,
     /// Submission time of the oldest task not yet delivered to a worker.
     pub oldest_waiting_created_at: Option<f64>,
+    /// Tasks with a priority waiting beside the stream.
+    pub prioritized: u64,
+    /// Tasks held back by their concurrency key (summed over at most
+    /// 1,000 keys).
+    pub held: u64,
 }
 
 impl QueueStats {
@@ -113,12 +118,13 @@ impl QueueStats {
             .map(|created| (now - created).max(0.0))
     }
 
-    /// Tasks waiting to start: undelivered entries plus delayed retries.
+    /// Tasks waiting to start: undelivered entries, delayed tasks,
+    /// prioritized tasks and tasks held back by their concurrency key.
     pub fn depth(&self) -> u64 {
         let waiting = self
             .lag
             .unwrap_or_else(|| self.stream_length.saturating_sub(self.pending));
-        waiting + self.delayed
+        waiting + self.delayed + self.prioritized + self.held
     }
 }
 

@@ -314,7 +314,7 @@ impl<'a> TaskLabels<'a> {
 /// Redis on an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueSample {
-    /// Tasks waiting to start (undelivered plus delayed).
+    /// Tasks waiting to start (undelivered, delayed, prioritized and held).
     pub depth: u64,
     /// Entries not yet delivered, when Redis can tell.
     pub lag: Option<u64>,

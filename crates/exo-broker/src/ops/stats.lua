@@ -4,7 +4,9 @@
 --
 -- Returns {stream length, group lag (-1 when Redis cannot tell),
 -- pending count, {consumer, pending, ...}, delayed count, dead-letter count,
--- created_at of the oldest task not yet delivered ("" when none)}.
+-- created_at of the oldest task not yet delivered ("" when none),
+-- prioritized count, held count (tasks held back by their concurrency
+-- key, summed over at most 1,000 keys)}.
 
 local length = redis.call('XLEN', QUEUE)
 local lag, pending, last_delivered = -1, 0, nil
@@ -41,4 +43,9 @@ if last_delivered then
     end
   end
 end
-return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD), oldest }
+local held = 0
+for _, ckey in ipairs(redis.call('HRANDFIELD', KEYS_HELD, 1000)) do
+  held = held + redis.call('LLEN', key_waiting(ckey))
+end
+return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD), oldest,
+  redis.call('ZCARD', PRIORITIZED), held }

@@ -39,6 +39,8 @@ impl Operation for StatsCall {
             delayed: parts.count()?,
             dead_letter: parts.count()?,
             oldest_waiting_created_at: parts.string()?.parse().ok(),
+            prioritized: parts.count()?,
+            held: parts.count()?,
         })
     }
 }

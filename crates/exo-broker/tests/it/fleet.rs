@@ -146,6 +146,37 @@ async fn queue_stats_count_waiting_pending_delayed_and_dead() {
         .oldest_wait(now_seconds())
         .expect("the oldest waiting task is known");
     assert!((0.0..5.0).contains(&waited), "{waited}");
+
+    // Tasks waiting beside the stream count in the depth too: two
+    // prioritized (tasks wait on the stream already) and, of three tasks of
+    // a key limited to one, the two held back once the first is claimed.
+    for _ in 0..2 {
+        let mut task = payload("prioritized");
+        task.priority = Some(3);
+        broker.client().submit(task).await.unwrap();
+    }
+    for _ in 0..3 {
+        let mut task = payload("keyed");
+        task.concurrency_key = Some("tenant-a".to_owned());
+        task.concurrency_limit = Some(1);
+        broker.client().submit(task).await.unwrap();
+    }
+    let stats = broker.admin().queue_stats().await.unwrap();
+    assert_eq!((stats.prioritized, stats.held), (2, 0));
+    assert_eq!(
+        stats.depth(),
+        4 + 1 + 2 + 3,
+        "waiting, delayed, prioritized, keyed"
+    );
+    let taken = claim_all(&broker, "w3", 100).await;
+    let stats = broker.admin().queue_stats().await.unwrap();
+    assert_eq!(
+        (stats.prioritized, stats.held),
+        (0, 2),
+        "{} claimed",
+        taken.len()
+    );
+    assert_eq!(stats.depth(), 1 + 2, "1 delayed plus 2 held");
 }
 
 /// A reference worker writes only its heartbeat hash (the captured fixture's

@@ -27,13 +27,15 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
                     "pending": stats.pending,
                     "pending_by_consumer": stats.pending_by_consumer.iter().map(|(consumer, count)| json!({"consumer": consumer, "pending": count})).collect::<Vec<_>>(),
                     "delayed": stats.delayed,
+                    "prioritized": stats.prioritized,
+                    "held": stats.held,
                     "dead_letter": stats.dead_letter,
                 }));
                 return Ok(ExitCode::SUCCESS);
             }
             outln!("Queue        {}", broker.keys().queue());
             outln!(
-                "Depth        {} (waiting to start, including delayed retries)",
+                "Depth        {} (waiting to start: the stream's, delayed, prioritized and held)",
                 stats.depth()
             );
             outln!(
@@ -43,7 +45,15 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
                     .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string())
             );
             outln!("Pending      {} (claimed, running)", stats.pending);
-            outln!("Delayed      {} (waiting for a retry)", stats.delayed);
+            outln!(
+                "Delayed      {} (waiting for a retry or their time)",
+                stats.delayed
+            );
+            outln!(
+                "Prioritized  {} (waiting beside the stream)",
+                stats.prioritized
+            );
+            outln!("Held         {} (by their concurrency key)", stats.held);
             outln!("Dead letter  {}", stats.dead_letter);
             if !stats.pending_by_consumer.is_empty() {
                 let mut table = render::table(&["Worker", "Pending"]);

@@ -331,7 +331,11 @@ pub(crate) struct QueueView {
     delayed: u64,
     /// Entries in the dead-letter stream.
     dead_letter: u64,
-    /// Tasks waiting to start.
+    /// Tasks with a priority waiting beside the stream.
+    prioritized: u64,
+    /// Tasks held back by their concurrency key.
+    held: u64,
+    /// Tasks waiting to start (the stream's, delayed, prioritized, held).
     depth: u64,
     oldest_waiting_created_at: Option<f64>,
     /// Seconds the oldest undelivered task has waited.
@@ -349,6 +353,8 @@ impl QueueView {
             pending_by_consumer: stats.pending_by_consumer,
             delayed: stats.delayed,
             dead_letter: stats.dead_letter,
+            prioritized: stats.prioritized,
+            held: stats.held,
             oldest_waiting_created_at: stats.oldest_waiting_created_at,
         }
     }
