@@ -62,6 +62,13 @@ impl Target {
         }
     }
 
+    /// The same target with its workers' OpenAI provider at `base_url` (a
+    /// fake server's `openai_base_url`) and a test key.
+    pub fn with_openai(self, base_url: &str) -> Self {
+        self.with_env("OPENAI_BASE_URL", base_url)
+            .with_env("OPENAI_API_KEY", "test-key")
+    }
+
     /// The same target with one more environment variable.
     pub fn with_env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));

@@ -106,9 +106,7 @@ fn uuid_like() -> String {
 fn one_tenants_backlog_does_not_hold_back_another_and_its_limit_holds() {
     let redis = TestRedis::new();
     let (provider, _log) = logging_provider(Duration::from_millis(200), Duration::ZERO);
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = broker(&redis, &runtime);
     let client = broker.client();
@@ -280,9 +278,7 @@ fn median(values: &[f64]) -> f64 {
 fn priorities_order_a_backlog() {
     let redis = TestRedis::new();
     let (provider, log) = logging_provider(Duration::from_millis(50), Duration::from_millis(2000));
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_file(
         dir.path(),
@@ -345,9 +341,7 @@ fn priorities_order_a_backlog() {
 fn a_conversations_second_task_follows_its_strategy() {
     let redis = TestRedis::new();
     let (provider, log) = logging_provider(Duration::from_millis(50), Duration::from_secs(30));
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     let store = format!("main=sqlite://{}/memory.db", dir.path().display());
     let _worker = target.start_worker(&["--concurrency", "4", "--memory-store", &store]);

@@ -83,9 +83,7 @@ pub(crate) fn killed_in_step_4(
         );
     }
 
-    let target = Target::of(redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_file(
         dir.path(),

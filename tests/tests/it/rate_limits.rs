@@ -71,9 +71,7 @@ fn limited_provider(rpm: usize, tpm: u64) -> (FakeLlmServer, Arc<Mutex<ProviderL
 fn four_workers_stay_under_the_providers_limits_and_use_them() {
     let redis = TestRedis::new();
     let (provider, log) = limited_provider(60, 20_000);
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     // About 450 tokens a call: the tokens per minute bind before the
     // requests do (20,000 / 470 is about 42 calls a minute).
@@ -139,9 +137,7 @@ fn four_workers_stay_under_the_providers_limits_and_use_them() {
 fn a_call_waiting_for_capacity_says_so_and_cancel_and_deadline_still_end_it() {
     let redis = TestRedis::new();
     let (provider, log) = limited_provider(1, 1_000_000);
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_file(
         dir.path(),

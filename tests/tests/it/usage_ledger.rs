@@ -48,9 +48,7 @@ fn usage_rows(target: &Target, by: &str) -> Vec<Value> {
 fn exo_usage_sums_what_the_provider_reported_and_a_cost_budget_stops_a_run() {
     let redis = TestRedis::new();
     let provider = provider();
-    let target = Target::of(&redis)
-        .with_env("OPENAI_BASE_URL", &provider.openai_base_url())
-        .with_env("OPENAI_API_KEY", "test-key");
+    let target = Target::of(&redis).with_openai(&provider.openai_base_url());
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_file(
         dir.path(),

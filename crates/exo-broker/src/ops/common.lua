@@ -343,12 +343,8 @@ local function promote_due(limit)
     else
       -- The payload was removed behind exo's back: end the task instead of
       -- leaving it `retrying` forever.
-      local state = redis.call('HMGET', task_key(task_id), 'status', 'agent_name')
-      if state[1] == 'retrying' then
-        local reason = 'the payload of the retry was lost'
-        local key = write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
-        dead_letter(task_id, '', reason, redis.call('HGET', key, 'attempt'))
-        end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_PAYLOAD, state[2], false), status_event('error', state[2], reason) })
+      if redis.call('HGET', task_key(task_id), 'status') == 'retrying' then
+        lose(task_id, 'the payload of the retry was lost')
       end
     end
   end
