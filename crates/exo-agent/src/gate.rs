@@ -36,8 +36,9 @@ pub enum GateDecision {
 /// A reservation a gate granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatePermit {
-    /// The rule it counts against.
-    pub rule: String,
+    /// The model string of the call it admitted (the gate knows which of
+    /// its rules cover it).
+    pub model: String,
     /// The reservation's id.
     pub reservation: String,
 }

@@ -1,7 +1,9 @@
 //! Fleet-wide rate limits of model calls: every worker of a queue reserves
 //! a call's requests and tokens in Redis before it sends the call
 //! (`admit.lua`, one round trip), so the fleet together stays under a
-//! provider's requests-per-minute and tokens-per-minute limits.
+//! provider's requests-per-minute and tokens-per-minute limits. A call is
+//! reserved against every rule that covers it (a model's and its
+//! provider's, say) at once: in all of them or in none.
 
 use std::time::Duration;
 
@@ -11,8 +13,9 @@ use crate::{
     ops::admit::{AdmitCall, Mode},
 };
 
-/// One rule: the limits of a model (as an agent names it), over a sliding
-/// window.
+/// One rule: limits over a sliding window, kept under its name. Which calls
+/// a rule covers (a model, a provider, a credential) is the caller's
+/// business; the broker only counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitRule {
     /// The rule's name, also its key (`{prefix}limits:{name}`): no
@@ -60,15 +63,19 @@ pub enum Admission {
     Granted,
     /// Not now: ask again after `retry_in`.
     Wait {
-        /// When capacity frees up (or the back-off ends).
+        /// When capacity frees up (or the back-off ends) in every rule.
         retry_in: Duration,
         /// Which limit holds the call.
         reason: LimitReason,
+        /// The rule that frees up last.
+        rule: String,
     },
-    /// The call alone needs more tokens than the rule allows per window.
+    /// The call alone needs more tokens than a rule allows per window.
     Never {
         /// The rule's tokens per window.
         tokens: u64,
+        /// The rule.
+        rule: String,
     },
 }
 
@@ -83,19 +90,23 @@ impl Limits {
         Limits { broker }
     }
 
-    /// Reserves one call of `tokens` (an estimate) under `rule`, as
-    /// `reservation` (a unique id), if the window has room.
+    /// Reserves one call of `tokens` (an estimate) as `reservation` (a
+    /// unique id) under every one of `rules`, if each window has room; else
+    /// under none. No rules: granted without a round trip.
     pub async fn admit(
         &self,
-        rule: &LimitRule,
+        rules: &[LimitRule],
         reservation: &str,
         tokens: u64,
     ) -> Result<Admission> {
+        if rules.is_empty() {
+            return Ok(Admission::Granted);
+        }
         let reply = self
             .broker
             .call(&AdmitCall {
                 mode: Mode::Admit,
-                rule,
+                rules,
                 reservation,
                 tokens,
                 pause: Duration::ZERO,
@@ -104,14 +115,18 @@ impl Limits {
         Ok(reply.admission())
     }
 
-    /// Replaces a reservation's estimate with the tokens the call used.
-    /// Returns false when the reservation already left the window.
-    pub async fn settle(&self, rule: &LimitRule, reservation: &str, tokens: u64) -> Result<bool> {
+    /// Replaces a reservation's estimate with the tokens the call used, in
+    /// every one of `rules`. Returns how many still held it (a reservation
+    /// that left its window counts no more).
+    pub async fn settle(&self, rules: &[LimitRule], reservation: &str, tokens: u64) -> Result<u64> {
+        if rules.is_empty() {
+            return Ok(0);
+        }
         let reply = self
             .broker
             .call(&AdmitCall {
                 mode: Mode::Settle,
-                rule,
+                rules,
                 reservation,
                 tokens,
                 pause: Duration::ZERO,
@@ -126,7 +141,7 @@ impl Limits {
         self.broker
             .call(&AdmitCall {
                 mode: Mode::Pause,
-                rule,
+                rules: std::slice::from_ref(rule),
                 reservation: "",
                 tokens: 0,
                 pause,

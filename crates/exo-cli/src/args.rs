@@ -273,14 +273,21 @@ pub(crate) struct StartWorker {
     /// on (at most the task TTL).
     #[arg(long)]
     pub(crate) approval_timeout: Option<u64>,
-    /// A fleet-wide limit of model calls per minute: MODEL=N, where MODEL is the agent's model
-    /// string (openai:gpt-4o-mini) or the name after its provider prefix. Every worker with the
-    /// same rule shares it through Redis. Repeatable.
+    /// A fleet-wide limit of model calls per minute: MODEL=N, where MODEL is one provider's
+    /// model (openai:gpt-4o-mini), a bare model name under any provider (gpt-4o-mini), or every
+    /// model of a provider (openai:*). A call counts against every rule that covers it. Every
+    /// worker with the same rule (and credential alias) shares it through Redis. Repeatable.
     #[arg(long = "model-rpm", value_name = "MODEL=N")]
     pub(crate) model_rpm: Vec<String>,
-    /// A fleet-wide limit of model tokens (input plus output) per minute: MODEL=N. Repeatable.
+    /// A fleet-wide limit of model tokens (input plus output) per minute: MODEL=N, MODEL as for
+    /// --model-rpm. Repeatable.
     #[arg(long = "model-tpm", value_name = "MODEL=N")]
     pub(crate) model_tpm: Vec<String>,
+    /// The alias of the credential (API key) this worker uses for a provider: PROVIDER=ALIAS.
+    /// Rate-limit rules count per alias: give workers that share a key the same alias, workers
+    /// with another key another. Repeatable.
+    #[arg(long = "credential-alias", value_name = "PROVIDER=ALIAS")]
+    pub(crate) credential_alias: Vec<String>,
     /// How many tasks of one concurrency key may run at once, fleet-wide: KEY=N for one key, or
     /// N for every key that neither a rule nor its payload limits. Repeatable.
     #[arg(long = "concurrency-limit", value_name = "[KEY=]N")]

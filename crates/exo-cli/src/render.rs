@@ -86,6 +86,7 @@ pub(crate) fn task_json(task: &TaskResult) -> Value {
         "approval": task.approval,
         "approval_deadline": task.approval_deadline,
         "scheduled_for": task.scheduled_for,
+        "usage": task.usage,
     })
 }
 

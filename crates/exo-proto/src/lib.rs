@@ -57,7 +57,7 @@ pub use message::{Content, Message, ToolCall};
 pub use outcome::{OutcomeStatus, RunOutcome};
 pub use task::{
     Budget, MAX_NESTING, MultitaskStrategy, Price, PriceTable, RESERVED_TASK_IDS, TaskPayload,
-    TaskResult, TaskStatus, Usage, check_concurrency_key, check_task_id,
+    TaskResult, TaskStatus, TaskUsage, Usage, check_concurrency_key, check_task_id,
 };
 
 /// Decodes JSON bytes into `T`, naming the offending field on failure.

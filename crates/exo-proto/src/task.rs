@@ -504,6 +504,21 @@ impl std::ops::AddAssign for Usage {
     }
 }
 
+/// Extension: what a task's model calls used, summed over its attempts
+/// (the task hash's `usage_*` fields, written by exo workers' final
+/// writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// Input (prompt) tokens.
+    pub input_tokens: u64,
+    /// Output (completion) tokens.
+    pub output_tokens: u64,
+    /// Model calls sent (replayed calls are not).
+    pub calls: u64,
+    /// Cost by the workers' price tables, in millionths of a US dollar.
+    pub cost_micros: u64,
+}
+
 /// The task hash `exo:task:{id}`: the state of one task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskResult {
@@ -545,6 +560,8 @@ pub struct TaskResult {
     /// Extension: when a task submitted with `run_at` is due (Unix
     /// seconds), while it waits for that time.
     pub scheduled_for: Option<f64>,
+    /// Extension: what its model calls used so far (attempts that ended).
+    pub usage: Option<TaskUsage>,
 }
 
 impl TaskResult {
@@ -568,6 +585,7 @@ impl TaskResult {
             approval: None,
             approval_deadline: None,
             scheduled_for: None,
+            usage: None,
         }
     }
 
@@ -642,6 +660,30 @@ impl TaskResult {
                 .and_then(|text| serde_json::from_str(text).ok()),
             approval_deadline: float("approval_deadline")?,
             scheduled_for: float("scheduled_for")?,
+            usage: {
+                let count = |name: &str| -> Result<Option<u64>> {
+                    fields
+                        .get(name)
+                        .map(|text| {
+                            text.parse::<u64>().map_err(|_| {
+                                Error::field(WHAT, name, format!("`{text}` is not a whole number"))
+                            })
+                        })
+                        .transpose()
+                };
+                let parts = [
+                    count("usage_input_tokens")?,
+                    count("usage_output_tokens")?,
+                    count("usage_calls")?,
+                    count("usage_cost_micros")?,
+                ];
+                parts.iter().any(Option::is_some).then(|| TaskUsage {
+                    input_tokens: parts[0].unwrap_or(0),
+                    output_tokens: parts[1].unwrap_or(0),
+                    calls: parts[2].unwrap_or(0),
+                    cost_micros: parts[3].unwrap_or(0),
+                })
+            },
             result,
             task_id,
             status,

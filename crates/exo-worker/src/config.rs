@@ -68,11 +68,16 @@ pub struct WorkerConfig {
     /// may ask for less). At the deadline the call counts as denied and the
     /// run goes on. At most the task TTL.
     pub approval_timeout: Duration,
-    /// Fleet-wide rate limits of model calls, one rule per model (as an
-    /// agent's config names it, e.g. `openai:gpt-4o-mini`, or the name
-    /// after its provider prefix). Every worker of the queue with the same
-    /// rules shares them. Empty: no limits.
+    /// Fleet-wide rate limits of model calls. A rule's name says what it
+    /// covers: `provider:*` (every model of a provider), `provider:model`,
+    /// or a bare `model` (under any provider). A call counts against every
+    /// rule that covers it. Every worker of the queue with the same rules
+    /// (and credential alias) shares them. Empty: no limits.
     pub model_limits: Vec<exo_broker::LimitRule>,
+    /// Provider → the alias of the credential (API key) this worker uses
+    /// for it: rules count per alias, so workers with different keys of
+    /// one provider keep apart counts. No alias: one count per rule.
+    pub credential_aliases: std::collections::BTreeMap<String, String>,
     /// Prices of models, in US dollars per million tokens: the usage
     /// ledger and `budget.max_cost` count cost by them. Empty: no cost.
     pub prices: exo_proto::PriceTable,
@@ -120,6 +125,7 @@ impl WorkerConfig {
             memory: MemorySettings::default(),
             approval_timeout: Duration::from_secs(3600),
             model_limits: Vec::new(),
+            credential_aliases: std::collections::BTreeMap::new(),
             prices: exo_proto::PriceTable::default(),
         }
     }
@@ -173,6 +179,20 @@ impl WorkerConfig {
                 return Err(format!(
                     "the window of the model rate-limit rule `{}` must be at least 1 s",
                     rule.name
+                ));
+            }
+        }
+        for (provider, alias) in &self.credential_aliases {
+            let valid = |text: &str| {
+                !text.is_empty()
+                    && text.len() <= 64
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !valid(provider) || !valid(alias) {
+                return Err(format!(
+                    "a credential alias takes PROVIDER=ALIAS, each 1 to 64 letters, digits, `-`, `_` or `.`, not `{provider}={alias}`"
                 ));
             }
         }

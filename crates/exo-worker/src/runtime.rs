@@ -50,6 +50,7 @@ impl Worker {
             local = local.with_gate(Arc::new(crate::limits::RedisGate::new(
                 broker.limits(),
                 self.config.model_limits.clone(),
+                self.config.credential_aliases.clone(),
             )));
         }
         let local = Arc::new(local);

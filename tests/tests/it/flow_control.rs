@@ -169,9 +169,18 @@ fn one_tenants_backlog_does_not_hold_back_another_and_its_limit_holds() {
         let mut tasks = Vec::new();
         let mut done = 0;
         for id in &a_ids {
+            // A task still running when read is known to run until then,
+            // not forever: the reads are not one snapshot, and a task that
+            // starts after this one was read (and its slot freed) does not
+            // overlap it. The clock is read before the request, so the
+            // span never reaches past what the read saw.
+            let read_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
             let task = client.get(id).await.unwrap().unwrap();
             if let Some(started) = task.started_at {
-                let ended = task.completed_at.unwrap_or(f64::MAX);
+                let ended = task.completed_at.unwrap_or(read_at);
                 spans.push((started, ended));
                 tasks.push(task.clone());
                 if task.status == TaskStatus::Completed {

@@ -196,3 +196,86 @@ fn a_call_waiting_for_capacity_says_so_and_cancel_and_deadline_still_end_it() {
     );
     assert_eq!(log.violations, 0);
 }
+
+#[test]
+fn a_provider_wide_rule_covers_all_its_models_and_counts_per_credential_alias() {
+    let redis = TestRedis::new();
+    // A provider without limits of its own that logs which key sent what.
+    let provider = FakeLlmServer::start();
+    let keys: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&keys);
+    provider.set_handler(move |request: &RecordedRequest| {
+        if !request.path_only().ends_with("/chat/completions") {
+            return None;
+        }
+        let key = request.header("authorization").unwrap_or("").to_owned();
+        seen.lock().unwrap().push(key);
+        Some(FakeResponse::openai_text_with_usage("done", 10, 5))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // Three queues of one prefix (rules are per prefix): team A's key on
+    // two of them, team B's on the third.
+    let on = |queue: &str, key: &str| {
+        Target::new(redis.url(), redis.prefix(), queue)
+            .with_openai(&provider.openai_base_url())
+            .with_env("OPENAI_API_KEY", key)
+    };
+    let (a1, b, a2) = (on("qa1", "key-a"), on("qb", "key-b"), on("qa2", "key-a"));
+    let rule = ["--concurrency", "4", "--model-rpm", "openai:*=3"];
+    let worker = |target: &Target, alias: &str| {
+        let mut args = rule.to_vec();
+        args.extend(["--credential-alias", alias]);
+        target.start_worker(&args)
+    };
+    let _workers = [
+        worker(&a1, "openai=team-a"),
+        worker(&b, "openai=team-b"),
+        worker(&a2, "openai=team-a"),
+    ];
+    let agent = |model: &str| {
+        agent_file(
+            dir.path(),
+            &format!("{}.json", model.replace(':', "-")),
+            &json!({"name": "limited", "model": model, "max_tokens": 20}),
+        )
+    };
+    let (mini, large, bare) = (
+        agent("openai:gpt-4o-mini"),
+        agent("openai:gpt-4o"),
+        agent("gpt-4.1"),
+    );
+    // Team A's three calls a minute go to two models and one bare name
+    // (OpenAI's): the fourth call waits, on either of its queues.
+    let mut done = vec![
+        a1.submit(&mini, "1"),
+        a1.submit(&large, "2"),
+        a1.submit(&bare, "3"),
+    ];
+    for task in &done {
+        a1.wait_for_status(task, "completed", Duration::from_secs(20));
+    }
+    let waiting = [a1.submit(&mini, "4"), a2.submit(&large, "5")];
+    // Team B's key counts apart.
+    done.extend((0..3).map(|n| b.submit(&mini, &n.to_string())));
+    for task in &done[3..] {
+        b.wait_for_status(task, "completed", Duration::from_secs(20));
+    }
+    for (target, task) in [(&a1, &waiting[0]), (&a2, &waiting[1])] {
+        let event = eventually(Duration::from_secs(20), "a capacity wait", || {
+            target
+                .events(task)
+                .into_iter()
+                .find(|event| event["waiting_for"] == "capacity")
+        });
+        assert_eq!(event["rule"], "openai:*@team-a", "{event}");
+        assert_eq!(event["reason"], "requests", "{event}");
+        assert_eq!(target.status(task)["status"], "running");
+    }
+    let keys = keys.lock().unwrap().clone();
+    let count = |key: &str| keys.iter().filter(|sent| sent.ends_with(key)).count();
+    assert_eq!((count("key-a"), count("key-b")), (3, 3), "{keys:?}");
+    for (target, task) in [(&a1, &waiting[0]), (&a2, &waiting[1])] {
+        assert!(target.run(&["task", "cancel", task]).status.success());
+        target.wait_for_status(task, "cancelled", Duration::from_secs(10));
+    }
+}

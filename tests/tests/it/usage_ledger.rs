@@ -79,8 +79,19 @@ fn exo_usage_sums_what_the_provider_reported_and_a_cost_budget_stops_a_run() {
         submit(&[]),
     ];
     for task in &tasks {
-        target.wait_for_status(task, "completed", Duration::from_secs(30));
+        let status = target.wait_for_status(task, "completed", Duration::from_secs(30));
+        assert_eq!(
+            status["usage"],
+            json!({"input_tokens": 100, "output_tokens": 20, "calls": 1, "cost_micros": 140_000_000}),
+            "{status}"
+        );
     }
+    let shown = target.run(&["task", "status", &tasks[0]]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("Usage      1 model call, 100 input + 20 output tokens, $140.000000"),
+        "{shown}"
+    );
 
     let by_tenant = usage_rows(&target, "tenant");
     assert_eq!(

@@ -43,7 +43,7 @@ impl ModelGate for ScriptedGate {
 
 fn permit() -> GatePermit {
     GatePermit {
-        rule: "echo".into(),
+        model: "echo".into(),
         reservation: "r1".into(),
     }
 }

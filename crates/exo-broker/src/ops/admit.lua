@@ -1,102 +1,134 @@
--- admit.lua: fleet-wide rate limits of model calls, one rule at a time.
+-- admit.lua: fleet-wide rate limits of model calls. A call is admitted
+-- against every rule that covers it (its model's, its provider's, ...) at
+-- once: reserved in all of them, or in none.
 --
--- A rule (a model, as the agent names it) keeps its reservations of the
--- last window in `LIMIT_FAMILY .. rule` (a sorted set: reservation id by
--- when it was made, ms), their tokens in `.. ':tokens'` (a hash) and a
--- provider's back-off in `.. ':paused'` (until when, ms). All three expire
--- two windows after the last reservation.
+-- A rule keeps its reservations of the last window in
+-- `LIMIT_FAMILY .. rule` (a sorted set: reservation id by when it was made,
+-- ms), their tokens in `.. ':tokens'` (a hash) and a provider's back-off in
+-- `.. ':paused'` (until when, ms). All three expire two windows after the
+-- last reservation.
 --
 -- ARGV[7]  mode: `admit`, `settle` or `pause`
--- ARGV[8]  rule
--- ARGV[9]  reservation id (admit, settle)
--- ARGV[10] requests per window (0: no limit)
--- ARGV[11] tokens per window (0: no limit)
--- ARGV[12] tokens: the call's estimate (admit) or what it used (settle)
--- ARGV[13] window (ms)
--- ARGV[14] pause (ms; pause)
+-- ARGV[8]  reservation id (admit, settle)
+-- ARGV[9]  tokens: the call's estimate (admit) or what it used (settle)
+-- ARGV[10] pause (ms; pause)
+-- ARGV[11...] the rules, four values each: name, requests per window
+--          (0: no limit), tokens per window (0: no limit), window (ms)
 --
--- Returns {'granted'}, {'wait', ms, reason} (reason `paused`, `requests`
--- or `tokens`), {'never', tokens per window} when the call alone exceeds
--- the rule, {'settled', 0|1} or {'paused', until ms}.
+-- Returns {'granted'}, {'wait', ms, reason, rule} (reason `paused`,
+-- `requests` or `tokens`; the rule that frees up last), {'never', tokens
+-- per window, rule} when the call alone exceeds a rule, {'settled', n}
+-- (how many reservations were still in their window) or {'paused', until
+-- ms} (the first rule's).
 
-local mode, rule, id = ARGV[7], ARGV[8], ARGV[9]
-local rpm, tpm = tonumber(ARGV[10]) or 0, tonumber(ARGV[11]) or 0
-local tokens = math.max(0, tonumber(ARGV[12]) or 0)
-local window = math.max(1, tonumber(ARGV[13]) or 60000)
+local mode, id = ARGV[7], ARGV[8]
+local tokens = math.max(0, tonumber(ARGV[9]) or 0)
 
-if rule == '' or #rule > 200 or string.find(rule, '[%s%c]')
-  or string.find(rule, ':tokens$') or string.find(rule, ':paused$') then
-  return redis.error_reply('ERR invalid rate-limit rule name')
+local rules = {}
+for index = 11, #ARGV, 4 do
+  local name = ARGV[index]
+  if name == '' or #name > 200 or string.find(name, '[%s%c]')
+    or string.find(name, ':tokens$') or string.find(name, ':paused$') then
+    return redis.error_reply('ERR invalid rate-limit rule name')
+  end
+  local reserved = LIMIT_FAMILY .. name
+  rules[#rules + 1] = {
+    name = name,
+    rpm = tonumber(ARGV[index + 1]) or 0,
+    tpm = tonumber(ARGV[index + 2]) or 0,
+    window = math.max(1, tonumber(ARGV[index + 3]) or 60000),
+    reserved = reserved,
+    tokens = reserved .. ':tokens',
+    paused = reserved .. ':paused',
+  }
 end
-local RESERVED = LIMIT_FAMILY .. rule
-local TOKENS = RESERVED .. ':tokens'
-local PAUSED = RESERVED .. ':paused'
-
-local function keep_for_two_windows()
-  redis.call('PEXPIRE', RESERVED, window * 2)
-  redis.call('PEXPIRE', TOKENS, window * 2)
+if #rules == 0 then
+  return redis.error_reply('ERR no rate-limit rule')
 end
 
 if mode == 'pause' then
-  local pause = math.max(0, tonumber(ARGV[14]) or 0)
+  local rule = rules[1]
+  local pause = math.max(0, tonumber(ARGV[10]) or 0)
   local until_ms = NOW_MS + pause
-  local current = tonumber(redis.call('GET', PAUSED) or '0') or 0
+  local current = tonumber(redis.call('GET', rule.paused) or '0') or 0
   if until_ms > current then
-    redis.call('SET', PAUSED, until_ms, 'PX', math.max(1, pause))
+    redis.call('SET', rule.paused, until_ms, 'PX', math.max(1, pause))
     current = until_ms
   end
   return { 'paused', current }
 end
 
 if mode == 'settle' then
-  if redis.call('ZSCORE', RESERVED, id) then
-    redis.call('HSET', TOKENS, id, tokens)
-    return { 'settled', 1 }
+  local settled = 0
+  for _, rule in ipairs(rules) do
+    if redis.call('ZSCORE', rule.reserved, id) then
+      redis.call('HSET', rule.tokens, id, tokens)
+      settled = settled + 1
+    end
   end
-  return { 'settled', 0 }
+  return { 'settled', settled }
 end
 
--- admit
-local paused = tonumber(redis.call('GET', PAUSED) or '0') or 0
-if paused > NOW_MS then
-  return { 'wait', paused - NOW_MS, 'paused' }
-end
-if tpm > 0 and tokens > tpm then
-  return { 'never', tpm }
-end
--- Reservations older than the window no longer count.
-local horizon = NOW_MS - window
-local expired = redis.call('ZRANGEBYSCORE', RESERVED, '-inf', horizon)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', RESERVED, '-inf', horizon)
-  for first = 1, #expired, 500 do
-    redis.call('HDEL', TOKENS, unpack(expired, first, math.min(first + 499, #expired)))
+-- admit: how long until `rule` has room for the call (0: now), and why.
+local function wait_for(rule)
+  local paused = tonumber(redis.call('GET', rule.paused) or '0') or 0
+  if paused > NOW_MS then
+    return paused - NOW_MS, 'paused'
   end
-end
-local count = redis.call('ZCARD', RESERVED)
-if rpm > 0 and count >= rpm then
-  -- The (count - rpm + 1)th oldest must leave the window first.
-  local oldest = redis.call('ZRANGE', RESERVED, count - rpm, count - rpm, 'WITHSCORES')
-  return { 'wait', math.max(1, tonumber(oldest[2]) + window - NOW_MS + 1), 'requests' }
-end
-if tpm > 0 then
-  local used = 0
-  for _, value in ipairs(redis.call('HVALS', TOKENS)) do
-    used = used + (tonumber(value) or 0)
-  end
-  if used + tokens > tpm then
-    local reservations = redis.call('ZRANGE', RESERVED, 0, -1, 'WITHSCORES')
-    local freed = 0
-    for index = 1, #reservations, 2 do
-      freed = freed + (tonumber(redis.call('HGET', TOKENS, reservations[index]) or '0') or 0)
-      if used - freed + tokens <= tpm then
-        return { 'wait', math.max(1, tonumber(reservations[index + 1]) + window - NOW_MS + 1), 'tokens' }
-      end
+  -- Reservations older than the window no longer count.
+  local horizon = NOW_MS - rule.window
+  local expired = redis.call('ZRANGEBYSCORE', rule.reserved, '-inf', horizon)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', rule.reserved, '-inf', horizon)
+    for first = 1, #expired, 500 do
+      redis.call('HDEL', rule.tokens, unpack(expired, first, math.min(first + 499, #expired)))
     end
-    return { 'wait', window, 'tokens' }
+  end
+  local count = redis.call('ZCARD', rule.reserved)
+  if rule.rpm > 0 and count >= rule.rpm then
+    -- The (count - rpm + 1)th oldest must leave the window first.
+    local oldest = redis.call('ZRANGE', rule.reserved, count - rule.rpm, count - rule.rpm, 'WITHSCORES')
+    return math.max(1, tonumber(oldest[2]) + rule.window - NOW_MS + 1), 'requests'
+  end
+  if rule.tpm > 0 then
+    local used = 0
+    for _, value in ipairs(redis.call('HVALS', rule.tokens)) do
+      used = used + (tonumber(value) or 0)
+    end
+    if used + tokens > rule.tpm then
+      local reservations = redis.call('ZRANGE', rule.reserved, 0, -1, 'WITHSCORES')
+      local freed = 0
+      for index = 1, #reservations, 2 do
+        freed = freed + (tonumber(redis.call('HGET', rule.tokens, reservations[index]) or '0') or 0)
+        if used - freed + tokens <= rule.tpm then
+          return math.max(1, tonumber(reservations[index + 1]) + rule.window - NOW_MS + 1), 'tokens'
+        end
+      end
+      return rule.window, 'tokens'
+    end
+  end
+  return 0, nil
+end
+
+for _, rule in ipairs(rules) do
+  if rule.tpm > 0 and tokens > rule.tpm then
+    return { 'never', rule.tpm, rule.name }
   end
 end
-redis.call('ZADD', RESERVED, NOW_MS, id)
-redis.call('HSET', TOKENS, id, tokens)
-keep_for_two_windows()
+local longest, reason, holder = 0, nil, nil
+for _, rule in ipairs(rules) do
+  local wait, why = wait_for(rule)
+  if wait > longest then
+    longest, reason, holder = wait, why, rule.name
+  end
+end
+if longest > 0 then
+  return { 'wait', longest, reason, holder }
+end
+for _, rule in ipairs(rules) do
+  redis.call('ZADD', rule.reserved, NOW_MS, id)
+  redis.call('HSET', rule.tokens, id, tokens)
+  redis.call('PEXPIRE', rule.reserved, rule.window * 2)
+  redis.call('PEXPIRE', rule.tokens, rule.window * 2)
+end
 return { 'granted' }

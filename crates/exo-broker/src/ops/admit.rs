@@ -24,7 +24,8 @@ pub(crate) enum Mode {
 #[derive(Debug)]
 pub(crate) struct AdmitCall<'a> {
     pub(crate) mode: Mode,
-    pub(crate) rule: &'a LimitRule,
+    /// Every rule that covers the call (the first only, for a pause).
+    pub(crate) rules: &'a [LimitRule],
     pub(crate) reservation: &'a str,
     pub(crate) tokens: u64,
     pub(crate) pause: Duration,
@@ -34,7 +35,7 @@ pub(crate) struct AdmitCall<'a> {
 #[derive(Debug)]
 pub(crate) enum AdmitReply {
     Admission(Admission),
-    Settled(bool),
+    Settled(u64),
     Paused,
 }
 
@@ -46,8 +47,12 @@ impl AdmitReply {
         }
     }
 
-    pub(crate) fn settled(self) -> bool {
-        matches!(self, AdmitReply::Settled(true))
+    /// How many of the rules still held the reservation.
+    pub(crate) fn settled(self) -> u64 {
+        match self {
+            AdmitReply::Settled(count) => count,
+            _ => 0,
+        }
     }
 }
 
@@ -71,14 +76,18 @@ impl Operation for AdmitCall<'_> {
                 Mode::Pause => "pause",
             }
             .to_owned(),
-            self.rule.name.clone(),
             self.reservation.to_owned(),
-            self.rule.requests.to_string(),
-            self.rule.tokens.to_string(),
             self.tokens.to_string(),
-            millis(self.rule.window),
             millis(self.pause),
         ]);
+        for rule in self.rules {
+            argv.extend([
+                rule.name.clone(),
+                rule.requests.to_string(),
+                rule.tokens.to_string(),
+                millis(rule.window),
+            ]);
+        }
     }
 
     fn parse(&self, value: Value) -> Result<AdmitReply> {
@@ -92,12 +101,18 @@ impl Operation for AdmitCall<'_> {
                     "requests" => LimitReason::Requests,
                     _ => LimitReason::Tokens,
                 };
-                AdmitReply::Admission(Admission::Wait { retry_in, reason })
+                let rule = parts.string()?;
+                AdmitReply::Admission(Admission::Wait {
+                    retry_in,
+                    reason,
+                    rule,
+                })
             }
             "never" => AdmitReply::Admission(Admission::Never {
                 tokens: parts.count()?,
+                rule: parts.string()?,
             }),
-            "settled" => AdmitReply::Settled(parts.count()? == 1),
+            "settled" => AdmitReply::Settled(parts.count()?),
             "paused" => AdmitReply::Paused,
             other => {
                 return Err(Error::Reply {

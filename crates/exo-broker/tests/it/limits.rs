@@ -20,7 +20,9 @@ fn rule(name: &str, requests: u32, tokens: u64, window_ms: u64) -> LimitRule {
 
 fn wait_of(admission: &Admission) -> (Duration, LimitReason) {
     match admission {
-        Admission::Wait { retry_in, reason } => (*retry_in, *reason),
+        Admission::Wait {
+            retry_in, reason, ..
+        } => (*retry_in, *reason),
         other => panic!("expected a wait, got {other:?}"),
     }
 }
@@ -32,11 +34,19 @@ async fn requests_per_window_then_room_again_when_the_oldest_leaves() {
     let rule = rule("openai:gpt-4o-mini", 3, 0, 1500);
     for _ in 0..3 {
         assert_eq!(
-            limits.admit(&rule, &new_id(), 10).await.unwrap(),
+            limits
+                .admit(std::slice::from_ref(&rule), &new_id(), 10)
+                .await
+                .unwrap(),
             Admission::Granted
         );
     }
-    let (retry_in, reason) = wait_of(&limits.admit(&rule, &new_id(), 10).await.unwrap());
+    let (retry_in, reason) = wait_of(
+        &limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 10)
+            .await
+            .unwrap(),
+    );
     assert_eq!(reason, LimitReason::Requests);
     assert!(
         retry_in > Duration::from_millis(1000) && retry_in <= Duration::from_millis(1502),
@@ -44,7 +54,10 @@ async fn requests_per_window_then_room_again_when_the_oldest_leaves() {
     );
     tokio::time::sleep(retry_in + Duration::from_millis(20)).await;
     assert_eq!(
-        limits.admit(&rule, &new_id(), 10).await.unwrap(),
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 10)
+            .await
+            .unwrap(),
         Admission::Granted,
         "the window slid"
     );
@@ -57,32 +70,59 @@ async fn tokens_per_window_with_estimates_settled_to_what_was_used() {
     let rule = rule("claude", 0, 1000, 60_000);
     let first = new_id();
     assert_eq!(
-        limits.admit(&rule, &first, 600).await.unwrap(),
+        limits
+            .admit(std::slice::from_ref(&rule), &first, 600)
+            .await
+            .unwrap(),
         Admission::Granted
     );
-    let (retry_in, reason) = wait_of(&limits.admit(&rule, &new_id(), 500).await.unwrap());
+    let (retry_in, reason) = wait_of(
+        &limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 500)
+            .await
+            .unwrap(),
+    );
     assert_eq!(reason, LimitReason::Tokens);
     assert!(retry_in > Duration::from_secs(59), "{retry_in:?}");
     // The call used less than its estimate: the rest is free again.
-    assert!(limits.settle(&rule, &first, 100).await.unwrap());
     assert_eq!(
-        limits.admit(&rule, &new_id(), 500).await.unwrap(),
+        limits
+            .settle(std::slice::from_ref(&rule), &first, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 500)
+            .await
+            .unwrap(),
         Admission::Granted
     );
     // 100 + 500 used: 400 left.
     assert_eq!(
-        limits.admit(&rule, &new_id(), 400).await.unwrap(),
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 400)
+            .await
+            .unwrap(),
         Admission::Granted
     );
     assert_eq!(
-        limits.admit(&rule, &new_id(), 1001).await.unwrap(),
-        Admission::Never { tokens: 1000 }
-    );
-    assert!(
-        !limits
-            .settle(&rule, "no-such-reservation", 5)
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 1001)
             .await
             .unwrap(),
+        Admission::Never {
+            tokens: 1000,
+            rule: "claude".into()
+        }
+    );
+    assert_eq!(
+        limits
+            .settle(std::slice::from_ref(&rule), "no-such-reservation", 5)
+            .await
+            .unwrap(),
+        0,
         "an unknown reservation is not created by a settle"
     );
 }
@@ -100,12 +140,20 @@ async fn a_pause_holds_every_call_and_a_shorter_one_does_not_shorten_it() {
         .pause(&rule, Duration::from_millis(10))
         .await
         .unwrap();
-    let (retry_in, reason) = wait_of(&limits.admit(&rule, &new_id(), 1).await.unwrap());
+    let (retry_in, reason) = wait_of(
+        &limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 1)
+            .await
+            .unwrap(),
+    );
     assert_eq!(reason, LimitReason::Paused);
     assert!(retry_in > Duration::from_millis(500), "{retry_in:?}");
     tokio::time::sleep(retry_in + Duration::from_millis(20)).await;
     assert_eq!(
-        limits.admit(&rule, &new_id(), 1).await.unwrap(),
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 1)
+            .await
+            .unwrap(),
         Admission::Granted
     );
 }
@@ -118,7 +166,12 @@ async fn many_callers_at_once_get_exactly_the_limit() {
     let calls = (0..50).map(|_| {
         let limits = broker.limits();
         let rule = rule.clone();
-        tokio::spawn(async move { limits.admit(&rule, &new_id(), 1).await.unwrap() })
+        tokio::spawn(async move {
+            limits
+                .admit(std::slice::from_ref(&rule), &new_id(), 1)
+                .await
+                .unwrap()
+        })
     });
     let mut granted = 0;
     for call in calls {
@@ -136,7 +189,10 @@ async fn keys_expire_and_bad_rule_names_are_refused() {
     let limits = broker.limits();
     let rule = rule("expiring", 5, 100, 2_000);
     assert_eq!(
-        limits.admit(&rule, &new_id(), 1).await.unwrap(),
+        limits
+            .admit(std::slice::from_ref(&rule), &new_id(), 1)
+            .await
+            .unwrap(),
         Admission::Granted
     );
     let client = raw(&redis).await;
@@ -157,7 +213,7 @@ async fn keys_expire_and_bad_rule_names_are_refused() {
         "gpt:paused",
     ] {
         let error = limits
-            .admit(&self::rule(name, 1, 0, 1000), &new_id(), 1)
+            .admit(&[self::rule(name, 1, 0, 1000)], &new_id(), 1)
             .await
             .expect_err("a bad rule name");
         assert!(
@@ -165,4 +221,62 @@ async fn keys_expire_and_bad_rule_names_are_refused() {
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_call_under_several_rules_is_reserved_in_all_or_in_none() {
+    let redis = TestRedis::new();
+    let limits = broker(&redis).await.limits();
+    // A provider-wide rule of 3 calls and two model rules of 2 calls each.
+    let provider = rule("openai:*", 3, 0, 60_000);
+    let mini = rule("openai:gpt-4o-mini", 2, 0, 60_000);
+    let large = rule("openai:gpt-4o", 2, 1000, 60_000);
+    let mini_call = [mini.clone(), provider.clone()];
+    let large_call = [large.clone(), provider.clone()];
+    for _ in 0..2 {
+        assert_eq!(
+            limits.admit(&mini_call, &new_id(), 10).await.unwrap(),
+            Admission::Granted
+        );
+    }
+    // The model rule is full: refused, and nothing was reserved under the
+    // provider's rule, which still has room for one.
+    let waited = limits.admit(&mini_call, &new_id(), 10).await.unwrap();
+    assert!(
+        matches!(&waited, Admission::Wait { reason: LimitReason::Requests, rule, .. } if rule == "openai:gpt-4o-mini"),
+        "{waited:?}"
+    );
+    let reserved = limits.admit(&large_call, &new_id(), 10).await.unwrap();
+    assert_eq!(reserved, Admission::Granted);
+    // Now the provider's rule is full although gpt-4o's has room.
+    let waited = limits.admit(&large_call, &new_id(), 10).await.unwrap();
+    assert!(
+        matches!(&waited, Admission::Wait { reason: LimitReason::Requests, rule, .. } if rule == "openai:*"),
+        "{waited:?}"
+    );
+    // A call larger than one rule's tokens can never pass.
+    assert_eq!(
+        limits.admit(&large_call, &new_id(), 5000).await.unwrap(),
+        Admission::Never {
+            tokens: 1000,
+            rule: "openai:gpt-4o".into()
+        }
+    );
+    // A settle reaches every rule that holds the reservation.
+    let id = new_id();
+    let other = rule("anthropic:*", 0, 1000, 60_000);
+    let both = [rule("claude", 0, 1000, 60_000), other.clone()];
+    assert_eq!(
+        limits.admit(&both, &id, 900).await.unwrap(),
+        Admission::Granted
+    );
+    assert_eq!(limits.settle(&both, &id, 100).await.unwrap(), 2);
+    assert_eq!(
+        limits
+            .admit(std::slice::from_ref(&other), &new_id(), 900)
+            .await
+            .unwrap(),
+        Admission::Granted,
+        "the settled tokens freed the provider's rule too"
+    );
 }

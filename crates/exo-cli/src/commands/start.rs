@@ -49,6 +49,7 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         config.broker.lease = Duration::from_secs(lease);
     }
     config.model_limits = model_limits(&args.model_rpm, &args.model_tpm)?;
+    config.credential_aliases = credential_aliases(&args.credential_alias)?;
     config.prices = prices(&args.prices)?;
     config.broker.concurrency =
         concurrency_rules(&args.concurrency_limit, args.concurrency_limit_max)?;
@@ -126,6 +127,8 @@ pub(crate) async fn show_config(global: Global, args: StartWorker) -> Outcome {
                 .map(|rule| format!("{}={}", rule.name, rule.requests)).collect::<Vec<_>>(),
             "model_tpm": config.model_limits.iter().filter(|rule| rule.tokens > 0)
                 .map(|rule| format!("{}={}", rule.name, rule.tokens)).collect::<Vec<_>>(),
+            "credential_alias": config.credential_aliases.iter()
+                .map(|(provider, alias)| format!("{provider}={alias}")).collect::<Vec<_>>(),
             "concurrency_limit": rules.default.map(|limit| limit.to_string()).into_iter()
                 .chain(rules.keys.iter().map(|(key, limit)| format!("{key}={limit}")))
                 .collect::<Vec<_>>(),
@@ -245,6 +248,23 @@ fn model_limits(rpm: &[String], tpm: &[String]) -> Result<Vec<exo_broker::LimitR
     Ok(rules)
 }
 
+/// `--credential-alias PROVIDER=ALIAS` (repeatable; the last for a provider
+/// wins). The worker's configuration checks the names.
+fn credential_aliases(
+    values: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    values
+        .iter()
+        .map(|value| match value.split_once('=') {
+            Some((provider, alias)) => Ok((provider.trim().to_owned(), alias.trim().to_owned())),
+            None => Err(Failure::with_code(
+                2,
+                anyhow::anyhow!("--credential-alias takes PROVIDER=ALIAS, not `{value}`"),
+            )),
+        })
+        .collect()
+}
+
 /// `--price MODEL=IN,OUT` (repeatable), dollars per million tokens.
 fn prices(values: &[String]) -> Result<exo_proto::PriceTable, Failure> {
     let mut table = exo_proto::PriceTable::default();
@@ -358,6 +378,12 @@ async fn start_worker(global: Global, args: StartWorker) -> Outcome {
             .collect();
             format!("\n  limit:       {} {}", rule.name, parts.join(", "))
         })
+        .chain(
+            config
+                .credential_aliases
+                .iter()
+                .map(|(provider, alias)| format!("\n  credential:  {provider} as {alias}")),
+        )
         .collect();
     crate::output::best_effort(format_args!(
         "exo worker {}\n  redis:       {}\n  queue:       {}\n  concurrency: {}\n  executor:    {}{temporal}{limits}",

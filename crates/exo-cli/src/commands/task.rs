@@ -229,6 +229,19 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
         push("Deadline", task.approval_deadline.map(render::utc));
     }
     push("Scheduled", task.scheduled_for.map(render::utc));
+    push(
+        "Usage",
+        task.usage.map(|usage| {
+            let cost = (usage.cost_micros > 0)
+                .then(|| format!(", ${:.6}", usage.cost_micros as f64 / 1e6))
+                .unwrap_or_default();
+            let calls = if usage.calls == 1 { "call" } else { "calls" };
+            format!(
+                "{} model {calls}, {} input + {} output tokens{cost}",
+                usage.calls, usage.input_tokens, usage.output_tokens
+            )
+        }),
+    );
     push("Error", task.error.clone());
     push("Output", task.output().map(str::to_owned));
     for (name, value) in lines {

@@ -52,6 +52,20 @@ pub(crate) struct TaskView {
     /// waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_for: Option<f64>,
+    /// What the task's model calls used, summed over the attempts that
+    /// ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageView>,
+}
+
+/// A task's model usage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct UsageView {
+    input_tokens: u64,
+    output_tokens: u64,
+    calls: u64,
+    /// Cost by the workers' price tables, in millionths of a US dollar.
+    cost_micros: u64,
 }
 
 impl From<TaskResult> for TaskView {
@@ -74,6 +88,12 @@ impl From<TaskResult> for TaskView {
             approval: task.approval,
             approval_deadline: task.approval_deadline,
             scheduled_for: task.scheduled_for,
+            usage: task.usage.map(|usage| UsageView {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                calls: usage.calls,
+                cost_micros: usage.cost_micros,
+            }),
         }
     }
 }
