@@ -55,6 +55,8 @@ pub(crate) struct AgentRun {
     pub(crate) failure: Option<Failure>,
     /// The run stopped at a call that waits for a person's approval.
     pub(crate) waiting: Option<ApprovalRequest>,
+    /// The run stopped at its step limit, before a new call.
+    pub(crate) yielded: bool,
 }
 
 impl AgentRun {
@@ -156,6 +158,8 @@ enum CallPlan {
     Denied(String),
     /// It needs a person's approval, and none was given yet.
     Wait,
+    /// The run's step limit is spent: a later step runs it.
+    Yield,
 }
 
 fn plan_call(ctx: &RunContext, agent: &PreparedAgent, key: &StepKey, call: &ToolCall) -> CallPlan {
@@ -322,6 +326,13 @@ pub(crate) async fn run_agent(
                 Completion::replayed(record.text, record.tool_calls, record.usage)
             }
             None => {
+                if !ctx.take_step(scope) {
+                    return AgentRun {
+                        output,
+                        yielded: true,
+                        ..AgentRun::default()
+                    };
+                }
                 let request = ModelRequest {
                     messages: messages.clone(),
                     tools: tools.clone(),
@@ -444,7 +455,10 @@ pub(crate) async fn run_agent(
         }
         let plans: Vec<CallPlan> = calls
             .iter()
-            .map(|call| plan_call(ctx, agent, &key, call))
+            .map(|call| match plan_call(ctx, agent, &key, call) {
+                CallPlan::Run(_) if !ctx.take_step(scope) => CallPlan::Yield,
+                plan => plan,
+            })
             .collect();
         let runs = futures::future::join_all(calls.iter().zip(&plans).map(|(call, plan)| {
             let key = &key;
@@ -458,19 +472,24 @@ pub(crate) async fn run_agent(
                         end: ToolEnd::Error(message.clone()),
                         duration_ms: 0.0,
                     }),
-                    CallPlan::Replayed(_) | CallPlan::Wait => None,
+                    CallPlan::Replayed(_) | CallPlan::Wait | CallPlan::Yield => None,
                 }
             }
         }))
         .await;
         let mut panicked = None;
         let mut waiting = None;
+        let mut yielded = false;
         for ((call, plan), run) in calls.iter().zip(plans).zip(runs) {
             let (result, error) = match (plan, run) {
                 (CallPlan::Replayed(record), _) => {
                     // Its events and message are in the stream and memory
                     // already; the model gets its result again.
                     messages.push(tool_message(call, record.output, record.error));
+                    continue;
+                }
+                (CallPlan::Yield, _) => {
+                    yielded = true;
                     continue;
                 }
                 (CallPlan::Wait, _) => {
@@ -537,6 +556,14 @@ pub(crate) async fn run_agent(
             return AgentRun {
                 output,
                 failure: Some(failure),
+                ..AgentRun::default()
+            };
+        }
+        if yielded {
+            // The calls that did not run are the next steps'.
+            return AgentRun {
+                output,
+                yielded: true,
                 ..AgentRun::default()
             };
         }

@@ -72,6 +72,13 @@ pub struct RunOptions {
     /// Turns tokens into cost, for `budget.max_cost`; none by default (then
     /// a cost budget counts nothing).
     pub prices: Option<std::sync::Arc<exo_proto::PriceTable>>,
+    /// Run at most this many new model or tool calls (replayed ones do not
+    /// count), then stop with [`exo_proto::OutcomeStatus::Yielded`]: a
+    /// caller that runs each step as its own durable unit (a Temporal
+    /// activity) continues the run from its journal. The tool calls of one
+    /// model answer then run one after another; a delegation to a team
+    /// member is one step. `None` (the default): no limit.
+    pub step_limit: Option<u32>,
 }
 
 /// Sends a run's events, dropping the ones a non-detailed run does not

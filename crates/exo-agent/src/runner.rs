@@ -50,11 +50,35 @@ pub(crate) struct RunContext {
     pub(crate) budget: exo_proto::Budget,
     /// Model calls made (or replayed) so far, per scope.
     model_calls: Mutex<BTreeMap<String, u32>>,
+    /// New calls the run may still start (`RunOptions::step_limit`).
+    steps_left: Mutex<Option<u32>>,
     #[cfg(feature = "mcp")]
     pub(crate) sessions: crate::mcp_client::Sessions,
 }
 
 impl RunContext {
+    /// Takes one new call (model or tool) from the run's step limit; false
+    /// when it is spent and the run must yield. Calls inside a delegation
+    /// to a team member (scope `call>member`) are part of the delegation's
+    /// step and always go on.
+    pub(crate) fn take_step(&self, scope: &str) -> bool {
+        if scope.contains('>') {
+            return true;
+        }
+        let mut left = self
+            .steps_left
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match left.as_mut() {
+            None => true,
+            Some(0) => false,
+            Some(count) => {
+                *count -= 1;
+                true
+            }
+        }
+    }
+
     /// Counts one model call's usage (and its cost, by the price table).
     pub(crate) fn add_usage(&self, model: &str, usage: Usage) {
         *self
@@ -198,6 +222,7 @@ impl Runner {
             gate: options.gate.clone(),
             budget: options.budget,
             model_calls: Mutex::new(BTreeMap::new()),
+            steps_left: Mutex::new(options.step_limit),
             #[cfg(feature = "mcp")]
             sessions: crate::mcp_client::Sessions::default(),
         });
@@ -280,6 +305,12 @@ impl Runner {
         let usage = ctx.usage();
         match end {
             End::Finished(run) => match *run {
+                AgentRun {
+                    yielded: true,
+                    failure: None,
+                    output,
+                    ..
+                } => outcome(OutcomeStatus::Yielded, output, None, usage),
                 AgentRun {
                     waiting: Some(approval),
                     failure: None,

@@ -171,8 +171,8 @@ async fn workflow(
         if let Some(failed) = runs.iter().find(|run| run.failure.is_some()) {
             return failed.clone();
         }
-        if let Some(waiting) = runs.iter().find(|run| run.waiting.is_some()) {
-            return waiting.clone();
+        if let Some(stopped) = runs.iter().find(|run| run.yielded || run.waiting.is_some()) {
+            return stopped.clone();
         }
         input = runs
             .iter()
@@ -211,7 +211,7 @@ async fn handoff(
             history.clone(),
         )
         .await;
-        if run.failure.is_some() || run.waiting.is_some() {
+        if run.failure.is_some() || run.waiting.is_some() || run.yielded {
             return run;
         }
         let Some((target, message)) = handoff_target(&run.final_text, &current, &names) else {

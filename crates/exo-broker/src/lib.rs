@@ -77,7 +77,7 @@ pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
 pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
-pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits};
+pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits, Settlement};
 pub use schedules::{Fired, Schedule, Schedules, parse_cron, schedule_json, tick_task_id};
 pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,

@@ -79,6 +79,18 @@ pub enum Admission {
     },
 }
 
+/// What an admitted call used, to replace its estimate in the rules it was
+/// reserved under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The names of the rules it was reserved under.
+    pub rules: Vec<String>,
+    /// The reservation's id.
+    pub reservation: String,
+    /// The tokens the call used (input plus output).
+    pub tokens: u64,
+}
+
 /// The rate-limit operations of a broker (see [`Broker::limits`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -99,7 +111,23 @@ impl Limits {
         reservation: &str,
         tokens: u64,
     ) -> Result<Admission> {
+        self.admit_settling(rules, reservation, tokens, &[]).await
+    }
+
+    /// [`Limits::admit`], settling earlier calls first in the same round
+    /// trip: a worker that sends calls one after another settles each
+    /// with the next one's reservation.
+    pub async fn admit_settling(
+        &self,
+        rules: &[LimitRule],
+        reservation: &str,
+        tokens: u64,
+        settlements: &[Settlement],
+    ) -> Result<Admission> {
         if rules.is_empty() {
+            if !settlements.is_empty() {
+                self.settle_all(settlements).await?;
+            }
             return Ok(Admission::Granted);
         }
         let reply = self
@@ -107,6 +135,7 @@ impl Limits {
             .call(&AdmitCall {
                 mode: Mode::Admit,
                 rules,
+                settlements,
                 reservation,
                 tokens,
                 pause: Duration::ZERO,
@@ -119,16 +148,31 @@ impl Limits {
     /// every one of `rules`. Returns how many still held it (a reservation
     /// that left its window counts no more).
     pub async fn settle(&self, rules: &[LimitRule], reservation: &str, tokens: u64) -> Result<u64> {
-        if rules.is_empty() {
+        self.settle_all(&[Settlement {
+            rules: rules.iter().map(|rule| rule.name.clone()).collect(),
+            reservation: reservation.to_owned(),
+            tokens,
+        }])
+        .await
+    }
+
+    /// Settles several calls in one round trip. Returns how many
+    /// (reservation, rule) pairs were still in their window.
+    pub async fn settle_all(&self, settlements: &[Settlement]) -> Result<u64> {
+        if settlements
+            .iter()
+            .all(|settlement| settlement.rules.is_empty())
+        {
             return Ok(0);
         }
         let reply = self
             .broker
             .call(&AdmitCall {
                 mode: Mode::Settle,
-                rules,
-                reservation,
-                tokens,
+                rules: &[],
+                settlements,
+                reservation: "",
+                tokens: 0,
                 pause: Duration::ZERO,
             })
             .await?;
@@ -142,6 +186,7 @@ impl Limits {
             .call(&AdmitCall {
                 mode: Mode::Pause,
                 rules: std::slice::from_ref(rule),
+                settlements: &[],
                 reservation: "",
                 tokens: 0,
                 pause,

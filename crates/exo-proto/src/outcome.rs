@@ -22,6 +22,9 @@ pub enum OutcomeStatus {
     /// The run stopped at a call to a tool that needs a person's approval
     /// (see `approval`); it goes on from its journal once decided.
     WaitingForApproval,
+    /// The run stopped at its step limit (each step its own durable unit,
+    /// e.g. a Temporal activity); it goes on from its journal.
+    Yielded,
 }
 
 /// The end of a run.
@@ -146,6 +149,13 @@ impl RunOutcome {
             OutcomeStatus::Failed | OutcomeStatus::TimedOut => {
                 StreamEvent::status(RunStatus::Error, name, error())
             }
+            // Only a caller that goes on with the next step sets a step
+            // limit; a yielded run that ends here was left unfinished.
+            OutcomeStatus::Yielded => StreamEvent::status(
+                RunStatus::Error,
+                name,
+                format!("{kind} '{name}' stopped at its step limit and was not continued"),
+            ),
             OutcomeStatus::WaitingForApproval => StreamEvent::status(
                 RunStatus::WaitingForTool,
                 name,

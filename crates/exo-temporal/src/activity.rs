@@ -30,6 +30,10 @@ pub struct ActivityRun {
     pub cancel: CancellationToken,
     /// The run's deadline.
     pub deadline: Instant,
+    /// Run at most this many new model or tool calls, then stop with a
+    /// `Yielded` outcome: the workflow schedules the next step. `None`:
+    /// the whole run (workflows started before steps were activities).
+    pub step_limit: Option<u32>,
 }
 
 /// Runs agents for the activity. The worker implements it: it runs the
@@ -123,6 +127,7 @@ impl AgentActivities {
             cancel: cancel.clone(),
             deadline: Instant::now()
                 + Duration::from_secs_f64(input.timeout_seconds.clamp(0.001, 315_360_000.0)),
+            step_limit: input.step_limit,
         };
         tracing::info!(task_id = input.task_id, attempt, "activity started");
         let host = self.host.clone();
@@ -176,7 +181,11 @@ fn activity_result(
 ) -> Result<AttemptOutcome, ActivityError> {
     let AttemptOutcome { outcome, attempt } = ended;
     match (outcome.status, stop) {
-        (OutcomeStatus::Completed, _) => Ok(AttemptOutcome { outcome, attempt }),
+        // A finished step: its calls are in the journal whatever stopped
+        // the activity since, and the workflow schedules the next step.
+        (OutcomeStatus::Completed | OutcomeStatus::Yielded, _) => {
+            Ok(AttemptOutcome { outcome, attempt })
+        }
         (_, Some(Stop::Shutdown)) => Err(failed(AttemptOutcome {
             outcome: RunOutcome::failed(
                 outcome.agent_name,

@@ -41,9 +41,16 @@ impl AgentTask {
         Duration::from_secs_f64(self.timeout_seconds.clamp(0.001, 315_360_000.0))
     }
 
-    /// The start-to-close timeout of one activity attempt.
+    /// The start-to-close timeout of one activity attempt of the whole
+    /// run.
     pub fn start_to_close(&self) -> Duration {
-        self.timeout() + Duration::from_millis(self.timeout_margin_ms)
+        self.timeout() + self.timeout_margin()
+    }
+
+    /// What an activity attempt gets beyond the run's deadline to stop and
+    /// publish its last events.
+    pub fn timeout_margin(&self) -> Duration {
+        Duration::from_millis(self.timeout_margin_ms)
     }
 
     /// The heartbeat timeout of the activity.
@@ -82,6 +89,11 @@ pub struct ActivityInput {
     pub payload_json: String,
     /// The run's deadline, from the start of the attempt.
     pub timeout_seconds: f64,
+    /// Run at most this many new model or tool calls, then end the
+    /// activity with a `Yielded` outcome. Absent (workflows started before
+    /// steps were activities): the whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_limit: Option<u32>,
 }
 
 /// What the workflow reports: a run's outcome and the activity attempt
@@ -127,6 +139,7 @@ pub(crate) fn application_failure(
             OutcomeStatus::Cancelled => "cancelled",
             OutcomeStatus::TimedOut => "timed out",
             OutcomeStatus::WaitingForApproval => "waiting for approval",
+            OutcomeStatus::Yielded => "stopped at its step limit",
         }
         .to_owned()
     });

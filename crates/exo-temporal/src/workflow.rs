@@ -1,10 +1,14 @@
-//! `AgentExecutionWorkflow`: one task, one `execute_agent` activity.
+//! `AgentExecutionWorkflow`: one task, one `execute_agent` activity per
+//! step (a model call or a tool call).
 //!
 //! Workflow code must be deterministic: everything here is computed from
-//! the workflow's input and the activity's result, nothing else.
+//! the workflow's input, its clock and the activities' results, nothing
+//! else.
 
 // The SDK's macros generate marker structs without `Debug`.
 #![allow(missing_debug_implementations)]
+
+use std::time::Duration;
 
 use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
 use temporalio_common::{
@@ -21,14 +25,29 @@ use crate::{
     outcome::{ActivityInput, AgentTask, AttemptOutcome, application_failure},
 };
 
-/// Runs one task's agent durably: schedules `execute_agent` with the task's
-/// deadline, heartbeat timeout and retry budget, and ends with the run's
-/// [`AttemptOutcome`]: as its result when the run completed, as the details of
-/// its failure when the last attempt failed or timed out, and as the
-/// details of its cancellation when it was cancelled.
+/// Runs one task's agent durably, one step per activity: each
+/// `execute_agent` activity replays the task's step journal (in Redis) and
+/// runs one new model call or tool call, then ends with a `Yielded`
+/// outcome, and the workflow schedules the next, until the run ends. A
+/// finished step is in the workflow's history, so neither a retried
+/// activity nor a replayed workflow repeats it. Each step gets the task's
+/// retry budget and the time left before the task's deadline.
+///
+/// The workflow ends with the run's [`AttemptOutcome`]: as its result when
+/// the run completed, as the details of its failure when a step failed or
+/// timed out on its last attempt, and as the details of its cancellation
+/// when it was cancelled. Histories written before steps were activities
+/// (one activity for the whole run) replay as they were.
 #[workflow]
 #[derive(Debug, Default)]
 pub struct AgentExecutionWorkflow;
+
+/// The patch that made each step its own activity.
+const STEP_ACTIVITIES: &str = "exo-step-activities";
+
+/// Steps one workflow run schedules at most: a backstop far beyond any
+/// agent's `max_steps` times its tool calls.
+const MAX_STEPS: u32 = 10_000;
 
 #[workflow_methods]
 impl AgentExecutionWorkflow {
@@ -40,28 +59,86 @@ impl AgentExecutionWorkflow {
         ctx: &mut WorkflowContext<Self>,
         task: AgentTask,
     ) -> WorkflowResult<AttemptOutcome> {
-        let input = ActivityInput {
-            task_id: task.task_id.clone(),
-            payload_json: task.payload_json.clone(),
-            timeout_seconds: task.timeout_seconds,
-        };
-        match ctx
-            .execute_activity(
-                AgentActivities::execute_agent,
-                input,
-                activity_options(&task),
-            )
-            .await
-        {
-            Ok(outcome) => Ok(outcome),
-            Err(error) => Err(termination(&task, &error)),
+        if !ctx.patched(STEP_ACTIVITIES) {
+            let input = ActivityInput {
+                task_id: task.task_id.clone(),
+                payload_json: task.payload_json.clone(),
+                timeout_seconds: task.timeout_seconds,
+                step_limit: None,
+            };
+            return match ctx
+                .execute_activity(
+                    AgentActivities::execute_agent,
+                    input,
+                    activity_options(&task, task.timeout()),
+                )
+                .await
+            {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => Err(termination(&task, &error)),
+            };
         }
+        let started = ctx.workflow_time();
+        let mut last = AttemptOutcome::unattributed(RunOutcome::timed_out("", "deadline passed"));
+        for _ in 0..MAX_STEPS {
+            let elapsed = match (started, ctx.workflow_time()) {
+                (Some(started), Some(now)) => now.duration_since(started).unwrap_or_default(),
+                _ => Duration::ZERO,
+            };
+            let Some(left) = task
+                .timeout()
+                .checked_sub(elapsed)
+                .filter(|left| !left.is_zero())
+            else {
+                let ended = AttemptOutcome {
+                    outcome: RunOutcome::timed_out(
+                        last.outcome.agent_name.clone(),
+                        "deadline passed",
+                    ),
+                    attempt: last.attempt,
+                };
+                return Err(WorkflowTermination::failed_application(
+                    application_failure(&ended, true),
+                ));
+            };
+            let input = ActivityInput {
+                task_id: task.task_id.clone(),
+                payload_json: task.payload_json.clone(),
+                timeout_seconds: left.as_secs_f64(),
+                step_limit: Some(1),
+            };
+            match ctx
+                .execute_activity(
+                    AgentActivities::execute_agent,
+                    input,
+                    activity_options(&task, left),
+                )
+                .await
+            {
+                Ok(ended) if ended.outcome.status == OutcomeStatus::Yielded => last = ended,
+                Ok(ended) => return Ok(ended),
+                Err(error) => return Err(termination(&task, &error)),
+            }
+        }
+        let ended = AttemptOutcome {
+            outcome: RunOutcome::failed(
+                last.outcome.agent_name.clone(),
+                format!("the run took more than {MAX_STEPS} steps"),
+                ErrorType::MaxStepsExceeded,
+                false,
+            ),
+            attempt: last.attempt,
+        };
+        Err(WorkflowTermination::failed_application(
+            application_failure(&ended, true),
+        ))
     }
 }
 
-/// The activity's timeouts, cancellation and retry policy for a task.
-pub(crate) fn activity_options(task: &AgentTask) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(task.start_to_close())
+/// The activity's timeouts, cancellation and retry policy for a task with
+/// `left` until its deadline.
+pub(crate) fn activity_options(task: &AgentTask, left: Duration) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(left + task.timeout_margin())
         .heartbeat_timeout(task.heartbeat_timeout())
         // The cancel is only over once the run has stopped and published
         // its last events, so the claiming worker's terminal event comes
@@ -194,7 +271,7 @@ mod tests {
             Some(4_000)
         );
         assert_eq!(policy.non_retryable_error_types(), ["ConfigError"]);
-        let options = activity_options(&task);
+        let options = activity_options(&task, task.timeout());
         assert_eq!(
             options.heartbeat_timeout.map(|d| d.as_millis()),
             Some(5_000)

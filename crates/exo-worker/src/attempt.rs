@@ -49,6 +49,7 @@ pub(crate) async fn run_task(
         cancel: running.cancel.clone(),
         deadline: Instant::now() + timeout,
         pause: Some(shared.pause.subscribe()),
+        step_limit: None,
     };
     let span = tracing::info_span!(
         "exo.task.execute",
@@ -188,6 +189,15 @@ fn settlement<'a>(
             Outcome::Failed {
                 error: outcome.error.as_deref().unwrap_or("the run failed"),
                 retryable: outcome.retryable,
+            },
+            outcome.terminal_event(),
+        ),
+        // A run with a step limit that nobody continued: a retry goes on
+        // from its journal.
+        OutcomeStatus::Yielded => (
+            Outcome::Failed {
+                error: "the run stopped at its step limit and was not continued",
+                retryable: true,
             },
             outcome.terminal_event(),
         ),

@@ -23,6 +23,11 @@ pub struct RunControl {
     /// While `true`, the run starts no new model or tool call: the worker is
     /// cut off from Redis and does not know whether it still owns the task.
     pub pause: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Run at most this many new model or tool calls, then stop with a
+    /// `Yielded` outcome (see `exo_agent::RunOptions::step_limit`); the
+    /// Temporal executor runs each step as its own activity. `None`: no
+    /// limit.
+    pub step_limit: Option<u32>,
 }
 
 /// What an executor returns: the run's outcome and the events it produced
@@ -248,6 +253,7 @@ impl LocalExecutor {
             gate: self.gate.clone(),
             budget: payload.budget.unwrap_or_default(),
             prices: self.prices.clone(),
+            step_limit: control.step_limit,
         };
         let runner = self.runner.clone();
         let input = payload.input.clone();

@@ -10,12 +10,20 @@
 //! openai=team-a`: the workers that use one API key), each rule counts
 //! under `{rule}@{alias}`, so workers with different keys count apart and
 //! workers with the same key count together.
+//!
+//! What a call used is settled with the worker's next reservation, in the
+//! same round trip, or after [`SETTLE_DELAY`] when none comes: a
+//! rate-limited call costs one round trip, not two.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use exo_agent::{GateDecision, GatePermit, ModelGate};
-use exo_broker::{Admission, LimitRule, Limits};
+use exo_broker::{Admission, LimitRule, Limits, Settlement};
 use exo_observability::record;
 
 /// Admits model calls under the worker's rules.
@@ -25,6 +33,19 @@ pub(crate) struct RedisGate {
     rules: Vec<LimitRule>,
     /// Provider → credential alias.
     aliases: BTreeMap<String, String>,
+    /// Settlements not sent yet.
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// The longest a settlement waits for the next reservation to carry it.
+/// Until it is sent the call's estimate counts, which is on the high side.
+pub(crate) const SETTLE_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Default)]
+struct Pending {
+    settlements: Vec<Settlement>,
+    /// A task sends what is pending after [`SETTLE_DELAY`].
+    flush_scheduled: bool,
 }
 
 /// How closely a rule names a call: a provider's (1), a bare model's (2)
@@ -53,7 +74,16 @@ impl RedisGate {
             limits,
             rules,
             aliases,
+            pending: Arc::default(),
         }
+    }
+
+    fn take_pending(&self) -> Vec<Settlement> {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut pending.settlements)
     }
 
     fn rules_for(&self, model: &str, most_specific: bool) -> Vec<LimitRule> {
@@ -100,7 +130,12 @@ impl ModelGate for RedisGate {
             return Ok(GateDecision::Open);
         }
         let reservation = format!("{:032x}", rand::random::<u128>());
-        match self.limits.admit(&rules, &reservation, tokens).await {
+        let settlements = self.take_pending();
+        match self
+            .limits
+            .admit_settling(&rules, &reservation, tokens, &settlements)
+            .await
+        {
             Ok(Admission::Granted) => {
                 for rule in &rules {
                     record::model_call_admitted(&rule.name);
@@ -133,15 +168,45 @@ impl ModelGate for RedisGate {
     }
 
     async fn settle(&self, permit: &GatePermit, tokens: u64) {
-        let rules = self.rules_for(&permit.model, false);
-        // Off the run's path: the run goes on while the tokens are settled.
+        let rules = self
+            .rules_for(&permit.model, false)
+            .into_iter()
+            .map(|rule| rule.name)
+            .collect();
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.settlements.push(Settlement {
+            rules,
+            reservation: permit.reservation.clone(),
+            tokens,
+        });
+        if pending.flush_scheduled {
+            return;
+        }
+        pending.flush_scheduled = true;
+        drop(pending);
+        // Off the run's path: sent with the next reservation, or by this
+        // task when none comes soon.
         let limits = self.limits.clone();
-        let reservation = permit.reservation.clone();
+        let shared = Arc::clone(&self.pending);
         tokio::spawn(async move {
-            if let Err(error) = limits.settle(&rules, &reservation, tokens).await {
-                // The estimate stays counted until it leaves the window:
+            tokio::time::sleep(SETTLE_DELAY).await;
+            let settlements = {
+                let mut pending = shared
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                pending.flush_scheduled = false;
+                std::mem::take(&mut pending.settlements)
+            };
+            if settlements.is_empty() {
+                return;
+            }
+            if let Err(error) = limits.settle_all(&settlements).await {
+                // The estimates stay counted until they leave the window:
                 // the fleet runs a little under its limit, never over it.
-                tracing::warn!(%error, "could not settle a model call's tokens");
+                tracing::warn!(%error, "could not settle model calls' tokens");
             }
         });
     }
@@ -216,5 +281,85 @@ mod tests {
         assert_eq!(names("openai:o3", true), ["openai:*@team-a"]);
         assert_eq!(names("anthropic:claude", false), ["claude"]);
         assert!(names("anthropic:haiku", false).is_empty());
+    }
+
+    /// `EVALSHA` calls the server has served.
+    async fn evalsha_calls(client: &fred::prelude::Client) -> u64 {
+        use fred::prelude::ClientLike;
+        let info: String = client
+            .info(Some(fred::types::InfoKind::CommandStats))
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+            .and_then(|rest| rest.split(',').find_map(|part| part.strip_prefix("calls=")))
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_limited_call_costs_one_round_trip_and_its_settlement_rides_on_the_next() {
+        let redis = exo_testkit::TestRedis::dedicated();
+        let config = exo_broker::BrokerConfig::new(redis.url())
+            .with_keys(exo_proto::Keys::with_prefix(redis.prefix()));
+        let broker = exo_broker::Broker::connect(config).await.unwrap();
+        let rules = vec![
+            LimitRule {
+                name: "openai:*".into(),
+                requests: 100,
+                tokens: 10_000,
+                window: exo_broker::DEFAULT_WINDOW,
+            },
+            LimitRule {
+                name: "gpt-4o".into(),
+                requests: 100,
+                tokens: 0,
+                window: exo_broker::DEFAULT_WINDOW,
+            },
+        ];
+        let gate = RedisGate::new(broker.limits(), rules, BTreeMap::new());
+        let client = {
+            use fred::prelude::ClientLike;
+            let client = fred::prelude::Builder::from_config(
+                fred::prelude::Config::from_url(redis.url()).unwrap(),
+            )
+            .build()
+            .unwrap();
+            client.init().await.unwrap();
+            client
+        };
+        // The first call of a script may load it first.
+        broker
+            .limits()
+            .settle(&gate.rules, "warm-up", 0)
+            .await
+            .unwrap();
+        let before = evalsha_calls(&client).await;
+        // Five calls one after another, each estimated at 1,000 tokens and
+        // using 100.
+        for _ in 0..5 {
+            let GateDecision::Granted(permit) = gate.admit("openai:gpt-4o", 1000).await.unwrap()
+            else {
+                panic!("not granted");
+            };
+            gate.settle(&permit, 100).await;
+        }
+        let during = evalsha_calls(&client).await - before;
+        assert_eq!(during, 5, "one round trip per call");
+        // The last settlement goes alone once nothing carries it.
+        tokio::time::sleep(SETTLE_DELAY * 3).await;
+        assert_eq!(evalsha_calls(&client).await - before, 6);
+        // All five count 100 tokens: 500 used, 9,500 free for one call.
+        let values: Vec<String> = fred::prelude::HashesInterface::hvals(
+            &client,
+            broker.keys().limit("openai:*") + ":tokens",
+        )
+        .await
+        .unwrap();
+        assert_eq!(values, ["100"; 5]);
+        assert!(matches!(
+            gate.admit("openai:gpt-4o-mini", 9_500).await.unwrap(),
+            GateDecision::Granted(_)
+        ));
     }
 }

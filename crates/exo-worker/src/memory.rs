@@ -94,10 +94,22 @@ impl MemorySession {
             .history(&config.history_scope(), memory.history_limit)
             .await
             .map_err(failure)?;
-        let input =
-            MemoryItem::from_message(&Message::user(payload.input.as_str()), metadata.clone());
-        store.add(&input).await.map_err(failure)?;
-        let history = messages_from_items(prior.iter().filter(|item| item.id != input.id));
+        // An earlier attempt (a retry, a resume after an approval, the
+        // previous step on Temporal) saved the input and its messages
+        // already; its journal gives the run those messages back. The
+        // history is then what came before the task's first item.
+        let own = |item: &MemoryItem| item.metadata.task_id.as_deref() == Some(&payload.task_id);
+        let history = match prior.iter().position(own) {
+            Some(first) => messages_from_items(prior[..first].iter()),
+            None => {
+                let input = MemoryItem::from_message(
+                    &Message::user(payload.input.as_str()),
+                    metadata.clone(),
+                );
+                store.add(&input).await.map_err(failure)?;
+                messages_from_items(prior.iter().filter(|item| item.id != input.id))
+            }
+        };
         Ok(Some((MemorySession { store, metadata }, history)))
     }
 

@@ -380,6 +380,7 @@ impl ActivityHost for WorkerHost {
             cancel: run.cancel.clone(),
             deadline: run.deadline,
             pause: None,
+            step_limit: run.step_limit,
         };
         // The attempt joins the submitter's trace, wherever it runs.
         let span = tracing::info_span!(

@@ -52,7 +52,7 @@ pub(crate) fn killed_in_step_4(
     redis: &TestRedis,
     start: &dyn Fn(&Target, &[&str]) -> WorkerProcess,
     new_attempt: bool,
-) {
+) -> String {
     let provider = FakeLlmServer::start();
     let base = provider.base_url();
     let step = |number: usize| {
@@ -195,6 +195,7 @@ pub(crate) fn killed_in_step_4(
     assert_eq!(terminal, 1);
     // A finished task keeps no journal.
     assert_eq!(list_length(redis, &journal), 0);
+    task_id
 }
 
 /// Waits until the task waits for approval and returns its status JSON.

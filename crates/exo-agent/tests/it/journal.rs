@@ -391,3 +391,81 @@ async fn a_team_member_cannot_wait_for_approval() {
         run.outcome.error
     );
 }
+
+#[tokio::test]
+async fn a_run_in_steps_of_one_call_emits_and_sends_what_one_run_does() {
+    let config = agent(
+        "mailer",
+        "openai:gpt-4o-mini",
+        json!({"tools": ["echo", "send_email"], "max_steps": 6}),
+    );
+    let script = |server: &FakeLlmServer| {
+        // Two tools in one answer, then the final answer.
+        server.push(FakeResponse::openai_tool_calls(&[
+            ("c1", "echo", r#"{"text": "draft"}"#),
+            ("c2", "send_email", r#"{"to": "ada@example.com"}"#),
+        ]));
+        server.push(FakeResponse::openai_text("Mailed."));
+    };
+    let whole_server = FakeLlmServer::start();
+    script(&whole_server);
+    let (runner, whole_counter) = runner_with_counter(&whole_server);
+    let whole = collect(
+        &runner,
+        &spec(config.clone()),
+        "Mail Ada.",
+        Vec::new(),
+        options("t1", 1, &[]),
+    )
+    .await;
+    assert_eq!(whole.outcome.status, OutcomeStatus::Completed);
+
+    // The same run, one new call per invocation, each given the journal of
+    // the ones before (as the activities of a Temporal workflow are).
+    let stepped_server = FakeLlmServer::start();
+    script(&stepped_server);
+    let (runner, stepped_counter) = runner_with_counter(&stepped_server);
+    let mut journal: Vec<JournalRecord> = Vec::new();
+    let mut events = Vec::new();
+    let mut messages = 0;
+    let mut steps = Vec::new();
+    let last = loop {
+        let mut limited = options("t1", 1, &journal);
+        limited.step_limit = Some(1);
+        let step = collect(
+            &runner,
+            &spec(config.clone()),
+            "Mail Ada.",
+            Vec::new(),
+            limited,
+        )
+        .await;
+        journal.extend(step.journal.iter().cloned());
+        events.extend(step.events.iter().cloned());
+        messages += step.messages.len();
+        steps.push(step.journal.len());
+        if step.outcome.status != OutcomeStatus::Yielded {
+            break step;
+        }
+        assert!(steps.len() < 10, "the run does not end: {steps:?}");
+    };
+    // Model call, each tool, the final model call: four steps of one call.
+    assert_eq!(steps, [1, 1, 1, 1]);
+    assert_eq!(last.outcome.status, OutcomeStatus::Completed);
+    assert_eq!(last.outcome.output, whole.outcome.output);
+    assert_eq!(last.outcome.usage, whole.outcome.usage);
+    let stepped = Collected { events, ..last };
+    assert_eq!(
+        stepped.normalized_events(),
+        whole.normalized_events(),
+        "the same events, in order"
+    );
+    assert_eq!(messages, whole.messages.len());
+    assert_eq!(
+        stepped_server.json_bodies(),
+        whole_server.json_bodies(),
+        "the provider is asked the same, once per call"
+    );
+    assert_eq!(stepped_counter.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(whole_counter.runs.load(Ordering::SeqCst), 1);
+}

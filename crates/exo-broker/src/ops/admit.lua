@@ -9,26 +9,39 @@
 -- last reservation.
 --
 -- ARGV[7]  mode: `admit`, `settle` or `pause`
--- ARGV[8]  reservation id (admit, settle)
--- ARGV[9]  tokens: the call's estimate (admit) or what it used (settle)
+-- ARGV[8]  reservation id (admit)
+-- ARGV[9]  tokens: the call's estimate (admit)
 -- ARGV[10] pause (ms; pause)
--- ARGV[11...] the rules, four values each: name, requests per window
+-- ARGV[11] how many rules follow
+-- ARGV[12...] the rules, four values each: name, requests per window
 --          (0: no limit), tokens per window (0: no limit), window (ms)
+-- then settlements, three values each: rule name, reservation id, tokens
+--          the call used. Any mode settles them first, so a worker that
+--          admits a call settles its earlier calls in the same round trip.
 --
 -- Returns {'granted'}, {'wait', ms, reason, rule} (reason `paused`,
 -- `requests` or `tokens`; the rule that frees up last), {'never', tokens
 -- per window, rule} when the call alone exceeds a rule, {'settled', n}
--- (how many reservations were still in their window) or {'paused', until
+-- (how many settlements were still in their window) or {'paused', until
 -- ms} (the first rule's).
 
 local mode, id = ARGV[7], ARGV[8]
 local tokens = math.max(0, tonumber(ARGV[9]) or 0)
 
+local function valid(name)
+  return name ~= '' and #name <= 200 and not string.find(name, '[%s%c]')
+    and not string.find(name, ':tokens$') and not string.find(name, ':paused$')
+end
+
+local rule_count = tonumber(ARGV[11]) or 0
+local first_settlement = 12 + rule_count * 4
+if rule_count < 0 or rule_count % 1 ~= 0 or first_settlement > #ARGV + 1 or (#ARGV + 1 - first_settlement) % 3 ~= 0 then
+  return redis.error_reply('ERR malformed rate-limit call')
+end
 local rules = {}
-for index = 11, #ARGV, 4 do
+for index = 12, first_settlement - 1, 4 do
   local name = ARGV[index]
-  if name == '' or #name > 200 or string.find(name, '[%s%c]')
-    or string.find(name, ':tokens$') or string.find(name, ':paused$') then
+  if not valid(name) then
     return redis.error_reply('ERR invalid rate-limit rule name')
   end
   local reserved = LIMIT_FAMILY .. name
@@ -41,6 +54,25 @@ for index = 11, #ARGV, 4 do
     tokens = reserved .. ':tokens',
     paused = reserved .. ':paused',
   }
+end
+for index = first_settlement, #ARGV, 3 do
+  if not valid(ARGV[index]) then
+    return redis.error_reply('ERR invalid rate-limit rule name')
+  end
+end
+
+-- Settlements: the tokens calls used replace their estimates, in the
+-- rules whose window still holds them (a settle never creates one).
+local settled = 0
+for index = first_settlement, #ARGV, 3 do
+  local reserved = LIMIT_FAMILY .. ARGV[index]
+  if redis.call('ZSCORE', reserved, ARGV[index + 1]) then
+    redis.call('HSET', reserved .. ':tokens', ARGV[index + 1], math.max(0, tonumber(ARGV[index + 2]) or 0))
+    settled = settled + 1
+  end
+end
+if mode == 'settle' then
+  return { 'settled', settled }
 end
 if #rules == 0 then
   return redis.error_reply('ERR no rate-limit rule')
@@ -56,17 +88,6 @@ if mode == 'pause' then
     current = until_ms
   end
   return { 'paused', current }
-end
-
-if mode == 'settle' then
-  local settled = 0
-  for _, rule in ipairs(rules) do
-    if redis.call('ZSCORE', rule.reserved, id) then
-      redis.call('HSET', rule.tokens, id, tokens)
-      settled = settled + 1
-    end
-  end
-  return { 'settled', settled }
 end
 
 -- admit: how long until `rule` has room for the call (0: now), and why.

@@ -7,7 +7,7 @@ use fred::types::{Value, scripts::Script};
 use super::{Operation, Scripts, reply::Parts};
 use crate::{
     error::{Error, Result},
-    limits::{Admission, LimitReason, LimitRule},
+    limits::{Admission, LimitReason, LimitRule, Settlement},
 };
 
 pub(crate) const LUA: &str = include_str!("admit.lua");
@@ -26,6 +26,8 @@ pub(crate) struct AdmitCall<'a> {
     pub(crate) mode: Mode,
     /// Every rule that covers the call (the first only, for a pause).
     pub(crate) rules: &'a [LimitRule],
+    /// Earlier calls' reservations to settle first (any mode).
+    pub(crate) settlements: &'a [Settlement],
     pub(crate) reservation: &'a str,
     pub(crate) tokens: u64,
     pub(crate) pause: Duration,
@@ -47,7 +49,7 @@ impl AdmitReply {
         }
     }
 
-    /// How many of the rules still held the reservation.
+    /// How many settlements were still in their window.
     pub(crate) fn settled(self) -> u64 {
         match self {
             AdmitReply::Settled(count) => count,
@@ -79,6 +81,7 @@ impl Operation for AdmitCall<'_> {
             self.reservation.to_owned(),
             self.tokens.to_string(),
             millis(self.pause),
+            self.rules.len().to_string(),
         ]);
         for rule in self.rules {
             argv.extend([
@@ -87,6 +90,15 @@ impl Operation for AdmitCall<'_> {
                 rule.tokens.to_string(),
                 millis(rule.window),
             ]);
+        }
+        for settlement in self.settlements {
+            for rule in &settlement.rules {
+                argv.extend([
+                    rule.clone(),
+                    settlement.reservation.clone(),
+                    settlement.tokens.to_string(),
+                ]);
+            }
         }
     }
 
