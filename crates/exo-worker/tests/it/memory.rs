@@ -326,3 +326,69 @@ async fn a_swarm_persists_every_members_turns() {
         "both members' turns were saved: {seen:?}"
     );
 }
+
+/// A task whose first attempt fails after a tool call is retried: the retry
+/// replays its journal, asks the provider what the first attempt would
+/// have asked (its input and messages once, not again from memory), and
+/// leaves each of its messages in memory once.
+#[tokio::test]
+async fn a_retried_task_sees_and_saves_its_own_messages_once() {
+    let redis = TestRedis::new();
+    let llm = FakeLlmServer::start();
+    llm.push(FakeResponse::openai_tool_calls(&[(
+        "call_1",
+        "echo",
+        r#"{"text": "Ada"}"#,
+    )]));
+    // The second model call fails through the provider's own retries (a
+    // retryable failure of the attempt); the task's retry answers.
+    for _ in 0..4 {
+        llm.push(
+            FakeResponse::json(
+                503,
+                &json!({"error": {"message": "overloaded", "type": "server_error"}}),
+            )
+            .header("retry-after", "0"),
+        );
+    }
+    llm.push(FakeResponse::openai_text("Nice to meet you, Ada."));
+    llm.push(FakeResponse::openai_text("Your name is Ada."));
+    let broker = broker(&redis).await;
+    let worker = start_worker(&redis, &llm, &[], false);
+    let memory = json!({"backend": "short_term", "scope": {"session_id": "retried"}});
+    let mut first = task("my name is Ada", memory.clone());
+    first.max_retries = Some(2);
+    let first_id = first.task_id.clone();
+    let one = run(&broker, first).await;
+    assert_eq!(one.status, TaskStatus::Completed, "{:?}", one.error);
+    let state = broker.client().get(&first_id).await.unwrap().unwrap();
+    assert_eq!(state.retries, Some(1), "one retry of the task");
+    let two = run(&broker, task("what is my name?", memory)).await;
+    assert_eq!(two.status, TaskStatus::Completed, "{:?}", two.error);
+    worker.stop().await;
+
+    let requests = llm.json_bodies();
+    assert_eq!(requests.len(), 7);
+    // The failed call and the retry's asked the same.
+    assert_eq!(requests[1]["messages"], requests[5]["messages"]);
+    let user = |text: &str| ("user".to_owned(), text.to_owned(), vec![]);
+    let first_exchange = vec![
+        user("my name is Ada"),
+        (
+            "assistant".to_owned(),
+            String::new(),
+            vec!["echo".to_owned()],
+        ),
+        ("tool".to_owned(), "Ada".to_owned(), vec![]),
+    ];
+    assert_eq!(conversation(&requests[5]), first_exchange);
+    // Memory holds every message of the first task once.
+    let mut expected = first_exchange;
+    expected.push((
+        "assistant".to_owned(),
+        "Nice to meet you, Ada.".to_owned(),
+        vec![],
+    ));
+    expected.push(user("what is my name?"));
+    assert_eq!(conversation(&requests[6]), expected);
+}
