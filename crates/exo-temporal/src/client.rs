@@ -1,13 +1,14 @@
 //! The client side: connect, start or attach to a task's workflow, await
-//! its outcome, cancel it.
+//! its outcome, see whether it waits for a decision and send it one,
+//! cancel it.
 
 use std::time::Duration;
 
-use exo_proto::{Backoff, ErrorType, Jitter, OutcomeStatus, RunOutcome};
+use exo_proto::{Backoff, DecisionRecord, ErrorType, Jitter, OutcomeStatus, RunOutcome};
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, TlsOptions, WorkflowCancelOptions,
     WorkflowDescribeOptions, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
-    WorkflowIdReusePolicy, WorkflowStartOptions,
+    WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions, WorkflowStartOptions,
     errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError},
     tonic::{self, Code},
 };
@@ -119,7 +120,7 @@ impl TemporalClient {
         let options = WorkflowStartOptions::new(self.config.task_queue.clone(), id.clone())
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-            .execution_timeout(task.execution_timeout())
+            .maybe_execution_timeout(task.execution_timeout())
             .static_summary(format!("exo task {}", task.task_id))
             .build();
         match self
@@ -266,6 +267,45 @@ impl RunningWorkflow {
                 }
             }
         }
+    }
+
+    /// The outcome of the step that waits for a decision on a call to one
+    /// of the agent's `hitl_tools`, while one waits (the workflow's
+    /// `waiting` query).
+    pub async fn waiting(&self) -> Result<Option<AttemptOutcome>> {
+        self.handle
+            .query(
+                AgentExecutionWorkflow::waiting,
+                (),
+                WorkflowQueryOptions::default(),
+            )
+            .await
+            .map_err(|error| {
+                Error::Rpc(format!(
+                    "cannot query workflow {}: {}",
+                    self.workflow_id,
+                    error_chain(&error)
+                ))
+            })
+    }
+
+    /// Sends a decision on a call to the workflow (its `decided` signal);
+    /// the step that waits for it goes on. Sending one twice is harmless.
+    pub async fn decide(&self, decision: &DecisionRecord) -> Result<()> {
+        self.handle
+            .signal(
+                AgentExecutionWorkflow::decided,
+                decision.clone(),
+                WorkflowSignalOptions::default(),
+            )
+            .await
+            .map_err(|error| {
+                Error::Rpc(format!(
+                    "cannot signal workflow {}: {}",
+                    self.workflow_id,
+                    error_chain(&error)
+                ))
+            })
     }
 
     /// Asks Temporal to cancel the workflow. Its activity learns it with its

@@ -28,6 +28,12 @@ pub struct AgentTask {
     /// Milliseconds added to `timeout_seconds` for the activity's
     /// start-to-close timeout.
     pub timeout_margin_ms: u64,
+    /// How long the run may wait for a decision on a call to one of its
+    /// agent's `hitl_tools`, each time (0: its agent has none, so it never
+    /// waits). The workflow waits for the decision's signal a little
+    /// longer: the worker that claims the decided task sends it.
+    #[serde(default)]
+    pub approval_timeout_ms: u64,
 }
 
 impl AgentTask {
@@ -71,12 +77,28 @@ impl AgentTask {
 
     /// How long the whole workflow may take at most: every attempt runs to
     /// its start-to-close timeout and waits the longest backoff, plus a
-    /// minute. A backstop only; attempts end long before it.
-    pub fn execution_timeout(&self) -> Duration {
+    /// minute. A backstop only; attempts end long before it. None for a
+    /// run that may wait for people (as many times as it calls such tools;
+    /// each wait is bounded by [`AgentTask::approval_wait`]).
+    pub fn execution_timeout(&self) -> Option<Duration> {
+        if self.approval_timeout_ms > 0 {
+            return None;
+        }
         let per_attempt = self.start_to_close() + self.retry_max_interval();
-        per_attempt
-            .saturating_mul(self.max_attempts())
-            .saturating_add(Duration::from_secs(60))
+        Some(
+            per_attempt
+                .saturating_mul(self.max_attempts())
+                .saturating_add(Duration::from_secs(60)),
+        )
+    }
+
+    /// How long the workflow waits for the signal of a decision: the
+    /// approval timeout plus five minutes for the reaper to deny a call
+    /// past its deadline and a worker to claim the task and signal it.
+    /// After that the workflow fails (the task was cancelled while it
+    /// waited, or no worker came).
+    pub fn approval_wait(&self) -> Duration {
+        Duration::from_millis(self.approval_timeout_ms) + Duration::from_secs(300)
     }
 }
 
@@ -174,6 +196,7 @@ mod tests {
             retry_max_interval_ms: max,
             heartbeat_timeout_ms: 20_000,
             timeout_margin_ms: 10_000,
+            approval_timeout_ms: 0,
         }
     }
 
@@ -205,8 +228,20 @@ mod tests {
                 "{task:?}"
             );
             assert_eq!(task.retry_max_interval().as_millis(), max, "{task:?}");
-            assert_eq!(task.execution_timeout().as_millis(), execution, "{task:?}");
+            assert_eq!(
+                task.execution_timeout().map(|timeout| timeout.as_millis()),
+                Some(execution),
+                "{task:?}"
+            );
         }
+        // A run that may wait for people has no execution timeout; each
+        // wait has its bound.
+        let waiting = AgentTask {
+            approval_timeout_ms: 3_600_000,
+            ..task(300.0, 3, 1_000, 60_000)
+        };
+        assert_eq!(waiting.execution_timeout(), None);
+        assert_eq!(waiting.approval_wait().as_secs(), 3_900);
     }
 
     #[test]

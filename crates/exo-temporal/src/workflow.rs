@@ -8,16 +8,17 @@
 // The SDK's macros generate marker structs without `Debug`.
 #![allow(missing_debug_implementations)]
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
-use exo_proto::{ErrorType, OutcomeStatus, RunOutcome};
+use exo_proto::{DecisionRecord, ErrorType, OutcomeStatus, RunOutcome};
 use temporalio_common::{
     RetryPolicy,
     error::{ActivityExecutionError, IncomingError, TimeoutType},
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityCancellationType, ActivityOptions, WorkflowContext, WorkflowResult, WorkflowTermination,
+    ActivityCancellationType, ActivityOptions, SyncWorkflowContext, WorkflowContext,
+    WorkflowContextView, WorkflowResult, WorkflowTermination, workflows::select,
 };
 
 use crate::{
@@ -33,6 +34,16 @@ use crate::{
 /// activity nor a replayed workflow repeats it. Each step gets the task's
 /// retry budget and the time left before the task's deadline.
 ///
+/// A step that stops at a call to one of the agent's `hitl_tools` ends its
+/// activity with the waiting outcome; the workflow keeps it (query
+/// `waiting`, which the claiming worker reads to park the task in Redis
+/// and free its slot) and waits for the `decided` signal of that call.
+/// The worker that claims the task after the decision sends it (the
+/// decision record: who, when, what), and the next step replays the
+/// journal, decision included. Time spent waiting does not count against
+/// the task's deadline. No signal within [`AgentTask::approval_wait`]
+/// fails the workflow.
+///
 /// The workflow ends with the run's [`AttemptOutcome`]: as its result when
 /// the run completed, as the details of its failure when a step failed or
 /// timed out on its last attempt, and as the details of its cancellation
@@ -40,7 +51,17 @@ use crate::{
 /// (one activity for the whole run) replay as they were.
 #[workflow]
 #[derive(Debug, Default)]
-pub struct AgentExecutionWorkflow;
+pub struct AgentExecutionWorkflow {
+    /// The outcome of the step that waits for a decision, while it waits.
+    waiting: Option<AttemptOutcome>,
+    /// The calls decided so far (see [`decision_key`]).
+    decided: BTreeSet<String>,
+}
+
+/// How a decision names its call: scope, model call and tool call id.
+fn decision_key(key: &exo_proto::StepKey, tool_call_id: &str) -> String {
+    format!("{}/{}/{tool_call_id}", key.scope, key.call)
+}
 
 /// The patch that made each step its own activity.
 const STEP_ACTIVITIES: &str = "exo-step-activities";
@@ -79,10 +100,15 @@ impl AgentExecutionWorkflow {
             };
         }
         let started = ctx.workflow_time();
+        // Time spent waiting for people: not the run's.
+        let mut waited = Duration::ZERO;
         let mut last = AttemptOutcome::unattributed(RunOutcome::timed_out("", "deadline passed"));
         for _ in 0..MAX_STEPS {
             let elapsed = match (started, ctx.workflow_time()) {
-                (Some(started), Some(now)) => now.duration_since(started).unwrap_or_default(),
+                (Some(started), Some(now)) => now
+                    .duration_since(started)
+                    .unwrap_or_default()
+                    .saturating_sub(waited),
                 _ => Duration::ZERO,
             };
             let Some(left) = task
@@ -117,7 +143,53 @@ impl AgentExecutionWorkflow {
             {
                 Ok(ended) if ended.outcome.status == OutcomeStatus::Yielded => last = ended,
                 Ok(ended) => return Ok(ended),
-                Err(error) => return Err(termination(&task, &error)),
+                Err(error) => {
+                    let ended = outcome_of_error(&task, &error);
+                    let Some(approval) = ended
+                        .outcome
+                        .approval
+                        .clone()
+                        .filter(|_| ended.outcome.status == OutcomeStatus::WaitingForApproval)
+                    else {
+                        return Err(termination(&task, &error));
+                    };
+                    let key = decision_key(&approval.key, &approval.tool_call_id);
+                    let wait_started = ctx.workflow_time();
+                    ctx.state_mut(|state| state.waiting = Some(ended.clone()));
+                    let mut decided =
+                        std::pin::pin!(ctx.wait_condition(|state| state.decided.contains(&key)));
+                    let mut deadline = std::pin::pin!(ctx.timer(task.approval_wait()));
+                    let in_time = select! {
+                        result = decided => {
+                            result.map_err(|_| WorkflowTermination::cancelled_with_details(ended.clone()))?;
+                            true
+                        }
+                        _ = deadline => false,
+                    };
+                    ctx.state_mut(|state| state.waiting = None);
+                    if !in_time {
+                        let failed = AttemptOutcome {
+                            outcome: RunOutcome::failed(
+                                ended.outcome.agent_name.clone(),
+                                format!(
+                                    "no decision on the call to '{}' reached the workflow within {} s",
+                                    approval.tool_name,
+                                    task.approval_wait().as_secs()
+                                ),
+                                ErrorType::Timeout,
+                                false,
+                            ),
+                            attempt: ended.attempt,
+                        };
+                        return Err(WorkflowTermination::failed_application(
+                            application_failure(&failed, true),
+                        ));
+                    }
+                    if let (Some(from), Some(to)) = (wait_started, ctx.workflow_time()) {
+                        waited += to.duration_since(from).unwrap_or_default();
+                    }
+                    last = ended;
+                }
             }
         }
         let ended = AttemptOutcome {
@@ -132,6 +204,25 @@ impl AgentExecutionWorkflow {
         Err(WorkflowTermination::failed_application(
             application_failure(&ended, true),
         ))
+    }
+
+    /// A decision on a call to one of the agent's `hitl_tools` (sent by
+    /// the worker that claims the decided task; sending it again is
+    /// harmless).
+    // The SDK's macro adds an undocumented constant named after it.
+    #[allow(missing_docs)]
+    #[signal(name = "decided")]
+    pub fn decided(&mut self, _ctx: &mut SyncWorkflowContext<Self>, decision: DecisionRecord) {
+        self.decided
+            .insert(decision_key(&decision.key, &decision.tool_call_id));
+    }
+
+    /// The outcome of the step that waits for a decision, while one waits.
+    // The SDK's macro adds an undocumented constant named after it.
+    #[allow(missing_docs)]
+    #[query(name = "waiting")]
+    pub fn waiting(&self, _ctx: &WorkflowContextView) -> Option<AttemptOutcome> {
+        self.waiting.clone()
     }
 }
 
@@ -262,6 +353,7 @@ mod tests {
             retry_max_interval_ms: 4_000,
             heartbeat_timeout_ms: 5_000,
             timeout_margin_ms: 2_000,
+            approval_timeout_ms: 0,
         };
         let policy = retry_policy(&task);
         assert_eq!(policy.maximum_attempts(), 3);

@@ -20,11 +20,12 @@
 //! embedding a worker can pass explicit settings to
 //! [`TemporalExecutor::start`].
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use exo_broker::{Broker, ClaimedTask, PublishOptions, RetryPolicy};
 use exo_proto::{
-    AgentSpec, ErrorType, RunOutcome, RunStatus, StreamEvent, TaskPayload, TaskStatus,
+    AgentSpec, ErrorType, JournalRecord, RunOutcome, RunStatus, StreamEvent, TaskPayload,
+    TaskStatus,
 };
 use exo_temporal::{
     ActivityHost, ActivityRun, AgentTask, AttemptOutcome, RunningWorkflow, TemporalClient,
@@ -71,6 +72,9 @@ pub struct TemporalExecutor {
     client: TemporalClient,
     worker: tokio::sync::Mutex<Option<TemporalWorker>>,
     broker: Broker,
+    /// Reads the step journals of tasks whose workflows wait for decisions.
+    local: Arc<LocalExecutor>,
+    approval_timeout: Duration,
     retry: RetryPolicy,
     grace: Duration,
     drain_timeout: Duration,
@@ -97,7 +101,9 @@ impl TemporalExecutor {
         let client = TemporalClient::connect(&settings)
             .await
             .map_err(|error| Error::Executor(error.to_string()))?;
-        let host = Arc::new(WorkerHost { local });
+        let host = Arc::new(WorkerHost {
+            local: local.clone(),
+        });
         let worker = TemporalWorker::start(&client, host)
             .await
             .map_err(|error| Error::Executor(error.to_string()))?;
@@ -111,6 +117,8 @@ impl TemporalExecutor {
             client,
             worker: tokio::sync::Mutex::new(Some(worker)),
             broker,
+            local,
+            approval_timeout: config.approval_timeout,
             retry: config.broker.retry,
             grace: config.deadline_grace,
             drain_timeout: config.drain_timeout,
@@ -142,8 +150,26 @@ impl Executor for TemporalExecutor {
             }
         };
         tracing::debug!(workflow_id = workflow.workflow_id(), run_id = ?workflow.run_id(), "awaiting the task's workflow");
+        let can_wait = agent_task.approval_timeout_ms > 0;
+        let decided = if can_wait {
+            match self.send_decisions(&task.lease.task_id, &workflow).await {
+                Ok(decided) => decided,
+                Err(error) => {
+                    return execution(
+                        names.failed(
+                            format!("cannot pass the task's decisions to its workflow: {error}"),
+                            ErrorType::Temporal,
+                        ),
+                        0,
+                    );
+                }
+            }
+        } else {
+            BTreeSet::new()
+        };
         let outcome = tokio::select! {
             outcome = workflow.outcome() => outcome,
+            waiting = until_waiting(&workflow, &decided), if can_wait => waiting,
             () = control.cancel.cancelled() => self.stopped(task, &workflow).await,
         };
         match outcome {
@@ -180,6 +206,53 @@ impl Executor for TemporalExecutor {
 }
 
 impl TemporalExecutor {
+    /// How long a run of this task may wait for each decision: the
+    /// worker's approval timeout when its agent (or a member of its swarm)
+    /// has `hitl_tools`, else 0 (it never waits).
+    fn approval_timeout_ms(&self, task: &ClaimedTask) -> u64 {
+        let has_hitl = match agent_spec(&task.payload) {
+            Ok(AgentSpec::Agent(config)) => !config.hitl_tools.is_empty(),
+            Ok(AgentSpec::Swarm(swarm)) => swarm
+                .agents
+                .iter()
+                .any(|agent| !agent.hitl_tools.is_empty()),
+            Err(_) => false,
+        };
+        if has_hitl {
+            millis(self.approval_timeout)
+        } else {
+            0
+        }
+    }
+
+    /// Signals the workflow every decision in the task's journal (a
+    /// decided task is claimed again to go on; the signal wakes its
+    /// workflow). Returns the calls decided.
+    async fn send_decisions(
+        &self,
+        task_id: &str,
+        workflow: &RunningWorkflow,
+    ) -> std::result::Result<BTreeSet<String>, String> {
+        let records = self
+            .local
+            .session()
+            .journal(task_id)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut decided = BTreeSet::new();
+        for record in records {
+            let Ok(JournalRecord::Decision(decision)) = serde_json::from_str(&record) else {
+                continue;
+            };
+            workflow
+                .decide(&decision)
+                .await
+                .map_err(|error| error.to_string())?;
+            decided.insert(call_of(&decision.key, &decision.tool_call_id));
+        }
+        Ok(decided)
+    }
+
     /// The workflow input for a claimed task. The retries the worker
     /// already spent on it (e.g. while Temporal was unreachable) come off
     /// its budget.
@@ -194,6 +267,7 @@ impl TemporalExecutor {
             retry_max_interval_ms: millis(self.retry.max_backoff),
             heartbeat_timeout_ms: millis(settings.heartbeat_timeout),
             timeout_margin_ms: millis(settings.timeout_margin),
+            approval_timeout_ms: self.approval_timeout_ms(task),
         }
     }
 
@@ -234,6 +308,42 @@ impl TemporalExecutor {
                 );
                 Ok(AttemptOutcome::unattributed(RunOutcome::cancelled("")))
             }
+        }
+    }
+}
+
+/// How often a claiming worker asks a workflow that may wait for a
+/// decision whether it does.
+const WAITING_POLL: Duration = Duration::from_secs(1);
+
+/// A call, as decisions and waiting outcomes name it.
+fn call_of(key: &exo_proto::StepKey, tool_call_id: &str) -> String {
+    format!("{}/{}/{tool_call_id}", key.scope, key.call)
+}
+
+/// Resolves once the workflow waits for a decision on a call not yet
+/// decided (a call just decided may still show while its signal is on the
+/// way): with the waiting outcome, which parks the task in Redis and
+/// frees the slot while the workflow waits for its signal.
+async fn until_waiting(
+    workflow: &RunningWorkflow,
+    decided: &BTreeSet<String>,
+) -> exo_temporal::Result<AttemptOutcome> {
+    loop {
+        tokio::time::sleep(WAITING_POLL).await;
+        match workflow.waiting().await {
+            Ok(Some(ended)) => {
+                let undecided =
+                    ended.outcome.approval.as_ref().is_some_and(|call| {
+                        !decided.contains(&call_of(&call.key, &call.tool_call_id))
+                    });
+                if undecided {
+                    return Ok(ended);
+                }
+            }
+            Ok(None) => {}
+            // The workflow may have just ended: its outcome says so.
+            Err(error) => tracing::debug!(%error, "could not ask whether the workflow waits"),
         }
     }
 }

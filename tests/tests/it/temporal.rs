@@ -229,8 +229,55 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_under_temporal() {
     );
 }
 
+/// The events of a workflow's history, from `temporal workflow show`.
+fn history(temporal: &TestTemporal, task_id: &str) -> Vec<Value> {
+    let output = temporal.cli(&[
+        "workflow",
+        "show",
+        "--workflow-id",
+        &format!("exo-task-{task_id}"),
+        "--output",
+        "json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let history: Value = serde_json::from_slice(&output.stdout).unwrap();
+    history["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Standard base64, as the CLI prints payloads.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut bytes = Vec::new();
+    for byte in text.bytes().filter(|byte| *byte != b'=') {
+        let Some(value) = ALPHABET.iter().position(|letter| *letter == byte) else {
+            continue;
+        };
+        bits = (bits << 6) | value as u32;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            bytes.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    bytes
+}
+
+/// Whether an event of a history is of `kind` (`WorkflowExecutionSignaled`,
+/// ...), whichever spelling the CLI uses.
+fn is_event(event: &Value, kind: &str) -> bool {
+    let spelled = event["eventType"]
+        .as_str()
+        .unwrap_or("")
+        .replace('_', "")
+        .to_ascii_lowercase();
+    spelled.trim_start_matches("eventtype") == kind.to_ascii_lowercase()
+}
+
 #[test]
-fn an_approval_under_temporal_frees_the_slot_and_resumes_a_new_run() {
+fn an_approval_under_temporal_frees_the_slot_and_arrives_as_a_signal() {
     let redis = TestRedis::new();
     let target = Target::of(&redis);
     require_temporal_binary(&target);
@@ -258,8 +305,8 @@ fn an_approval_under_temporal_frees_the_slot_and_resumes_a_new_run() {
         temporal
             .workflow_status(&format!("exo-task-{task_id}"))
             .as_deref(),
-        Some("Failed"),
-        "the waiting run ended; the decision starts the next"
+        Some("Running"),
+        "the workflow waits for the decision's signal"
     );
     // The one slot is free: another task runs meanwhile.
     let other = submit(&target, &echo);
@@ -281,20 +328,86 @@ fn an_approval_under_temporal_frees_the_slot_and_resumes_a_new_run() {
             .as_deref(),
         Some("Completed")
     );
-    let events = target.events(&task_id);
-    let terminal: Vec<&Value> = events.iter().filter(|event| is_terminal(event)).collect();
-    assert_eq!(terminal.len(), 1, "{events:#?}");
-    assert!(
-        events
-            .iter()
-            .any(|event| event["approval"]["by"] == "ada" && event["approval"]["approved"] == true),
+    // One workflow run: the decision arrived as a signal that records who
+    // decided, and each step was an activity (model call, tool, answer).
+    let events = history(&temporal, &task_id);
+    let signals: Vec<&Value> = events
+        .iter()
+        .filter(|event| is_event(event, "WorkflowExecutionSignaled"))
+        .collect();
+    assert_eq!(signals.len(), 1, "{events:#?}");
+    let attributes = &signals[0]["workflowExecutionSignaledEventAttributes"];
+    assert_eq!(attributes["signalName"], "decided");
+    let decision: Value = serde_json::from_slice(&base64_decode(
+        attributes["input"]["payloads"][0]["data"]
+            .as_str()
+            .unwrap_or(""),
+    ))
+    .unwrap();
+    assert_eq!(decision["by"], "ada", "{decision}");
+    assert_eq!(decision["approved"], true, "{decision}");
+    assert_eq!(
+        decision["tool_call_id"],
+        waiting["approval"]["tool_call_id"]
+    );
+    // Each step an activity: the model call (whose activity ends as the
+    // call waits), then the tool, then the answer.
+    let count = |kind: &str| events.iter().filter(|event| is_event(event, kind)).count();
+    assert_eq!(
+        (count("ActivityTaskFailed"), count("ActivityTaskCompleted")),
+        (1, 2),
         "{events:#?}"
     );
-    let calls = events
+    let stream = target.events(&task_id);
+    let terminal: Vec<&Value> = stream.iter().filter(|event| is_terminal(event)).collect();
+    assert_eq!(terminal.len(), 1, "{stream:#?}");
+    assert!(
+        stream
+            .iter()
+            .any(|event| event["approval"]["by"] == "ada" && event["approval"]["approved"] == true),
+        "{stream:#?}"
+    );
+    let calls = stream
         .iter()
         .filter(|event| event["type"] == "tool_call")
         .count();
-    assert_eq!(calls, 1, "the replayed call is not repeated: {events:#?}");
+    assert_eq!(calls, 1, "the replayed call is not repeated: {stream:#?}");
+
+    // No decision before the payload's deadline: the reaper denies the call
+    // and the denial reaches the workflow the same way.
+    let timed_out = target.json(&[
+        "task",
+        "submit",
+        "--agent",
+        gated.to_str().unwrap(),
+        "--input",
+        "Weather?",
+        "--metadata",
+        r#"{"approval_timeout_seconds": 1}"#,
+    ])["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = eventually(Duration::from_secs(60), "the denied task to end", || {
+        let status = status_of(&target, &timed_out);
+        ["completed", "failed"]
+            .contains(&status["status"].as_str().unwrap_or(""))
+            .then_some(status)
+    });
+    assert_eq!(ended["status"], "completed", "{ended}");
+    let stream = target.events(&timed_out);
+    assert!(
+        stream
+            .iter()
+            .any(|event| event["approval"]["by"] == "exo" && event["approval"]["approved"] == false),
+        "{stream:#?}"
+    );
+    assert_eq!(
+        temporal
+            .workflow_status(&format!("exo-task-{timed_out}"))
+            .as_deref(),
+        Some("Completed")
+    );
     stop(&mut worker);
 }
 

@@ -232,9 +232,11 @@ async fn status(global: &Global, broker: &Broker, task_id: &str) -> Outcome {
     push(
         "Usage",
         task.usage.map(|usage| {
-            let cost = (usage.cost_micros > 0)
-                .then(|| format!(", ${:.6}", usage.cost_micros as f64 / 1e6))
-                .unwrap_or_default();
+            let cost = if usage.cost_micros > 0 {
+                format!(", ${:.6}", usage.cost_micros as f64 / 1e6)
+            } else {
+                String::new()
+            };
             let calls = if usage.calls == 1 { "call" } else { "calls" };
             format!(
                 "{} model {calls}, {} input + {} output tokens{cost}",

@@ -117,6 +117,7 @@ fn task(steps: Value, max_retries: u32) -> AgentTask {
         retry_max_interval_ms: 200,
         heartbeat_timeout_ms: 2_000,
         timeout_margin_ms: 2_000,
+        approval_timeout_ms: 0,
     }
 }
 
