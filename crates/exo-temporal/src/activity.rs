@@ -45,6 +45,14 @@ pub struct ActivityRun {
 pub trait ActivityHost: Send + Sync + 'static {
     /// Runs one attempt to its end.
     async fn run(&self, run: ActivityRun) -> RunOutcome;
+
+    /// Whether the task has ended outside the workflow (cancelled while
+    /// its run waited for a decision): the waiting workflow then ends
+    /// cancelled. An error means "cannot tell": the workflow asks again
+    /// later. The default never knows of an end.
+    async fn task_ended(&self, _task_id: &str) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// Why a running activity stopped before its run ended by itself.
@@ -171,6 +179,23 @@ impl AgentActivities {
         };
         tracing::info!(task_id = input.task_id, attempt, status = ?outcome.status, "activity finished");
         activity_result(AttemptOutcome { outcome, attempt }, stop)
+    }
+
+    /// Whether the task has ended outside the workflow (see
+    /// [`ActivityHost::task_ended`]); asked now and then while the workflow
+    /// waits for a decision.
+    // The SDK's macro adds an undocumented constant named after it.
+    #[allow(missing_docs)]
+    #[activity(name = "task_ended")]
+    pub async fn task_ended(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        task_id: String,
+    ) -> Result<bool, ActivityError> {
+        self.host
+            .task_ended(&task_id)
+            .await
+            .map_err(|error| ActivityError::from(std::io::Error::other(error)))
     }
 }
 

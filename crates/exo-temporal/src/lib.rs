@@ -52,8 +52,11 @@
 //!    the decided task sends it ([`RunningWorkflow::decide`], the decision
 //!    record: who, when, what), and the next step replays the journal,
 //!    decision included. Waiting does not count against the task's
-//!    deadline; without a signal within the approval timeout plus five
-//!    minutes the workflow fails.
+//!    deadline. While it waits the workflow asks now and then (activity
+//!    `task_ended`, [`ActivityHost::task_ended`]) whether the task ended
+//!    outside it (cancelled while waiting), and then ends cancelled;
+//!    without a signal within the approval timeout plus five minutes it
+//!    fails.
 //!
 //! Configuration comes from the environment ([`TemporalConfig::from_env`]):
 //!

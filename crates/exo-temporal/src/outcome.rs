@@ -100,6 +100,14 @@ impl AgentTask {
     pub fn approval_wait(&self) -> Duration {
         Duration::from_millis(self.approval_timeout_ms) + Duration::from_secs(300)
     }
+
+    /// How often a waiting workflow asks whether its task ended meanwhile
+    /// (cancelled while it waited): a sixtieth of the approval timeout,
+    /// between 1 s and a minute.
+    pub fn approval_check_interval(&self) -> Duration {
+        Duration::from_millis(self.approval_timeout_ms / 60)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
 }
 
 /// What one activity attempt gets: the payload and its deadline.
@@ -242,6 +250,12 @@ mod tests {
         };
         assert_eq!(waiting.execution_timeout(), None);
         assert_eq!(waiting.approval_wait().as_secs(), 3_900);
+        assert_eq!(waiting.approval_check_interval().as_secs(), 60);
+        let short = AgentTask {
+            approval_timeout_ms: 30_000,
+            ..waiting
+        };
+        assert_eq!(short.approval_check_interval().as_secs(), 1);
     }
 
     #[test]

@@ -41,8 +41,10 @@ use crate::{
 /// The worker that claims the task after the decision sends it (the
 /// decision record: who, when, what), and the next step replays the
 /// journal, decision included. Time spent waiting does not count against
-/// the task's deadline. No signal within [`AgentTask::approval_wait`]
-/// fails the workflow.
+/// the task's deadline. Every [`AgentTask::approval_check_interval`] the
+/// workflow asks (activity `task_ended`) whether the task ended outside it
+/// (cancelled while it waited), and then ends cancelled. No signal within
+/// [`AgentTask::approval_wait`] fails the workflow.
 ///
 /// The workflow ends with the run's [`AttemptOutcome`]: as its result when
 /// the run completed, as the details of its failure when a step failed or
@@ -156,16 +158,46 @@ impl AgentExecutionWorkflow {
                     let key = decision_key(&approval.key, &approval.tool_call_id);
                     let wait_started = ctx.workflow_time();
                     ctx.state_mut(|state| state.waiting = Some(ended.clone()));
-                    let mut decided =
-                        std::pin::pin!(ctx.wait_condition(|state| state.decided.contains(&key)));
-                    let mut deadline = std::pin::pin!(ctx.timer(task.approval_wait()));
-                    let in_time = select! {
-                        result = decided => {
-                            result.map_err(|_| WorkflowTermination::cancelled_with_details(ended.clone()))?;
-                            true
+                    // Wait for the signal, asking now and then whether the
+                    // task ended meanwhile (cancelled while it waited).
+                    let wait = task.approval_wait();
+                    let check_every = task.approval_check_interval();
+                    let mut checked = Duration::ZERO;
+                    let mut in_time = false;
+                    while checked < wait {
+                        let mut decided = std::pin::pin!(
+                            ctx.wait_condition(|state| state.decided.contains(&key))
+                        );
+                        let mut tick = std::pin::pin!(ctx.timer(check_every));
+                        let signalled = select! {
+                            result = decided => {
+                                result.map_err(|_| WorkflowTermination::cancelled_with_details(ended.clone()))?;
+                                true
+                            }
+                            _ = tick => false,
+                        };
+                        if signalled {
+                            in_time = true;
+                            break;
                         }
-                        _ = deadline => false,
-                    };
+                        checked += check_every;
+                        let ended_outside = ctx
+                            .execute_activity(
+                                AgentActivities::task_ended,
+                                task.task_id.clone(),
+                                check_options(),
+                            )
+                            .await
+                            .unwrap_or(false);
+                        if ended_outside {
+                            ctx.state_mut(|state| state.waiting = None);
+                            let cancelled = AttemptOutcome {
+                                outcome: RunOutcome::cancelled(ended.outcome.agent_name.clone()),
+                                attempt: ended.attempt,
+                            };
+                            return Err(WorkflowTermination::cancelled_with_details(cancelled));
+                        }
+                    }
                     ctx.state_mut(|state| state.waiting = None);
                     if !in_time {
                         let failed = AttemptOutcome {
@@ -237,6 +269,19 @@ pub(crate) fn activity_options(task: &AgentTask, left: Duration) -> ActivityOpti
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .retry_policy(retry_policy(task))
         .summary(format!("exo task {}", task.task_id))
+        .build()
+}
+
+/// The short activity that asks whether a task ended while its workflow
+/// waited: a few quick attempts, then the wait goes on and asks later.
+fn check_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_attempts(3)
+                .build(),
+        )
         .build()
 }
 

@@ -513,6 +513,15 @@ impl ActivityHost for WorkerHost {
         }
         execution.outcome
     }
+
+    async fn task_ended(&self, task_id: &str) -> std::result::Result<bool, String> {
+        match self.local.session().broker().client().get(task_id).await {
+            Ok(Some(task)) => Ok(task.status.is_terminal()),
+            // Expired or deleted: nothing will decide it any more.
+            Ok(None) => Ok(true),
+            Err(error) => Err(error.to_string()),
+        }
+    }
 }
 
 impl WorkerHost {

@@ -294,7 +294,13 @@ fn an_approval_under_temporal_frees_the_slot_and_arrives_as_a_signal() {
         "echo.json",
         &json!({"name": "echoer", "model": "scripted:echo"}),
     );
-    let mut worker = start_temporal_worker(&target, &temporal, &["--concurrency", "1"]);
+    // A waiting workflow asks every second whether its task was cancelled
+    // (a sixtieth of the approval timeout, at least 1 s).
+    let mut worker = start_temporal_worker(
+        &target,
+        &temporal,
+        &["--concurrency", "1", "--approval-timeout", "30"],
+    );
     let task_id = submit(&target, &gated);
     let waiting = eventually(Duration::from_secs(30), "the task to wait", || {
         let status = status_of(&target, &task_id);
@@ -352,12 +358,19 @@ fn an_approval_under_temporal_frees_the_slot_and_arrives_as_a_signal() {
     );
     // Each step an activity: the model call (whose activity ends as the
     // call waits), then the tool, then the answer.
-    let count = |kind: &str| events.iter().filter(|event| is_event(event, kind)).count();
-    assert_eq!(
-        (count("ActivityTaskFailed"), count("ActivityTaskCompleted")),
-        (1, 2),
-        "{events:#?}"
-    );
+    let steps = events
+        .iter()
+        .filter(|event| {
+            is_event(event, "ActivityTaskScheduled")
+                && event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+                    == "execute_agent"
+        })
+        .count();
+    let failed = events
+        .iter()
+        .filter(|event| is_event(event, "ActivityTaskFailed"))
+        .count();
+    assert_eq!((steps, failed), (3, 1), "{events:#?}");
     let stream = target.events(&task_id);
     let terminal: Vec<&Value> = stream.iter().filter(|event| is_terminal(event)).collect();
     assert_eq!(terminal.len(), 1, "{stream:#?}");
@@ -407,6 +420,24 @@ fn an_approval_under_temporal_frees_the_slot_and_arrives_as_a_signal() {
             .workflow_status(&format!("exo-task-{timed_out}"))
             .as_deref(),
         Some("Completed")
+    );
+
+    // Cancelled while it waits: the task ends at once, and its workflow
+    // learns it at its next check.
+    let cancelled = submit(&target, &gated);
+    eventually(Duration::from_secs(30), "the task to wait", || {
+        (status_of(&target, &cancelled)["waiting_for"] == "approval").then_some(())
+    });
+    let output = target.run(&["task", "cancel", &cancelled]);
+    assert!(output.status.success());
+    target.wait_for_status(&cancelled, "cancelled", Duration::from_secs(10));
+    eventually(
+        Duration::from_secs(20),
+        "the workflow to end cancelled",
+        || {
+            let status = temporal.workflow_status(&format!("exo-task-{cancelled}"));
+            matches!(status.as_deref(), Some("Canceled" | "Cancelled")).then_some(())
+        },
     );
     stop(&mut worker);
 }
