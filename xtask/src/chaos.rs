@@ -6,7 +6,10 @@
 //! stuck or orphaned, how many terminal states and events each task got,
 //! duplicate executions (explained by a recorded reclaim, unexplained,
 //! concurrent), outcomes a live client saw that later changed, cancels not
-//! honoured, reclaim latency, false deaths and keys left behind.
+//! honoured, reclaim latency, false deaths and keys left behind. A watchdog
+//! thread takes `gdb` stacks of every worker (and of the harness) when the
+//! queue goes unread while entries wait (`--stall-after SECS`, 20 by
+//! default), and the report lists those files (`fleet_stalls`).
 //!
 //! Bounded: it stops by itself (10 minutes with the defaults on 2 cores).
 
@@ -36,6 +39,9 @@ struct Options {
     heartbeat_ttl: u64,
     freeze: Duration,
     budget: Duration,
+    /// How long the queue may go unread while entries wait before the
+    /// watchdog takes stacks.
+    stall_after: Duration,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -48,6 +54,7 @@ fn options(args: &[String]) -> Result<Options> {
         heartbeat_ttl: 6,
         freeze: Duration::from_secs(30),
         budget: Duration::from_secs(600),
+        stall_after: Duration::from_secs(20),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -61,8 +68,9 @@ fn options(args: &[String]) -> Result<Options> {
             "--heartbeat-ttl" => options.heartbeat_ttl = value()?.parse()?,
             "--freeze" => options.freeze = Duration::from_secs(value()?.parse()?),
             "--minutes" => options.budget = Duration::from_secs(value()?.parse::<u64>()? * 60),
+            "--stall-after" => options.stall_after = Duration::from_secs(value()?.parse()?),
             other => bail!(
-                "unknown chaos option `{other}` (--tasks N, --rate PER_SECOND, --workers N, --concurrency N, --fsync always|everysec, --heartbeat-ttl S, --freeze S, --minutes M)"
+                "unknown chaos option `{other}` (--tasks N, --rate PER_SECOND, --workers N, --concurrency N, --fsync always|everysec, --heartbeat-ttl S, --freeze S, --minutes M, --stall-after S)"
             ),
         }
     }
@@ -89,6 +97,9 @@ struct Journal {
     kill_wall_ms: HashMap<String, u64>,
     /// Redis kills and freezes, as (what, when).
     redis_faults: Vec<(&'static str, Instant)>,
+    /// Times the queue went unread while entries waited (see
+    /// [`watch_for_stalls`]), as the files with the stacks taken then.
+    stalls: Vec<String>,
 }
 
 struct Worker {
@@ -288,9 +299,19 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
     let seen: Seen = Arc::default();
     let stop_following = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let follower = follow(port, seen.clone(), stop_following.clone());
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let watchdog = watch_for_stalls(
+        Watch {
+            port,
+            redis_url: redis_url.clone(),
+            logs: logs.clone(),
+            after: options.stall_after,
+        },
+        journal.clone(),
+        stop_following.clone(),
+    );
     std::thread::sleep(Duration::from_millis(500));
 
-    let journal = Arc::new(Mutex::new(Journal::default()));
     // The submitter: acknowledged submits only count once the call returns.
     let submitter = {
         let broker = broker.clone();
@@ -437,6 +458,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
         .args(["-p", &port.to_string(), "PUBLISH", "exo:events:x", "{}"])
         .output();
     let _ = follower.join();
+    let _ = watchdog.join();
 
     let journal = journal.lock().unwrap_or_else(|poison| poison.into_inner());
     let report = runtime.block_on(report(
@@ -498,6 +520,118 @@ fn percentile(values: &mut [f64], fraction: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let index = ((values.len() as f64 - 1.0) * fraction).round() as usize;
     values[index.min(values.len() - 1)]
+}
+
+/// What the watchdog watches.
+struct Watch {
+    port: u16,
+    redis_url: String,
+    logs: PathBuf,
+    after: Duration,
+}
+
+/// Watches the queue from outside the harness's own Redis client (its own
+/// thread, `redis-cli`): when no entry has been read for `watch.after`
+/// while some wait (and Redis answers), it takes the stacks of every worker
+/// and of this harness with `gdb` (when installed), once per stall, into
+/// the logs directory, and notes the stall in the journal.
+fn watch_for_stalls(
+    watch: Watch,
+    journal: Arc<Mutex<Journal>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last_read: Option<u64> = None;
+        let mut unread_since: Option<Instant> = None;
+        let mut stalled = false;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let Some((read, lag)) = group_progress(watch.port) else {
+                // Redis is away (killed, frozen): not a stall of the fleet.
+                unread_since = None;
+                continue;
+            };
+            if lag == 0 || last_read != Some(read) {
+                last_read = Some(read);
+                unread_since = None;
+                stalled = false;
+                continue;
+            }
+            let since = *unread_since.get_or_insert_with(Instant::now);
+            if stalled || since.elapsed() < watch.after {
+                continue;
+            }
+            stalled = true;
+            let count = journal
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .stalls
+                .len();
+            let file = watch.logs.join(format!("stall-{count}.txt"));
+            eprintln!(
+                "chaos: nothing read from the queue for {:?} with {lag} entries waiting; stacks in {}",
+                watch.after,
+                file.display()
+            );
+            let pattern = format!("start worker --redis-url {}", watch.redis_url);
+            let mut pids: Vec<String> = Command::new("pgrep")
+                .args(["-f", &pattern])
+                .output()
+                .map(|output| {
+                    String::from_utf8_lossy(&output.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            pids.push(std::process::id().to_string());
+            let mut text = format!("entries read {read}, lag {lag}\n");
+            for pid in pids {
+                let stacks = Command::new("gdb")
+                    .args(["-p", &pid, "-batch", "-ex", "thread apply all bt 30"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                    .unwrap_or_else(|error| format!("gdb: {error}"));
+                text.push_str(&format!("=== pid {pid}\n{stacks}\n"));
+            }
+            if let Err(error) = std::fs::write(&file, text) {
+                eprintln!("chaos: cannot write {}: {error}", file.display());
+            }
+            journal
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .stalls
+                .push(file.display().to_string());
+        }
+    })
+}
+
+/// The consumer group's `entries-read` and `lag`, by `redis-cli` with a
+/// short timeout; `None` when Redis does not answer.
+fn group_progress(port: u16) -> Option<(u64, u64)> {
+    let output = Command::new("timeout")
+        .args([
+            "2",
+            "redis-cli",
+            "-p",
+            &port.to_string(),
+            "XINFO",
+            "GROUPS",
+            "exo:tasks",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let field = |name: &str| {
+        words
+            .iter()
+            .position(|word| *word == name)
+            .and_then(|index| words.get(index + 1))
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    Some((field("entries-read")?, field("lag")?))
 }
 
 async fn report(
@@ -680,6 +814,7 @@ async fn report(
         "redis_faults": faults,
         "kills": per_kill,
         "freeze_s": options.freeze.as_secs(),
+        "fleet_stalls": journal.stalls,
         "cancels_acknowledged": journal.cancels.len(),
         "lost": lost,
         "stuck": stuck,
