@@ -564,6 +564,23 @@ pub struct TaskResult {
     pub usage: Option<TaskUsage>,
 }
 
+/// A hash field parsed as `T`; `None` when absent, an error naming the field
+/// (and what it should be) when it does not parse.
+fn parsed_field<T: FromStr>(
+    fields: &BTreeMap<String, String>,
+    what: &'static str,
+    name: &str,
+    kind: &str,
+) -> Result<Option<T>> {
+    fields
+        .get(name)
+        .map(|text| {
+            text.parse::<T>()
+                .map_err(|_| Error::field(what, name, format!("`{text}` is not {kind}")))
+        })
+        .transpose()
+}
+
 impl TaskResult {
     /// A hash holding only an id and a status.
     pub fn new(task_id: impl Into<String>, status: TaskStatus) -> Self {
@@ -616,25 +633,9 @@ impl TaskResult {
             .get("status")
             .ok_or_else(|| Error::field(WHAT, "status", "missing"))?
             .parse()?;
-        let float = |name: &str| -> Result<Option<f64>> {
-            fields
-                .get(name)
-                .map(|text| {
-                    text.parse::<f64>()
-                        .map_err(|_| Error::field(WHAT, name, format!("`{text}` is not a number")))
-                })
-                .transpose()
-        };
-        let integer = |name: &str| -> Result<Option<u32>> {
-            fields
-                .get(name)
-                .map(|text| {
-                    text.parse::<u32>().map_err(|_| {
-                        Error::field(WHAT, name, format!("`{text}` is not a whole number"))
-                    })
-                })
-                .transpose()
-        };
+        let float = |name: &str| parsed_field::<f64>(&fields, WHAT, name, "a number");
+        let integer = |name: &str| parsed_field::<u32>(&fields, WHAT, name, "a whole number");
+        let count = |name: &str| parsed_field::<u64>(&fields, WHAT, name, "a whole number");
         let result = fields
             .get("result")
             .map(|text| {
@@ -661,16 +662,6 @@ impl TaskResult {
             approval_deadline: float("approval_deadline")?,
             scheduled_for: float("scheduled_for")?,
             usage: {
-                let count = |name: &str| -> Result<Option<u64>> {
-                    fields
-                        .get(name)
-                        .map(|text| {
-                            text.parse::<u64>().map_err(|_| {
-                                Error::field(WHAT, name, format!("`{text}` is not a whole number"))
-                            })
-                        })
-                        .transpose()
-                };
                 let parts = [
                     count("usage_input_tokens")?,
                     count("usage_output_tokens")?,

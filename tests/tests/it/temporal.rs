@@ -196,36 +196,15 @@ fn a_run_killed_in_step_4_resumes_from_the_journal_under_temporal() {
     // Each model call and each tool call was its own activity: four model
     // calls with a tool each, then the answer. The killed step 4 is one
     // activity with two attempts.
-    let output = temporal.cli(&[
-        "workflow",
-        "show",
-        "--workflow-id",
-        &format!("exo-task-{task_id}"),
-        "--output",
-        "json",
-    ]);
-    assert!(output.status.success(), "{output:?}");
-    let history: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let events = history["events"].as_array().cloned().unwrap_or_default();
-    let count = |kind: &str| {
-        events
-            .iter()
-            .filter(|event| {
-                event["eventType"]
-                    .as_str()
-                    .unwrap_or("")
-                    .replace('_', "")
-                    .eq_ignore_ascii_case(kind)
-            })
-            .count()
-    };
+    let events = history(&temporal, &task_id);
+    let count = |kind: &str| events.iter().filter(|event| is_event(event, kind)).count();
     assert_eq!(
         (
-            count("EventTypeActivityTaskScheduled"),
-            count("EventTypeActivityTaskCompleted")
+            count("ActivityTaskScheduled"),
+            count("ActivityTaskCompleted")
         ),
         (9, 9),
-        "one activity per step: {history}"
+        "one activity per step: {events:#?}"
     );
 }
 
