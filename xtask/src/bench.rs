@@ -19,6 +19,7 @@
 //! the ratio of the pair.
 
 mod bullmq;
+mod cluster;
 mod gateway;
 
 use std::{
@@ -119,6 +120,9 @@ fn options(args: &[String]) -> Result<Options> {
 pub(crate) fn bench(args: &[String]) -> Result<()> {
     if args.first().map(String::as_str) == Some("gateway") {
         return gateway::bench_gateway(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("cluster") {
+        return cluster::bench_cluster(&args[1..]);
     }
     let options = options(args)?;
     // The peer is checked and installed before the long release build, so

@@ -10,7 +10,8 @@
 //!   and memory per task; `--peer bullmq` runs the same drains through
 //!   BullMQ, alternating, and prints the ratios; `bench gateway` puts
 //!   thousands of SSE clients on one `exo serve` and measures latency,
-//!   Redis connections and memory.
+//!   Redis connections and memory; `bench cluster` drains one queue split
+//!   into 1, 3 and 6 shards over a local Redis Cluster.
 //! - `chaos`: thousands of tasks through several worker processes while
 //!   workers are SIGKILLed, Redis is killed, restarted and frozen, and tasks
 //!   are cancelled; one JSON line of what was lost, duplicated or changed.
@@ -63,7 +64,7 @@ fn main() -> Result<()> {
         "man" => man(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N] [--list N]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e [--redis-url URL|--docker]|package [--no-verify]|doc|man|check-features|fuzz>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N] [--list N]|bench cluster [--primaries 3] [--shards 1,3,6] [--tasks N] [--concurrency C] [--workers W] [--rounds R]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e [--redis-url URL|--docker]|package [--no-verify]|doc|man|check-features|fuzz>"
             );
             Ok(())
         }

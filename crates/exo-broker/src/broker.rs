@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) url: RedisUrl,
     pub(crate) scripts: Scripts,
     round_trips: AtomicU64,
+    /// Operations run as functions (`FCALL`) rather than scripts.
+    pub(crate) functions: std::sync::atomic::AtomicBool,
     /// Tells this process's heartbeats from another's with the same id.
     pub(crate) nonce: String,
     pub(crate) publish_observer: std::sync::OnceLock<PublishObserver>,
@@ -61,8 +63,10 @@ impl std::fmt::Debug for Inner {
 pub type PublishObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 impl Broker {
-    /// Connects, checks the key layout, loads the scripts and creates the
-    /// consumer group (`XGROUP CREATE ... MKSTREAM`, BUSYGROUP ignored).
+    /// Connects, checks the key layout, creates the consumer group
+    /// (`XGROUP CREATE ... MKSTREAM`, BUSYGROUP ignored) and loads the
+    /// operations' function library (`FUNCTION LOAD`; a server that has
+    /// this library already answers at once).
     pub async fn connect(config: BrokerConfig) -> Result<Self> {
         let url = RedisUrl::parse(&config.redis_url)?;
         if url.is_cluster() {
@@ -89,6 +93,7 @@ impl Broker {
                 )));
             }
         }
+        let functions = config.functions;
         let broker = Broker {
             inner: Arc::new(Inner {
                 client,
@@ -97,12 +102,50 @@ impl Broker {
                 url,
                 scripts: Scripts::new(),
                 round_trips: AtomicU64::new(0),
+                functions: std::sync::atomic::AtomicBool::new(functions),
                 nonce: uuid::Uuid::new_v4().simple().to_string(),
                 publish_observer: std::sync::OnceLock::new(),
             }),
         };
         broker.ensure_group().await?;
+        broker.load_library_at_connect().await?;
         Ok(broker)
+    }
+
+    /// A broker for other keys (a shard of this queue) on this broker's
+    /// connection; creates that queue's consumer group.
+    pub async fn with_keys(&self, keys: Keys) -> Result<Broker> {
+        let mut config = self.inner.config.clone();
+        if self.inner.url.is_cluster() {
+            keys.check_single_slot().map_err(Error::Config)?;
+        }
+        config.keys = keys;
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                context: ScriptContext::new(&config),
+                config,
+                url: self.inner.url.clone(),
+                scripts: Scripts::new(),
+                round_trips: AtomicU64::new(0),
+                functions: std::sync::atomic::AtomicBool::new(
+                    self.inner
+                        .functions
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                nonce: self.inner.nonce.clone(),
+                publish_observer: std::sync::OnceLock::new(),
+            }),
+        };
+        broker.ensure_group().await?;
+        Ok(broker)
+    }
+
+    /// Whether a task's hash exists.
+    pub(crate) async fn task_exists(&self, task_id: &str) -> Result<bool> {
+        self.count();
+        let found: i64 = self.inner.client.exists(self.keys().task(task_id)).await?;
+        Ok(found > 0)
     }
 
     pub(crate) async fn ensure_group(&self) -> Result<()> {

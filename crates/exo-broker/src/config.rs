@@ -52,6 +52,12 @@ pub struct BrokerConfig {
     pub max_retries_cap: u32,
     /// Limits of concurrency keys this worker applies when it claims.
     pub concurrency: ConcurrencyRules,
+    /// Runs the Lua operations as one function library (`FUNCTION LOAD`
+    /// once, then `FCALL`), which saves the server the prelude's set-up on
+    /// every call. A server without functions (before Redis 7) or a user
+    /// whose ACL lacks `FCALL` or `FUNCTION LOAD` gets `EVALSHA` instead,
+    /// as does every call when this is false.
+    pub functions: bool,
 }
 
 /// How many tasks of one concurrency key (a tenant, a user, a
@@ -116,6 +122,7 @@ impl BrokerConfig {
             heartbeat_ttl: Duration::from_secs(30),
             max_retries_cap: 25,
             concurrency: ConcurrencyRules::default(),
+            functions: true,
         }
     }
 

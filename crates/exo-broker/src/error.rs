@@ -97,6 +97,9 @@ pub enum RedisCode {
     MasterDown,
     /// The script cache lost a script.
     NoScript,
+    /// The function library is not loaded (`ERR Function not found`: a
+    /// new or flushed server).
+    NoFunction,
     /// Out of memory under `noeviction`.
     Oom,
     /// A background save failed and writes are refused.
@@ -151,6 +154,9 @@ impl RedisCode {
         if let Some(code) = words.iter().find_map(|word| known(word)) {
             return code;
         }
+        if message.contains("Function not found") {
+            return RedisCode::NoFunction;
+        }
         match words
             .iter()
             .find(|word| word.chars().all(|c| c.is_ascii_uppercase()) && word.len() > 1)
@@ -176,6 +182,7 @@ impl RedisCode {
                 | RedisCode::ClusterDown
                 | RedisCode::MasterDown
                 | RedisCode::NoScript
+                | RedisCode::NoFunction
                 | RedisCode::Oom
                 | RedisCode::Misconf
                 | RedisCode::NoReplicas
@@ -278,6 +285,7 @@ mod tests {
                 RedisCode::Oom,
             ),
             ("NOSCRIPT No matching script.", RedisCode::NoScript),
+            ("ERR Function not found", RedisCode::NoFunction),
             (
                 "CROSSSLOT Keys in request don't hash to the same slot",
                 RedisCode::Other("CROSSSLOT".into()),

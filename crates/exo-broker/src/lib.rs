@@ -66,6 +66,7 @@ mod limits;
 mod ops;
 mod schedules;
 mod session;
+mod shards;
 mod url;
 mod usage;
 
@@ -83,5 +84,6 @@ pub use session::{
     CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
     ModelSpend, Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,
 };
+pub use shards::{Shards, shard_keys};
 pub use url::{RedisUrl, Servers, mask_url};
 pub use usage::{USAGE_KEPT, UsageDimension, UsageReport, UsageRow};

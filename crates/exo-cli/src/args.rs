@@ -102,6 +102,14 @@ pub(crate) struct Global {
     /// Replicas that must acknowledge each submit, cancel and final write (WAIT); 1 makes them survive a Sentinel failover.
     #[arg(long, env = "EXO_REPLICA_ACKS", global = true)]
     pub(crate) replica_acks: Option<u32>,
+    /// Run exo's Lua operations as a Redis function library (FCALL; Redis 7+), or, with false, as scripts
+    /// (EVALSHA). A server or ACL user without functions gets scripts either way. [default: true]
+    #[arg(long, env = "EXO_REDIS_FUNCTIONS", global = true, value_name = "BOOL")]
+    pub(crate) redis_functions: Option<bool>,
+    /// Queue shards: tasks are spread over N hash slots (under Redis Cluster, over N nodes); every
+    /// client and worker of the queue must use the same N. [default: 1]
+    #[arg(long, env = "EXO_SHARDS", global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) shards: Option<u32>,
     /// Print JSON instead of tables (read commands).
     #[arg(long, global = true)]
     pub(crate) json: bool,

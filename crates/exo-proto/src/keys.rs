@@ -308,6 +308,32 @@ impl Keys {
         ]
     }
 
+    /// Extension: the keys of queue shard `index`. Shard 0 is these keys
+    /// (the reference's); shard `i` puts `:i` inside the hash tag that the
+    /// prefix and the queue share (`{exo}:` becomes `{exo:2}:`), so each
+    /// shard is its own hash slot and, under Redis Cluster, may live on its
+    /// own node. Names without a shared hash tag get `i:` after the prefix
+    /// and `:i` after the queue.
+    pub fn shard(&self, index: u32) -> Keys {
+        if index == 0 {
+            return self.clone();
+        }
+        if let Some(tag) = hash_tag(&self.prefix) {
+            let from = format!("{{{tag}}}");
+            if self.queue.contains(&from) {
+                let to = format!("{{{tag}:{index}}}");
+                return Keys::new(
+                    self.prefix.replacen(&from, &to, 1),
+                    self.queue.replacen(&from, &to, 1),
+                );
+            }
+        }
+        Keys::new(
+            format!("{}{index}:", self.prefix),
+            format!("{}:{index}", self.queue),
+        )
+    }
+
     /// Checks that every key lands in one Redis Cluster hash slot. Returns
     /// the slot, or a message that says how to fix the names.
     pub fn check_single_slot(&self) -> Result<u16, String> {
@@ -355,6 +381,29 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
     crc
 }
 
+/// The hash tag of a key (what Redis Cluster hashes): the text between the
+/// first `{` and the next `}`, when not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    (close > 0).then(|| &key[open + 1..open + 1 + close])
+}
+
+/// Extension: which of `count` queue shards a task goes to, by its routing
+/// key (see [`crate::TaskPayload::routing_key`]): FNV-1a of the key, modulo
+/// `count`. Stable across versions and languages.
+pub fn shard_of(routing_key: &str, count: u32) -> u32 {
+    if count <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in routing_key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(count)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +449,42 @@ mod tests {
             Keys::new("{exo}:", "exo:tasks")
                 .check_single_slot()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn shards_are_hash_slots_of_their_own() {
+        let keys = Keys::with_prefix("{exo}:");
+        assert_eq!(keys.shard(0), keys);
+        let second = keys.shard(2);
+        assert_eq!(second.prefix(), "{exo:2}:");
+        assert_eq!(second.queue(), "{exo:2}:tasks");
+        let slots: std::collections::BTreeSet<u16> = (0..6)
+            .map(|index| keys.shard(index).check_single_slot().unwrap())
+            .collect();
+        assert_eq!(
+            slots.len(),
+            6,
+            "each shard is one slot, and no two share one"
+        );
+        let plain = Keys::default().shard(3);
+        assert_eq!(plain.prefix(), "exo:3:");
+        assert_eq!(plain.queue(), "exo:tasks:3");
+        assert_eq!(plain.task("t"), "exo:3:task:t");
+    }
+
+    #[test]
+    fn routing_is_stable_and_spreads() {
+        assert_eq!(shard_of("anything", 1), 0);
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(shard_of("a", 7), (0xaf63_dc4c_8601_ec8c_u64 % 7) as u32);
+        let mut counts = [0u32; 3];
+        for index in 0..3000 {
+            counts[shard_of(&format!("task-{index}"), 3) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|count| (800..1200).contains(count)),
+            "{counts:?}"
         );
     }
 }

@@ -52,7 +52,7 @@ pub use health::{DEAD_AFTER_SECONDS, Health, HealthReport, WorkerHealth};
 pub use journal::{
     ApprovalRequest, DecisionRecord, Journal, JournalRecord, ModelRecord, StepKey, ToolRecord,
 };
-pub use keys::{Keys, cluster_slot};
+pub use keys::{Keys, cluster_slot, shard_of};
 pub use message::{Content, Message, ToolCall};
 pub use outcome::{OutcomeStatus, RunOutcome};
 pub use task::{

@@ -255,6 +255,17 @@ fn json_depth(value: &Value, limit: usize) -> usize {
 }
 
 impl TaskPayload {
+    /// What picks the queue shard of the task (see [`crate::shard_of`]):
+    /// its concurrency key, so that a key's limit and a conversation's order
+    /// hold on one shard; else its idempotency key, so that a repeated
+    /// submit meets the first; else its id.
+    pub fn routing_key(&self) -> &str {
+        self.concurrency_key
+            .as_deref()
+            .or(self.idempotency_key.as_deref())
+            .unwrap_or(&self.task_id)
+    }
+
     /// The tenant the task belongs to: `metadata.tenant` when it is a
     /// non-empty string.
     pub fn tenant(&self) -> Option<&str> {

@@ -90,6 +90,11 @@ impl RedisCluster {
         }
     }
 
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
     /// `redis+cluster://127.0.0.1:{p1},127.0.0.1:{p2},...`.
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self

@@ -411,7 +411,7 @@ async fn write_outcome(
             journal: journal.clone(),
             spent: spent.clone(),
         };
-        let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim());
+        let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim_next());
         let written = claimer
             .finish_then_claim(
                 task,

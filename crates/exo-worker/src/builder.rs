@@ -75,6 +75,12 @@ impl WorkerBuilder {
         self
     }
 
+    /// Queue shards to consume (default 1: the queue is not sharded).
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.config.shards = shards.max(1);
+        self
+    }
+
     /// The key prefix and queue stream (default `exo:` and `exo:tasks`).
     pub fn keys(mut self, keys: exo_proto::Keys) -> Self {
         self.config.broker.keys = keys;
@@ -163,6 +169,8 @@ impl WorkerBuilder {
             shutdown: CancellationToken::new(),
             force: CancellationToken::new(),
             status: Arc::new(WorkerStatus::default()),
+            slots: None,
+            shard: 0,
         })
     }
 }
@@ -227,6 +235,10 @@ pub struct Worker {
     pub(crate) shutdown: CancellationToken,
     pub(crate) force: CancellationToken,
     pub(crate) status: Arc<WorkerStatus>,
+    /// The slots, when shared with the other shards of a sharded worker.
+    pub(crate) slots: Option<Arc<crate::state::Slots>>,
+    /// Which shard this runtime consumes, in a sharded worker.
+    pub(crate) shard: usize,
 }
 
 impl Worker {

@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Task slots (reference default 1).
     pub concurrency: usize,
+    /// Queue shards this worker consumes (1: the queue is not sharded).
+    /// The slots are shared: a shard whose slot frees keeps it for its next
+    /// task unless another shard waits for one. See `exo_broker::Shards`.
+    pub shards: u32,
     /// Where tasks run.
     pub executor: ExecutorKind,
     /// How long running tasks may finish after a shutdown signal.
@@ -113,6 +117,7 @@ impl WorkerConfig {
             broker: BrokerConfig::new(redis_url),
             worker_id: None,
             concurrency: 1,
+            shards: 1,
             executor: ExecutorKind::Local,
             drain_timeout: Duration::from_secs(30),
             claim_block: Duration::from_secs(2),

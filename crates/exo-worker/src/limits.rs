@@ -283,7 +283,7 @@ mod tests {
         assert!(names("anthropic:haiku", false).is_empty());
     }
 
-    /// `EVALSHA` calls the server has served.
+    /// `FCALL` and `EVALSHA` calls the server has served.
     async fn evalsha_calls(client: &fred::prelude::Client) -> u64 {
         use fred::prelude::ClientLike;
         let info: String = client
@@ -291,10 +291,13 @@ mod tests {
             .await
             .unwrap();
         info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-            .and_then(|rest| rest.split(',').find_map(|part| part.strip_prefix("calls=")))
-            .and_then(|calls| calls.parse().ok())
-            .unwrap_or(0)
+            .filter_map(|line| {
+                line.strip_prefix("cmdstat_evalsha:")
+                    .or_else(|| line.strip_prefix("cmdstat_fcall:"))
+            })
+            .filter_map(|rest| rest.split(',').find_map(|part| part.strip_prefix("calls=")))
+            .filter_map(|calls| calls.parse::<u64>().ok())
+            .sum()
     }
 
     #[tokio::test]

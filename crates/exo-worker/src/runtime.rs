@@ -12,7 +12,7 @@ use std::{
 
 use exo_broker::Broker;
 use exo_observability::record::{self, TaskLabels};
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -30,6 +30,68 @@ impl Worker {
     /// outages are ridden out with backoff; only invalid settings end it
     /// early.
     pub async fn run(self) -> Result<()> {
+        if self.config.shards > 1 && self.slots.is_none() {
+            return self.run_shards().await;
+        }
+        self.run_one().await
+    }
+
+    /// A sharded worker: one runtime per shard (each with its own
+    /// connection, heartbeat, reaper and cancel subscription, under the same
+    /// worker id), all on one pool of slots.
+    async fn run_shards(self) -> Result<()> {
+        if self.executor.is_none() && self.config.executor == ExecutorKind::Temporal {
+            return Err(crate::error::Error::Executor(
+                "a sharded worker runs tasks locally; --shards does not go with --executor temporal"
+                    .into(),
+            ));
+        }
+        let slots = Arc::new(crate::state::Slots::new(
+            self.config.concurrency,
+            self.config.shards,
+        ));
+        let mut runs = JoinSet::new();
+        for index in 0..self.config.shards {
+            let mut config = self.config.clone();
+            config.broker.keys = self.config.broker.keys.shard(index);
+            config.shards = 1;
+            let shard = Worker {
+                config,
+                worker_id: self.worker_id.clone(),
+                hostname: self.hostname.clone(),
+                runner: self.runner.clone(),
+                memory: self.memory.clone(),
+                hooks: self.hooks.clone(),
+                executor: self.executor.clone(),
+                shutdown: self.shutdown.clone(),
+                force: self.force.clone(),
+                status: self.status.clone(),
+                slots: Some(slots.clone()),
+                shard: index as usize,
+            };
+            runs.spawn(shard.run_one());
+        }
+        let mut result = Ok(());
+        while let Some(joined) = runs.join_next().await {
+            let ended = joined.unwrap_or_else(|error| {
+                Err(crate::error::Error::Executor(format!(
+                    "a shard's runtime panicked: {error}"
+                )))
+            });
+            if let Err(error) = ended {
+                // One shard cannot go on (a worker id in use, bad settings):
+                // the others stop too.
+                self.shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(error);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, self.memory.close()).await;
+        result
+    }
+
+    async fn run_one(self) -> Result<()> {
         let broker = match self.connect().await? {
             Some(broker) => broker,
             None => return Ok(()),
@@ -69,6 +131,11 @@ impl Worker {
             }
         };
         let shared = Arc::new(Shared {
+            slots: self
+                .slots
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::state::Slots::new(self.config.concurrency, 1))),
+            shard: self.shard,
             broker: broker.clone(),
             session: session.clone(),
             config: self.config.clone(),
@@ -245,7 +312,10 @@ impl Worker {
         if !redis_away {
             let _ = tokio::time::timeout(SHUTDOWN_STEP, broker.close()).await;
         }
-        let _ = tokio::time::timeout(SHUTDOWN_STEP, self.memory.close()).await;
+        if self.slots.is_none() {
+            // A sharded worker closes it once every shard has stopped.
+            let _ = tokio::time::timeout(SHUTDOWN_STEP, self.memory.close()).await;
+        }
         self.status.connected.store(false, Ordering::Relaxed);
         tracing::info!(worker_id = self.worker_id, "worker stopped");
         if conflict {
@@ -283,11 +353,12 @@ impl Worker {
         executor: &Arc<dyn Executor>,
         tasks: &mut JoinSet<()>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let slots = shared.slots.semaphore.clone();
         let mut claimer = shared.session.claimer();
         let mut failures = 0u32;
         loop {
             while tasks.try_join_next().is_some() {}
+            shared.slots.set_waiting(shared.shard, true);
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -295,6 +366,7 @@ impl Worker {
                 },
                 () = self.shutdown.cancelled() => break,
             };
+            shared.slots.set_waiting(shared.shard, false);
             if self.shutdown.is_cancelled() {
                 break;
             }

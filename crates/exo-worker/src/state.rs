@@ -152,6 +152,10 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Broker,
+    /// The slots (shared by every shard's loop of a sharded worker), and
+    /// this loop's shard.
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) shard: usize,
     /// This worker's operations on the queue.
     pub(crate) session: WorkerSession,
     pub(crate) config: WorkerConfig,
@@ -176,6 +180,36 @@ pub(crate) struct Shared {
     pub(crate) fleet_scan: Mutex<exo_broker::FleetScan>,
 }
 
+/// A worker's task slots, and which shards' claim loops wait for one.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    pub(crate) semaphore: Arc<tokio::sync::Semaphore>,
+    waiting: Vec<AtomicBool>,
+}
+
+impl Slots {
+    pub(crate) fn new(slots: usize, shards: u32) -> Self {
+        Slots {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(slots)),
+            waiting: (0..shards.max(1)).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Marks shard `shard`'s loop as waiting for a slot (or not).
+    pub(crate) fn set_waiting(&self, shard: usize, waiting: bool) {
+        if let Some(flag) = self.waiting.get(shard) {
+            flag.store(waiting, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn others_waiting(&self, shard: usize) -> bool {
+        self.waiting
+            .iter()
+            .enumerate()
+            .any(|(index, flag)| index != shard && flag.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// `SCAN` pages (of 1000 keys) each fleet measurement reads while looking
 /// for heartbeat hashes no exo worker registered.
 pub(crate) const FLEET_SCAN_PAGES: usize = 10;
@@ -196,6 +230,13 @@ impl Shared {
     /// paused.
     pub(crate) fn may_claim(&self) -> bool {
         !self.shutdown.is_cancelled() && !self.paused()
+    }
+
+    /// Whether a slot that frees may go on to this shard's next task in
+    /// the same round trip: not when another shard's loop waits for a slot
+    /// (the slot goes back to the pool, and the shards take turns).
+    pub(crate) fn may_claim_next(&self) -> bool {
+        self.may_claim() && !self.slots.others_waiting(self.shard)
     }
 
     /// Logs queue entries a claim sent to the dead letter, and counts them

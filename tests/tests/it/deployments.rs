@@ -165,6 +165,39 @@ fn cluster() {
 }
 
 #[test]
+fn cluster_with_a_sharded_queue() {
+    let cluster = RedisCluster::start(3);
+    // Three shards, each its own hash tag, so their keys spread over the
+    // nodes; every command and worker is told the same count.
+    let shards: Vec<exo_proto::Keys> = (0..3)
+        .map(|index| exo_proto::Keys::with_prefix("{exo}:").shard(index))
+        .collect();
+    let nodes: std::collections::BTreeSet<u16> = shards
+        .iter()
+        .map(|keys| cluster.owner_of(keys.queue()))
+        .collect();
+    assert!(
+        nodes.len() >= 2,
+        "the shards live on {} node(s)",
+        nodes.len()
+    );
+    let target = Target::new(&cluster.url(), "{exo}:", "{exo}:tasks").with_env("EXO_SHARDS", "3");
+    suite(&target, "cluster, 3 shards");
+    // Each shard got some of the 22 tasks (a task goes by its id's hash).
+    for keys in &shards {
+        let shard = Target::new(&cluster.url(), keys.prefix(), keys.queue());
+        let tasks = shard.json(&["task", "list", "--limit", "100"]);
+        assert!(
+            !tasks.as_array().unwrap().is_empty(),
+            "shard {} has no task",
+            keys.queue()
+        );
+    }
+    let all = target.json(&["task", "list", "--limit", "100"]);
+    assert_eq!(all.as_array().unwrap().len(), 22, "{all}");
+}
+
+#[test]
 fn acl_least_privilege_user() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

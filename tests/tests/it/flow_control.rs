@@ -458,3 +458,97 @@ fn a_conversations_second_task_follows_its_strategy() {
         "{seen:?}"
     );
 }
+
+/// A task of the agent `slow` (100 ms, no provider) whose id routes it to
+/// shard `shard` of `shards`.
+fn on_shard(shard: u32, shards: u32) -> TaskPayload {
+    loop {
+        let id = uuid_like();
+        if exo_proto::shard_of(&id, shards) == shard {
+            let config = json!({"name": "slow", "model": "scripted:slow:100"});
+            return TaskPayload::new(id, config.as_object().unwrap().clone(), "x");
+        }
+    }
+}
+
+#[test]
+fn a_sharded_worker_shares_its_slots_between_busy_and_quiet_shards() {
+    let redis = TestRedis::new();
+    let target = Target::of(&redis).with_env("EXO_SHARDS", "2");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shards = runtime.block_on(async {
+        exo_broker::Shards::connect(
+            exo_broker::BrokerConfig::new(redis.url())
+                .with_keys(Keys::new(redis.prefix(), redis.queue())),
+            2,
+        )
+        .await
+        .unwrap()
+    });
+    // Shard 0: a backlog of 200 tasks of 100 ms (10 s on 2 slots).
+    runtime.block_on(async {
+        for _ in 0..200 {
+            shards
+                .first()
+                .client()
+                .submit(on_shard(0, 2))
+                .await
+                .unwrap();
+        }
+    });
+    let mut worker = target.start_worker(&["--concurrency", "2"]);
+    // Past one claim block (2 s): shard 1's loop found nothing and waits
+    // for a slot again, while shard 0's slots go from task to task.
+    std::thread::sleep(Duration::from_secs(4));
+    // Then shard 1 gets 4 tasks: they must not wait for shard 0's backlog.
+    let quiet: Vec<String> = runtime.block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            let task = on_shard(1, 2);
+            ids.push(task.task_id.clone());
+            shards.submit(task).await.unwrap();
+        }
+        ids
+    });
+    let submitted = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "shard 1's tasks to finish while shard 0 has a backlog",
+        || {
+            let done = quiet
+                .iter()
+                .filter(|id| target.status(id)["status"] == "completed")
+                .count();
+            (done == quiet.len()).then_some(())
+        },
+    );
+    let took = submitted.elapsed();
+    let stats = target.json(&["queue", "stats"]);
+    assert!(
+        stats["depth"].as_u64().unwrap() > 40,
+        "shard 0 still had a backlog when shard 1's tasks were done ({took:?}): {stats}"
+    );
+    // The process's slots are shared: never more than 2 tasks at once over
+    // both shards.
+    eventually(Duration::from_secs(30), "the backlog to drain", || {
+        (target.json(&["queue", "stats"])["depth"] == 0
+            && target.json(&["queue", "stats"])["pending"] == 0)
+            .then_some(())
+    });
+    let tasks = target.json(&["task", "list", "--limit", "300"]);
+    let spans: Vec<(f64, f64)> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|task| Some((task["started_at"].as_f64()?, task["completed_at"].as_f64()?)))
+        .collect();
+    assert_eq!(spans.len(), 204);
+    let (at_once, _) = most_at_once(&spans);
+    assert!(at_once <= 2, "{at_once} tasks ran at once on 2 slots");
+    worker.signal("TERM");
+    assert!(
+        worker.wait(Duration::from_secs(20)).success(),
+        "{}",
+        worker.stderr()
+    );
+}

@@ -36,18 +36,42 @@
 -- placeholder strings, and `fill` puts the JSON-encoded values in their place.
 -- `ERROR_TYPES` holds the failure kinds scripts write, from `ErrorType`.
 
-local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local INDEX, TIMELINE, REGISTRY, ACTIVE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = KEYS[9], KEYS[10], KEYS[11]
-local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = KEYS[12], KEYS[13], KEYS[14]
-local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = KEYS[15], KEYS[16], KEYS[17]
-local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = KEYS[18], KEYS[19], KEYS[20]
-local SCHEDULES, SCHEDULES_DUE = KEYS[21], KEYS[22]
-local PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD = KEYS[23], KEYS[24], KEYS[25]
-local USAGE_FAMILY = KEYS[26]
-local SIZE_LIMIT, GROUP = tonumber(ARGV[1]) or 0, ARGV[2]
-local TASK_TTL, EVENT_TTL = tonumber(ARGV[3]), tonumber(ARGV[4])
-local EVENT_MAXLEN, DEAD_MAXLEN = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Set per call by `setup` (the prelude is loaded once as a function
+-- library, or runs at the top of each script; see `ops/mod.rs`).
+local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD
+local INDEX, TIMELINE, REGISTRY, ACTIVE
+local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP
+local TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY
+local CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY
+local APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY
+local SCHEDULES, SCHEDULES_DUE
+local PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD
+local USAGE_FAMILY
+local SIZE_LIMIT, GROUP
+local TASK_TTL, EVENT_TTL
+local EVENT_MAXLEN, DEAD_MAXLEN
+-- Every timestamp comes from the server's clock, so a client whose clock is
+-- off can neither trim live tasks nor confuse the bookkeeping.
+local NOW_MS, NOW
+
+-- Reads the keys and shared settings of one call, and the server's clock.
+local function setup(keys, argv)
+  QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = keys[1], keys[2], keys[3], keys[4]
+  INDEX, TIMELINE, REGISTRY, ACTIVE = keys[5], keys[6], keys[7], keys[8]
+  FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = keys[9], keys[10], keys[11]
+  TASK_FAMILY, STREAM_FAMILY, CHANNEL_FAMILY = keys[12], keys[13], keys[14]
+  CANCEL_FAMILY, WORKER_FAMILY, IDEMPOTENCY_FAMILY = keys[15], keys[16], keys[17]
+  APPROVALS, JOURNAL_FAMILY, LIMIT_FAMILY = keys[18], keys[19], keys[20]
+  SCHEDULES, SCHEDULES_DUE = keys[21], keys[22]
+  PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD = keys[23], keys[24], keys[25]
+  USAGE_FAMILY = keys[26]
+  SIZE_LIMIT, GROUP = tonumber(argv[1]) or 0, argv[2]
+  TASK_TTL, EVENT_TTL = tonumber(argv[3]), tonumber(argv[4])
+  EVENT_MAXLEN, DEAD_MAXLEN = tonumber(argv[5]), tonumber(argv[6])
+  local time = redis.call('TIME')
+  NOW_MS = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  NOW = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
+end
 
 local function task_key(task_id) return TASK_FAMILY .. task_id end
 local function stream_key(task_id) return STREAM_FAMILY .. task_id end
@@ -63,11 +87,6 @@ local function key_running(ckey) return CONCURRENCY_FAMILY .. ckey .. ':running'
 local function key_waiting(ckey) return CONCURRENCY_FAMILY .. ckey .. ':waiting' end
 local function key_tasks(ckey) return CONCURRENCY_FAMILY .. ckey .. ':tasks' end
 
--- Every timestamp comes from the server's clock, so a client whose clock is
--- off can neither trim live tasks nor confuse the bookkeeping.
-local SERVER_TIME = redis.call('TIME')
-local NOW_MS = tonumber(SERVER_TIME[1]) * 1000 + math.floor(tonumber(SERVER_TIME[2]) / 1000)
-local NOW = string.format('%d.%06d', tonumber(SERVER_TIME[1]), tonumber(SERVER_TIME[2]))
 local function now_ms() return NOW_MS end
 
 -- Task ids: what the key layout can hold. Letters, digits, `_`, `-`, `.`

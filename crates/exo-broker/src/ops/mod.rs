@@ -23,6 +23,8 @@
 //! file.
 
 use exo_proto::{ErrorEvent, ErrorType, RunStatus, StreamEvent};
+use std::sync::atomic::Ordering;
+
 use fred::{
     prelude::*,
     types::{MultipleKeys, Value, scripts::Script},
@@ -78,6 +80,10 @@ pub(crate) struct ScriptContext {
     names: Vec<String>,
     keys: MultipleKeys,
     settings: Vec<String>,
+    /// `FCALL` as a command fred pipelines like any other (its own
+    /// `fcall` is treated as blocking: sent alone, and left out of the
+    /// unresponsive-connection check), routed to the queue's hash slot.
+    fcall: fred::types::CustomCommand,
 }
 
 impl ScriptContext {
@@ -121,15 +127,23 @@ impl ScriptContext {
             config.event_stream_max_len.to_string(),
             config.dead_letter_max_len.to_string(),
         ];
+        let slot = exo_proto::cluster_slot(keys.queue());
         ScriptContext {
             keys: names.clone().into(),
             names,
             settings,
+            fcall: fred::types::CustomCommand::new(
+                "FCALL",
+                fred::types::ClusterHash::Custom(slot),
+                false,
+            ),
         }
     }
 }
 
-/// Every script, compiled once (EVALSHA, reloaded on NOSCRIPT).
+/// Every script, compiled once: as one function library (`FCALL`, loaded
+/// on `Function not found`) and as scripts (`EVALSHA`, reloaded on
+/// NOSCRIPT) for servers without functions.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) admit: Script,
@@ -148,12 +162,51 @@ pub(crate) struct Scripts {
     pub(crate) redrive: Script,
     pub(crate) deregister: Script,
     pub(crate) schedule: Script,
+    pub(crate) library: Library,
+}
+
+/// The operations as one Redis function library. The prelude runs once, at
+/// `FUNCTION LOAD`; each call only runs `setup` and its operation, where an
+/// `EVALSHA` runs the whole prelude (defining every helper) first. The
+/// library's name carries a hash of its source, so workers of two versions
+/// on one server each call their own.
+#[derive(Debug)]
+pub(crate) struct Library {
+    /// `exo_<first 16 hex digits of the source's SHA-1>`.
+    pub(crate) name: String,
+    /// The `FUNCTION LOAD` source.
+    pub(crate) code: String,
+}
+
+impl Library {
+    /// The function that runs operation `O`.
+    pub(crate) fn function(&self, operation: &str) -> String {
+        format!("{}_{operation}", self.name)
+    }
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         let prelude = prelude();
-        let script = |body: &str| Script::from_lua(format!("{prelude}{body}"));
+        let bodies = [
+            (admit::AdmitCall::NAME, admit::LUA),
+            (submit::SubmitCall::NAME, submit::LUA),
+            (claim::ClaimCall::NAME, claim::LUA),
+            (decide::DecideCall::NAME, decide::LUA),
+            (finish::FinishCall::NAME, finish::LUA),
+            (publish::PublishCall::NAME, publish::LUA),
+            (cancel::CancelCall::NAME, cancel::LUA),
+            (heartbeat::HeartbeatCall::NAME, heartbeat::LUA),
+            (reap::ReapCall::NAME, reap::LUA),
+            (release::ReleaseCall::NAME, release::LUA),
+            (fleet::FleetCall::NAME, fleet::LUA),
+            (list::ListCall::NAME, list::LUA),
+            (stats::StatsCall::NAME, stats::LUA),
+            (redrive::RedriveCall::NAME, redrive::LUA),
+            (deregister::DeregisterCall::NAME, deregister::LUA),
+            (schedule::ScheduleCall::NAME, schedule::LUA),
+        ];
+        let script = |body: &str| Script::from_lua(format!("{prelude}setup(KEYS, ARGV)\n{body}"));
         Scripts {
             admit: script(admit::LUA),
             submit: script(submit::LUA),
@@ -171,8 +224,28 @@ impl Scripts {
             redrive: script(redrive::LUA),
             deregister: script(deregister::LUA),
             schedule: script(schedule::LUA),
+            library: library(&prelude, &bodies),
         }
     }
+}
+
+/// The library source: the prelude, then each operation registered as a
+/// function whose body is the script's (its `KEYS` and `ARGV` are the
+/// function's arguments).
+fn library(prelude: &str, bodies: &[(&str, &str)]) -> Library {
+    let mut source = String::from(prelude);
+    for (operation, body) in bodies {
+        source.push_str(&format!(
+            "redis.register_function('\u{1}_{operation}', function(KEYS, ARGV)\nsetup(KEYS, ARGV)\n{body}\nend)\n"
+        ));
+    }
+    let hash = fred::util::sha1_hash(&source);
+    let name = format!("exo_{}", &hash[..16]);
+    let code = format!(
+        "#!lua name={name}\n{}",
+        source.replace("'\u{1}_", &format!("'{name}_"))
+    );
+    Library { name, code }
 }
 
 /// Placeholders in the event templates; common.lua's `fill` replaces each,
@@ -241,32 +314,131 @@ impl Broker {
         let context = &self.inner.context;
         let mut argv = context.settings.clone();
         operation.arguments(&mut argv);
-        let script = O::script(&self.inner.scripts);
-        let value = if O::DURABLE && self.inner.config.replica_acks > 0 {
-            self.eval_acknowledged(script, argv).await?
-        } else {
-            self.count();
-            script
-                .evalsha_with_reload::<Value, _, _>(&self.inner.client, context.keys.clone(), argv)
-                .await?
-        };
-        operation.parse(value)
+        let mut reloaded = false;
+        loop {
+            let functions = self.inner.functions.load(Ordering::Relaxed);
+            let result = if O::DURABLE && self.inner.config.replica_acks > 0 {
+                self.eval_acknowledged::<O>(functions, argv.clone()).await
+            } else {
+                self.count();
+                if functions {
+                    self.inner
+                        .client
+                        .custom::<Value, _>(context.fcall.clone(), self.fcall_arguments::<O>(&argv))
+                        .await
+                        .map_err(Error::from)
+                } else {
+                    O::script(&self.inner.scripts)
+                        .evalsha_with_reload::<Value, _, _>(
+                            &self.inner.client,
+                            context.keys.clone(),
+                            argv.clone(),
+                        )
+                        .await
+                        .map_err(Error::from)
+                }
+            };
+            match result {
+                Ok(value) => return operation.parse(value),
+                Err(error)
+                    if functions
+                        && !reloaded
+                        && error.redis_code() == Some(&RedisCode::NoFunction) =>
+                {
+                    reloaded = true;
+                    self.load_library(true).await?;
+                }
+                Err(error) if functions && functions_refused(&error) => {
+                    self.scripts_instead(&error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
-    /// EVALSHA and a `WAIT` for `replica_acks` replicas, pipelined: the
-    /// write is on a replica before this returns, still in one round trip.
-    async fn eval_acknowledged(&self, script: &Script, argv: Vec<String>) -> Result<Value> {
+    /// `FCALL`'s arguments: the function, the keys, then `argv`.
+    fn fcall_arguments<O: Operation>(&self, argv: &[String]) -> Vec<String> {
+        let names = &self.inner.context.names;
+        let mut call = Vec::with_capacity(2 + names.len() + argv.len());
+        call.push(self.inner.scripts.library.function(O::NAME));
+        call.push(names.len().to_string());
+        call.extend(names.iter().cloned());
+        call.extend(argv.iter().cloned());
+        call
+    }
+
+    /// Loads the function library at connect, unless the server has it
+    /// already (a library of the same source has the same name); a server
+    /// or user without functions switches this broker to scripts.
+    pub(crate) async fn load_library_at_connect(&self) -> Result<()> {
+        if !self.inner.functions.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.load_library(false).await
+    }
+
+    /// Loads the function library (on every primary under Cluster). A
+    /// server or user that cannot load it switches this broker to scripts.
+    async fn load_library(&self, replace: bool) -> Result<()> {
+        let library = &self.inner.scripts.library;
+        self.count();
+        let loaded: std::result::Result<Value, _> = if self.inner.url.is_cluster() {
+            self.inner
+                .client
+                .function_load_cluster(replace, library.code.as_str())
+                .await
+        } else {
+            self.inner
+                .client
+                .function_load(replace, library.code.as_str())
+                .await
+        };
+        match loaded.map_err(Error::from) {
+            Ok(_) => Ok(()),
+            Err(error) if error.to_string().contains("already exists") => Ok(()),
+            Err(error) if functions_refused(&error) => {
+                self.scripts_instead(&error);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn scripts_instead(&self, error: &Error) {
+        if self.inner.functions.swap(false, Ordering::Relaxed) {
+            tracing::info!(%error, "Redis functions are not available; running the operations as scripts (EVALSHA)");
+        }
+    }
+
+    /// The operation and a `WAIT` for `replica_acks` replicas, pipelined:
+    /// the write is on a replica before this returns, still in one round
+    /// trip.
+    async fn eval_acknowledged<O: Operation>(
+        &self,
+        functions: bool,
+        argv: Vec<String>,
+    ) -> Result<Value> {
         let acks = self.inner.config.replica_acks;
         let keys = &self.inner.context.names;
         let timeout = self.inner.config.replica_ack_timeout.as_millis().max(1) as i64;
+        let script = O::script(&self.inner.scripts);
         for attempt in 0..2 {
             let pipeline = self.inner.client.pipeline();
-            let mut evalsha: Vec<String> = Vec::with_capacity(2 + keys.len() + argv.len());
-            evalsha.push(script.sha1().to_string());
-            evalsha.push(keys.len().to_string());
-            evalsha.extend(keys.iter().cloned());
-            evalsha.extend(argv.iter().cloned());
-            let _: () = pipeline.custom(fred::cmd!("EVALSHA"), evalsha).await?;
+            if functions {
+                let _: () = pipeline
+                    .custom(
+                        self.inner.context.fcall.clone(),
+                        self.fcall_arguments::<O>(&argv),
+                    )
+                    .await?;
+            } else {
+                let mut call: Vec<String> = Vec::with_capacity(2 + keys.len() + argv.len());
+                call.push(script.sha1().to_string());
+                call.push(keys.len().to_string());
+                call.extend(keys.iter().cloned());
+                call.extend(argv.iter().cloned());
+                let _: () = pipeline.custom(fred::cmd!("EVALSHA"), call).await?;
+            }
             let _: () = pipeline.wait(i64::from(acks), timeout).await?;
             self.count();
             let mut results = pipeline.try_all::<Value>().await.into_iter();
@@ -274,7 +446,9 @@ impl Broker {
             let acknowledged = results.next();
             match written {
                 Err(error)
-                    if RedisCode::parse(error.details()) == RedisCode::NoScript && attempt == 0 =>
+                    if !functions
+                        && RedisCode::parse(error.details()) == RedisCode::NoScript
+                        && attempt == 0 =>
                 {
                     self.count();
                     script.load(&self.inner.client).await?;
@@ -303,6 +477,19 @@ impl Broker {
             }
         }
         Err(Error::reply("the script could not be loaded"))
+    }
+}
+
+/// A server without functions (`unknown command`, before Redis 7) or a user
+/// whose ACL does not allow them.
+fn functions_refused(error: &Error) -> bool {
+    match error.redis_code() {
+        Some(RedisCode::NoPerm) => true,
+        Some(RedisCode::Generic) => {
+            let text = error.to_string();
+            text.contains("unknown command") || text.contains("unknown subcommand")
+        }
+        _ => false,
     }
 }
 

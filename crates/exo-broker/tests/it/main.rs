@@ -10,6 +10,7 @@ mod recovery;
 mod reliability;
 mod round_trips;
 mod schedules;
+mod shards;
 mod topologies;
 mod transitions;
 mod usage;

@@ -332,3 +332,76 @@ async fn f6_a_frozen_primary_is_left_and_the_failover_followed() {
     set.primary().thaw();
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
+
+/// `calls` of one `INFO commandstats` line (`cmdstat_fcall`, ...).
+fn calls(server: &exo_testkit::RedisServer, command: &str) -> u64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string(), "INFO", "commandstats"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))
+        .and_then(|rest| rest.split(',').find_map(|part| part.strip_prefix("calls=")))
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn operations_run_as_functions_loaded_once_and_again_after_a_flush() {
+    let server = exo_testkit::RedisServer::start();
+    let broker = Broker::connect(BrokerConfig::new(server.url()))
+        .await
+        .unwrap();
+    lifecycle(&broker).await;
+    assert!(calls(&server, "fcall") > 10);
+    assert_eq!(calls(&server, "evalsha"), 0);
+    assert_eq!(calls(&server, "function|load"), 1);
+    // Another connection finds the library there.
+    let second = Broker::connect(BrokerConfig::new(server.url()))
+        .await
+        .unwrap();
+    second.admin().queue_stats().await.unwrap();
+    // A server that lost its functions (a restart without persistence, a
+    // FUNCTION FLUSH) gets the library again at the next call.
+    assert_eq!(server.command(&["FUNCTION", "FLUSH"]).unwrap(), "+OK");
+    let loads = calls(&server, "function|load");
+    let task = payload("again");
+    broker.client().submit(task.clone()).await.unwrap();
+    assert_eq!(calls(&server, "function|load"), loads + 1);
+    assert_eq!(calls(&server, "evalsha"), 0);
+    let fcalls = calls(&server, "fcall");
+    assert_eq!(
+        second.client().cancel(&task.task_id).await.unwrap(),
+        exo_broker::CancelOutcome::Cancelled
+    );
+    assert_eq!(calls(&server, "fcall"), fcalls + 1);
+}
+
+#[tokio::test]
+async fn without_functions_the_same_operations_run_as_scripts() {
+    // A user whose ACL lacks FCALL and FUNCTION LOAD (as an ACL written for
+    // an earlier exo, or a server before Redis 7): scripts, found out once.
+    let line = acl_line().replace(" +fcall +function|load", "");
+    assert!(!line.contains("fcall"));
+    let server = exo_testkit::AclRedis::start(&[&line]);
+    let broker = Broker::connect(BrokerConfig::new(
+        server.url_for("exo", "change-me-exo-password"),
+    ))
+    .await
+    .unwrap();
+    lifecycle(&broker).await;
+    let admin = server.server();
+    assert!(calls(admin, "evalsha") > 10);
+    assert!(calls(admin, "fcall") <= 1, "FCALL was tried once at most");
+
+    // And when the configuration says so.
+    let plain = exo_testkit::RedisServer::start();
+    let mut config = BrokerConfig::new(plain.url());
+    config.functions = false;
+    let broker = Broker::connect(config).await.unwrap();
+    lifecycle(&broker).await;
+    assert!(calls(&plain, "evalsha") > 10);
+    assert_eq!(calls(&plain, "fcall"), 0);
+    assert_eq!(calls(&plain, "function|load"), 0);
+}

@@ -9,7 +9,7 @@ pub(crate) mod task;
 pub(crate) mod worker;
 
 use crate::output::outln;
-use exo_broker::{Broker, BrokerConfig};
+use exo_broker::{Broker, BrokerConfig, Shards};
 use exo_proto::Keys;
 
 use crate::{Failure, args::Global};
@@ -54,11 +54,19 @@ pub(crate) fn apply_global(global: &Global, config: &mut BrokerConfig) {
     if let Some(acks) = global.replica_acks {
         config.replica_acks = acks;
     }
+    if let Some(functions) = global.redis_functions {
+        config.functions = functions;
+    }
 }
 
 /// Connects for a read or write command.
 pub(crate) async fn connect(global: &Global) -> Result<Broker, Failure> {
     Ok(Broker::connect(broker_config(global)?).await?)
+}
+
+/// Connects to every shard of the queue (`--shards`; one when unsharded).
+pub(crate) async fn connect_shards(global: &Global) -> Result<Shards, Failure> {
+    Ok(Shards::connect(broker_config(global)?, global.shards.unwrap_or(1)).await?)
 }
 
 /// Prints a value as pretty JSON.

@@ -9,18 +9,21 @@ use serde_json::json;
 use crate::{
     Failure, Outcome,
     args::{DlqCommand, Global, QueueCommand, UsageArgs, UsageBy},
-    commands::{connect, print_json},
+    commands::{connect, connect_shards, print_json},
     render,
 };
 
 pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
-    let broker = connect(&global).await?;
+    let shards = connect_shards(&global).await?;
+    let broker = shards.first();
     match command {
         QueueCommand::Stats => {
-            let stats = broker.admin().queue_stats().await?;
+            // Every shard's, added up.
+            let stats = shards.queue_stats().await?;
             if global.json {
                 print_json(&json!({
                     "queue": broker.keys().queue(),
+                    "shards": shards.count(),
                     "depth": stats.depth(),
                     "stream_length": stats.stream_length,
                     "lag": stats.lag,
@@ -34,6 +37,9 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
                 return Ok(ExitCode::SUCCESS);
             }
             outln!("Queue        {}", broker.keys().queue());
+            if shards.count() > 1 {
+                outln!("Shards       {}", shards.count());
+            }
             outln!(
                 "Depth        {} (waiting to start: the stream's, delayed, prioritized and held)",
                 stats.depth()

@@ -33,6 +33,7 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
         }
     };
     config.worker_id = args.worker_id.clone();
+    config.shards = global.shards.unwrap_or(1);
     if let Some(concurrency) = args.concurrency {
         config.concurrency = concurrency;
     }
@@ -107,6 +108,8 @@ pub(crate) async fn show_config(global: Global, args: StartWorker) -> Outcome {
         "queue": config.broker.keys.queue(),
         "key_prefix": config.broker.keys.prefix(),
         "replica_acks": config.broker.replica_acks,
+        "redis_functions": config.broker.functions,
+        "shards": config.shards,
         "worker": {
             "worker_id": config.worker_id,
             "concurrency": config.concurrency,

@@ -7,14 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use comfy_table::Cell;
-use exo_broker::{Broker, CancelOutcome, Decided, Decision, Submitted};
+use exo_broker::{Broker, CancelOutcome, Decided, Decision, Shards, Submitted};
 use exo_proto::{Message, TaskPayload, TaskStatus};
 use serde_json::{Map, Value, json};
 
 use crate::{
     Failure, Outcome,
     args::{Global, SubmitArgs, TaskCommand},
-    commands::{connect, print_json},
+    commands::{connect_shards, print_json},
     render,
 };
 
@@ -40,16 +40,30 @@ pub(crate) async fn run(global: Global, command: TaskCommand) -> Outcome {
         && let Some(source) = &args.batch
     {
         let input = batch::open(source).await?;
-        let broker = connect(&global).await?;
-        return batch::submit(&broker, input, usize::from(args.in_flight)).await;
+        let shards = connect_shards(&global).await?;
+        return batch::submit(&shards, input, usize::from(args.in_flight)).await;
     }
     let prepared = match &command {
         TaskCommand::Submit(args) => Some(prepare_payload(args)?),
         _ => None,
     };
-    let broker = connect(&global).await?;
+    let shards = connect_shards(&global).await?;
+    // The shard that holds the task a command names (the only one when the
+    // queue is not sharded).
+    let broker = match &command {
+        TaskCommand::Status { task_id }
+        | TaskCommand::Cancel { task_id }
+        | TaskCommand::Approve { task_id, .. }
+        | TaskCommand::Deny { task_id, .. }
+        | TaskCommand::Events { task_id, .. } => shards.holder(task_id).await?.clone(),
+        TaskCommand::Submit(_) => match &prepared {
+            Some(payload) => shards.for_payload(payload).clone(),
+            None => shards.first().clone(),
+        },
+        TaskCommand::List { .. } => shards.first().clone(),
+    };
     match command {
-        TaskCommand::List { limit, .. } => list(&global, &broker, status_filter, limit).await,
+        TaskCommand::List { limit, .. } => list(&global, &shards, status_filter, limit).await,
         TaskCommand::Status { task_id } => status(&global, &broker, &task_id).await,
         TaskCommand::Cancel { task_id } => cancel(&global, &broker, &task_id).await,
         TaskCommand::Approve {
@@ -114,11 +128,11 @@ pub(crate) async fn run(global: Global, command: TaskCommand) -> Outcome {
 
 async fn list(
     global: &Global,
-    broker: &Broker,
+    shards: &Shards,
     status: Option<TaskStatus>,
     limit: usize,
 ) -> Outcome {
-    let page = broker.client().list(status, limit, 0).await?;
+    let page = shards.list(status, limit).await?;
     if global.json {
         print_json(&json!(
             page.tasks.iter().map(render::task_json).collect::<Vec<_>>()

@@ -9,21 +9,23 @@ use serde_json::json;
 use crate::{
     Outcome,
     args::{Global, WorkerCommand},
-    commands::{connect, print_json},
+    commands::{connect_shards, print_json},
     render,
 };
 
 pub(crate) async fn run(global: Global, command: WorkerCommand) -> Outcome {
-    let broker = connect(&global).await?;
+    let shards = connect_shards(&global).await?;
+    let broker = shards.first().clone();
     match command {
-        WorkerCommand::List => list(&global, &broker).await,
+        WorkerCommand::List => list(&global, &shards).await,
         WorkerCommand::Health { worker_id } => health(&global, &broker, &worker_id).await,
     }
 }
 
-async fn list(global: &Global, broker: &exo_broker::Broker) -> Outcome {
+async fn list(global: &Global, shards: &exo_broker::Shards) -> Outcome {
     let now = exo_proto::time::now_seconds();
-    let mut fleet = broker.admin().fleet().await?;
+    // A worker of a sharded queue heartbeats on every shard: one row each.
+    let mut fleet = shards.fleet().await?;
     fleet.sort_by(|left, right| left.worker_id.cmp(&right.worker_id));
     if global.json {
         let rows: Vec<_> = fleet

@@ -10,7 +10,7 @@
 use std::{path::Path, pin::Pin, process::ExitCode};
 
 use anyhow::Context;
-use exo_broker::{Broker, Submitted};
+use exo_broker::{Shards, Submitted};
 use exo_proto::TaskPayload;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -35,7 +35,7 @@ pub(crate) async fn open(source: &Path) -> Result<Input, Failure> {
 }
 
 /// Submits every line of `input`, at most `in_flight` at once.
-pub(crate) async fn submit(broker: &Broker, input: Input, in_flight: usize) -> Outcome {
+pub(crate) async fn submit(broker: &Shards, input: Input, in_flight: usize) -> Outcome {
     let lines = LinesStream::new(BufReader::new(input).lines());
     let mut results = std::pin::pin!(submissions(broker, lines, in_flight));
     let mut failed = 0u64;
@@ -54,7 +54,7 @@ pub(crate) async fn submit(broker: &Broker, input: Input, in_flight: usize) -> O
 
 /// One result line per non-blank input line, as Redis answers.
 fn submissions<'a>(
-    broker: &'a Broker,
+    broker: &'a Shards,
     lines: impl Stream<Item = std::io::Result<String>> + Send + 'a,
     in_flight: usize,
 ) -> impl Stream<Item = Value> + 'a {
@@ -85,8 +85,9 @@ fn submissions<'a>(
 }
 
 /// Parses one line into a payload and submits it.
-async fn submit_line(broker: &Broker, line: &str) -> Result<(String, Submitted), String> {
+async fn submit_line(shards: &Shards, line: &str) -> Result<(String, Submitted), String> {
     let payload = parse_line(line)?;
+    let broker = shards.for_payload(&payload);
     exo_observability::record::task_submitted(broker.keys().queue());
     let handle = broker
         .client()
