@@ -136,8 +136,8 @@ const TASK_LABELS: &[&str] = &[LABEL_QUEUE, LABEL_WORKER];
 pub const METRICS: &[MetricSpec] = &[
     counter(
         REDIS_ROUND_TRIPS,
-        "Round trips this process made to Redis (each Lua script call is one).",
-        &[LABEL_WORKER],
+        "Round trips this process made to Redis (each Lua script call is one), by queue shard.",
+        &[LABEL_WORKER, LABEL_QUEUE],
     ),
     counter(
         WORKER_LOOP_ERRORS,
@@ -403,9 +403,15 @@ pub fn workers_alive(count: u64) {
     metrics::gauge!(WORKERS_ALIVE).set(count as f64);
 }
 
-/// The process has made `total` round trips to Redis so far.
-pub fn redis_round_trips(worker_id: &str, total: u64) {
-    metrics::counter!(REDIS_ROUND_TRIPS, LABEL_WORKER => worker_id.to_owned()).absolute(total);
+/// The process has made `total` round trips to Redis so far for `queue`
+/// (one count per queue shard a worker consumes).
+pub fn redis_round_trips(worker_id: &str, queue: &str, total: u64) {
+    metrics::counter!(
+        REDIS_ROUND_TRIPS,
+        LABEL_WORKER => worker_id.to_owned(),
+        LABEL_QUEUE => queue.to_owned()
+    )
+    .absolute(total);
 }
 
 /// One event of type `event_type` (see `StreamEvent::kind`) was emitted

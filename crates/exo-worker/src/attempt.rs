@@ -340,7 +340,11 @@ async fn finish(
         recorded,
         ran_for,
     );
-    record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
+    record::redis_round_trips(
+        &shared.worker_id,
+        shared.broker.keys().queue(),
+        shared.broker.round_trips(),
+    );
     match &finished {
         Finished::Retrying { retry, delay } => {
             tracing::warn!(

@@ -455,7 +455,11 @@ async fn measure_once(shared: &Shared) {
             tracing::debug!(%error, "queue stats failed");
         }
     }
-    record::redis_round_trips(&shared.worker_id, shared.broker.round_trips());
+    record::redis_round_trips(
+        &shared.worker_id,
+        shared.broker.keys().queue(),
+        shared.broker.round_trips(),
+    );
     let mut scan = shared
         .fleet_scan
         .lock()

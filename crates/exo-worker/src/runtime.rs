@@ -356,6 +356,10 @@ impl Worker {
         let slots = shared.slots.semaphore.clone();
         let mut claimer = shared.session.claimer();
         let mut failures = 0u32;
+        // Slots shared with other shards' loops: the last look with every
+        // free slot found nothing, so the next one waits for a task with
+        // one slot only (the others stay free for the other shards).
+        let mut quiet = false;
         loop {
             while tasks.try_join_next().is_some() {}
             shared.slots.set_waiting(shared.shard, true);
@@ -379,8 +383,21 @@ impl Worker {
                 }
                 continue;
             }
-            let free = 1 + slots.available_permits();
-            let claiming = claimer.claim(free, self.config.claim_block);
+            // The free slots this claim may fill are taken before it runs:
+            // another shard's loop may claim for them meanwhile.
+            let mut extra = Vec::new();
+            if !(quiet && shared.slots.shared()) {
+                while let Ok(permit) = slots.clone().try_acquire_owned() {
+                    extra.push(permit);
+                }
+            }
+            let look_only = shared.slots.shared() && !extra.is_empty();
+            let block = if look_only {
+                Duration::ZERO
+            } else {
+                self.config.claim_block
+            };
+            let claiming = claimer.claim(1 + extra.len(), block);
             tokio::pin!(claiming);
             let claimed = tokio::select! {
                 claimed = &mut claiming => claimed,
@@ -413,6 +430,7 @@ impl Worker {
                     continue;
                 }
             };
+            quiet = look_only && claim.tasks.is_empty();
             shared.note_rejected(&claim.rejected);
             if self.shutdown.is_cancelled() && !claim.tasks.is_empty() {
                 let leases: Vec<_> = claim.tasks.iter().map(|task| task.lease.clone()).collect();
@@ -423,7 +441,7 @@ impl Worker {
             }
             let mut first = Some(first);
             for task in claim.tasks {
-                let permit = match first.take() {
+                let permit = match first.take().or_else(|| extra.pop()) {
                     Some(permit) => permit,
                     None => match slots.clone().try_acquire_owned() {
                         Ok(permit) => permit,
@@ -445,6 +463,7 @@ impl Worker {
                 let hooks = self.hooks.clone();
                 // The slot runs its task, then the tasks its final write
                 // claimed in the same round trip, until none came.
+                let held = shared.slots.held_by(shared.shard);
                 tasks.spawn(async move {
                     let mut claimer = shared.session.claimer();
                     let mut next = vec![task];
@@ -464,6 +483,7 @@ impl Worker {
                         .await;
                         next.extend(claimed);
                     }
+                    drop(held);
                     drop(permit);
                 });
             }

@@ -184,15 +184,27 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Slots {
     pub(crate) semaphore: Arc<tokio::sync::Semaphore>,
+    slots: usize,
     waiting: Vec<AtomicBool>,
+    /// Slots each shard's tasks hold.
+    held: Vec<std::sync::atomic::AtomicUsize>,
 }
 
 impl Slots {
     pub(crate) fn new(slots: usize, shards: u32) -> Self {
         Slots {
             semaphore: Arc::new(tokio::sync::Semaphore::new(slots)),
+            slots,
             waiting: (0..shards.max(1)).map(|_| AtomicBool::new(false)).collect(),
+            held: (0..shards.max(1))
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
         }
+    }
+
+    /// Whether the loops of several shards share these slots.
+    pub(crate) fn shared(&self) -> bool {
+        self.waiting.len() > 1
     }
 
     /// Marks shard `shard`'s loop as waiting for a slot (or not).
@@ -202,11 +214,45 @@ impl Slots {
         }
     }
 
-    fn others_waiting(&self, shard: usize) -> bool {
-        self.waiting
-            .iter()
-            .enumerate()
-            .any(|(index, flag)| index != shard && flag.load(std::sync::atomic::Ordering::Relaxed))
+    /// A slot runs shard `shard`'s tasks until the value is dropped.
+    pub(crate) fn held_by(self: &Arc<Self>, shard: usize) -> HeldSlot {
+        if let Some(count) = self.held.get(shard) {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        HeldSlot {
+            slots: self.clone(),
+            shard,
+        }
+    }
+
+    /// Whether shard `shard` should hand a slot that frees back to the
+    /// pool: another shard's loop waits for one, and this shard holds more
+    /// than its share (the slots over the shards).
+    fn yields(&self, shard: usize) -> bool {
+        let others_wait =
+            self.waiting.iter().enumerate().any(|(index, flag)| {
+                index != shard && flag.load(std::sync::atomic::Ordering::Relaxed)
+            });
+        let held = self
+            .held
+            .get(shard)
+            .map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed));
+        others_wait && held * self.held.len() > self.slots
+    }
+}
+
+/// A slot counted as running one shard's tasks (see [`Slots::held_by`]).
+#[derive(Debug)]
+pub(crate) struct HeldSlot {
+    slots: Arc<Slots>,
+    shard: usize,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        if let Some(count) = self.slots.held.get(self.shard) {
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -234,9 +280,10 @@ impl Shared {
 
     /// Whether a slot that frees may go on to this shard's next task in
     /// the same round trip: not when another shard's loop waits for a slot
-    /// (the slot goes back to the pool, and the shards take turns).
+    /// while this shard holds more than its share (the slot goes back to
+    /// the pool, and the shards take turns).
     pub(crate) fn may_claim_next(&self) -> bool {
-        self.may_claim() && !self.slots.others_waiting(self.shard)
+        self.may_claim() && !self.slots.yields(self.shard)
     }
 
     /// Logs queue entries a claim sent to the dead letter, and counts them

@@ -157,6 +157,7 @@ pub(crate) fn bench_cluster(args: &[String]) -> Result<()> {
                 "vs 1 shard",
                 "Redis CPU µs/task (all nodes)",
                 "busiest node's share of Redis CPU",
+                "busiest node's CPU µs/task",
                 "worker CPU µs/task",
             ],
             &rows,
@@ -171,6 +172,9 @@ async fn cluster_run(
     shards: u32,
 ) -> Result<(ClusterDrain, serde_json::Value)> {
     let cluster = exo_testkit::RedisCluster::start(options.primaries);
+    if cluster.ports().len() != options.primaries {
+        bail!("the cluster has {} nodes", cluster.ports().len());
+    }
     let keys = Keys::with_prefix("{exo}:");
     let queue = Shards::connect(
         BrokerConfig::new(cluster.url()).with_keys(keys.clone()),
@@ -230,6 +234,12 @@ async fn cluster_run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The last final write's round trip is counted right after it lands.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let round_trips: f64 = workers
+        .iter()
+        .map(|(_, port, _)| metric_sum(*port, &["exo_redis_round_trips_total"]))
+        .sum::<Result<f64>>()?;
     let worker_cpu: f64 = workers
         .iter()
         .map(|(worker, _, start)| cpu_seconds(worker.0.id()).map(|now| now - start))
@@ -239,12 +249,23 @@ async fn cluster_run(
         .zip(&before)
         .map(|(&port, earlier)| Ok(RedisCounters::read(port)?.since(earlier).cpu_seconds))
         .collect::<Result<_>>()?;
-    let page = queue.list(None, tasks + 10).await?;
-    let done: Vec<_> = page
-        .tasks
-        .into_iter()
-        .filter(|task| task.status.is_terminal())
-        .collect();
+    // Every task of every shard, page by page.
+    let mut done = Vec::new();
+    for broker in queue.brokers() {
+        let mut cursor = 0;
+        loop {
+            let page = broker.client().list(None, 1000, cursor).await?;
+            done.extend(
+                page.tasks
+                    .into_iter()
+                    .filter(|task| task.status.is_terminal()),
+            );
+            match page.next_cursor {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+    }
     let first_start = done
         .iter()
         .filter_map(|task| task.started_at)
@@ -265,6 +286,9 @@ async fn cluster_run(
     let seconds = (last_end - first_start).max(1e-6);
     let redis_total: f64 = node_cpu.iter().sum();
     let busiest = node_cpu.iter().copied().fold(0.0, f64::max);
+    if completed != tasks {
+        bail!("{completed} of {tasks} tasks completed");
+    }
     let drain = ClusterDrain {
         shards,
         tasks_per_second: tasks as f64 / seconds,
@@ -290,6 +314,7 @@ async fn cluster_run(
         "redis_cpu_us_per_task_by_node": node_cpu.iter().map(|cpu| rounded(cpu * 1e6 / tasks as f64, 1)).collect::<Vec<_>>(),
         "busiest_node_share": rounded(drain.busiest_node_share, 2),
         "worker_cpu_us_per_task": rounded(drain.worker_cpu_us_per_task, 1),
+        "worker_round_trips_per_task": rounded(round_trips / tasks as f64, 2),
     });
     Ok((drain, line))
 }

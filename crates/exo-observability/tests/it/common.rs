@@ -18,7 +18,7 @@ pub(crate) fn render_with(body: impl FnOnce()) -> (MetricsHandle, String) {
 pub(crate) fn record_one_of_everything() {
     let labels = TaskLabels::new("exo:tasks", "web01-1234-a1b2c3d4");
     record::task_submitted("exo:tasks");
-    record::redis_round_trips("web01-1234-a1b2c3d4", 42);
+    record::redis_round_trips("web01-1234-a1b2c3d4", "exo:tasks", 42);
     record::task_started(labels, 1_800_000_000.0, 1_800_000_002.5);
     for status in exo_proto::TaskStatus::ALL {
         record::task_finished(labels, status, Duration::from_millis(1200));
