@@ -180,6 +180,66 @@ impl Shards {
     }
 }
 
+impl Shards {
+    /// The newest `count` dead letters of every shard, newest first.
+    pub async fn dead_letters(&self, count: u64) -> Result<Vec<crate::admin::DeadLetter>> {
+        let mut letters = Vec::new();
+        for broker in &self.brokers {
+            letters.extend(broker.admin().dead_letters(count).await?);
+        }
+        letters.sort_by(|a, b| b.failed_at.total_cmp(&a.failed_at));
+        letters.truncate(usize::try_from(count).unwrap_or(usize::MAX));
+        Ok(letters)
+    }
+
+    /// Re-drives a dead-letter entry from whichever shard holds it (onto
+    /// that shard's queue). Returns the task id.
+    pub async fn redrive(&self, entry_id: &str) -> Result<String> {
+        let mut refused = None;
+        for broker in &self.brokers {
+            match broker.admin().redrive(entry_id).await {
+                Err(crate::error::Error::Refused { reason })
+                    if reason.starts_with("no dead-letter entry") =>
+                {
+                    refused.get_or_insert(crate::error::Error::Refused { reason });
+                }
+                other => return other,
+            }
+        }
+        Err(refused.unwrap_or_else(|| crate::error::Error::Refused {
+            reason: format!("no dead-letter entry {entry_id}"),
+        }))
+    }
+
+    /// The usage ledger of every shard, added up by name (each shard's
+    /// final writes count into its own ledger).
+    pub async fn usage(
+        &self,
+        since: std::time::Duration,
+        by: crate::usage::UsageDimension,
+    ) -> Result<crate::usage::UsageReport> {
+        let mut sum = self.first().admin().usage(since, by).await?;
+        for broker in &self.brokers[1..] {
+            let report = broker.admin().usage(since, by).await?;
+            sum.from = sum.from.min(report.from);
+            sum.to = sum.to.max(report.to);
+            for row in report.rows {
+                match sum.rows.iter_mut().find(|known| known.name == row.name) {
+                    Some(known) => {
+                        known.input_tokens += row.input_tokens;
+                        known.output_tokens += row.output_tokens;
+                        known.calls += row.calls;
+                        known.cost_micros += row.cost_micros;
+                    }
+                    None => sum.rows.push(row),
+                }
+            }
+        }
+        sum.rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(sum)
+    }
+}
+
 /// Adds one shard's view of a worker to what the other shards said.
 fn merge_worker(known: &mut FleetEntry, other: FleetEntry) {
     let newer = other.last_seen > known.last_seen;

@@ -171,6 +171,7 @@ impl WorkerBuilder {
             status: Arc::new(WorkerStatus::default()),
             slots: None,
             shard: 0,
+            limits_keys: None,
         })
     }
 }
@@ -239,6 +240,9 @@ pub struct Worker {
     pub(crate) slots: Option<Arc<crate::state::Slots>>,
     /// Which shard this runtime consumes, in a sharded worker.
     pub(crate) shard: usize,
+    /// The keys whose rate-limit counters a sharded worker's shards share
+    /// (the queue's shard 0).
+    pub(crate) limits_keys: Option<exo_proto::Keys>,
 }
 
 impl Worker {

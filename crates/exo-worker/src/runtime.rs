@@ -41,7 +41,7 @@ impl Worker {
     /// worker id), all on one pool of slots.
     async fn run_shards(self) -> Result<()> {
         if self.executor.is_none() && self.config.executor == ExecutorKind::Temporal {
-            return Err(crate::error::Error::Executor(
+            return Err(crate::error::Error::Config(
                 "a sharded worker runs tasks locally; --shards does not go with --executor temporal"
                     .into(),
             ));
@@ -68,6 +68,7 @@ impl Worker {
                 status: self.status.clone(),
                 slots: Some(slots.clone()),
                 shard: index as usize,
+                limits_keys: Some(self.config.broker.keys.clone()),
             };
             runs.spawn(shard.run_one());
         }
@@ -109,8 +110,14 @@ impl Worker {
             local = local.with_prices(Arc::new(self.config.prices.clone()));
         }
         if !self.config.model_limits.is_empty() {
+            // A sharded worker counts every shard's calls under shard 0's
+            // rules: the limits are the fleet's, not a shard's.
+            let counting = match &self.limits_keys {
+                Some(keys) if keys != broker.keys() => broker.with_keys(keys.clone()).await?,
+                _ => broker.clone(),
+            };
             local = local.with_gate(Arc::new(crate::limits::RedisGate::new(
-                broker.limits(),
+                counting.limits(),
                 self.config.model_limits.clone(),
                 self.config.credential_aliases.clone(),
             )));

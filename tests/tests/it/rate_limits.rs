@@ -279,3 +279,52 @@ fn a_provider_wide_rule_covers_all_its_models_and_counts_per_credential_alias() 
         target.wait_for_status(task, "cancelled", Duration::from_secs(10));
     }
 }
+
+#[test]
+fn a_sharded_workers_limits_count_every_shards_calls() {
+    let redis = TestRedis::new();
+    let (provider, log) = limited_provider(1_000, 1_000_000);
+    let target = Target::of(&redis)
+        .with_openai(&provider.openai_base_url())
+        .with_env("EXO_SHARDS", "3");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_file(
+        dir.path(),
+        "agent.json",
+        &json!({"name": "limited", "model": MODEL, "max_tokens": 50}),
+    );
+    let _worker = target.start_worker(&["--concurrency", "6", "--model-rpm", "gpt-4o-mini=2"]);
+    // Six tasks spread over three shards (by their ids); two calls a minute
+    // for the whole worker, not two per shard.
+    let ids: Vec<String> = (0..6)
+        .map(|index| target.submit(&agent, &format!("t{index}")))
+        .collect();
+    let shards: std::collections::BTreeSet<u32> =
+        ids.iter().map(|id| exo_proto::shard_of(id, 3)).collect();
+    eventually(
+        Duration::from_secs(20),
+        "four calls waiting for capacity",
+        || {
+            let waiting = ids
+                .iter()
+                .filter(|id| {
+                    target
+                        .events(id)
+                        .iter()
+                        .any(|event| event["waiting_for"] == "capacity")
+                })
+                .count();
+            (waiting == 4).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let completed = ids
+        .iter()
+        .filter(|id| target.status(id)["status"] == "completed")
+        .count();
+    assert_eq!(completed, 2, "tasks on shards {shards:?}");
+    assert_eq!(log.lock().unwrap().served.len(), 2);
+    for id in &ids {
+        target.run(&["task", "cancel", id]);
+    }
+}

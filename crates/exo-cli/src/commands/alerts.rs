@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{
     Failure, Outcome,
     args::{AlertsCommand, Global},
-    commands::{connect, print_json},
+    commands::{connect_shards, print_json},
 };
 
 pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
@@ -17,8 +17,24 @@ pub(crate) async fn run(global: Global, command: AlertsCommand) -> Outcome {
     let mut rules = default_rules();
     apply_overrides(&mut rules, &thresholds)
         .map_err(|error| Failure::with_code(2, anyhow::Error::new(error)))?;
-    let broker = connect(&global).await?;
-    let snapshot = exo_gateway::alert_snapshot(&broker).await?;
+    let shards = connect_shards(&global).await?;
+    let mut snapshot = exo_gateway::alert_snapshot(shards.first()).await?;
+    // A sharded queue: depth adds up; a worker heartbeats on every shard,
+    // so the most any shard sees live; the worst rate and wait.
+    for broker in &shards.brokers()[1..] {
+        let shard = exo_gateway::alert_snapshot(broker).await?;
+        snapshot.queue_depth += shard.queue_depth;
+        snapshot.workers_alive = snapshot.workers_alive.max(shard.workers_alive);
+        snapshot.failure_rate = match (snapshot.failure_rate, shard.failure_rate) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        snapshot.oldest_wait_seconds =
+            match (snapshot.oldest_wait_seconds, shard.oldest_wait_seconds) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+    }
     let firing = evaluate(&rules, &snapshot);
     let code = alerts_exit_code(&firing);
     if global.json {

@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{
     Failure, Outcome,
     args::{DlqCommand, Global, QueueCommand, UsageArgs, UsageBy},
-    commands::{connect, connect_shards, print_json},
+    commands::{connect_shards, print_json},
     render,
 };
 
@@ -74,13 +74,14 @@ pub(crate) async fn run(global: Global, command: QueueCommand) -> Outcome {
 }
 
 pub(crate) async fn run_usage(global: Global, args: UsageArgs) -> Outcome {
-    let broker = connect(&global).await?;
+    let shards = connect_shards(&global).await?;
     let by = match args.by {
         UsageBy::Model => exo_broker::UsageDimension::Model,
         UsageBy::Tenant => exo_broker::UsageDimension::Tenant,
         UsageBy::Agent => exo_broker::UsageDimension::Agent,
     };
-    let report = broker.admin().usage(args.since, by).await?;
+    // Every shard's ledger, added up.
+    let report = shards.usage(args.since, by).await?;
     if global.json {
         print_json(&json!({
             "by": by.as_str(),
@@ -131,10 +132,11 @@ pub(crate) async fn run_usage(global: Global, args: UsageArgs) -> Outcome {
 }
 
 pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
-    let broker = connect(&global).await?;
+    // Every shard's dead letters (one stream when the queue is not sharded).
+    let shards = connect_shards(&global).await?;
     match command {
         DlqCommand::List { limit } => {
-            let letters = broker.admin().dead_letters(limit).await?;
+            let letters = shards.dead_letters(limit).await?;
             if global.json {
                 print_json(&json!(
                     letters
@@ -172,7 +174,7 @@ pub(crate) async fn run_dlq(global: Global, command: DlqCommand) -> Outcome {
             outln!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Redrive { entry_id } => match broker.admin().redrive(&entry_id).await {
+        DlqCommand::Redrive { entry_id } => match shards.redrive(&entry_id).await {
             Ok(task_id) => {
                 if global.json {
                     print_json(&json!({"entry_id": entry_id, "task_id": task_id}));

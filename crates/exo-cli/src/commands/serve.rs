@@ -61,6 +61,14 @@ pub(crate) async fn run(global: Global, command: Serve) -> Outcome {
     config
         .validate()
         .map_err(|error| Failure::with_code(2, error))?;
+    if global.shards.unwrap_or(1) > 1 {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!(
+                "exo serve reaches one queue shard; it does not take --shards (EXO_SHARDS) yet"
+            ),
+        ));
+    }
     let broker = connect(&global).await?;
     let gateway = Gateway::bind(broker, config).await?;
     let addr = gateway.local_addr();
