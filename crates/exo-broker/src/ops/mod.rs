@@ -84,6 +84,10 @@ pub(crate) struct ScriptContext {
     /// `fcall` is treated as blocking: sent alone, and left out of the
     /// unresponsive-connection check), routed to the queue's hash slot.
     fcall: fred::types::CustomCommand,
+    /// What follows the function's name in every `FCALL`: the key count,
+    /// the keys and the shared settings, built once (a clone shares their
+    /// bytes).
+    fcall_prefix: Vec<Value>,
 }
 
 impl ScriptContext {
@@ -128,7 +132,13 @@ impl ScriptContext {
             config.dead_letter_max_len.to_string(),
         ];
         let slot = exo_proto::cluster_slot(keys.queue());
+        let fcall_prefix = std::iter::once(names.len().to_string())
+            .chain(names.iter().cloned())
+            .chain(settings.iter().cloned())
+            .map(Value::from)
+            .collect();
         ScriptContext {
+            fcall_prefix,
             keys: names.clone().into(),
             names,
             settings,
@@ -176,12 +186,18 @@ pub(crate) struct Library {
     pub(crate) name: String,
     /// The `FUNCTION LOAD` source.
     pub(crate) code: String,
+    /// Each operation's function name.
+    functions: Vec<(&'static str, Value)>,
 }
 
 impl Library {
-    /// The function that runs operation `O`.
-    pub(crate) fn function(&self, operation: &str) -> String {
-        format!("{}_{operation}", self.name)
+    /// The function that runs `operation`.
+    pub(crate) fn function(&self, operation: &str) -> Value {
+        self.functions
+            .iter()
+            .find(|(name, _)| *name == operation)
+            .map(|(_, function)| function.clone())
+            .unwrap_or_else(|| Value::from(format!("{}_{operation}", self.name)))
     }
 }
 
@@ -232,7 +248,7 @@ impl Scripts {
 /// The library source: the prelude, then each operation registered as a
 /// function whose body is the script's (its `KEYS` and `ARGV` are the
 /// function's arguments).
-fn library(prelude: &str, bodies: &[(&str, &str)]) -> Library {
+fn library(prelude: &str, bodies: &[(&'static str, &str)]) -> Library {
     let mut source = String::from(prelude);
     for (operation, body) in bodies {
         source.push_str(&format!(
@@ -245,7 +261,15 @@ fn library(prelude: &str, bodies: &[(&str, &str)]) -> Library {
         "#!lua name={name}\n{}",
         source.replace("'\u{1}_", &format!("'{name}_"))
     );
-    Library { name, code }
+    let functions = bodies
+        .iter()
+        .map(|(operation, _)| (*operation, Value::from(format!("{name}_{operation}"))))
+        .collect();
+    Library {
+        name,
+        code,
+        functions,
+    }
 }
 
 /// Placeholders in the event templates; common.lua's `fill` replaces each,
@@ -356,14 +380,15 @@ impl Broker {
         }
     }
 
-    /// `FCALL`'s arguments: the function, the keys, then `argv`.
-    fn fcall_arguments<O: Operation>(&self, argv: &[String]) -> Vec<String> {
-        let names = &self.inner.context.names;
-        let mut call = Vec::with_capacity(2 + names.len() + argv.len());
+    /// `FCALL`'s arguments: the function, the keys, then `argv` (which
+    /// starts with the shared settings).
+    fn fcall_arguments<O: Operation>(&self, argv: &[String]) -> Vec<Value> {
+        let context = &self.inner.context;
+        let own = argv.get(context.settings.len()..).unwrap_or_default();
+        let mut call = Vec::with_capacity(1 + context.fcall_prefix.len() + own.len());
         call.push(self.inner.scripts.library.function(O::NAME));
-        call.push(names.len().to_string());
-        call.extend(names.iter().cloned());
-        call.extend(argv.iter().cloned());
+        call.extend(context.fcall_prefix.iter().cloned());
+        call.extend(own.iter().map(|argument| Value::from(argument.as_str())));
         call
     }
 
