@@ -272,6 +272,11 @@ fn sentinel_failover_mid_run_loses_nothing() {
         if output.status.success() {
             let value: Value = serde_json::from_slice(&output.stdout).unwrap();
             ids.push(value["task_id"].as_str().unwrap().to_owned());
+        } else {
+            eprintln!(
+                "a submit was not acknowledged: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
     };
     let mut ids = Vec::new();
@@ -318,8 +323,17 @@ fn sentinel_failover_mid_run_loses_nothing() {
         "the old primary to replicate from the new one",
         replica_online,
     );
+    // Under load the sentinels may still name the old primary (now a
+    // replica) for a while: fred refuses it ("Invalid role"), and a client
+    // retries, as this one does, for up to 30 s in all.
+    let retry_until = Instant::now() + Duration::from_secs(30);
     for _ in 0..10 {
+        let before = ids.len();
         submit(&mut ids);
+        while ids.len() == before && Instant::now() < retry_until {
+            std::thread::sleep(Duration::from_millis(500));
+            submit(&mut ids);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
