@@ -254,6 +254,8 @@ fn sentinel_failover_mid_run_loses_nothing() {
     ];
     let _first = target.start_worker(&flags);
     let _second = target.start_worker(&flags);
+    // Why submits were refused, for the assertion's message.
+    let refused = std::cell::RefCell::new(Vec::<String>::new());
     let submit = |ids: &mut Vec<String>| {
         // A submit during the failover may fail (exit 3); only acknowledged ones count.
         let output = target
@@ -273,10 +275,9 @@ fn sentinel_failover_mid_run_loses_nothing() {
             let value: Value = serde_json::from_slice(&output.stdout).unwrap();
             ids.push(value["task_id"].as_str().unwrap().to_owned());
         } else {
-            eprintln!(
-                "a submit was not acknowledged: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            refused
+                .borrow_mut()
+                .push(String::from_utf8_lossy(&output.stderr).trim().to_owned());
         }
     };
     let mut ids = Vec::new();
@@ -338,8 +339,9 @@ fn sentinel_failover_mid_run_loses_nothing() {
     }
     assert!(
         ids.len() >= 15,
-        "most submits were acknowledged ({} of 20)",
-        ids.len()
+        "most submits were acknowledged ({} of 20); refused: {:?}",
+        ids.len(),
+        refused.borrow()
     );
     eventually(
         Duration::from_secs(90),
