@@ -236,6 +236,25 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The same error for another caller of a call that several shared:
+    /// its kind, code and message (the client's error stays with the first).
+    pub(crate) fn copy(&self) -> Error {
+        match self {
+            Error::Unreachable { message, .. } => Error::unreachable(message.clone()),
+            Error::Redis { code, message, .. } => Error::Redis {
+                code: code.clone(),
+                message: message.clone(),
+                source: None,
+            },
+            other => Error::Reply {
+                what: "finish",
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<fred::error::Error> for Error {
     fn from(error: fred::error::Error) -> Self {
         use fred::error::ErrorKind;

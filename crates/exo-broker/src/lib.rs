@@ -81,7 +81,8 @@ pub use handle::TaskHandle;
 pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits, Settlement};
 pub use schedules::{Fired, Schedule, Schedules, parse_cron, schedule_json, tick_task_id};
 pub use session::{
-    CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
+    CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Finisher, Lease,
+    LeaseReport,
     ModelSpend, Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,
 };
 pub use shards::{Shards, shard_keys};

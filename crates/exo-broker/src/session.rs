@@ -18,7 +18,8 @@ use crate::{
     ops::{
         claim::{ClaimCall, ClaimReply},
         deregister::DeregisterCall,
-        finish::{ClaimNext, FinishCall},
+        Operation,
+        finish::{ClaimNext, FinishBatch, FinishBlock, FinishCall},
         heartbeat::HeartbeatCall,
         publish::PublishCall,
         reap::ReapCall,
@@ -278,22 +279,23 @@ impl WorkerSession {
         terminal: &StreamEvent,
         options: FinishOptions,
     ) -> Result<Finished> {
-        let reply = self
-            .broker
-            .call(&self.finish_call(task, outcome, events, terminal, &options, None))
+        let block = self.block(task, outcome, events, terminal, &options, 0);
+        let ended = self
+            .finish_blocks(vec![block], options.current_task_after.as_deref(), "")
             .await?;
-        Ok(reply.finished)
+        only(ended).map(|(finished, _)| finished)
     }
 
-    fn finish_call<'a>(
-        &'a self,
-        task: &'a ClaimedTask,
-        outcome: Outcome<'a>,
+    /// finish.lua's block for one attempt.
+    fn block(
+        &self,
+        task: &ClaimedTask,
+        outcome: Outcome<'_>,
         events: Vec<String>,
-        terminal: &'a StreamEvent,
-        options: &'a FinishOptions,
-        claim_next: Option<ClaimNext<'a>>,
-    ) -> FinishCall<'a> {
+        terminal: &StreamEvent,
+        options: &FinishOptions,
+        next: usize,
+    ) -> FinishBlock {
         let policy = self.broker.config().retry;
         FinishCall {
             task,
@@ -301,13 +303,130 @@ impl WorkerSession {
             events,
             terminal,
             backoff: policy.backoff(task.retries),
-            default_max_retries: policy.max_retries,
             inner_retries: options.inner_retries,
-            claim_next,
-            worker_id: self.worker_id.as_str(),
-            current_task_after: options.current_task_after.as_deref(),
+            next,
             journal: &options.journal,
             spent: &options.spent,
+        }
+        .block()
+    }
+
+    /// Ends the attempts of `blocks` in one round trip and claims the tasks
+    /// they ask for. Each block's outcome (or the error it met), and each
+    /// block's claimed tasks, in block order.
+    async fn finish_blocks(
+        &self,
+        blocks: Vec<FinishBlock>,
+        current_task_after: Option<&str>,
+        concurrency_rules: &str,
+    ) -> Result<(Vec<Result<Finished>>, Vec<Claim>)> {
+        let config = self.broker.config();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let asked = blocks.iter().any(|block| block.next > 0);
+        let reply = self
+            .broker
+            .call(&FinishBatch {
+                blocks: &blocks,
+                claim: asked.then_some(ClaimNext {
+                    consumer: &self.worker_id,
+                    token: &token,
+                    max_retries_cap: config.max_retries_cap,
+                    concurrency_rules,
+                }),
+                default_max_retries: config.retry.max_retries,
+                worker_id: &self.worker_id,
+                current_task_after,
+            })
+            .await?;
+        if let Some(error) = &reply.claim_error {
+            tracing::warn!(error, "the claim after a final write failed");
+        }
+        let claim = match reply.claimed {
+            Some(claimed) => self.claimed_tasks(&token, claimed).await,
+            None => Claim::default(),
+        };
+        // The claimed tasks go to the blocks that asked, in order; rejected
+        // entries are reported once.
+        let mut tasks = claim.tasks.into_iter();
+        let mut rejected = Some(claim.rejected);
+        let claims = (0..blocks.len())
+            .map(|index| Claim {
+                tasks: tasks
+                    .by_ref()
+                    .take(reply.asked.get(index).copied().unwrap_or(0))
+                    .collect(),
+                rejected: rejected.take().unwrap_or_default(),
+            })
+            .collect();
+        let left: Vec<Lease> = tasks.map(|task| task.lease).collect();
+        if !left.is_empty() {
+            // Not expected: the script gives each row to a block.
+            let _ = self.release(&left).await;
+        }
+        Ok((reply.finished, claims))
+    }
+
+    /// Turns what a claim marked running into claimed tasks; a payload exo
+    /// cannot decode fails its task instead.
+    async fn claimed_tasks(&self, token: &str, reply: ClaimReply) -> Claim {
+        let session = self;
+        let default_max_retries = session.broker.config().retry.max_retries;
+        let mut claim = Claim {
+            tasks: Vec::with_capacity(reply.rows.len()),
+            rejected: reply.rejected,
+        };
+        for row in reply.rows {
+            let lease = Lease {
+                task_id: row.task_id.clone(),
+                entry_id: row.entry_id.clone(),
+                attempt: row.attempt,
+                token: token.to_owned(),
+            };
+            // A payload that is not UTF-8 is refused as it is, never
+            // rewritten: the dead letter keeps its exact bytes.
+            let (raw, decoded) = match row.payload {
+                Some(raw) => {
+                    let decoded =
+                        TaskPayload::from_json(raw.as_bytes()).map_err(|error| error.to_string());
+                    (raw, decoded)
+                }
+                None => (String::new(), Err("payload is not valid UTF-8".to_owned())),
+            };
+            match decoded {
+                Ok(payload) => claim.tasks.push(ClaimedTask {
+                    lease,
+                    payload,
+                    raw_payload: raw,
+                    retries: row.retries,
+                    max_retries: row.max_retries.unwrap_or(default_max_retries),
+                }),
+                Err(reason) => {
+                    session.fail_undecodable(lease, raw, &reason).await;
+                    claim.rejected.push(Rejected {
+                        entry_id: row.entry_id,
+                        task_id: Some(row.task_id),
+                        reason,
+                    });
+                }
+            }
+        }
+        claim
+    }
+
+
+    /// A finisher: final writes of this worker's slots that end together
+    /// share one round trip ([`Finisher::finish_then_claim`]). It runs a
+    /// background task until every clone of it is dropped.
+    pub fn finisher(&self) -> Finisher {
+        let (requests, waiting) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(gather(
+            self.clone(),
+            self.broker.config().concurrency.to_json(),
+            waiting,
+        ));
+        Finisher {
+            session: self.clone(),
+            requests,
         }
     }
 
@@ -471,16 +590,15 @@ impl WorkerSession {
             error: reason,
             retryable: false,
         };
-        if let Err(error) = self
-            .finish(
-                &task,
-                outcome,
-                vec![error_event.to_json()],
-                &terminal,
-                FinishOptions::default(),
-            )
-            .await
-        {
+        // Boxed: a finish may claim, and a claim may come here.
+        let finishing = Box::pin(self.finish(
+            &task,
+            outcome,
+            vec![error_event.to_json()],
+            &terminal,
+            FinishOptions::default(),
+        ));
+        if let Err(error) = finishing.await {
             tracing::warn!(%error, task_id, "could not fail an undecodable task");
         }
     }
@@ -685,23 +803,17 @@ impl Claimer {
         options: FinishOptions,
         next: usize,
     ) -> Result<(Finished, Claim)> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
         let session = self.session.clone();
-        let config = session.broker.config();
-        let claim_next = ClaimNext {
-            count: next,
-            consumer: &session.worker_id,
-            token: &token,
-            max_retries_cap: config.max_retries_cap,
-            concurrency_rules: &self.concurrency_rules,
-        };
-        let call = session.finish_call(task, outcome, events, terminal, &options, Some(claim_next));
-        let reply = session.broker.call(&call).await?;
-        let claim = match reply.claimed {
-            Some(claimed) => self.accept(&token, claimed).await,
-            None => Claim::default(),
-        };
-        Ok((reply.finished, claim))
+        let block = session.block(task, outcome, events, terminal, &options, next);
+        only(
+            session
+                .finish_blocks(
+                    vec![block],
+                    options.current_task_after.as_deref(),
+                    &self.concurrency_rules,
+                )
+                .await?,
+        )
     }
 
     async fn run_script(&mut self, max: usize, ids: &[String]) -> Result<Claim> {
@@ -726,56 +838,15 @@ impl Claimer {
         Ok(self.accept(&token, reply).await)
     }
 
-    /// Turns what a claim script marked running into claimed tasks; a
-    /// payload exo cannot decode fails its task instead.
+    /// Turns what a claim script marked running into claimed tasks, and
+    /// notes when the next retry is due.
     async fn accept(&mut self, token: &str, reply: ClaimReply) -> Claim {
-        let session = &self.session;
-        let default_max_retries = session.broker.config().retry.max_retries;
         // The due time is on the server's clock; so is the time it sent.
         self.next_due_at = reply.next_due_ms.map(|due| {
             tokio::time::Instant::now()
                 + Duration::from_millis((due - reply.server_now_ms).max(0) as u64)
         });
-        let mut claim = Claim {
-            tasks: Vec::with_capacity(reply.rows.len()),
-            rejected: reply.rejected,
-        };
-        for row in reply.rows {
-            let lease = Lease {
-                task_id: row.task_id.clone(),
-                entry_id: row.entry_id.clone(),
-                attempt: row.attempt,
-                token: token.to_owned(),
-            };
-            // A payload that is not UTF-8 is refused as it is, never
-            // rewritten: the dead letter keeps its exact bytes.
-            let (raw, decoded) = match row.payload {
-                Some(raw) => {
-                    let decoded =
-                        TaskPayload::from_json(raw.as_bytes()).map_err(|error| error.to_string());
-                    (raw, decoded)
-                }
-                None => (String::new(), Err("payload is not valid UTF-8".to_owned())),
-            };
-            match decoded {
-                Ok(payload) => claim.tasks.push(ClaimedTask {
-                    lease,
-                    payload,
-                    raw_payload: raw,
-                    retries: row.retries,
-                    max_retries: row.max_retries.unwrap_or(default_max_retries),
-                }),
-                Err(reason) => {
-                    session.fail_undecodable(lease, raw, &reason).await;
-                    claim.rejected.push(Rejected {
-                        entry_id: row.entry_id,
-                        task_id: Some(row.task_id),
-                        reason,
-                    });
-                }
-            }
-        }
-        claim
+        self.session.claimed_tasks(token, reply).await
     }
 
     async fn blocking_read(&mut self, max: usize, block: Duration) -> Result<Vec<String>> {
@@ -812,6 +883,153 @@ impl Claimer {
         if let Some(client) = self.blocking.take() {
             let _ = client.quit().await;
         }
+    }
+}
+
+/// Final writes of one worker's slots, sent together: the attempts that
+/// end while an earlier call is under way share the next call (one round
+/// trip, one script run, and the claim of the slots' next tasks once for
+/// all). Get one from [`WorkerSession::finisher`]; clones share it.
+#[derive(Debug, Clone)]
+pub struct Finisher {
+    session: WorkerSession,
+    requests: tokio::sync::mpsc::UnboundedSender<FinishRequest>,
+}
+
+/// One slot's final write, waiting for its call.
+#[derive(Debug)]
+struct FinishRequest {
+    block: FinishBlock,
+    current_task_after: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<(Finished, Claim)>>,
+}
+
+/// The most attempts one call ends.
+const FINISH_BATCH: usize = 64;
+/// Calls of one finisher under way at once: one runs while the next
+/// gathers.
+const FINISH_CALLS: usize = 2;
+
+impl Finisher {
+    /// [`Claimer::finish_then_claim`], in a call shared with the other
+    /// slots' final writes that are ready at the same time. Each attempt is
+    /// fenced and answered on its own: one that meets an error (a key of
+    /// the wrong type) does not fail the others, and a call Redis refuses
+    /// as a whole (an argument too large) is sent again one attempt at a
+    /// time, so the error reaches only the attempt it belongs to.
+    pub async fn finish_then_claim(
+        &self,
+        task: &ClaimedTask,
+        outcome: Outcome<'_>,
+        events: Vec<String>,
+        terminal: &StreamEvent,
+        options: FinishOptions,
+        next: usize,
+    ) -> Result<(Finished, Claim)> {
+        let block = self
+            .session
+            .block(task, outcome, events, terminal, &options, next);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || Error::unreachable("the worker's finisher has stopped");
+        self.requests
+            .send(FinishRequest {
+                block,
+                current_task_after: options.current_task_after,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// The finisher's loop: takes every request that is ready (up to
+/// `FINISH_BATCH`) whenever a call may start, until every sender is gone.
+async fn gather(
+    session: WorkerSession,
+    concurrency_rules: String,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<FinishRequest>,
+) {
+    let calls = std::sync::Arc::new(tokio::sync::Semaphore::new(FINISH_CALLS));
+    let concurrency_rules = std::sync::Arc::<str>::from(concurrency_rules);
+    loop {
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = requests.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let session = session.clone();
+        let concurrency_rules = concurrency_rules.clone();
+        tokio::spawn(async move {
+            finish_together(&session, batch, &concurrency_rules).await;
+            drop(call);
+        });
+    }
+}
+
+/// One call for `batch`, each answer to its slot.
+async fn finish_together(session: &WorkerSession, batch: Vec<FinishRequest>, rules: &str) {
+    let current = batch
+        .iter()
+        .rev()
+        .find_map(|request| request.current_task_after.clone());
+    let (blocks, waiters): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|request| (request.block, (request.reply, request.current_task_after)))
+        .unzip();
+    let alone = blocks.len() == 1;
+    match session
+        .finish_blocks(blocks.clone(), current.as_deref(), rules)
+        .await
+    {
+        Ok((finished, claims)) => {
+            let mut unclaimed = Vec::new();
+            for (((reply, _), finished), claim) in waiters.into_iter().zip(finished).zip(claims) {
+                // A slot that stopped waiting (a forced shutdown) hands
+                // back what was claimed for it.
+                if let Err(Ok((_, claim))) = reply.send(finished.map(|finished| (finished, claim))) {
+                    unclaimed.extend(claim.tasks.into_iter().map(|task| task.lease));
+                }
+            }
+            if !unclaimed.is_empty() {
+                let _ = session.release(&unclaimed).await;
+            }
+        }
+        Err(error) if !alone && !error.is_transient() => {
+            // Redis refused the call as a whole, maybe for one attempt's
+            // arguments: each goes alone, so the error reaches its own.
+            for ((reply, current), block) in waiters.into_iter().zip(blocks) {
+                let result = session
+                    .finish_blocks(vec![block], current.as_deref(), rules)
+                    .await
+                    .and_then(only);
+                let _ = reply.send(result);
+            }
+        }
+        Err(error) => {
+            for (reply, _) in waiters {
+                let _ = reply.send(Err(error.copy()));
+            }
+        }
+    }
+}
+
+/// The outcome and claim of a call that ended one attempt.
+fn only((finished, claims): (Vec<Result<Finished>>, Vec<Claim>)) -> Result<(Finished, Claim)> {
+    let claim = claims.into_iter().next().unwrap_or_default();
+    match finished.into_iter().next() {
+        Some(finished) => finished.map(|finished| (finished, claim)),
+        None => Err(Error::Reply {
+            what: FinishBatch::NAME,
+            detail: "no outcome".into(),
+        }),
     }
 }
 

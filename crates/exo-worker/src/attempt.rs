@@ -8,7 +8,7 @@ use std::{
 };
 
 use exo_agent::{OutcomeStatus, RunOutcome};
-use exo_broker::{ClaimedTask, Claimer, FinishOptions, Finished, ModelSpend, Outcome};
+use exo_broker::{ClaimedTask, FinishOptions, Finished, Finisher, ModelSpend, Outcome};
 use exo_observability::record::{self, TaskLabels};
 use exo_proto::{RunStatus, StreamEvent, TaskStatus};
 use futures::FutureExt;
@@ -31,7 +31,7 @@ pub(crate) async fn run_task(
     executor: Arc<dyn Executor>,
     hooks: Arc<dyn TaskHooks>,
     task: ClaimedTask,
-    claimer: &mut Claimer,
+    finisher: &Finisher,
 ) -> Vec<ClaimedTask> {
     let task_id = task.lease.task_id.clone();
     let running = Arc::new(RunningTask {
@@ -111,7 +111,7 @@ pub(crate) async fn run_task(
         stop == Some(StopReason::Cancelled),
         timeout,
         ran_for,
-        claimer,
+        finisher,
     )
     .await;
     shared.registry.unregister(&running);
@@ -251,7 +251,7 @@ async fn finish(
     cancelled: bool,
     timeout: Duration,
     ran_for: Duration,
-    claimer: &mut Claimer,
+    finisher: &Finisher,
 ) -> Vec<ClaimedTask> {
     let outcome = execution.outcome;
     let agent_name = outcome.agent_name.clone();
@@ -270,7 +270,7 @@ async fn finish(
         (events.clone(), journal, spent.clone()),
         &terminal,
         retries_used,
-        claimer,
+        finisher,
         &mut claimed,
     )
     .await;
@@ -287,7 +287,7 @@ async fn finish(
             (events, Vec::new(), spent),
             &terminal,
             retries_used,
-            claimer,
+            finisher,
             &mut claimed,
         )
         .await;
@@ -404,7 +404,7 @@ async fn write_outcome(
     (events, journal, spent): (Vec<String>, Vec<String>, Vec<ModelSpend>),
     terminal: &StreamEvent,
     retries_used: u32,
-    claimer: &mut Claimer,
+    finisher: &Finisher,
     claimed: &mut Vec<ClaimedTask>,
 ) -> Option<Finished> {
     let mut attempt = 0;
@@ -416,7 +416,7 @@ async fn write_outcome(
             spent: spent.clone(),
         };
         let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim_next());
-        let written = claimer
+        let written = finisher
             .finish_then_claim(
                 task,
                 outcome,

@@ -145,6 +145,7 @@ impl Worker {
             shard: self.shard,
             broker: broker.clone(),
             session: session.clone(),
+            finisher: session.finisher(),
             config: self.config.clone(),
             worker_id: self.worker_id.clone(),
             hostname: self.hostname.clone(),
@@ -472,7 +473,7 @@ impl Worker {
                 // claimed in the same round trip, until none came.
                 let held = shared.slots.held_by(shared.shard);
                 tasks.spawn(async move {
-                    let mut claimer = shared.session.claimer();
+                    let finisher = shared.finisher.clone();
                     let mut next = vec![task];
                     while let Some(task) = next.pop() {
                         record::task_started(
@@ -485,7 +486,7 @@ impl Worker {
                             executor.clone(),
                             hooks.clone(),
                             task,
-                            &mut claimer,
+                            &finisher,
                         )
                         .await;
                         next.extend(claimed);

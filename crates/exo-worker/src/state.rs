@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use exo_broker::{Broker, Lease, WorkerSession};
+use exo_broker::{Broker, Finisher, Lease, WorkerSession};
 use exo_proto::WorkerHealth;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     pub(crate) shard: usize,
     /// This worker's operations on the queue.
     pub(crate) session: WorkerSession,
+    /// The slots' final writes, sent together when they end together.
+    pub(crate) finisher: Finisher,
     pub(crate) config: WorkerConfig,
     pub(crate) worker_id: String,
     pub(crate) hostname: String,

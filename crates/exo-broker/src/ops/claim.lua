@@ -27,6 +27,12 @@
 -- clock comes back so that the worker waits for the next retry by the same
 -- clock.
 
+-- The worker's heartbeat hash names the task it took last, at once.
+
 local entry_ids = {}
 for i = 13, #ARGV do table.insert(entry_ids, ARGV[i]) end
-return claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids, ARGV[12])
+return with_deferred_writes(function()
+  local claim = claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids, ARGV[12])
+  note_on_worker(ARGV[7], 0, 0, last_claimed(claim))
+  return claim
+end)

@@ -53,6 +53,9 @@ local EVENT_MAXLEN, DEAD_MAXLEN
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
 local NOW_MS, NOW
+-- Writes a call gathers and sends as one command each at its end (see
+-- `defer_writes`): nil when every write goes at once.
+local ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER
 
 -- Reads the keys and shared settings of one call, and the server's clock.
 local function setup(keys, argv)
@@ -68,6 +71,7 @@ local function setup(keys, argv)
   SIZE_LIMIT, GROUP = tonumber(argv[1]) or 0, argv[2]
   TASK_TTL, EVENT_TTL = tonumber(argv[3]), tonumber(argv[4])
   EVENT_MAXLEN, DEAD_MAXLEN = tonumber(argv[5]), tonumber(argv[6])
+  ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER = nil, nil, nil
   local time = redis.call('TIME')
   NOW_MS = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   NOW = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
@@ -156,6 +160,58 @@ local function ack(entry_id)
   redis.call('XDEL', QUEUE, entry_id)
 end
 
+-- Runs `command` with `fixed` arguments followed by `items`, 500 items per
+-- command (Lua's `unpack` has a limit).
+local function call_in_chunks(command, fixed, items)
+  for first = 1, #items, 500 do
+    local args = { unpack(fixed) }
+    for i = first, math.min(first + 499, #items) do table.insert(args, items[i]) end
+    redis.call(command, unpack(args))
+  end
+end
+
+-- From here to `flush_writes`, acknowledgements made with `ack_later` and
+-- the active set's changes (see `track_status`) are gathered, and sent as
+-- one XACK, one XDEL, one ZREM and one ZADD. Nothing in between reads
+-- them back: the claim reads only new entries, and only the reaper reads
+-- the active set.
+local function defer_writes()
+  ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER = {}, {}, {}
+end
+
+local function ack_later(entry_id)
+  if ACKS_LATER then
+    table.insert(ACKS_LATER, entry_id)
+  else
+    ack(entry_id)
+  end
+end
+
+local function flush_writes()
+  local acks, later, order = ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER
+  ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER = nil, nil, nil
+  if acks and #acks > 0 then
+    call_in_chunks('XACK', { QUEUE, GROUP }, acks)
+    call_in_chunks('XDEL', { QUEUE }, acks)
+  end
+  if later then
+    local gone, added = {}, {}
+    for _, task_id in ipairs(order) do
+      local score = later[task_id]
+      if score then
+        table.insert(added, score)
+        table.insert(added, task_id)
+      else
+        table.insert(gone, task_id)
+      end
+    end
+    if #gone > 0 then call_in_chunks('ZREM', { ACTIVE }, gone) end
+    for first = 1, #added, 1000 do
+      redis.call('ZADD', ACTIVE, unpack(added, first, math.min(first + 999, #added)))
+    end
+  end
+end
+
 -- Dead-letter entries keep the payload's exact bytes; one over the size
 -- limit keeps only its first 64 KiB (the reason says so), so the dead letter
 -- cannot hold what the queue refused. Entries older than 7 days go.
@@ -183,7 +239,11 @@ local TERMINAL = { completed = true, failed = true, cancelled = true }
 local function track_status(task_id, fields)
   for i = 1, #fields, 2 do
     if fields[i] == 'status' then
-      if TERMINAL[fields[i + 1]] then
+      local ended = TERMINAL[fields[i + 1]]
+      if ACTIVE_LATER then
+        if ACTIVE_LATER[task_id] == nil then table.insert(ACTIVE_ORDER, task_id) end
+        ACTIVE_LATER[task_id] = (not ended) and NOW_MS
+      elseif ended then
         redis.call('ZREM', ACTIVE, task_id)
       else
         redis.call('ZADD', ACTIVE, NOW_MS, task_id)
@@ -667,7 +727,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       end
       local key = task_key(task_id)
       local state = redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
-        'retries', 'max_retries', 'created_at', 'completed_at')
+        'retries', 'max_retries', 'created_at', 'completed_at', 'attempt')
       local status, owner = state[1], state[4]
       if status == 'running' then
         -- Its own entry delivered again (the group was re-created) stays
@@ -712,7 +772,9 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
           redis.call('SADD', running, task_id)
         end
       end
-      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+      -- The attempt number (the fencing token) goes up by one, written
+      -- with the rest.
+      local attempt = math.floor(tonumber(state[9] or '0') or 0) + 1
       local max_retries = state[6]
       if not max_retries then
         max_retries = default_max
@@ -739,7 +801,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       -- Only exo's own writes set `entry`: such a task is indexed already.
       local write = owner and update_task or write_task
       write(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW,
-        'entry', entry_id, 'lease', token, 'max_retries', max_retries, unpack(extra))
+        'entry', entry_id, 'lease', token, 'max_retries', max_retries, 'attempt', attempt, unpack(extra))
       table.insert(rows, entry_id)
       table.insert(rows, task_id)
       table.insert(rows, payload)
@@ -774,11 +836,37 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     end
     if #entries == 0 then break end
   end
-  -- The worker's heartbeat hash names the task it took last, at once.
-  if #rows > 0 and redis.call('EXISTS', worker_key(consumer)) == 1 then
-    redis.call('HSET', worker_key(consumer), 'current_task_id', rows[#rows - 4])
-  end
   return { next_due(), rows, rejected, now_ms() }
+end
+
+-- The task a claim reply took last (rows of six, the task id second), or
+-- nil.
+local function last_claimed(claim)
+  local rows = claim and claim[2]
+  if rows and #rows > 0 then return rows[#rows - 4] end
+  return nil
+end
+
+-- The worker's heartbeat hash (when it has one) counts attempts that ended
+-- (completed, and failed or retrying) and names `current` as the task it
+-- runs, at once: a fleet listing is right before the next heartbeat.
+local function note_on_worker(worker_id, completed, failed, current)
+  if worker_id == '' or (completed == 0 and failed == 0 and not current) then return end
+  local worker = worker_key(worker_id)
+  if redis.call('EXISTS', worker) == 0 then return end
+  if completed > 0 then redis.call('HINCRBY', worker, 'tasks_processed', completed) end
+  if failed > 0 then redis.call('HINCRBY', worker, 'tasks_failed', failed) end
+  if current then redis.call('HSET', worker, 'current_task_id', current) end
+end
+
+-- Runs `body` with writes deferred (see `defer_writes`) and sends them
+-- after it, also when it raises (the error goes on).
+local function with_deferred_writes(body)
+  defer_writes()
+  local ok, result = pcall(body)
+  flush_writes()
+  if not ok then error(result) end
+  return result
 end
 
 -- A decision on the tool call a waiting task stopped at (`approval` in its

@@ -1,41 +1,48 @@
--- finish.lua: end one attempt (completed, failed or cancelled), fenced.
+-- finish.lua: end attempts (completed, failed, cancelled or waiting),
+-- each fenced, and claim the next tasks for the worker's freed slots, in
+-- one call. A worker's slots that end together share one call: the
+-- keys, the clock, the worker's counters and the claim are paid once, and
+-- the queue acknowledgements and the active set's changes go as one
+-- command each.
 --
--- ARGV[7]  task id
--- ARGV[8]  queue entry id
--- ARGV[9]  the fence from claim ("<attempt>:<token>"; see fence_holds)
--- ARGV[10] outcome: completed | failed | cancelled | waiting
--- ARGV[11] completed: the result JSON; failed: the error message; waiting:
---          the approval request JSON (the tool call that waits)
--- ARGV[12] failed: "1" when the failure may be retried
--- ARGV[13] failed: backoff before the retry, in ms; waiting: how long the
---          wait may last, in ms
--- ARGV[14] failed: the raw payload, used for the retry or the dead letter
---          only when the queue entry is gone (its exact bytes are preferred)
--- ARGV[15] the terminal status event JSON (used when the task ends); for
---          waiting, the `waiting_for_tool` status event
--- ARGV[16] the status event JSON that announces a retry
--- ARGV[17] default max retries
--- ARGV[18] retries the executor spent inside this attempt (added to
---          `retries`; Temporal retries activities itself)
--- ARGV[19] tasks to claim for this worker once this attempt has ended (0
---          for none): a worker's slot goes on to the next task in the same
---          round trip
--- ARGV[20] the consumer (worker id) that claims them
--- ARGV[21] that claim's random token (see fence_holds)
--- ARGV[22] the most retries a payload may ask for (the worker's cap)
--- ARGV[23] the worker whose heartbeat hash counts this ending ("" for none)
--- ARGV[24] what that hash shows as `current_task_id` once the attempt has
---          ended (a task the worker still runs, or ""), unless a task is
---          claimed here (then that one)
--- ARGV[25] "1" when ARGV[24] is to be written
--- ARGV[26] the claiming worker's concurrency rules (JSON; see claim.lua)
--- ARGV[27] what the attempt's model calls used: JSON [[model, input
---          tokens, output tokens, calls, cost in millionths of a dollar],
---          ...] ("" for none); see record_usage
--- ARGV[28] n, the number of step-journal records that follow
--- ARGV[29...28+n] step-journal records not yet written (kept for a retry
---          or a wait; a task that ends drops its journal)
--- ARGV[29+n...] events of the run not yet published
+-- ARGV[7]  n, the number of attempts that end here (blocks below)
+-- ARGV[8]  the consumer (worker id) that claims the next tasks
+-- ARGV[9]  that claim's random token (see fence_holds)
+-- ARGV[10] the most retries a payload may ask for (the worker's cap)
+-- ARGV[11] the claiming worker's concurrency rules (JSON; see claim.lua)
+-- ARGV[12] default max retries
+-- ARGV[13] the worker whose heartbeat hash counts these endings ("" for
+--          none)
+-- ARGV[14] what that hash shows as `current_task_id` once the attempts
+--          have ended (a task the worker still runs, or ""), unless a task
+--          is claimed here (then that one)
+-- ARGV[15] "1" when ARGV[14] is to be written
+-- ARGV[16...] n blocks, each its field count m, then m fields:
+--   1  task id
+--   2  queue entry id
+--   3  the fence from claim ("<attempt>:<token>"; see fence_holds)
+--   4  outcome: completed | failed | cancelled | waiting
+--   5  completed: the result JSON; failed: the error message; waiting: the
+--      approval request JSON (the tool call that waits)
+--   6  failed: "1" when the failure may be retried
+--   7  failed: backoff before the retry, in ms; waiting: how long the wait
+--      may last, in ms
+--   8  failed: the raw payload, used for the retry or the dead letter only
+--      when the queue entry is gone (its exact bytes are preferred)
+--   9  the terminal status event JSON (used when the task ends); for
+--      waiting, the `waiting_for_tool` status event
+--   10 the status event JSON that announces a retry
+--   11 retries the executor spent inside this attempt (added to
+--      `retries`; Temporal retries activities itself)
+--   12 what the attempt's model calls used: JSON [[model, input tokens,
+--      output tokens, calls, cost in millionths of a dollar], ...] ("" for
+--      none); see record_usage
+--   13 tasks to claim for this slot once its attempt has ended (0 for
+--      none): the slot goes on to its next task in the same round trip
+--   14 j, the number of step-journal records that follow
+--   15...14+j step-journal records not yet written (kept for a retry or a
+--      wait; a task that ends drops its journal)
+--   15+j... events of the run not yet published
 --
 -- `waiting` (the run stopped at a tool call that needs a person's
 -- approval): the task goes back to `pending` with no queue entry, its
@@ -45,48 +52,59 @@
 -- decision (decide.lua, or the reaper at the deadline) puts it back on the
 -- queue.
 --
--- When the attempt ends here (not in a repeated call) and the worker's
+-- When an attempt ends here (not in a repeated call) and the worker's
 -- heartbeat hash exists, its `tasks_processed` (completed) or
--- `tasks_failed` (failed or retrying) goes up by one in the same round
--- trip, so a fleet listing is right before the next heartbeat.
+-- `tasks_failed` (failed or retrying) goes up in the same round trip, so a
+-- fleet listing is right before the next heartbeat.
 --
--- The write lands only if the attempt is still current. Returns one of
--- {"completed"}, {"cancelled"}, {"failed"}, {"retrying", retries, due_ms},
--- {"cancel_requested"} (a completion or failure refused because the task was
--- cancelled; finish it as cancelled), {"stale", status, attempt}.
--- Calling it again with the same arguments after it landed returns the same
--- outcome, so a retry after a lost reply is safe (the caller asks for no
--- claim when it repeats a call). When ARGV[19] asks for tasks, the reply is
--- {that outcome, claim reply} (see claim.lua), and the claim happens only
--- when the attempt ended here (completed, cancelled, failed or retrying).
+-- Each write lands only if its attempt is still current. Returns {replies,
+-- claim, asked}: replies holds, block by block, one of {"completed"},
+-- {"cancelled"}, {"failed"}, {"waiting"}, {"retrying", retries, due_ms},
+-- {"cancel_requested"} (a completion or failure refused because the task
+-- was cancelled; finish it as cancelled), {"stale", status, attempt}, or
+-- {"error", message} (that block met an error, a key of the wrong type
+-- say; the other blocks are not affected). Calling it again with the same
+-- arguments after it landed returns the same outcomes, so a retry after a
+-- lost reply is safe (the caller asks for no claim when it repeats a
+-- call). claim is 0 when no block asked for tasks, else a claim reply
+-- (see claim.lua) for the blocks whose attempt ended here, with a fifth
+-- element, the claim's error message, when the claim failed; asked holds,
+-- block by block, how many of its rows are that block's (in block order;
+-- a block whose attempt did not end here gets none, and the claim may
+-- have found fewer tasks than asked).
 
-local ended_here = false
--- The concurrency key of the task whose attempt ends (read with its state).
-local attempt_key = nil
+local DEFAULT_MAX = ARGV[12]
 
-local function finish_attempt()
-  local task_id, entry_id, fence, outcome = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+-- Ends one attempt (a block's fields in `a`). Returns its reply, whether
+-- it ended here, and the concurrency key of its task.
+local function finish_attempt(a)
+  local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
   local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
   local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'lease', 'error', 'concurrency_key')
   local status = state[1]
-  attempt_key = state[9]
+  -- The concurrency key of the task whose attempt ends.
+  local attempt_key = state[9]
 
   if not fence_matches(fence, state[2], state[7]) then
     return { 'stale', status or '', state[2] or '' }
   end
   -- A repeat of a call that already landed.
+  -- (A call that ended before its acknowledgements were sent, aborted by
+  -- a passing error, sends them now.)
   if outcome == 'failed' and status == 'retrying' then
+    ack_later(entry_id)
     return { 'retrying', tonumber(state[3] or '0'), -1 }
   end
   if (status == 'completed' or status == 'failed') and status == outcome then
+    ack_later(entry_id)
     return { status }
   end
   if outcome == 'waiting' and status == 'pending' then
     return { 'waiting' }
   end
   if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
-    ack(entry_id)
+    ack_later(entry_id)
     return { 'cancelled' }
   end
   -- A client cancelled the task while it ran.
@@ -97,20 +115,20 @@ local function finish_attempt()
     return { 'stale', status or '', state[2] or '' }
   end
 
-  local journal_count = tonumber(ARGV[28]) or 0
+  local journal_count = tonumber(a[14]) or 0
   local journal = {}
-  for i = 29, 28 + journal_count do table.insert(journal, ARGV[i]) end
+  for i = 15, 14 + journal_count do table.insert(journal, a[i]) end
   local events = {}
-  for i = 29 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
+  for i = 15 + journal_count, #a do table.insert(events, a[i]) end
   -- The payload exactly as queued, for a retry or the dead letter.
   local function queued_payload()
     local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
     local payload = found[1] and entry_payload(found[1][2])
     if payload then return payload end
-    return ARGV[14]
+    return a[8]
   end
   local reply
-  local inner_retries = tonumber(ARGV[18]) or 0
+  local inner_retries = tonumber(a[11]) or 0
   if inner_retries > 0 then
     redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
     state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
@@ -120,24 +138,23 @@ local function finish_attempt()
   -- stream's end (`ended`) is written with the final state.
   if outcome == 'waiting' then
     local payload = queued_payload()
-    local deadline = now_ms() + (tonumber(ARGV[13]) or 0)
+    local deadline = now_ms() + (tonumber(a[7]) or 0)
     redis.call('HDEL', key, 'entry')
-    update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', ARGV[11],
+    update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', a[5],
       'approval_deadline', string.format('%.3f', deadline / 1000))
     redis.call('ZADD', APPROVALS, deadline, task_id)
     redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
     append_journal(task_id, journal)
-    table.insert(events, ARGV[15])
-    ack(entry_id)
+    table.insert(events, a[9])
+    ack_later(entry_id)
     append_events(task_id, events)
-    ended_here = true
-    return { 'waiting' }
+    return { 'waiting' }, true, attempt_key
   end
 
   if outcome == 'completed' then
     if state[8] then redis.call('HDEL', key, 'error') end
-    update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[11], 'ended', '1')
-    table.insert(events, ARGV[15])
+    update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', a[5], 'ended', '1')
+    table.insert(events, a[9])
     reply = { 'completed' }
   elseif outcome == 'cancelled' then
     if status ~= 'cancelled' then
@@ -145,37 +162,35 @@ local function finish_attempt()
     elseif state[5] ~= '1' then
       redis.call('HSET', key, 'ended', '1')
     end
-    if state[5] ~= '1' then table.insert(events, ARGV[15]) end
+    if state[5] ~= '1' then table.insert(events, a[9]) end
     reply = { 'cancelled' }
   else
     local retries = tonumber(state[3] or '0')
-    local max_retries = tonumber(state[4] or ARGV[17])
-    if ARGV[12] == '1' and retries < max_retries then
-      local due = now_ms() + tonumber(ARGV[13])
+    local max_retries = tonumber(state[4] or DEFAULT_MAX)
+    if a[6] == '1' and retries < max_retries then
+      local due = now_ms() + tonumber(a[7])
       local payload = queued_payload()
       -- Waiting in the delayed set now: no entry carries it until promoted.
       redis.call('HDEL', key, 'entry')
-      update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', ARGV[11], 'completed_at', NOW)
+      update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', a[5], 'completed_at', NOW)
       redis.call('ZADD', DELAYED, due, task_id)
       redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
       append_journal(task_id, journal)
-      table.insert(events, ARGV[16])
-      ack(entry_id)
+      table.insert(events, a[10])
+      ack_later(entry_id)
       append_events(task_id, events)
-      ended_here = true
-      return { 'retrying', retries + 1, due }
+      return { 'retrying', retries + 1, due }, true, attempt_key
     end
-    update_task(task_id, 'status', 'failed', 'error', ARGV[11], 'completed_at', NOW, 'ended', '1')
-    dead_letter(task_id, queued_payload(), ARGV[11], attempt)
-    table.insert(events, ARGV[15])
+    update_task(task_id, 'status', 'failed', 'error', a[5], 'completed_at', NOW, 'ended', '1')
+    dead_letter(task_id, queued_payload(), a[5], attempt)
+    table.insert(events, a[9])
     reply = { 'failed' }
   end
 
-  ack(entry_id)
+  ack_later(entry_id)
   append_events(task_id, events)
   redis.call('DEL', journal_key(task_id))
-  ended_here = true
-  return reply
+  return reply, true, attempt_key
 end
 
 -- The usage ledger: what the attempt's model calls used goes into the
@@ -184,8 +199,7 @@ end
 -- of the minute (kept 2 days) and of the hour (kept 35 days), counted by
 -- model, tenant and agent.
 local USAGE_METRICS = { 'input', 'output', 'calls', 'cost' }
-local function record_usage(task_id)
-  local text = ARGV[27]
+local function record_usage(task_id, text)
   if not text or text == '' then return end
   local ok, spent = pcall(cjson.decode, text)
   if not ok or type(spent) ~= 'table' then return end
@@ -216,31 +230,65 @@ local function record_usage(task_id)
   for _, bucket in ipairs(buckets) do redis.call('EXPIRE', bucket[1], bucket[2]) end
 end
 
--- The worker's counters and current task, in its heartbeat hash.
-local function note_on_worker(outcome)
-  local worker_id = ARGV[23]
-  if worker_id == '' then return end
-  local worker = worker_key(worker_id)
-  if redis.call('EXISTS', worker) == 0 then return end
-  if outcome == 'completed' then
-    redis.call('HINCRBY', worker, 'tasks_processed', 1)
-  elseif outcome == 'failed' or outcome == 'retrying' then
-    redis.call('HINCRBY', worker, 'tasks_failed', 1)
-  end
-  if ARGV[25] == '1' then
-    redis.call('HSET', worker, 'current_task_id', ARGV[24])
-  end
+-- One block under pcall: an error (a key of the wrong type, say) becomes
+-- that block's reply and the others go on. A passing error (see
+-- PASSING_ERRORS) ends the call, so the caller retries it whole.
+local function finish_block(a)
+  local ok, reply, ended = pcall(function()
+    local reply, ended, attempt_key = finish_attempt(a)
+    if ended then
+      record_usage(a[1], a[12])
+      -- The attempt no longer holds a slot of its concurrency key.
+      free_slot(a[1], attempt_key)
+    end
+    return reply, ended
+  end)
+  if ok then return reply, ended end
+  local message = tostring(type(reply) == 'table' and reply.err or reply)
+  if PASSING_ERRORS[string.match(message, '^%-?(%u+)')] then error(reply) end
+  return { 'error', message }, false
 end
 
-local reply = finish_attempt()
-if ended_here then
-  note_on_worker(reply[1])
-  record_usage(ARGV[7])
-  -- The attempt no longer holds a slot of its concurrency key.
-  free_slot(ARGV[7], attempt_key)
-end
-local claim_count = tonumber(ARGV[19]) or 0
-if claim_count <= 0 then return reply end
-local ended = { completed = true, cancelled = true, failed = true, retrying = true, waiting = true }
-if not ended[reply[1]] then return { reply, { -1, {}, {}, now_ms() } } end
-return { reply, claim_batch(ARGV[20], claim_count, ARGV[17], tonumber(ARGV[22]), ARGV[21], {}, ARGV[26]) }
+local COUNTED = { completed = 'completed', failed = 'failed', retrying = 'failed' }
+
+return with_deferred_writes(function()
+  local replies, given = {}, {}
+  local counts = { completed = 0, failed = 0 }
+  local claim_count, asked = 0, false
+  local at = 16
+  for i = 1, tonumber(ARGV[7]) or 0 do
+    local size = tonumber(ARGV[at]) or 0
+    local a = {}
+    for j = 1, size do a[j] = ARGV[at + j] end
+    at = at + size + 1
+    local reply, ended = finish_block(a)
+    local wanted = tonumber(a[13]) or 0
+    asked = asked or wanted > 0
+    given[i] = 0
+    if ended then
+      local counted = COUNTED[reply[1]]
+      if counted then counts[counted] = counts[counted] + 1 end
+      claim_count = claim_count + wanted
+      given[i] = wanted
+    end
+    replies[i] = reply
+  end
+  local claim = 0
+  if asked then
+    claim = { -1, {}, {}, now_ms() }
+    if claim_count > 0 then
+      local ok, taken = pcall(claim_batch, ARGV[8], claim_count, DEFAULT_MAX, tonumber(ARGV[10]), ARGV[9], {}, ARGV[11])
+      if ok then
+        claim = taken
+      else
+        local message = tostring(type(taken) == 'table' and taken.err or taken)
+        if PASSING_ERRORS[string.match(message, '^%-?(%u+)')] then error(taken) end
+        table.insert(claim, message)
+      end
+    end
+  end
+  local current = last_claimed(claim ~= 0 and claim or nil)
+  if not current and ARGV[15] == '1' then current = ARGV[14] end
+  note_on_worker(ARGV[13], counts.completed, counts.failed, current)
+  return { replies, claim, given }
+end)

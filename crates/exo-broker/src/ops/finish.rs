@@ -11,13 +11,13 @@ use super::{
     reply::{self, Parts},
 };
 use crate::{
-    error::{Error, Result},
+    error::{Error, RedisCode, Result},
     session::{ClaimedTask, Finished, ModelSpend, Outcome},
 };
 
 pub(crate) const LUA: &str = include_str!("finish.lua");
 
-/// `ARGV[7...]` of finish.lua.
+/// One attempt's end: a block of finish.lua's arguments.
 #[derive(Debug)]
 pub(crate) struct FinishCall<'a> {
     pub(crate) task: &'a ClaimedTask,
@@ -28,20 +28,39 @@ pub(crate) struct FinishCall<'a> {
     pub(crate) terminal: &'a StreamEvent,
     /// The backoff before the retry, when the failure is retried.
     pub(crate) backoff: Duration,
-    /// The default retry budget, for a task whose hash has none.
-    pub(crate) default_max_retries: u32,
     /// Retries the executor spent inside this attempt.
     pub(crate) inner_retries: u32,
-    /// Tasks to claim for the same worker once this attempt has ended.
-    pub(crate) claim_next: Option<ClaimNext<'a>>,
-    /// The worker whose heartbeat hash counts the ending.
-    pub(crate) worker_id: &'a str,
-    /// What that hash shows as `current_task_id` afterwards, if anything.
-    pub(crate) current_task_after: Option<&'a str>,
+    /// Tasks to claim for the slot once this attempt has ended.
+    pub(crate) next: usize,
     /// Step-journal records not yet written.
     pub(crate) journal: &'a [String],
     /// What the attempt's model calls used.
     pub(crate) spent: &'a [ModelSpend],
+}
+
+/// A block of finish.lua's arguments, built by [`FinishCall::block`]: owned,
+/// so that attempts of several slots can share one call.
+#[derive(Debug, Clone)]
+pub(crate) struct FinishBlock {
+    args: Vec<String>,
+    /// The backoff the retry announced, for the reply.
+    backoff: Duration,
+    /// Tasks asked for the slot.
+    pub(crate) next: usize,
+}
+
+/// finish.lua: the attempts that end, and the claim after them.
+#[derive(Debug)]
+pub(crate) struct FinishBatch<'a> {
+    pub(crate) blocks: &'a [FinishBlock],
+    /// Who claims the slots' next tasks, when a block asks for any.
+    pub(crate) claim: Option<ClaimNext<'a>>,
+    /// The default retry budget, for a task whose hash has none.
+    pub(crate) default_max_retries: u32,
+    /// The worker whose heartbeat hash counts the endings.
+    pub(crate) worker_id: &'a str,
+    /// What that hash shows as `current_task_id` afterwards, if anything.
+    pub(crate) current_task_after: Option<&'a str>,
 }
 
 /// finish.lua's `ARGV[27]`: `[[model, input, output, calls, cost], ...]`.
@@ -69,7 +88,6 @@ fn spent_json(spent: &[ModelSpend]) -> String {
 /// The claim that follows a final write in the same round trip.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimNext<'a> {
-    pub(crate) count: usize,
     pub(crate) consumer: &'a str,
     pub(crate) token: &'a str,
     pub(crate) max_retries_cap: u32,
@@ -77,11 +95,19 @@ pub(crate) struct ClaimNext<'a> {
     pub(crate) concurrency_rules: &'a str,
 }
 
-/// What the final write did, and what the claim after it took.
+/// What the final writes did, block by block, and what the claim after
+/// them took.
 #[derive(Debug)]
 pub(crate) struct FinishReply {
-    pub(crate) finished: Finished,
+    /// Each block's outcome, or the error that block met (the others are
+    /// not affected by it).
+    pub(crate) finished: Vec<Result<Finished>>,
+    /// The claim, when a block asked for tasks.
     pub(crate) claimed: Option<ClaimReply>,
+    /// Why the claim failed, when it did (the attempts ended all the same).
+    pub(crate) claim_error: Option<String>,
+    /// How many of the claimed tasks are each block's, in block order.
+    pub(crate) asked: Vec<usize>,
 }
 
 impl FinishCall<'_> {
@@ -115,18 +141,9 @@ impl FinishCall<'_> {
             ),
         )
     }
-}
 
-impl Operation for FinishCall<'_> {
-    type Reply = FinishReply;
-    const NAME: &'static str = "finish";
-    const DURABLE: bool = true;
-
-    fn script(scripts: &Scripts) -> &Script {
-        &scripts.finish
-    }
-
-    fn arguments(&self, argv: &mut Vec<String>) {
+    /// The block's fields, as finish.lua's header lists them.
+    pub(crate) fn block(&self) -> FinishBlock {
         let (kind, text, retryable) = self.kind();
         let failed = matches!(self.outcome, Outcome::Failed { .. });
         let retry_event = if failed {
@@ -135,8 +152,8 @@ impl Operation for FinishCall<'_> {
             String::new()
         };
         let lease = &self.task.lease;
-        argv.reserve(20 + self.journal.len() + self.events.len());
-        argv.extend([
+        let mut args = Vec::with_capacity(14 + self.journal.len() + self.events.len());
+        args.extend([
             lease.task_id.clone(),
             lease.entry_id.clone(),
             lease.fence(),
@@ -160,19 +177,45 @@ impl Operation for FinishCall<'_> {
                 _ => self.terminal.to_json(),
             },
             retry_event,
-            self.default_max_retries.to_string(),
             self.inner_retries.to_string(),
+            spent_json(self.spent),
+            self.next.to_string(),
+            self.journal.len().to_string(),
         ]);
-        match self.claim_next {
-            Some(next) if next.count > 0 => argv.extend([
-                next.count.to_string(),
+        args.extend(self.journal.iter().cloned());
+        args.extend(self.events.iter().cloned());
+        FinishBlock {
+            args,
+            backoff: self.backoff,
+            next: self.next,
+        }
+    }
+}
+
+impl Operation for FinishBatch<'_> {
+    type Reply = FinishReply;
+    const NAME: &'static str = "finish";
+    const DURABLE: bool = true;
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.finish
+    }
+
+    fn arguments(&self, argv: &mut Vec<String>) {
+        let size: usize = self.blocks.iter().map(|block| block.args.len() + 1).sum();
+        argv.reserve(9 + size);
+        argv.push(self.blocks.len().to_string());
+        match self.claim {
+            Some(next) => argv.extend([
                 next.consumer.to_owned(),
                 next.token.to_owned(),
                 next.max_retries_cap.to_string(),
+                next.concurrency_rules.to_owned(),
             ]),
-            _ => argv.extend(["0".to_owned(), String::new(), String::new(), String::new()]),
+            None => argv.extend([String::new(), String::new(), "0".to_owned(), String::new()]),
         }
         argv.extend([
+            self.default_max_retries.to_string(),
             self.worker_id.to_owned(),
             self.current_task_after.unwrap_or_default().to_owned(),
             if self.current_task_after.is_some() {
@@ -182,55 +225,88 @@ impl Operation for FinishCall<'_> {
             }
             .to_owned(),
         ]);
-        argv.push(
-            self.claim_next
-                .map(|next| next.concurrency_rules.to_owned())
-                .unwrap_or_default(),
-        );
-        argv.push(spent_json(self.spent));
-        argv.push(self.journal.len().to_string());
-        argv.extend(self.journal.iter().cloned());
-        argv.extend(self.events.iter().cloned());
+        for block in self.blocks {
+            argv.push(block.args.len().to_string());
+            argv.extend(block.args.iter().cloned());
+        }
     }
 
     fn parse(&self, value: Value) -> Result<FinishReply> {
-        if self.claim_next.is_some_and(|next| next.count > 0) {
-            let mut parts = reply::array(Self::NAME, value)?.into_iter();
-            let finished = self.outcome(parts.next().unwrap_or(Value::Null))?;
-            let claimed = parts.next().map(ClaimCall::read).transpose()?;
-            return Ok(FinishReply { finished, claimed });
+        let mut parts = reply::array(Self::NAME, value)?.into_iter();
+        let replies = reply::array(Self::NAME, parts.next().unwrap_or(Value::Null))?;
+        if replies.len() != self.blocks.len() {
+            return Err(Error::Reply {
+                what: Self::NAME,
+                detail: format!(
+                    "{} outcomes for {} attempts",
+                    replies.len(),
+                    self.blocks.len()
+                ),
+            });
         }
+        let finished = replies
+            .into_iter()
+            .zip(self.blocks)
+            .map(|(value, block)| outcome(value, block.backoff))
+            .collect::<Result<Vec<_>>>()?;
+        let (claimed, claim_error) = match parts.next() {
+            Some(Value::Array(mut items)) => {
+                let error = if items.len() > 4 {
+                    items
+                        .pop()
+                        .map(|message| reply::string(Self::NAME, &message))
+                        .transpose()?
+                } else {
+                    None
+                };
+                (Some(ClaimCall::read(Value::Array(items))?), error)
+            }
+            _ => (None, None),
+        };
+        let asked = reply::array(Self::NAME, parts.next().unwrap_or(Value::Null))?
+            .iter()
+            .map(|count| reply::integer(Self::NAME, count).map(|count| count.max(0) as usize))
+            .collect::<Result<Vec<_>>>()?;
         Ok(FinishReply {
-            finished: self.outcome(value)?,
-            claimed: None,
+            finished,
+            claimed,
+            claim_error,
+            asked,
         })
     }
 }
 
-impl FinishCall<'_> {
-    /// Reads the outcome part of the reply.
-    fn outcome(&self, value: Value) -> Result<Finished> {
-        let mut parts = Parts::new(Self::NAME, value)?;
-        Ok(match parts.string()?.as_str() {
-            "completed" => Finished::Completed,
-            "cancelled" => Finished::Cancelled,
-            "failed" => Finished::Failed,
-            "waiting" => Finished::Waiting,
-            "retrying" => Finished::Retrying {
-                retry: parts.count()? as u32,
-                delay: self.backoff,
-            },
-            "cancel_requested" => Finished::CancelRequested,
-            "stale" => Finished::Stale {
-                status: parts.string()?,
-                attempt: parts.string()?,
-            },
-            other => {
-                return Err(Error::Reply {
-                    what: Self::NAME,
-                    detail: format!("unknown outcome `{other}`"),
-                });
-            }
-        })
-    }
+/// Reads one block's outcome.
+fn outcome(value: Value, backoff: Duration) -> Result<Result<Finished>> {
+    const NAME: &str = FinishBatch::NAME;
+    let mut parts = Parts::new(NAME, value)?;
+    Ok(Ok(match parts.string()?.as_str() {
+        "completed" => Finished::Completed,
+        "cancelled" => Finished::Cancelled,
+        "failed" => Finished::Failed,
+        "waiting" => Finished::Waiting,
+        "retrying" => Finished::Retrying {
+            retry: parts.count()? as u32,
+            delay: backoff,
+        },
+        "cancel_requested" => Finished::CancelRequested,
+        "stale" => Finished::Stale {
+            status: parts.string()?,
+            attempt: parts.string()?,
+        },
+        "error" => {
+            let message = parts.string()?;
+            return Ok(Err(Error::Redis {
+                code: RedisCode::parse(&message),
+                message,
+                source: None,
+            }));
+        }
+        other => {
+            return Err(Error::Reply {
+                what: NAME,
+                detail: format!("unknown outcome `{other}`"),
+            });
+        }
+    }))
 }

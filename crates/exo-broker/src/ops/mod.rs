@@ -209,7 +209,7 @@ impl Scripts {
             (submit::SubmitCall::NAME, submit::LUA),
             (claim::ClaimCall::NAME, claim::LUA),
             (decide::DecideCall::NAME, decide::LUA),
-            (finish::FinishCall::NAME, finish::LUA),
+            (finish::FinishBatch::NAME, finish::LUA),
             (publish::PublishCall::NAME, publish::LUA),
             (cancel::CancelCall::NAME, cancel::LUA),
             (heartbeat::HeartbeatCall::NAME, heartbeat::LUA),

@@ -1,5 +1,6 @@
 //! The broker against real redis-servers, one test binary.
 
+mod batched;
 mod common;
 mod events;
 mod fleet;

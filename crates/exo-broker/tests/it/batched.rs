@@ -1,0 +1,168 @@
+//! Final writes of several slots in one call ([`exo_broker::Finisher`]):
+//! every attempt is answered on its own, the claimed tasks go to the slots
+//! that asked, the queue and the active set are left clean, the worker's
+//! counters count every ending, and an attempt that meets an error fails
+//! alone.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use crate::common::*;
+use exo_broker::{ClaimedTask, FinishOptions, Finished, Outcome, RedisCode};
+use exo_testkit::TestRedis;
+use fred::prelude::*;
+use futures::future::join_all;
+
+const WORKER: &str = "w-batch";
+
+async fn finish_all(
+    finisher: &exo_broker::Finisher,
+    tasks: &[ClaimedTask],
+    next: usize,
+) -> Vec<exo_broker::Result<(Finished, exo_broker::Claim)>> {
+    let terminal = completed("helper");
+    join_all(tasks.iter().map(|task| {
+        finisher.finish_then_claim(
+            task,
+            Outcome::Completed { output: "done" },
+            vec![],
+            &terminal,
+            FinishOptions::default(),
+            next,
+        )
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
+    let redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let raw = raw(&redis).await;
+    let session = broker.worker_session(WORKER);
+    session
+        .heartbeat(&health(WORKER), Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let slots = 16;
+    let mut submitted = BTreeSet::new();
+    for index in 0..slots * 2 + 3 {
+        let task = payload(&index.to_string());
+        submitted.insert(task.task_id.clone());
+        broker.client().submit(task).await.unwrap();
+    }
+    let first = claim_all(&broker, WORKER, slots).await;
+    assert_eq!(first.len(), slots);
+    let finisher = session.finisher();
+
+    // Every slot ends at once and asks for its next task.
+    let before = broker.round_trips();
+    let ended = finish_all(&finisher, &first, 1).await;
+    let calls = broker.round_trips() - before;
+    assert!(
+        calls < slots as u64,
+        "{slots} final writes took {calls} round trips; they were not sent together"
+    );
+    let mut second = Vec::new();
+    for result in ended {
+        let (finished, claim) = result.unwrap();
+        assert_eq!(finished, Finished::Completed);
+        assert!(claim.tasks.len() <= 1, "a slot got {} tasks", claim.tasks.len());
+        second.extend(claim.tasks);
+    }
+    // Each slot that asked got a task of its own, never one that ran.
+    assert_eq!(second.len(), slots);
+    let first_ids: BTreeSet<_> = first.iter().map(|task| &task.lease.task_id).collect();
+    let second_ids: BTreeSet<_> = second.iter().map(|task| &task.lease.task_id).collect();
+    assert_eq!(second_ids.len(), slots);
+    assert!(first_ids.is_disjoint(&second_ids));
+
+    // The second wave finds only three tasks left: three slots get one,
+    // the rest none.
+    let third: Vec<ClaimedTask> = finish_all(&finisher, &second, 1)
+        .await
+        .into_iter()
+        .flat_map(|result| {
+            let (finished, claim) = result.unwrap();
+            assert_eq!(finished, Finished::Completed);
+            claim.tasks
+        })
+        .collect();
+    assert_eq!(third.len(), 3);
+    for result in finish_all(&finisher, &third, 1).await {
+        let (finished, claim) = result.unwrap();
+        assert_eq!(finished, Finished::Completed);
+        assert!(claim.tasks.is_empty());
+    }
+
+    // Every task completed once, with one terminal event; the queue, its
+    // pending list and the active set are empty.
+    for task_id in &submitted {
+        let status: Option<String> = raw.hget(broker.keys().task(task_id), "status").await.unwrap();
+        assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
+        let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
+        assert_eq!(events, 1, "task {task_id}");
+    }
+    let queued: u64 = raw.xlen(broker.keys().queue()).await.unwrap();
+    assert_eq!(queued, 0);
+    let pending: Value = raw
+        .xpending(broker.keys().queue(), broker.keys().group(), ())
+        .await
+        .unwrap();
+    let pending = pending.into_array();
+    assert_eq!(pending.first().and_then(Value::as_u64), Some(0));
+    let active: u64 = raw.zcard(broker.keys().active()).await.unwrap();
+    assert_eq!(active, 0);
+    // The worker's hash counted every ending.
+    let processed: Option<u64> = raw
+        .hget(broker.keys().worker(WORKER), "tasks_processed")
+        .await
+        .unwrap();
+    assert_eq!(processed, Some(submitted.len() as u64));
+}
+
+#[tokio::test]
+async fn an_attempt_that_meets_an_error_fails_alone() {
+    let redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let raw = raw(&redis).await;
+    for index in 0..3 {
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
+    }
+    let tasks = claim_all(&broker, WORKER, 3).await;
+    assert_eq!(tasks.len(), 3);
+    // The middle task's hash is replaced by a key of another type.
+    let broken = &tasks[1].lease.task_id;
+    let _: () = raw.del(broker.keys().task(broken)).await.unwrap();
+    let _: () = raw
+        .set(broker.keys().task(broken), "not a hash", None, None, false)
+        .await
+        .unwrap();
+    let finisher = broker.worker_session(WORKER).finisher();
+    let ended = finish_all(&finisher, &tasks, 1).await;
+    for (task, result) in tasks.iter().zip(ended) {
+        if &task.lease.task_id == broken {
+            let error = result.expect_err("a hash of the wrong type cannot be finished");
+            assert_eq!(error.redis_code(), Some(&RedisCode::WrongType), "{error}");
+        } else {
+            let (finished, claim) = result.unwrap();
+            assert_eq!(finished, Finished::Completed);
+            assert!(claim.tasks.is_empty());
+            let status: Option<String> = raw
+                .hget(broker.keys().task(&task.lease.task_id), "status")
+                .await
+                .unwrap();
+            assert_eq!(status.as_deref(), Some("completed"));
+        }
+    }
+    // The others' entries are acknowledged; the broken one's stays pending
+    // for the reaper.
+    let pending: Value = raw
+        .xpending(broker.keys().queue(), broker.keys().group(), ())
+        .await
+        .unwrap();
+    assert_eq!(pending.into_array().first().and_then(Value::as_u64), Some(1));
+}
