@@ -415,18 +415,15 @@ impl WorkerSession {
 
 
     /// A finisher: final writes of this worker's slots that end together
-    /// share one round trip ([`Finisher::finish_then_claim`]). It runs a
-    /// background task until every clone of it is dropped.
+    /// share one round trip ([`Finisher::finish_then_claim`]).
     pub fn finisher(&self) -> Finisher {
-        let (requests, waiting) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(gather(
-            self.clone(),
-            self.broker.config().concurrency.to_json(),
-            waiting,
-        ));
         Finisher {
-            session: self.clone(),
-            requests,
+            inner: std::sync::Arc::new(FinisherInner {
+                session: self.clone(),
+                concurrency_rules: self.broker.config().concurrency.to_json(),
+                queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                calls: std::sync::Arc::new(tokio::sync::Semaphore::new(FINISH_CALLS)),
+            }),
         }
     }
 
@@ -887,13 +884,24 @@ impl Claimer {
 }
 
 /// Final writes of one worker's slots, sent together: the attempts that
-/// end while an earlier call is under way share the next call (one round
-/// trip, one script run, and the claim of the slots' next tasks once for
-/// all). Get one from [`WorkerSession::finisher`]; clones share it.
+/// end while a call is under way share the next call (one round trip, one
+/// script run, and the claim of the slots' next tasks once for all). The
+/// slot whose write finds a call free sends it itself (a lone slot pays no
+/// hand-over); one that finds none free waits for the next. Get one from
+/// [`WorkerSession::finisher`]; clones share it.
 #[derive(Debug, Clone)]
 pub struct Finisher {
+    inner: std::sync::Arc<FinisherInner>,
+}
+
+#[derive(Debug)]
+struct FinisherInner {
     session: WorkerSession,
-    requests: tokio::sync::mpsc::UnboundedSender<FinishRequest>,
+    concurrency_rules: String,
+    /// Final writes waiting for a call, oldest first.
+    queue: std::sync::Mutex<std::collections::VecDeque<FinishRequest>>,
+    /// The call under way (at most `FINISH_CALLS`).
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// One slot's final write, waiting for its call.
@@ -906,9 +914,10 @@ struct FinishRequest {
 
 /// The most attempts one call ends.
 const FINISH_BATCH: usize = 64;
-/// Calls of one finisher under way at once: one runs while the next
-/// gathers.
-const FINISH_CALLS: usize = 2;
+/// Calls of one finisher under way at once. One: the writes that end
+/// while it runs go together in the next (two at once gave smaller calls
+/// and no more tasks a second in `cargo xtask bench`).
+const FINISH_CALLS: usize = 1;
 
 impl Finisher {
     /// [`Claimer::finish_then_claim`], in a call shared with the other
@@ -926,51 +935,100 @@ impl Finisher {
         options: FinishOptions,
         next: usize,
     ) -> Result<(Finished, Claim)> {
-        let block = self
+        let inner = &self.inner;
+        let block = inner
             .session
             .block(task, outcome, events, terminal, &options, next);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let stopped = || Error::unreachable("the worker's finisher has stopped");
-        self.requests
-            .send(FinishRequest {
-                block,
-                current_task_after: options.current_task_after,
-                reply,
-            })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        inner.lock().push_back(FinishRequest {
+            block,
+            current_task_after: options.current_task_after,
+            reply,
+        });
+        if let Ok(call) = inner.calls.clone().try_acquire_owned() {
+            // A call is free: this slot sends the waiting writes, its own
+            // among them.
+            Leader {
+                inner: inner.clone(),
+                call: Some(call),
+            }
+            .send_one()
+            .await;
+        }
+        // A call that carried this write and was dropped (its slot was
+        // aborted) dropped the answer: the caller writes again.
+        answer.await.map_err(|_| {
+            Error::unreachable("the call that carried this final write was dropped")
+        })?
     }
 }
 
-/// The finisher's loop: takes every request that is ready (up to
-/// `FINISH_BATCH`) whenever a call may start, until every sender is gone.
-async fn gather(
-    session: WorkerSession,
-    concurrency_rules: String,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<FinishRequest>,
-) {
-    let calls = std::sync::Arc::new(tokio::sync::Semaphore::new(FINISH_CALLS));
-    let concurrency_rules = std::sync::Arc::<str>::from(concurrency_rules);
-    loop {
-        let Ok(call) = calls.clone().acquire_owned().await else {
+impl FinisherInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<FinishRequest>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The oldest waiting writes, up to `FINISH_BATCH`.
+    fn take(&self) -> Vec<FinishRequest> {
+        let mut queue = self.lock();
+        let count = queue.len().min(FINISH_BATCH);
+        queue.drain(..count).collect()
+    }
+}
+
+/// The right to send one call. Whoever holds it last while writes still
+/// wait (a slot that sent its call, or one dropped mid-call) hands it to a
+/// task that sends them, so no write is left waiting.
+struct Leader {
+    inner: std::sync::Arc<FinisherInner>,
+    call: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Leader {
+    /// Sends the waiting writes (up to `FINISH_BATCH`) in one call.
+    async fn send_one(&mut self) {
+        let batch = self.inner.take();
+        if !batch.is_empty() {
+            let inner = &self.inner;
+            finish_together(&inner.session, batch, &inner.concurrency_rules).await;
+        }
+    }
+
+    /// Sends calls until no write waits.
+    async fn send_all(mut self) {
+        while !self.inner.lock().is_empty() {
+            self.send_one().await;
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
             return;
         };
-        let Some(first) = requests.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < FINISH_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+        if self.inner.lock().is_empty() {
+            drop(call);
+            // A write queued after the look above found no call free (this
+            // one was still held): take the call back for it.
+            if self.inner.lock().is_empty() {
+                return;
+            }
+            match self.inner.calls.clone().try_acquire_owned() {
+                Ok(call) => self.call = Some(call),
+                // Another slot took it, and sends that write.
+                Err(_) => return,
             }
         }
-        let session = session.clone();
-        let concurrency_rules = concurrency_rules.clone();
-        tokio::spawn(async move {
-            finish_together(&session, batch, &concurrency_rules).await;
-            drop(call);
-        });
+        let next = Leader {
+            inner: self.inner.clone(),
+            call: self.call.take(),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(next.send_all());
+        }
     }
 }
 

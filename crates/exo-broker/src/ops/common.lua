@@ -52,7 +52,7 @@ local TASK_TTL, EVENT_TTL
 local EVENT_MAXLEN, DEAD_MAXLEN
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
-local NOW_MS, NOW
+local NOW_MS, NOW, NOW_MS_TEXT
 -- Writes a call gathers and sends as one command each at its end (see
 -- `defer_writes`): nil when every write goes at once.
 local ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER
@@ -69,12 +69,15 @@ local function setup(keys, argv)
   PRIORITIZED, CONCURRENCY_FAMILY, KEYS_HELD = keys[23], keys[24], keys[25]
   USAGE_FAMILY = keys[26]
   SIZE_LIMIT, GROUP = tonumber(argv[1]) or 0, argv[2]
-  TASK_TTL, EVENT_TTL = tonumber(argv[3]), tonumber(argv[4])
-  EVENT_MAXLEN, DEAD_MAXLEN = tonumber(argv[5]), tonumber(argv[6])
+  -- Kept as the strings they came as: a Lua number passed to redis.call
+  -- is formatted anew each time.
+  TASK_TTL, EVENT_TTL = argv[3], argv[4]
+  EVENT_MAXLEN, DEAD_MAXLEN = argv[5], argv[6]
   ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER = nil, nil, nil
   local time = redis.call('TIME')
   NOW_MS = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   NOW = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
+  NOW_MS_TEXT = string.format('%d', NOW_MS)
 end
 
 local function task_key(task_id) return TASK_FAMILY .. task_id end
@@ -242,11 +245,11 @@ local function track_status(task_id, fields)
       local ended = TERMINAL[fields[i + 1]]
       if ACTIVE_LATER then
         if ACTIVE_LATER[task_id] == nil then table.insert(ACTIVE_ORDER, task_id) end
-        ACTIVE_LATER[task_id] = (not ended) and NOW_MS
+        ACTIVE_LATER[task_id] = (not ended) and NOW_MS_TEXT
       elseif ended then
         redis.call('ZREM', ACTIVE, task_id)
       else
-        redis.call('ZADD', ACTIVE, NOW_MS, task_id)
+        redis.call('ZADD', ACTIVE, NOW_MS_TEXT, task_id)
       end
     end
   end

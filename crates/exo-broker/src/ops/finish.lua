@@ -81,12 +81,12 @@ local function finish_attempt(a)
   local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
   local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'lease', 'error', 'concurrency_key')
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'lease', 'error', 'concurrency_key')
   local status = state[1]
   -- The concurrency key of the task whose attempt ends.
-  local attempt_key = state[9]
+  local attempt_key = state[8]
 
-  if not fence_matches(fence, state[2], state[7]) then
+  if not fence_matches(fence, state[2], state[6]) then
     return { 'stale', status or '', state[2] or '' }
   end
   -- A repeat of a call that already landed.
@@ -152,7 +152,7 @@ local function finish_attempt(a)
   end
 
   if outcome == 'completed' then
-    if state[8] then redis.call('HDEL', key, 'error') end
+    if state[7] then redis.call('HDEL', key, 'error') end
     update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', a[5], 'ended', '1')
     table.insert(events, a[9])
     reply = { 'completed' }
