@@ -484,6 +484,14 @@ end
 local PASSING_ERRORS = { OOM = true, READONLY = true, MASTERDOWN = true, NOREPLICAS = true,
   MISCONF = true, LOADING = true, TRYAGAIN = true, CLUSTERDOWN = true, BUSY = true }
 
+-- The message of an error a pcall caught. A passing error is raised
+-- again: the call ends, and its caller retries it whole.
+local function caught(problem)
+  local message = tostring(type(problem) == 'table' and problem.err or problem)
+  if PASSING_ERRORS[string.match(message, '^%-?(%u+)')] then error(problem) end
+  return message
+end
+
 -- Runs `work` for one entry under pcall: an error (a key of the wrong type,
 -- say) dead-letters that entry with the reason instead of aborting the
 -- whole batch. A passing error aborts the script instead, so the entry
@@ -492,9 +500,7 @@ local PASSING_ERRORS = { OOM = true, READONLY = true, MASTERDOWN = true, NOREPLI
 local function guarded(entry_id, payload, work)
   local ok, problem = pcall(work)
   if ok then return true end
-  local message = tostring(type(problem) == 'table' and problem.err or problem)
-  local code = string.match(message, '^%-?(%u+)')
-  if PASSING_ERRORS[code] then error(problem) end
+  local message = caught(problem)
   local reason = 'could not process queue entry: ' .. message
   local task_id = payload and payload_task_id(payload)
   if pcall(dead_letter, task_id, payload, reason, 0) then pcall(ack, entry_id) end

@@ -197,8 +197,23 @@ end
 -- task hash (`usage_input_tokens`, `usage_output_tokens`, `usage_calls`,
 -- `usage_cost_micros`, summed over attempts) and into the ledger's bucket
 -- of the minute (kept 2 days) and of the hour (kept 35 days), counted by
--- model, tenant and agent.
+-- model, tenant and agent. The buckets' counts of every attempt of the
+-- call are summed first and written once per counter (`write_ledger`).
 local USAGE_METRICS = { 'input', 'output', 'calls', 'cost' }
+local USAGE_FIELDS = { 'usage_input_tokens', 'usage_output_tokens', 'usage_calls', 'usage_cost_micros' }
+-- Bucket key -> {ttl, counters (name -> amount), names in first-seen order}.
+local LEDGER, LEDGER_ORDER = {}, {}
+local function count_in_bucket(bucket, ttl, name, amount)
+  local entry = LEDGER[bucket]
+  if not entry then
+    entry = { ttl = ttl, counters = {}, names = {} }
+    LEDGER[bucket] = entry
+    table.insert(LEDGER_ORDER, bucket)
+  end
+  if not entry.counters[name] then table.insert(entry.names, name) end
+  entry.counters[name] = (entry.counters[name] or 0) + amount
+end
+
 local function record_usage(task_id, text)
   if not text or text == '' then return end
   local ok, spent = pcall(cjson.decode, text)
@@ -210,24 +225,32 @@ local function record_usage(task_id, text)
     { USAGE_FAMILY .. 'm:' .. minute, 2 * 86400 },
     { USAGE_FAMILY .. 'h:' .. math.floor(minute / 60), 35 * 86400 },
   }
-  local hash_fields = { 'usage_input_tokens', 'usage_output_tokens', 'usage_calls', 'usage_cost_micros' }
   for _, row in ipairs(spent) do
     if type(row) == 'table' and type(row[1]) == 'string' then
       local names = { 'model|' .. row[1], 'tenant|' .. (owner[1] or ''), 'agent|' .. (owner[2] or '') }
       for m = 1, 4 do
         local amount = math.floor(tonumber(row[m + 1]) or 0)
         if amount > 0 then
-          redis.call('HINCRBY', key, hash_fields[m], amount)
+          redis.call('HINCRBY', key, USAGE_FIELDS[m], amount)
           for _, bucket in ipairs(buckets) do
             for _, name in ipairs(names) do
-              redis.call('HINCRBY', bucket[1], name .. '|' .. USAGE_METRICS[m], amount)
+              count_in_bucket(bucket[1], bucket[2], name .. '|' .. USAGE_METRICS[m], amount)
             end
           end
         end
       end
     end
   end
-  for _, bucket in ipairs(buckets) do redis.call('EXPIRE', bucket[1], bucket[2]) end
+end
+
+local function write_ledger()
+  for _, bucket in ipairs(LEDGER_ORDER) do
+    local entry = LEDGER[bucket]
+    for _, name in ipairs(entry.names) do
+      redis.call('HINCRBY', bucket, name, entry.counters[name])
+    end
+    redis.call('EXPIRE', bucket, entry.ttl)
+  end
 end
 
 -- One block under pcall: an error (a key of the wrong type, say) becomes
@@ -244,9 +267,7 @@ local function finish_block(a)
     return reply, ended
   end)
   if ok then return reply, ended end
-  local message = tostring(type(reply) == 'table' and reply.err or reply)
-  if PASSING_ERRORS[string.match(message, '^%-?(%u+)')] then error(reply) end
-  return { 'error', message }, false
+  return { 'error', caught(reply) }, false
 end
 
 local COUNTED = { completed = 'completed', failed = 'failed', retrying = 'failed' }
@@ -273,6 +294,10 @@ return with_deferred_writes(function()
     end
     replies[i] = reply
   end
+  -- The ledger is bookkeeping: a bucket Redis refuses (a key of another
+  -- type) does not undo the endings.
+  local ledger_ok, ledger_error = pcall(write_ledger)
+  if not ledger_ok then caught(ledger_error) end
   local claim = 0
   if asked then
     claim = { -1, {}, {}, now_ms() }
@@ -281,9 +306,7 @@ return with_deferred_writes(function()
       if ok then
         claim = taken
       else
-        local message = tostring(type(taken) == 'table' and taken.err or taken)
-        if PASSING_ERRORS[string.match(message, '^%-?(%u+)')] then error(taken) end
-        table.insert(claim, message)
+        table.insert(claim, caught(taken))
       end
     end
   end

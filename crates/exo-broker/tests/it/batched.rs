@@ -166,3 +166,72 @@ async fn an_attempt_that_meets_an_error_fails_alone() {
         .unwrap();
     assert_eq!(pending.into_array().first().and_then(Value::as_u64), Some(1));
 }
+
+#[tokio::test]
+async fn usage_of_attempts_that_end_together_is_counted_for_each() {
+    let redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let raw = raw(&redis).await;
+    for index in 0..5 {
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
+    }
+    let tasks = claim_all(&broker, WORKER, 5).await;
+    assert_eq!(tasks.len(), 5);
+    let finisher = broker.worker_session(WORKER).finisher();
+    let terminal = completed("helper");
+    let spent = vec![exo_broker::ModelSpend {
+        model: "openai:gpt-4o".into(),
+        usage: exo_proto::Usage {
+            input_tokens: 10,
+            output_tokens: 3,
+            ..Default::default()
+        },
+        calls: 1,
+        cost_micros: 7,
+    }];
+    let ended = join_all(tasks.iter().map(|task| {
+        finisher.finish_then_claim(
+            task,
+            Outcome::Completed { output: "done" },
+            vec![],
+            &terminal,
+            FinishOptions {
+                spent: spent.clone(),
+                ..FinishOptions::default()
+            },
+            0,
+        )
+    }))
+    .await;
+    for (task, result) in tasks.iter().zip(ended) {
+        assert_eq!(result.unwrap().0, Finished::Completed);
+        let input: Option<String> = raw
+            .hget(broker.keys().task(&task.lease.task_id), "usage_input_tokens")
+            .await
+            .unwrap();
+        assert_eq!(input.as_deref(), Some("10"));
+    }
+    let report = broker
+        .admin()
+        .usage(Duration::from_secs(3600), exo_broker::UsageDimension::Model)
+        .await
+        .unwrap();
+    let rows: Vec<_> = report
+        .rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.name,
+                row.input_tokens,
+                row.output_tokens,
+                row.calls,
+                row.cost_micros,
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![("openai:gpt-4o".to_owned(), 50, 15, 5, 35)]);
+}
