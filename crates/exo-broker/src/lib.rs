@@ -60,6 +60,7 @@ mod client;
 mod config;
 mod error;
 mod events;
+mod finisher;
 mod follow;
 mod handle;
 mod limits;
@@ -76,13 +77,13 @@ pub use client::{CancelOutcome, Client, Decided, Decision, Submitted, TaskPage, 
 pub use config::{BrokerConfig, ConcurrencyRules, RetryPolicy};
 pub use error::{Error, RedisCode, Result};
 pub use events::{EventPublisher, EventStream, StreamItem, Unsent};
+pub use finisher::Finisher;
 pub use follow::{FollowedEvent, Follower, Following};
 pub use handle::TaskHandle;
 pub use limits::{Admission, DEFAULT_WINDOW, LimitReason, LimitRule, Limits, Settlement};
 pub use schedules::{Fired, Schedule, Schedules, parse_cron, schedule_json, tick_task_id};
 pub use session::{
-    CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Finisher, Lease,
-    LeaseReport,
+    CancelListener, Claim, ClaimedTask, Claimer, FinishOptions, Finished, Lease, LeaseReport,
     ModelSpend, Outcome, PublishOptions, ReapReport, Rejected, WorkerSession,
 };
 pub use shards::{Shards, shard_keys};

@@ -66,7 +66,11 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
     for result in ended {
         let (finished, claim) = result.unwrap();
         assert_eq!(finished, Finished::Completed);
-        assert!(claim.tasks.len() <= 1, "a slot got {} tasks", claim.tasks.len());
+        assert!(
+            claim.tasks.len() <= 1,
+            "a slot got {} tasks",
+            claim.tasks.len()
+        );
         second.extend(claim.tasks);
     }
     // Each slot that asked got a task of its own, never one that ran.
@@ -97,7 +101,10 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
     // Every task completed once, with one terminal event; the queue, its
     // pending list and the active set are empty.
     for task_id in &submitted {
-        let status: Option<String> = raw.hget(broker.keys().task(task_id), "status").await.unwrap();
+        let status: Option<String> = raw
+            .hget(broker.keys().task(task_id), "status")
+            .await
+            .unwrap();
         assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
         let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
         assert_eq!(events, 1, "task {task_id}");
@@ -164,7 +171,10 @@ async fn an_attempt_that_meets_an_error_fails_alone() {
         .xpending(broker.keys().queue(), broker.keys().group(), ())
         .await
         .unwrap();
-    assert_eq!(pending.into_array().first().and_then(Value::as_u64), Some(1));
+    assert_eq!(
+        pending.into_array().first().and_then(Value::as_u64),
+        Some(1)
+    );
 }
 
 #[tokio::test]
@@ -210,7 +220,10 @@ async fn usage_of_attempts_that_end_together_is_counted_for_each() {
     for (task, result) in tasks.iter().zip(ended) {
         assert_eq!(result.unwrap().0, Finished::Completed);
         let input: Option<String> = raw
-            .hget(broker.keys().task(&task.lease.task_id), "usage_input_tokens")
+            .hget(
+                broker.keys().task(&task.lease.task_id),
+                "usage_input_tokens",
+            )
             .await
             .unwrap();
         assert_eq!(input.as_deref(), Some("10"));
