@@ -66,12 +66,13 @@ const FINISH_BATCH: usize = 64;
 const FINISH_CALLS: usize = 1;
 
 impl Finisher {
-    /// [`Claimer::finish_then_claim`], in a call shared with the other
-    /// slots' final writes that are ready at the same time. Each attempt is
-    /// fenced and answered on its own: one that meets an error (a key of
-    /// the wrong type) does not fail the others, and a call Redis refuses
-    /// as a whole (an argument too large) is sent again one attempt at a
-    /// time, so the error reaches only the attempt it belongs to.
+    /// [`Claimer::finish_then_claim`](crate::Claimer::finish_then_claim),
+    /// in a call shared with the other slots' final writes that are ready
+    /// at the same time. Each attempt is fenced and answered on its own:
+    /// one that meets an error (a key of the wrong type) does not fail the
+    /// others, and a call Redis refuses as a whole is sent again one
+    /// attempt at a time, so the error reaches only the attempt it belongs
+    /// to.
     pub async fn finish_then_claim(
         &self,
         task: &ClaimedTask,

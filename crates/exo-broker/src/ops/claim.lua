@@ -20,6 +20,9 @@
 -- pending for its worker's heartbeat or the reaper; every other task gets
 -- attempt+1 (the fencing token), status `running`, and `entry`.
 --
+-- The worker's heartbeat hash (when it has one) names the task it took
+-- last, at once.
+--
 -- Returns {next_due_ms, rows, rejected, server_now_ms} where rows is a flat
 -- list of (entry id, task id, payload, attempt, retries, max retries) (the
 -- fence is "<attempt>:<token>") and
@@ -27,12 +30,12 @@
 -- clock comes back so that the worker waits for the next retry by the same
 -- clock.
 
--- The worker's heartbeat hash names the task it took last, at once.
-
 local entry_ids = {}
 for i = 13, #ARGV do table.insert(entry_ids, ARGV[i]) end
 return with_deferred_writes(function()
   local claim = claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids, ARGV[12])
-  note_on_worker(ARGV[7], 0, 0, last_claimed(claim))
+  -- Bookkeeping: a hash Redis refuses does not undo the claim.
+  local noted, note_error = pcall(note_on_worker, ARGV[7], 0, 0, last_claimed(claim))
+  if not noted then caught(note_error) end
   return claim
 end)

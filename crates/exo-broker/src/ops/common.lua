@@ -121,10 +121,13 @@ end
 -- Appends step-journal records (JSON strings) to the task's journal. It is
 -- bounded: past JOURNAL_MAX records, or for a record over the payload size
 -- limit, nothing is kept (those steps run again on a later attempt, which
--- is what happens without a journal). It lives as long as the task hash.
+-- is what happens without a journal). It lives as long as the task hash,
+-- whose `journal` field says that it has one (so that a task that ends
+-- without one deletes nothing).
 local JOURNAL_MAX = 2000
 local function append_journal(task_id, records)
   if #records == 0 then return end
+  redis.call('HSET', task_key(task_id), 'journal', '1')
   local key = journal_key(task_id)
   local room = JOURNAL_MAX - redis.call('LLEN', key)
   for i = 1, #records do
@@ -903,7 +906,7 @@ local function decide(task_id, approval_json, approved, by, reason, arguments)
   append_events(task_id, { event })
   redis.call('ZREM', APPROVALS, task_id)
   redis.call('HDEL', key, 'waiting_for', 'approval', 'approval_deadline')
-  redis.call('HSET', key, 'approval_decision', cjson.encode(record))
+  redis.call('HSET', key, 'approval_decision', cjson.encode(record), 'journal', '1')
   local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
   redis.call('HDEL', DELAYED_PAYLOADS, task_id)
   if payload and payload ~= '' then

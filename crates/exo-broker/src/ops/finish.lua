@@ -81,7 +81,7 @@ local function finish_attempt(a)
   local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
   local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'lease', 'error', 'concurrency_key')
+  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'lease', 'error', 'concurrency_key', 'journal')
   local status = state[1]
   -- The concurrency key of the task whose attempt ends.
   local attempt_key = state[8]
@@ -189,7 +189,8 @@ local function finish_attempt(a)
 
   ack_later(entry_id)
   append_events(task_id, events)
-  redis.call('DEL', journal_key(task_id))
+  -- (A journal written before the hash said so expires with the hash.)
+  if state[9] then redis.call('DEL', journal_key(task_id)) end
   return reply, true, attempt_key
 end
 
@@ -312,6 +313,8 @@ return with_deferred_writes(function()
   end
   local current = last_claimed(claim ~= 0 and claim or nil)
   if not current and ARGV[15] == '1' then current = ARGV[14] end
-  note_on_worker(ARGV[13], counts.completed, counts.failed, current)
+  -- The worker's hash is bookkeeping too (the next heartbeat rewrites it).
+  local noted, note_error = pcall(note_on_worker, ARGV[13], counts.completed, counts.failed, current)
+  if not noted then caught(note_error) end
   return { replies, claim, given }
 end)

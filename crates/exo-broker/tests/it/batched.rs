@@ -248,3 +248,50 @@ async fn usage_of_attempts_that_end_together_is_counted_for_each() {
         .collect();
     assert_eq!(rows, vec![("openai:gpt-4o".to_owned(), 50, 15, 5, 35)]);
 }
+
+#[tokio::test]
+async fn a_worker_hash_redis_refuses_fails_no_final_write() {
+    let redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let raw = raw(&redis).await;
+    for index in 0..3 {
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
+    }
+    let tasks = claim_all(&broker, WORKER, 3).await;
+    assert_eq!(tasks.len(), 3);
+    // The worker's heartbeat hash is a key of another type: counting the
+    // endings there fails, the endings stand.
+    let _: () = raw
+        .set(
+            broker.keys().worker(WORKER),
+            "not a hash",
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let finisher = broker.worker_session(WORKER).finisher();
+    for result in finish_all(&finisher, &tasks, 1).await {
+        assert_eq!(result.unwrap().0, Finished::Completed);
+    }
+    for task in &tasks {
+        let status: Option<String> = raw
+            .hget(broker.keys().task(&task.lease.task_id), "status")
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("completed"));
+    }
+    let pending: Value = raw
+        .xpending(broker.keys().queue(), broker.keys().group(), ())
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.into_array().first().and_then(Value::as_u64),
+        Some(0)
+    );
+}
