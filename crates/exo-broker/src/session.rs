@@ -758,7 +758,21 @@ impl Claimer {
             ),
             None => block,
         };
-        let ids = self.blocking_read(max, block).await?;
+        let ids = match self.blocking_read(max, block).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                // The blocking connection may be broken or hold on to a
+                // server that is no longer the primary (a failover): it is
+                // made anew, and the next claim runs the script first,
+                // through the connection that follows the primary.
+                self.found_work = true;
+                if let Some(client) = self.blocking.take() {
+                    let timeout = self.session.broker.config().command_timeout;
+                    let _ = tokio::time::timeout(timeout, client.quit()).await;
+                }
+                return Err(error);
+            }
+        };
         if ids.is_empty() {
             // Nothing arrived on the stream; tasks that wait beside it
             // (prioritized ones, held ones let through) are looked at by
