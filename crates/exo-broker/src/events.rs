@@ -83,12 +83,14 @@ impl EventPublisher {
             closed: std::sync::atomic::AtomicBool::new(false),
             published: std::sync::atomic::AtomicU64::new(0),
         });
-        let flusher = tokio::spawn(flush_loop(
+        // Boxed: a flusher starts with every task, and spawning its (large)
+        // future unboxed copies it whole several times.
+        let flusher = tokio::spawn(Box::pin(flush_loop(
             session,
             task_id.to_owned(),
             lease,
             shared.clone(),
-        ));
+        )));
         EventPublisher {
             shared,
             flusher: Some(flusher),

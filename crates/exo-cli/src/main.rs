@@ -17,6 +17,13 @@ use std::process::ExitCode;
 
 use crate::args::{Cli, Command};
 
+/// mimalloc instead of the system allocator: a worker allocates and frees
+/// per task (each run's future, its events, the Redis commands), and
+/// glibc's malloc spent a fifth of a busy worker's CPU on that
+/// (docs/operations.md, "Worker CPU").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -260,12 +260,15 @@ impl LocalExecutor {
         let run_spec = spec.clone();
         // The run keeps the caller's span (the task's execute span), so
         // model-call and tool-call spans nest under it.
-        let mut run = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(
-            async move {
+        // Boxed before it is spawned: the run's future is large, and the
+        // task cell, its stages and every move on the way would copy it
+        // whole (a tenth of a busy worker's CPU went to those copies).
+        let mut run = AbortOnDrop(tokio::spawn(Box::pin(
+            tracing::Instrument::in_current_span(async move {
                 runner
                     .run(&run_spec, &input, history, options, sender)
                     .await
-            },
+            }),
         )));
         let hard_stop = control.deadline + self.grace;
         let grace = self.grace;
@@ -320,7 +323,7 @@ impl LocalExecutor {
         if let Some(memory) = &memory
             && outcome.status == OutcomeStatus::Cancelled
         {
-            roll_back_if_asked(&self.session, memory, task_id).await;
+            Box::pin(roll_back_if_asked(&self.session, memory, task_id)).await;
         }
         drop(memory);
         let mut execution = Execution::closing(outcome, publisher).await;
@@ -398,7 +401,8 @@ async fn read_journal(
     if lease.is_some_and(|lease| lease.attempt <= 1) {
         return Ok(Journal::default());
     }
-    let records = session.journal(task_id).await?;
+    // Boxed, as it is rare: the run's future stays small.
+    let records = Box::pin(session.journal(task_id)).await?;
     Ok(Journal::from_json(records.iter().map(String::as_str)))
 }
 
@@ -420,7 +424,7 @@ async fn forward(
             message,
         } => {
             if let Some(memory) = memory {
-                memory.save(&agent_name, &message).await;
+                Box::pin(memory.save(&agent_name, &message)).await;
             }
         }
         RunEvent::Journal(record) => match serde_json::to_string(&record) {

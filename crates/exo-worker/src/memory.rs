@@ -84,6 +84,18 @@ impl MemorySession {
         else {
             return Ok(None);
         };
+        // Boxed: the store's calls make a large future, which a run that
+        // asks for no memory (most) would otherwise carry and copy.
+        Box::pin(Self::open_store(memory, payload, config))
+            .await
+            .map(Some)
+    }
+
+    async fn open_store(
+        memory: &Memory,
+        payload: &TaskPayload,
+        config: MemoryConfig,
+    ) -> Result<(MemorySession, Vec<Message>), MemoryFailure> {
         let store = memory
             .registry
             .open_for_task(&memory.policy, &config)
@@ -110,7 +122,7 @@ impl MemorySession {
                 messages_from_items(prior.iter().filter(|item| item.id != input.id))
             }
         };
-        Ok(Some((MemorySession { store, metadata }, history)))
+        Ok((MemorySession { store, metadata }, history))
     }
 
     /// Deletes what this task wrote to memory (its input and messages): a
