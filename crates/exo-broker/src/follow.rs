@@ -280,6 +280,15 @@ fn valid_stream_id(id: &str) -> bool {
     number(first) && (second.is_none() || number(second))
 }
 
+/// A stream id as numbers, for ordering ("0" and ids Redis gave; anything
+/// else sorts first).
+fn stream_id_order(id: &str) -> (u64, u64) {
+    let mut parts = id.splitn(2, '-');
+    let milliseconds = parts.next().and_then(|part| part.parse().ok()).unwrap_or(0);
+    let sequence = parts.next().and_then(|part| part.parse().ok()).unwrap_or(0);
+    (milliseconds, sequence)
+}
+
 struct Reader {
     broker: Broker,
     connection: RedisClient,
@@ -349,7 +358,11 @@ impl Reader {
     async fn read(&mut self) -> Result<()> {
         let mut keys = vec![self.wake_key.clone()];
         let mut ids = vec![self.wake_id.clone()];
-        let mut by_key: HashMap<&str, u64> = HashMap::new();
+        // Several consumers may follow one stream (two tabs on one task):
+        // the stream is read once, from the earliest of their positions,
+        // and each consumer gets the entries after its own.
+        let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut from: HashMap<String, String> = HashMap::new();
         let mut paused = false;
         for (number, followed) in &self.streams {
             // A consumer with a full buffer is left out until it has room.
@@ -357,9 +370,21 @@ impl Reader {
                 paused = true;
                 continue;
             }
-            keys.push(followed.key.clone());
-            ids.push(followed.last_id.clone());
-            by_key.insert(followed.key.as_str(), *number);
+            by_key
+                .entry(followed.key.clone())
+                .or_default()
+                .push(*number);
+            from.entry(followed.key.clone())
+                .and_modify(|earliest| {
+                    if stream_id_order(&followed.last_id) < stream_id_order(earliest) {
+                        earliest.clone_from(&followed.last_id);
+                    }
+                })
+                .or_insert_with(|| followed.last_id.clone());
+        }
+        for (key, id) in from {
+            keys.push(key);
+            ids.push(id);
         }
         let block = if paused { BLOCK_WHILE_PAUSED } else { BLOCK };
         let options = Options {
@@ -372,10 +397,6 @@ impl Reader {
             .with_options(&options)
             .xread(Some(READ_COUNT), Some(block.as_millis() as u64), keys, ids)
             .await?;
-        let by_key: HashMap<String, u64> = by_key
-            .into_iter()
-            .map(|(key, number)| (key.to_owned(), number))
-            .collect();
         let now = Instant::now();
         let mut ended = Vec::new();
         for (key, entries) in reply::keyed_stream_entries("XREAD", value)? {
@@ -385,50 +406,66 @@ impl Reader {
                 }
                 continue;
             }
-            let Some(number) = by_key.get(&key) else {
+            let Some(numbers) = by_key.get(&key) else {
                 continue;
             };
-            let Some(followed) = self.streams.get_mut(number) else {
-                continue;
-            };
-            followed.last_event = now;
-            followed.quiet_checks = 0;
-            followed.next_check = now + FIRST_CHECK;
+            let task_id = numbers
+                .first()
+                .and_then(|number| self.streams.get(number))
+                .map(|followed| followed.task_id.clone())
+                .unwrap_or_default();
+            // Decoded once for every consumer of the stream.
+            let mut decoded = Vec::with_capacity(entries.len());
             for entry in entries {
-                let (id, json) = match event_json(entry) {
-                    Ok(entry) => entry,
+                match event_json(entry) {
+                    Ok((id, json)) => {
+                        let event = exo_proto::decode::<StreamEvent>("event", json.as_bytes());
+                        if let Err(error) = &event {
+                            // Like EventStream: one unreadable event must
+                            // not wedge the stream.
+                            tracing::warn!(task_id, entry = id, %error, "skipping an event that cannot be decoded");
+                        }
+                        decoded.push((id, json, event.ok()));
+                    }
                     Err(error) => {
-                        tracing::warn!(task_id = followed.task_id, %error, "skipping a stream entry without an event");
+                        tracing::warn!(task_id, %error, "skipping a stream entry without an event");
+                    }
+                }
+            }
+            for number in numbers {
+                let Some(followed) = self.streams.get_mut(number) else {
+                    continue;
+                };
+                followed.last_event = now;
+                followed.quiet_checks = 0;
+                followed.next_check = now + FIRST_CHECK;
+                let after = stream_id_order(&followed.last_id);
+                for (id, json, event) in &decoded {
+                    if stream_id_order(id) <= after {
                         continue;
                     }
-                };
-                let event = match exo_proto::decode::<StreamEvent>("event", json.as_bytes()) {
-                    Ok(event) => event,
-                    Err(error) => {
-                        // Like EventStream: one unreadable event must not
-                        // wedge the stream.
-                        tracing::warn!(task_id = followed.task_id, entry = id, %error, "skipping an event that cannot be decoded");
-                        followed.last_id = id;
+                    let Some(event) = event else {
+                        followed.last_id.clone_from(id);
                         continue;
+                    };
+                    let terminal = event.is_terminal();
+                    match followed.sender.try_send(Ok(FollowedEvent {
+                        id: id.clone(),
+                        event: event.clone(),
+                        json: json.clone(),
+                    })) {
+                        Ok(()) => followed.last_id.clone_from(id),
+                        // Full: the rest is read again from `last_id` later.
+                        Err(mpsc::error::TrySendError::Full(_)) => break,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            ended.push(*number);
+                            break;
+                        }
                     }
-                };
-                let terminal = event.is_terminal();
-                match followed.sender.try_send(Ok(FollowedEvent {
-                    id: id.clone(),
-                    event,
-                    json,
-                })) {
-                    Ok(()) => followed.last_id = id,
-                    // Full: the rest is read again from `last_id` later.
-                    Err(mpsc::error::TrySendError::Full(_)) => break,
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    if terminal {
                         ended.push(*number);
                         break;
                     }
-                }
-                if terminal {
-                    ended.push(*number);
-                    break;
                 }
             }
         }
@@ -516,7 +553,15 @@ impl std::fmt::Debug for Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_stream_id;
+    use super::{stream_id_order, valid_stream_id};
+
+    #[test]
+    fn stream_ids_order_by_their_numbers() {
+        assert!(stream_id_order("0") < stream_id_order("0-1"));
+        assert!(stream_id_order("9-5") < stream_id_order("10-0"));
+        assert!(stream_id_order("1700000000000-2") < stream_id_order("1700000000000-10"));
+        assert_eq!(stream_id_order("0-0"), stream_id_order("0"));
+    }
 
     #[test]
     fn stream_ids() {

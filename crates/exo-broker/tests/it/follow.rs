@@ -156,6 +156,9 @@ async fn resume_after_an_id_latest_and_bad_ids() {
         }
         items
     };
+    // Three consumers of one stream at three positions, on one reader:
+    // each gets exactly the entries after its own.
+    let everything = follower.follow(&task_id, None).await.unwrap();
     let resumed = follower.follow(&task_id, Some(&all[0].id)).await.unwrap();
     let latest = follower.follow(&task_id, Some("$")).await.unwrap();
     publish(&broker, &task_id, &[text(3), completed("helper").to_json()]).await;
@@ -164,6 +167,10 @@ async fn resume_after_an_id_latest_and_bad_ids() {
         ["chunk 1", "chunk 2", "chunk 3"]
     );
     assert_eq!(texts(&collect(latest).await), ["chunk 3"]);
+    assert_eq!(
+        texts(&collect(everything).await),
+        ["chunk 0", "chunk 1", "chunk 2", "chunk 3"]
+    );
     for bad in ["yesterday", "1-2-3", "-1"] {
         let error = follower.follow(&task_id, Some(bad)).await.unwrap_err();
         assert!(
