@@ -35,7 +35,7 @@ for i = 13, #ARGV do table.insert(entry_ids, ARGV[i]) end
 return with_deferred_writes(function()
   local claim = claim_batch(ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]), ARGV[11], entry_ids, ARGV[12])
   -- Bookkeeping: a hash Redis refuses does not undo the claim.
-  local noted, note_error = pcall(note_on_worker, ARGV[7], 0, 0, last_claimed(claim))
+  local noted, note_error = pcall(note_on_worker, ARGV[7], 0, 0, last_claimed(claim), claimed_count(claim))
   if not noted then caught(note_error) end
   return claim
 end)

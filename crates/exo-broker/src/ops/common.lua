@@ -860,15 +860,32 @@ local function last_claimed(claim)
 end
 
 -- The worker's heartbeat hash (when it has one) counts attempts that ended
--- (completed, and failed or retrying) and names `current` as the task it
--- runs, at once: a fleet listing is right before the next heartbeat.
-local function note_on_worker(worker_id, completed, failed, current)
-  if worker_id == '' or (completed == 0 and failed == 0 and not current) then return end
+-- (completed, and failed or retrying), moves its busy slots
+-- (`active_tasks`) by `busy_delta` (tasks claimed less attempts ended) and
+-- names `current` as the task it runs, at once: a fleet listing is right
+-- before the next heartbeat, and its current task and busy slots agree.
+local function note_on_worker(worker_id, completed, failed, current, busy_delta)
+  busy_delta = busy_delta or 0
+  if worker_id == '' or (completed == 0 and failed == 0 and busy_delta == 0 and not current) then return end
   local worker = worker_key(worker_id)
   if redis.call('EXISTS', worker) == 0 then return end
   if completed > 0 then redis.call('HINCRBY', worker, 'tasks_processed', completed) end
   if failed > 0 then redis.call('HINCRBY', worker, 'tasks_failed', failed) end
+  if busy_delta ~= 0 and redis.call('HEXISTS', worker, 'active_tasks') == 1 then
+    -- A heartbeat computed before a claim may have written an older count;
+    -- the next one sets it right, and it never shows below zero.
+    if redis.call('HINCRBY', worker, 'active_tasks', busy_delta) < 0 then
+      redis.call('HSET', worker, 'active_tasks', 0)
+    end
+  end
   if current then redis.call('HSET', worker, 'current_task_id', current) end
+end
+
+-- How many tasks a claim reply took (rows of six).
+local function claimed_count(claim)
+  local rows = claim and claim[2]
+  if rows then return #rows / 6 end
+  return 0
 end
 
 -- Runs `body` with writes deferred (see `defer_writes`) and sends them

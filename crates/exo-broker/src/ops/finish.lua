@@ -314,7 +314,8 @@ return with_deferred_writes(function()
   local current = last_claimed(claim ~= 0 and claim or nil)
   if not current and ARGV[15] == '1' then current = ARGV[14] end
   -- The worker's hash is bookkeeping too (the next heartbeat rewrites it).
-  local noted, note_error = pcall(note_on_worker, ARGV[13], counts.completed, counts.failed, current)
+  local noted, note_error = pcall(note_on_worker, ARGV[13], counts.completed, counts.failed, current,
+    claimed_count(claim ~= 0 and claim or nil) - (tonumber(ARGV[7]) or 0))
   if not noted then caught(note_error) end
   return { replies, claim, given }
 end)

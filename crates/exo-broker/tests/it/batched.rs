@@ -1,8 +1,8 @@
 //! Final writes of several slots in one call ([`exo_broker::Finisher`]):
 //! every attempt is answered on its own, the claimed tasks go to the slots
 //! that asked, the queue and the active set are left clean, the worker's
-//! counters count every ending, and an attempt that meets an error fails
-//! alone.
+//! counters count every ending and its busy slots follow, and an attempt
+//! that meets an error fails alone.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -39,8 +39,12 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
     let broker = broker(&redis).await;
     let raw = raw(&redis).await;
     let session = broker.worker_session(WORKER);
+    let idle = exo_proto::WorkerHealth {
+        active_tasks: Some(0),
+        ..health(WORKER)
+    };
     session
-        .heartbeat(&health(WORKER), Duration::from_secs(30), &[])
+        .heartbeat(&idle, Duration::from_secs(30), &[])
         .await
         .unwrap();
     let slots = 16;
@@ -52,6 +56,13 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
     }
     let first = claim_all(&broker, WORKER, slots).await;
     assert_eq!(first.len(), slots);
+    // The worker's hash shows its busy slots before its next heartbeat.
+    let busy = async || -> Option<u64> {
+        raw.hget(broker.keys().worker(WORKER), "active_tasks")
+            .await
+            .unwrap()
+    };
+    assert_eq!(busy().await, Some(slots as u64));
     let finisher = session.finisher();
 
     // Every slot ends at once and asks for its next task.
@@ -92,6 +103,7 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
         })
         .collect();
     assert_eq!(third.len(), 3);
+    assert_eq!(busy().await, Some(3));
     for result in finish_all(&finisher, &third, 1).await {
         let (finished, claim) = result.unwrap();
         assert_eq!(finished, Finished::Completed);
@@ -125,6 +137,7 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
         .await
         .unwrap();
     assert_eq!(processed, Some(submitted.len() as u64));
+    assert_eq!(busy().await, Some(0));
 }
 
 #[tokio::test]
