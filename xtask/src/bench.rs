@@ -16,7 +16,9 @@
 //!
 //! With `--peer bullmq` every exo run is followed by the same drain through
 //! BullMQ (see [`bullmq`]), round after round, and each BullMQ line carries
-//! the ratio of the pair.
+//! the ratio of the pair. With `--baseline PATH` the peer is another `exo`
+//! binary (an earlier build, say), run the same way: a change's effect
+//! measured side by side, alternating, instead of against an old table.
 
 mod bullmq;
 mod cluster;
@@ -57,13 +59,15 @@ struct Options {
     /// With `--growth N`: a long run of N tasks instead (memory over time).
     growth: Option<usize>,
     peer: Option<Peer>,
+    /// With `--baseline PATH`: an earlier `exo` binary as the peer.
+    baseline: Option<std::path::PathBuf>,
     /// Runs per (kind, concurrency); 3 with a peer, 1 without, by default.
     rounds: Option<usize>,
     bullmq_version: String,
 }
 
 const USAGE: &str = "--tasks N, --paced N, --concurrency 1,8,32,100, --kind noop,echo, \
-    --rounds R, --peer bullmq, --bullmq-version X.Y.Z, --growth N";
+    --rounds R, --peer bullmq, --bullmq-version X.Y.Z, --baseline PATH, --growth N";
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
@@ -73,6 +77,7 @@ fn options(args: &[String]) -> Result<Options> {
         kinds: KINDS.iter().map(|kind| (*kind).to_owned()).collect(),
         growth: None,
         peer: None,
+        baseline: None,
         rounds: None,
         bullmq_version: bullmq::DEFAULT_VERSION.to_owned(),
     };
@@ -98,6 +103,7 @@ fn options(args: &[String]) -> Result<Options> {
                 }
             }
             "--bullmq-version" => options.bullmq_version = value()?.clone(),
+            "--baseline" => options.baseline = Some(value()?.into()),
             other => bail!("unknown bench option `{other}` ({USAGE})"),
         }
     }
@@ -111,8 +117,16 @@ fn options(args: &[String]) -> Result<Options> {
     if options.tasks == 0 || options.rounds == Some(0) || options.concurrencies.contains(&0) {
         bail!("--tasks, --rounds and every --concurrency must be at least 1");
     }
-    if options.growth.is_some() && options.peer.is_some() {
-        bail!("--growth runs exo alone; drop --peer");
+    if options.growth.is_some() && (options.peer.is_some() || options.baseline.is_some()) {
+        bail!("--growth runs exo alone; drop --peer and --baseline");
+    }
+    if options.peer.is_some() && options.baseline.is_some() {
+        bail!("one peer at a time: --peer bullmq or --baseline PATH");
+    }
+    if let Some(baseline) = &options.baseline
+        && !baseline.is_file()
+    {
+        bail!("--baseline {}: no such file", baseline.display());
     }
     Ok(options)
 }
@@ -131,6 +145,8 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         Some(Peer::BullMq) => Some(bullmq::BullMq::install(&options.bullmq_version)?),
         None => None,
     };
+    let baseline = options.baseline.clone();
+    let peer_name = if baseline.is_some() { "baseline" } else { "BullMQ" };
     let exo = build_exo(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,7 +155,8 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         println!("{}", runtime.block_on(growth(&exo, tasks))?);
         return Ok(());
     }
-    let rounds = options.rounds.unwrap_or(if peer.is_some() { 3 } else { 1 });
+    let with_peer = peer.is_some() || baseline.is_some();
+    let rounds = options.rounds.unwrap_or(if with_peer { 3 } else { 1 });
     let mut pairs = Vec::new();
     // Rounds are the outer loop: a drift of the machine spreads over every
     // (kind, concurrency) instead of favouring one of them.
@@ -155,25 +172,32 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                 let mut line = exo_drain.json(round);
                 merge(&mut line, exo_only);
                 println!("{line}");
-                let peer_drain = match &peer {
-                    Some(peer) => {
-                        let peer_drain = peer.run(&run)?;
-                        let ratio = exo_drain.tasks_per_second() / peer_drain.tasks_per_second();
-                        let mut line = peer_drain.json(round);
-                        merge(
-                            &mut line,
-                            json!({"exo_over_bullmq_tasks_per_second": rounded(ratio, 2)}),
-                        );
-                        println!("{line}");
-                        eprintln!(
-                            "pair {round}: {kind} at concurrency {concurrency}: exo {:.0} tasks/s, BullMQ {:.0} tasks/s, exo/BullMQ {ratio:.2}",
-                            exo_drain.tasks_per_second(),
-                            peer_drain.tasks_per_second(),
-                        );
-                        Some(peer_drain)
+                let peer_drain = match (&peer, &baseline) {
+                    (Some(peer), _) => Some(peer.run(&run)?),
+                    (None, Some(baseline)) => {
+                        let (mut drain, _) =
+                            runtime.block_on(exo_run(baseline, &run, options.paced))?;
+                        drain.system = "exo-baseline";
+                        Some(drain)
                     }
-                    None => None,
+                    (None, None) => None,
                 };
+                if let Some(peer_drain) = &peer_drain {
+                    let ratio = exo_drain.tasks_per_second() / peer_drain.tasks_per_second();
+                    let ratio_name = if baseline.is_some() {
+                        "exo_over_baseline_tasks_per_second"
+                    } else {
+                        "exo_over_bullmq_tasks_per_second"
+                    };
+                    let mut line = peer_drain.json(round);
+                    merge(&mut line, json!({ratio_name: rounded(ratio, 2)}));
+                    println!("{line}");
+                    eprintln!(
+                        "pair {round}: {kind} at concurrency {concurrency}: exo {:.0} tasks/s, {peer_name} {:.0} tasks/s, exo/{peer_name} {ratio:.2}",
+                        exo_drain.tasks_per_second(),
+                        peer_drain.tasks_per_second(),
+                    );
+                }
                 pairs.push(Pair {
                     exo: exo_drain,
                     peer: peer_drain,
@@ -182,18 +206,23 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         }
     }
     println!();
-    match &peer {
-        Some(peer) => println!(
+    match (&peer, &baseline) {
+        (Some(peer), _) => println!(
             "exo against BullMQ {} (node {}): {} tasks per run, {rounds} alternating pairs, medians with (min–max)",
             peer.version, peer.node_version, options.tasks
         ),
-        None => println!(
+        (None, Some(baseline)) => println!(
+            "exo against the baseline {}: {} tasks per run, {rounds} alternating pairs, medians with (min–max)",
+            baseline.display(),
+            options.tasks
+        ),
+        (None, None) => println!(
             "exo: {} tasks per run, {rounds} round(s), medians with (min–max)",
             options.tasks
         ),
     }
     println!();
-    print!("{}", summary(&pairs));
+    print!("{}", summary(&pairs, peer_name));
     Ok(())
 }
 
@@ -766,7 +795,7 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 
 /// The summary: one row per (kind, concurrency), in the order they ran, as
 /// a Markdown table.
-fn summary(pairs: &[Pair]) -> String {
+fn summary(pairs: &[Pair], peer_name: &str) -> String {
     let mut groups: Vec<((&str, usize), Vec<&Pair>)> = Vec::new();
     for pair in pairs {
         let key = (pair.exo.kind.as_str(), pair.exo.concurrency);
@@ -776,21 +805,21 @@ fn summary(pairs: &[Pair]) -> String {
         }
     }
     let with_peer = pairs.iter().any(|pair| pair.peer.is_some());
-    let header: Vec<&str> = if with_peer {
+    let header: Vec<String> = if with_peer {
         vec![
-            "kind",
-            "concurrency",
-            "pairs",
-            "exo/BullMQ tasks/s",
-            "tasks/s exo / BullMQ",
-            "worker CPU µs/task exo / BullMQ",
-            "Redis CPU µs/task exo / BullMQ",
-            "Redis commands/task exo / BullMQ",
-            "exo worker round trips/task",
-            "peak RSS MiB exo / BullMQ",
+            "kind".to_owned(),
+            "concurrency".to_owned(),
+            "pairs".to_owned(),
+            format!("exo/{peer_name} tasks/s"),
+            format!("tasks/s exo / {peer_name}"),
+            format!("worker CPU µs/task exo / {peer_name}"),
+            format!("Redis CPU µs/task exo / {peer_name}"),
+            format!("Redis commands/task exo / {peer_name}"),
+            "exo worker round trips/task".to_owned(),
+            format!("peak RSS MiB exo / {peer_name}"),
         ]
     } else {
-        vec![
+        [
             "kind",
             "concurrency",
             "runs",
@@ -801,7 +830,10 @@ fn summary(pairs: &[Pair]) -> String {
             "worker round trips/task",
             "peak RSS MiB",
         ]
+        .map(str::to_owned)
+        .to_vec()
     };
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let rows: Vec<Vec<String>> = groups
         .iter()
         .map(|((kind, concurrency), members)| {
@@ -1045,5 +1077,28 @@ mod tests {
             table,
             "| kind | µs/task |\n| ---- | ------- |\n| noop | 12.5    |\n| echo | 7       |\n"
         );
+    }
+
+    #[test]
+    fn one_peer_at_a_time_and_a_baseline_that_exists() {
+        let this_binary = std::env::current_exe().unwrap().display().to_string();
+        let args = |line: &str| -> Vec<String> {
+            line.replace("BIN", &this_binary)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let parsed = options(&args("--baseline BIN --rounds 2")).unwrap();
+        assert_eq!(parsed.baseline.unwrap().display().to_string(), this_binary);
+        assert_eq!(parsed.rounds, Some(2));
+        for (line, error) in [
+            ("--baseline BIN --peer bullmq", "one peer at a time"),
+            ("--baseline BIN --growth 10", "--growth runs exo alone"),
+            ("--baseline /nonexistent/exo", "no such file"),
+            ("--baseline", "a value is missing"),
+        ] {
+            let refused = options(&args(line)).err().expect(line).to_string();
+            assert!(refused.contains(error), "{line}: {refused}");
+        }
     }
 }
