@@ -146,7 +146,11 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         None => None,
     };
     let baseline = options.baseline.clone();
-    let peer_name = if baseline.is_some() { "baseline" } else { "BullMQ" };
+    let peer_name = if baseline.is_some() {
+        "baseline"
+    } else {
+        "BullMQ"
+    };
     let exo = build_exo(true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
