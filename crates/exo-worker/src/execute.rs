@@ -7,6 +7,7 @@ use exo_broker::{ClaimedTask, PublishOptions, WorkerSession};
 use exo_proto::{
     AgentSpec, ErrorEvent, ErrorType, Journal, OutcomeStatus, RunOutcome, StreamEvent, TaskPayload,
 };
+use futures::FutureExt;
 use serde_json::Value;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -158,16 +159,6 @@ impl Executor for LocalExecutor {
     }
 }
 
-/// A spawned run that is aborted when dropped (the worker may give up on a
-/// task; its agent must not run on unseen).
-struct AbortOnDrop(tokio::task::JoinHandle<RunOutcome>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl LocalExecutor {
     /// Runs a payload's agent here and streams its events; the events not
     /// yet published come back with the outcome. Needs no lease, so a
@@ -258,18 +249,22 @@ impl LocalExecutor {
         let runner = self.runner.clone();
         let input = payload.input.clone();
         let run_spec = spec.clone();
-        // The run keeps the caller's span (the task's execute span), so
-        // model-call and tool-call spans nest under it.
-        // Boxed before it is spawned: the run's future is large, and the
-        // task cell, its stages and every move on the way would copy it
-        // whole (a tenth of a busy worker's CPU went to those copies).
-        let mut run = AbortOnDrop(tokio::spawn(Box::pin(
-            tracing::Instrument::in_current_span(async move {
+        // The run is polled here, beside its events, not spawned: a task of
+        // its own cost a hand-over between the runtime's threads on every
+        // step (a fifth of a worker's CPU per no-op task). Dropping it
+        // stops it, so the worker never leaves an agent running unseen; a
+        // panic in it ends the attempt, not the worker. It keeps the
+        // caller's span (the task's execute span), so model-call and
+        // tool-call spans nest under it. Boxed: the run's future is large.
+        let mut run = Box::pin(
+            std::panic::AssertUnwindSafe(async move {
                 runner
                     .run(&run_spec, &input, history, options, sender)
                     .await
-            }),
-        )));
+            })
+            .catch_unwind(),
+        );
+        let mut run_done = None;
         let hard_stop = control.deadline + self.grace;
         let grace = self.grace;
         let cancel = control.cancel.clone();
@@ -288,19 +283,24 @@ impl LocalExecutor {
             tokio::select! {
                 biased;
                 () = &mut deadline_stop => {
-                    run.0.abort();
                     tracing::warn!(task_id, "the run did not stop at its deadline; aborted");
                     break RunOutcome::timed_out(spec.name(), "deadline passed");
                 }
                 () = &mut cancel_stop => {
-                    run.0.abort();
                     tracing::warn!(task_id, "the run did not stop after its cancel; aborted");
                     break RunOutcome::cancelled(spec.name());
                 }
-                result = &mut run.0, if !channel_open => break match result {
-                    Ok(outcome) => outcome,
-                    Err(error) => panicked(&spec, &error),
-                },
+                result = &mut run, if run_done.is_none() => {
+                    let outcome = match result {
+                        Ok(outcome) => outcome,
+                        Err(panic) => panicked(&spec, &*panic),
+                    };
+                    // Its last events are still in the channel.
+                    if !channel_open {
+                        break outcome;
+                    }
+                    run_done = Some(outcome);
+                }
                 event = receiver.recv(), if channel_open => match event {
                     Some(event) => {
                         // Publishing waits only when Redis is away and the
@@ -310,10 +310,18 @@ impl LocalExecutor {
                             () = tokio::time::sleep_until(hard_stop) => {}
                         }
                     }
-                    None => channel_open = false,
+                    None => {
+                        channel_open = false;
+                        if let Some(outcome) = run_done.take() {
+                            break outcome;
+                        }
+                    }
                 },
             }
         };
+        // A run stopped by its deadline or a cancel goes now, with its
+        // calls in flight.
+        drop(run);
         while let Ok(event) = receiver.try_recv() {
             tokio::select! {
                 () = forward(event, &publisher, memory.as_ref(), &mut spent) => {}
@@ -436,19 +444,7 @@ async fn forward(
     }
 }
 
-fn panicked(spec: &AgentSpec, error: &tokio::task::JoinError) -> RunOutcome {
-    let message = if error.is_panic() {
-        format!("the run panicked: {}", panic_text(error))
-    } else {
-        "the run was aborted".to_owned()
-    };
+fn panicked(spec: &AgentSpec, panic: &(dyn std::any::Any + Send)) -> RunOutcome {
+    let message = format!("the run panicked: {}", crate::attempt::panic_message(panic));
     RunOutcome::failed(spec.name(), message, ErrorType::Panic, true)
-}
-
-fn panic_text(error: &tokio::task::JoinError) -> String {
-    let text = error.to_string();
-    text.strip_prefix("task ")
-        .and_then(|rest| rest.split_once(" panicked with message "))
-        .map(|(_, message)| message.trim_matches('"').to_owned())
-        .unwrap_or(text)
 }

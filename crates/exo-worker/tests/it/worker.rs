@@ -362,6 +362,56 @@ async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
     harness.stop().await;
 }
 
+/// A panic in the run itself (here: building its model provider), outside
+/// any tool: the attempt fails with the panic's message, the worker runs
+/// the next task.
+#[tokio::test]
+async fn a_panicking_run_fails_its_task_and_the_worker_lives_on() {
+    let redis = TestRedis::new();
+    let config = worker_config(&redis);
+    let default = exo_models::default_factory();
+    let providers: exo_models::ProviderFactory = Arc::new(move |model: &str| {
+        if model.starts_with("panicky:") {
+            panic!("no provider for {model}");
+        }
+        default(model)
+    });
+    let worker = Worker::builder(redis.url())
+        .configure(|settings| *settings = config.clone())
+        .provider_factory(providers)
+        .build()
+        .unwrap();
+    let shutdown = worker.shutdown_handle();
+    let running = tokio::spawn(worker.run());
+    let broker =
+        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
+            .await
+            .unwrap();
+    let mut task = payload(json!({"name": "boom", "model": "panicky:model"}), "x");
+    task.max_retries = Some(0);
+    broker.client().submit(task.clone()).await.unwrap();
+    let (state, events) = wait(&broker, &task.task_id).await;
+    assert_eq!(state.status, TaskStatus::Failed);
+    assert_eq!(
+        state.error.as_deref(),
+        Some("the run panicked: no provider for panicky:model")
+    );
+    assert!(events.last().unwrap().is_terminal());
+    let next = payload(
+        json!({"name": "fine", "model": "scripted:echo"}),
+        "still here",
+    );
+    broker.client().submit(next.clone()).await.unwrap();
+    let (state, _) = wait(&broker, &next.task_id).await;
+    assert_eq!(state.output(), Some("still here"));
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_failing_task_retries_three_times_then_dead_letters_and_hooks_see_every_attempt() {
     let hooks = Recorder {
