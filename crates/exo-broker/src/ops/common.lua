@@ -678,7 +678,15 @@ end
 -- server_now_ms} (see claim.lua).
 local CLAIM_SCAN = 500
 local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids, rules_json)
-  promote_due(100)
+  -- One look at the delayed set's first task: whether any is due (then
+  -- they go onto the queue), and, unless that or the claim below changes
+  -- the set, the reply's next_due_ms.
+  local first_delayed = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  local delayed_unchanged = true
+  if #first_delayed > 0 and tonumber(first_delayed[2]) <= now_ms() then
+    promote_due(100)
+    delayed_unchanged = false
+  end
 
   local drained = false
   local function read_new(wanted)
@@ -759,6 +767,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         -- must not add another entry later.
         redis.call('ZREM', DELAYED, task_id)
         redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+        delayed_unchanged = false
       end
       local ckey, limit, key_problem = concurrency_of(decoded, worker_rules())
       if key_problem then
@@ -848,7 +857,13 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     end
     if #entries == 0 then break end
   end
-  return { next_due(), rows, rejected, now_ms() }
+  local due = -1
+  if not delayed_unchanged then
+    due = next_due()
+  elseif #first_delayed > 0 then
+    due = tonumber(first_delayed[2])
+  end
+  return { due, rows, rejected, now_ms() }
 end
 
 -- The task a claim reply took last (rows of six, the task id second), or
