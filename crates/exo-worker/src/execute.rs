@@ -251,7 +251,8 @@ impl LocalExecutor {
         let run_spec = spec.clone();
         // The run is polled here, beside its events, not spawned: a task of
         // its own cost a hand-over between the runtime's threads on every
-        // step (a fifth of a worker's CPU per no-op task). Dropping it
+        // step (5-10% of a worker's CPU per no-op task at concurrency 32,
+        // see docs/operations.md). Dropping it
         // stops it, so the worker never leaves an agent running unseen; a
         // panic in it ends the attempt, not the worker. It keeps the
         // caller's span (the task's execute span), so model-call and
