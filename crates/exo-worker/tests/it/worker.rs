@@ -11,7 +11,7 @@ use exo_agent::ToolRegistry;
 use exo_broker::{Broker, BrokerConfig, RetryPolicy};
 use exo_proto::{Keys, StreamEvent, TaskPayload, TaskResult, TaskStatus};
 use exo_testkit::TestRedis;
-use exo_worker::{ShutdownHandle, TaskHooks, Worker, WorkerConfig};
+use exo_worker::{ShutdownHandle, TaskHooks, Worker, WorkerBuilder, WorkerConfig};
 use serde_json::{Value, json};
 
 /// One `on_task_done` call: task id, status, result, error.
@@ -79,17 +79,29 @@ fn worker_config(redis: &TestRedis) -> WorkerConfig {
 }
 
 async fn start(redis: TestRedis, edit: impl FnOnce(&mut WorkerConfig), hooks: Recorder) -> Harness {
+    start_with(redis, edit, hooks, |builder| builder).await
+}
+
+/// [`start`], with a last say on the worker's builder.
+async fn start_with(
+    redis: TestRedis,
+    edit: impl FnOnce(&mut WorkerConfig),
+    hooks: Recorder,
+    build: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Harness {
     let mut config = worker_config(&redis);
     edit(&mut config);
     let hooks = Arc::new(hooks);
     let mut tools = ToolRegistry::new();
     exo_agent::builtin::register_all(&mut tools);
-    let worker = Worker::builder(redis.url())
-        .configure(|settings| *settings = config.clone())
-        .tools(tools)
-        .hooks(hooks.clone())
-        .build()
-        .unwrap();
+    let worker = build(
+        Worker::builder(redis.url())
+            .configure(|settings| *settings = config.clone())
+            .tools(tools)
+            .hooks(hooks.clone()),
+    )
+    .build()
+    .unwrap();
     let worker_id = worker.id().to_owned();
     let shutdown = worker.shutdown_handle();
     let worker = tokio::spawn(worker.run());
@@ -367,8 +379,6 @@ async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
 /// the next task.
 #[tokio::test]
 async fn a_panicking_run_fails_its_task_and_the_worker_lives_on() {
-    let redis = TestRedis::new();
-    let config = worker_config(&redis);
     let default = exo_models::default_factory();
     let providers: exo_models::ProviderFactory = Arc::new(move |model: &str| {
         if model.starts_with("panicky:") {
@@ -376,21 +386,17 @@ async fn a_panicking_run_fails_its_task_and_the_worker_lives_on() {
         }
         default(model)
     });
-    let worker = Worker::builder(redis.url())
-        .configure(|settings| *settings = config.clone())
-        .provider_factory(providers)
-        .build()
-        .unwrap();
-    let shutdown = worker.shutdown_handle();
-    let running = tokio::spawn(worker.run());
-    let broker =
-        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
-            .await
-            .unwrap();
+    let harness = start_with(
+        TestRedis::new(),
+        |_| {},
+        Recorder::default(),
+        |builder| builder.provider_factory(providers),
+    )
+    .await;
     let mut task = payload(json!({"name": "boom", "model": "panicky:model"}), "x");
     task.max_retries = Some(0);
-    broker.client().submit(task.clone()).await.unwrap();
-    let (state, events) = wait(&broker, &task.task_id).await;
+    harness.broker.client().submit(task.clone()).await.unwrap();
+    let (state, events) = wait(&harness.broker, &task.task_id).await;
     assert_eq!(state.status, TaskStatus::Failed);
     assert_eq!(
         state.error.as_deref(),
@@ -401,15 +407,10 @@ async fn a_panicking_run_fails_its_task_and_the_worker_lives_on() {
         json!({"name": "fine", "model": "scripted:echo"}),
         "still here",
     );
-    broker.client().submit(next.clone()).await.unwrap();
-    let (state, _) = wait(&broker, &next.task_id).await;
+    harness.broker.client().submit(next.clone()).await.unwrap();
+    let (state, _) = wait(&harness.broker, &next.task_id).await;
     assert_eq!(state.output(), Some("still here"));
-    shutdown.shutdown();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    harness.stop().await;
 }
 
 #[tokio::test]
