@@ -53,6 +53,8 @@ local EVENT_MAXLEN, DEAD_MAXLEN
 -- Every timestamp comes from the server's clock, so a client whose clock is
 -- off can neither trim live tasks nor confuse the bookkeeping.
 local NOW_MS, NOW, NOW_MS_TEXT
+-- The task TTL as a number, read when first needed in a call.
+local TASK_TTL_SECONDS
 -- Writes a call gathers and sends as one command each at its end (see
 -- `defer_writes`): nil when every write goes at once.
 local ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER
@@ -74,10 +76,26 @@ local function setup(keys, argv)
   TASK_TTL, EVENT_TTL = argv[3], argv[4]
   EVENT_MAXLEN, DEAD_MAXLEN = argv[5], argv[6]
   ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER = nil, nil, nil
+  TASK_TTL_SECONDS = nil
+  -- Seconds and microseconds, as text: the three forms of the clock are
+  -- cut from them (formatting numbers costs more).
   local time = redis.call('TIME')
-  NOW_MS = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  NOW = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
-  NOW_MS_TEXT = string.format('%d', NOW_MS)
+  local micros = time[2]
+  if #micros < 6 then micros = string.rep('0', 6 - #micros) .. micros end
+  NOW = time[1] .. '.' .. micros
+  NOW_MS_TEXT = time[1] .. string.sub(micros, 1, 3)
+  NOW_MS = tonumber(NOW_MS_TEXT)
+end
+
+-- An integer as text; from -1000 to 1000 each is formatted once (a Lua
+-- number passed to redis.call is formatted anew each time).
+local INT_TEXTS = {}
+local function int_text(n)
+  local text = INT_TEXTS[n]
+  if text then return text end
+  text = string.format('%d', n)
+  if n >= -1000 and n <= 1000 then INT_TEXTS[n] = text end
+  return text
 end
 
 local function task_key(task_id) return TASK_FAMILY .. task_id end
@@ -169,6 +187,8 @@ end
 -- Runs `command` with `fixed` arguments followed by `items`, 500 items per
 -- command (Lua's `unpack` has a limit).
 local function call_in_chunks(command, fixed, items)
+  if #items <= 500 and #fixed == 1 then return redis.call(command, fixed[1], unpack(items)) end
+  if #items <= 500 and #fixed == 2 then return redis.call(command, fixed[1], fixed[2], unpack(items)) end
   for first = 1, #items, 500 do
     local args = { unpack(fixed) }
     for i = first, math.min(first + 499, #items) do table.insert(args, items[i]) end
@@ -241,20 +261,18 @@ end
 -- the index is trimmed once its hash has expired.
 -- Tasks not yet ended are also in the active set (scored by their last
 -- transition), which the reaper's reconciliation walks.
+-- (Every write names the status first, when it changes it.)
 local TERMINAL = { completed = true, failed = true, cancelled = true }
-local function track_status(task_id, fields)
-  for i = 1, #fields, 2 do
-    if fields[i] == 'status' then
-      local ended = TERMINAL[fields[i + 1]]
-      if ACTIVE_LATER then
-        if ACTIVE_LATER[task_id] == nil then table.insert(ACTIVE_ORDER, task_id) end
-        ACTIVE_LATER[task_id] = (not ended) and NOW_MS_TEXT
-      elseif ended then
-        redis.call('ZREM', ACTIVE, task_id)
-      else
-        redis.call('ZADD', ACTIVE, NOW_MS_TEXT, task_id)
-      end
-    end
+local function track_status(task_id, field, status)
+  if field ~= 'status' then return end
+  local ended = TERMINAL[status]
+  if ACTIVE_LATER then
+    if ACTIVE_LATER[task_id] == nil then table.insert(ACTIVE_ORDER, task_id) end
+    ACTIVE_LATER[task_id] = (not ended) and NOW_MS_TEXT
+  elseif ended then
+    redis.call('ZREM', ACTIVE, task_id)
+  else
+    redis.call('ZADD', ACTIVE, NOW_MS_TEXT, task_id)
   end
 end
 
@@ -264,7 +282,7 @@ local function write_task(task_id, ...)
   redis.call('EXPIRE', key, TASK_TTL)
   redis.call('SADD', INDEX, task_id)
   redis.call('ZADD', TIMELINE, 'NX', NOW, task_id)
-  track_status(task_id, { ... })
+  track_status(task_id, ...)
   return key
 end
 
@@ -275,8 +293,27 @@ local function update_task(task_id, ...)
   local key = task_key(task_id)
   redis.call('HSET', key, ...)
   redis.call('EXPIRE', key, TASK_TTL)
-  track_status(task_id, { ... })
+  track_status(task_id, ...)
   return key
+end
+
+-- `update_task` without the TTL's refresh, for a claim of a task created
+-- less than 10 minutes (and half the task TTL) ago (`created_at`, Unix
+-- seconds): every write since its creation set the whole TTL, so its hash
+-- has the rest of it left (a client with a TTL shorter than 10 minutes
+-- would be needed to cut that short), and while it runs its worker's
+-- heartbeat refreshes it.
+local FRESH_SECONDS = 600
+local function fresh(created_at)
+  local created = tonumber(created_at)
+  if not created then return false end
+  TASK_TTL_SECONDS = TASK_TTL_SECONDS or tonumber(TASK_TTL)
+  local age = NOW_MS / 1000 - created
+  return age < FRESH_SECONDS and age * 2 < TASK_TTL_SECONDS
+end
+local function update_task_in_ttl(task_id, ...)
+  redis.call('HSET', task_key(task_id), ...)
+  track_status(task_id, ...)
 end
 
 -- Drops up to `limit` ids older than the task TTL from the index and the
@@ -677,6 +714,31 @@ end
 -- as `current_task_id`. Returns {next_due_ms, rows, rejected,
 -- server_now_ms} (see claim.lua).
 local CLAIM_SCAN = 500
+
+-- What a claim reads of a task's hash: status, ended, agent_name, entry,
+-- retries, max_retries, created_at, completed_at, attempt,
+-- concurrency_key, payload_checked.
+local function claim_state(key)
+  return redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
+    'retries', 'max_retries', 'created_at', 'completed_at', 'attempt', 'concurrency_key',
+    'payload_checked')
+end
+
+-- The task id at the start of a payload (`{"task_id": "<id>", ...`, as
+-- exo and the reference write it), read without decoding it; nil for a
+-- payload over the size limit or one that does not start so. It is
+-- trusted only when the task's hash says its payload was checked
+-- (`payload_checked`: exo's client built it, or a claim decoded it) and
+-- names this very entry as the one that carries it (`entry`, which only
+-- exo's scripts write): the hash then holds what the payload would tell
+-- (created_at, agent_name, max_retries). A task with a concurrency key is
+-- decoded all the same.
+local function quick_task_id(payload)
+  if SIZE_LIMIT > 0 and #payload > SIZE_LIMIT then return nil end
+  local task_id = string.match(payload, '^{%s*"task_id"%s*:%s*"([%w_.:-]+)"')
+  if task_id and #task_id <= 128 and not RESERVED_IDS[task_id] then return task_id end
+  return nil
+end
 local function claim_batch(consumer, count, default_max, retries_cap, token, entry_ids, rules_json)
   -- One look at the delayed set's first task: whether any is due (then
   -- they go onto the queue), and, unless that or the claim below changes
@@ -690,7 +752,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
 
   local drained = false
   local function read_new(wanted)
-    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', wanted, 'STREAMS', QUEUE, '>')
+    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', int_text(wanted), 'STREAMS', QUEUE, '>')
     local got = (read and read[1]) and read[1][2] or {}
     if #got < wanted then drained = true end
     return got
@@ -739,15 +801,28 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         refuse(entry_id, nil, reason)
         return
       end
-      local task_id, decoded, problem = payload_task_id(payload)
-      if problem then
-        reject(entry_id, task_id, payload, problem)
-        refuse(entry_id, task_id, problem)
-        return
+      -- The task's own entry, queued by exo, is read without decoding
+      -- its payload (see quick_task_id); any other is decoded.
+      local task_id = quick_task_id(payload)
+      local key, state, decoded
+      if task_id then
+        key = task_key(task_id)
+        state = claim_state(key)
       end
-      local key = task_key(task_id)
-      local state = redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
-        'retries', 'max_retries', 'created_at', 'completed_at', 'attempt')
+      if not task_id or state[4] ~= entry_id or state[11] ~= '1' or state[10] then
+        local decoded_id, problem
+        decoded_id, decoded, problem = payload_task_id(payload)
+        if problem then
+          reject(entry_id, decoded_id, payload, problem)
+          refuse(entry_id, decoded_id, problem)
+          return
+        end
+        if decoded_id ~= task_id then
+          task_id = decoded_id
+          key = task_key(task_id)
+          state = claim_state(key)
+        end
+      end
       local status, owner = state[1], state[4]
       if status == 'running' then
         -- Its own entry delivered again (the group was re-created) stays
@@ -769,7 +844,8 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         redis.call('HDEL', DELAYED_PAYLOADS, task_id)
         delayed_unchanged = false
       end
-      local ckey, limit, key_problem = concurrency_of(decoded, worker_rules())
+      local ckey, limit, key_problem
+      if decoded then ckey, limit, key_problem = concurrency_of(decoded, worker_rules()) end
       if key_problem then
         reject(entry_id, task_id, payload, key_problem)
         refuse(entry_id, task_id, key_problem)
@@ -799,17 +875,21 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       local max_retries = state[6]
       if not max_retries then
         max_retries = default_max
-        if type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
+        if decoded and type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
           max_retries = tostring(math.floor(decoded.max_retries))
         end
       end
-      max_retries = tostring(math.min(tonumber(max_retries) or tonumber(default_max), retries_cap))
+      -- (A count within the cap keeps its text.)
+      local retries_limit = tonumber(max_retries)
+      if not retries_limit or retries_limit > retries_cap then
+        max_retries = tostring(math.min(retries_limit or tonumber(default_max), retries_cap))
+      end
       local extra = {}
-      if not state[7] and type(decoded.created_at) == 'number' then
+      if not state[7] and decoded and type(decoded.created_at) == 'number' then
         table.insert(extra, 'created_at')
         table.insert(extra, string.format('%.17g', decoded.created_at))
       end
-      if not state[3] and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
+      if not state[3] and decoded and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
         table.insert(extra, 'agent_name')
         table.insert(extra, decoded.agent_config.name)
       end
@@ -817,12 +897,17 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
         table.insert(extra, 'concurrency_key')
         table.insert(extra, ckey)
       end
+      if state[11] ~= '1' then
+        table.insert(extra, 'payload_checked')
+        table.insert(extra, '1')
+      end
       -- A task that ran before (a retry) drops its last ending.
       if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
       -- Only exo's own writes set `entry`: such a task is indexed already.
-      local write = owner and update_task or write_task
+      local write = write_task
+      if owner then write = fresh(state[7]) and update_task_in_ttl or update_task end
       write(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW,
-        'entry', entry_id, 'lease', token, 'max_retries', max_retries, 'attempt', attempt, unpack(extra))
+        'entry', entry_id, 'lease', token, 'max_retries', max_retries, 'attempt', int_text(attempt), unpack(extra))
       table.insert(rows, entry_id)
       table.insert(rows, task_id)
       table.insert(rows, payload)
@@ -884,12 +969,12 @@ local function note_on_worker(worker_id, completed, failed, current, busy_delta)
   if worker_id == '' or (completed == 0 and failed == 0 and busy_delta == 0 and not current) then return end
   local worker = worker_key(worker_id)
   if redis.call('EXISTS', worker) == 0 then return end
-  if completed > 0 then redis.call('HINCRBY', worker, 'tasks_processed', completed) end
-  if failed > 0 then redis.call('HINCRBY', worker, 'tasks_failed', failed) end
+  if completed > 0 then redis.call('HINCRBY', worker, 'tasks_processed', int_text(completed)) end
+  if failed > 0 then redis.call('HINCRBY', worker, 'tasks_failed', int_text(failed)) end
   if busy_delta ~= 0 and redis.call('HEXISTS', worker, 'active_tasks') == 1 then
     -- A heartbeat computed before a claim may have written an older count;
     -- the next one sets it right, and it never shows below zero.
-    if redis.call('HINCRBY', worker, 'active_tasks', busy_delta) < 0 then
+    if redis.call('HINCRBY', worker, 'active_tasks', int_text(busy_delta)) < 0 then
       redis.call('HSET', worker, 'active_tasks', 0)
     end
   end

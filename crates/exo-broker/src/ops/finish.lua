@@ -58,9 +58,9 @@
 -- fleet listing is right before the next heartbeat.
 --
 -- Each write lands only if its attempt is still current. Returns {replies,
--- claim, asked}: replies holds, block by block, one of {"completed"},
--- {"cancelled"}, {"failed"}, {"waiting"}, {"retrying", retries, due_ms},
--- {"cancel_requested"} (a completion or failure refused because the task
+-- claim, asked}: replies holds, block by block, one of "completed",
+-- "cancelled", "failed", "waiting", {"retrying", retries, due_ms},
+-- "cancel_requested" (a completion or failure refused because the task
 -- was cancelled; finish it as cancelled), {"stale", status, attempt}, or
 -- {"error", message} (that block met an error, a key of the wrong type
 -- say; the other blocks are not affected). Calling it again with the same
@@ -280,8 +280,15 @@ return with_deferred_writes(function()
   local at = 16
   for i = 1, tonumber(ARGV[7]) or 0 do
     local size = tonumber(ARGV[at]) or 0
-    local a = {}
-    for j = 1, size do a[j] = ARGV[at + j] end
+    -- (One table of the block's size at once; a loop for a very large
+    -- block, which `unpack` could not hold.)
+    local a
+    if size <= 1000 then
+      a = { unpack(ARGV, at + 1, at + size) }
+    else
+      a = {}
+      for j = 1, size do a[j] = ARGV[at + j] end
+    end
     at = at + size + 1
     local reply, ended = finish_block(a)
     local wanted = tonumber(a[13]) or 0
@@ -293,7 +300,9 @@ return with_deferred_writes(function()
       claim_count = claim_count + wanted
       given[i] = wanted
     end
-    replies[i] = reply
+    -- An outcome of one word goes as that word (a table costs the reply
+    -- more).
+    replies[i] = reply[2] == nil and reply[1] or reply
   end
   -- The ledger is bookkeeping: a bucket Redis refuses (a key of another
   -- type) does not undo the endings.

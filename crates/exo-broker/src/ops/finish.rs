@@ -279,6 +279,11 @@ impl Operation for FinishBatch<'_> {
 /// Reads one block's outcome.
 fn outcome(value: Value, backoff: Duration) -> Result<Result<Finished>> {
     const NAME: &str = FinishBatch::NAME;
+    // An outcome of one word comes as that word, not as an array.
+    let value = match value {
+        word @ (Value::String(_) | Value::Bytes(_)) => Value::Array(vec![word]),
+        other => other,
+    };
     let mut parts = Parts::new(NAME, value)?;
     Ok(Ok(match parts.string()?.as_str() {
         "completed" => Finished::Completed,

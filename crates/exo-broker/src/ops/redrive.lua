@@ -22,7 +22,10 @@ if status and status ~= 'failed' then
   return { '', 'task ' .. task_id .. ' is ' .. status .. ', not failed; only failed tasks can be re-driven' }
 end
 redis.call('HINCRBY', key, 'attempt', 1)
-redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry')
+-- The next claim decodes the payload again (its refusal may have been of
+-- a field the hash does not show).
+redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry',
+  'payload_checked')
 write_task(task_id, 'status', 'pending', 'retries', 0)
 redis.call('DEL', stream_key(task_id))
 enqueue(task_id, payload)

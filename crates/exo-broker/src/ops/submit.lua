@@ -14,7 +14,9 @@
 --
 -- Refuses an invalid task id (see valid_task_id) with an error reply.
 -- Writes the queue entry, the task hash with status `pending` (its `entry`
--- names the queue entry), the index set and the timeline, and trims index
+-- names the queue entry; `payload_checked` says exo's client built the
+-- payload, so a claim need not decode it), the index set and the
+-- timeline, and trims index
 -- entries older than the task TTL. A task due later waits in the delayed
 -- set (no queue entry yet; the hash says `scheduled_for`) until a claim or
 -- a reap promotes it. A task with a priority joins the prioritized set
@@ -83,13 +85,15 @@ if run_at_ms > now_ms() then
   redis.call('ZADD', DELAYED, run_at_ms, task_id)
   redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
   key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
-    'scheduled_for', string.format('%.3f', run_at_ms / 1000))
+    'payload_checked', '1', 'scheduled_for', string.format('%.3f', run_at_ms / 1000))
 elseif priority ~= '' and (redis.call('EXISTS', PRIORITIZED) == 1 or undelivered() > 0) then
   prioritize(task_id, payload, priority_score(priority, now_ms()))
-  key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name)
+  key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
+    'payload_checked', '1')
 else
   local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
-  key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name, 'entry', entry_id)
+  key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
+    'payload_checked', '1', 'entry', entry_id)
 end
 if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end
 if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end

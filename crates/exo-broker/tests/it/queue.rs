@@ -889,3 +889,109 @@ async fn a_task_submitted_for_later_waits_then_runs_and_can_be_cancelled_meanwhi
         .expect_err("past the task TTL");
     assert!(error.to_string().contains("task TTL"), "{error}");
 }
+
+/// A claim reads a payload's fields from the task's hash, without decoding
+/// the payload, only when the hash vouches for it: exo checked the payload
+/// (`payload_checked`) and queued it in this very entry (`entry`). Each case
+/// queues a payload asking for 2 retries, with a hash written by hand; the
+/// retries the claim grants show which side it read (the hash has no
+/// `max_retries`, so trusting it gives the default, 3).
+#[tokio::test]
+async fn a_claim_trusts_the_hash_only_for_its_own_checked_entry() {
+    struct Case {
+        name: &'static str,
+        checked: bool,
+        own_entry: bool,
+        concurrency_key: bool,
+        decoded: bool,
+    }
+    let cases = [
+        Case {
+            name: "checked, its own entry",
+            checked: true,
+            own_entry: true,
+            concurrency_key: false,
+            decoded: false,
+        },
+        Case {
+            name: "not checked",
+            checked: false,
+            own_entry: true,
+            concurrency_key: false,
+            decoded: true,
+        },
+        Case {
+            name: "another entry",
+            checked: true,
+            own_entry: false,
+            concurrency_key: false,
+            decoded: true,
+        },
+        Case {
+            name: "a concurrency key",
+            checked: true,
+            own_entry: true,
+            concurrency_key: true,
+            decoded: true,
+        },
+    ];
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    for case in cases {
+        let mut payload = payload(case.name);
+        payload.max_retries = Some(2);
+        if case.concurrency_key {
+            payload.concurrency_key = Some("conversation-1".to_owned());
+        }
+        let entry = raw_xadd(&client, &broker, &payload.to_json()).await;
+        let key = broker.keys().task(&payload.task_id);
+        let mut fields = vec![
+            ("task_id", payload.task_id.clone()),
+            ("status", "pending".to_owned()),
+            ("created_at", format!("{:.6}", payload.created_at)),
+            ("agent_name", "helper".to_owned()),
+            (
+                "entry",
+                if case.own_entry {
+                    entry.clone()
+                } else {
+                    "1-1".to_owned()
+                },
+            ),
+        ];
+        if case.checked {
+            fields.push(("payload_checked", "1".to_owned()));
+        }
+        if case.concurrency_key {
+            fields.push(("concurrency_key", "conversation-1".to_owned()));
+        }
+        let _: () = client.hset(&key, fields).await.unwrap();
+
+        let claimed = claim_all(&broker, "w1", 1).await;
+        assert_eq!(claimed.len(), 1, "{}: claimed", case.name);
+        assert_eq!(claimed[0].lease.task_id, payload.task_id, "{}", case.name);
+        let expected = if case.decoded { 2 } else { 3 };
+        assert_eq!(
+            claimed[0].max_retries, expected,
+            "{}: max retries",
+            case.name
+        );
+        let hash: HashMap<String, String> = client.hgetall(&key).await.unwrap();
+        assert_eq!(hash["status"], "running", "{}", case.name);
+        assert_eq!(hash["max_retries"], expected.to_string(), "{}", case.name);
+        assert_eq!(
+            hash["payload_checked"], "1",
+            "{}: checked from now on",
+            case.name
+        );
+        finish(
+            &broker,
+            &claimed[0],
+            Outcome::Completed { output: "ok" },
+            vec![],
+            &completed("helper"),
+        )
+        .await;
+    }
+}
