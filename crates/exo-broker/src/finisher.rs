@@ -94,7 +94,10 @@ impl Finisher {
         });
         if let Ok(call) = inner.calls.clone().try_acquire_owned() {
             // A call is free: this slot sends the waiting writes, its own
-            // among them.
+            // among them. It lets the slots that are ready to run go
+            // first: those woken with it (by the reply of the last call)
+            // end now too, and their writes share this call.
+            tokio::task::yield_now().await;
             Leader {
                 inner: inner.clone(),
                 call: Some(call),
@@ -189,7 +192,7 @@ async fn finish_together(session: &WorkerSession, batch: Vec<FinishRequest>, rul
         .unzip();
     let alone = blocks.len() == 1;
     match session
-        .finish_blocks(blocks.clone(), current.as_deref(), rules)
+        .finish_blocks(&blocks, current.as_deref(), rules)
         .await
     {
         Ok((finished, claims)) => {
@@ -211,7 +214,7 @@ async fn finish_together(session: &WorkerSession, batch: Vec<FinishRequest>, rul
             // arguments: each goes alone, so the error reaches its own.
             for ((reply, current), block) in waiters.into_iter().zip(blocks) {
                 let result = session
-                    .finish_blocks(vec![block], current.as_deref(), rules)
+                    .finish_blocks(std::slice::from_ref(&block), current.as_deref(), rules)
                     .await
                     .and_then(only);
                 let _ = reply.send(result);

@@ -281,7 +281,11 @@ impl WorkerSession {
     ) -> Result<Finished> {
         let block = self.block(task, outcome, events, terminal, &options, 0);
         let ended = self
-            .finish_blocks(vec![block], options.current_task_after.as_deref(), "")
+            .finish_blocks(
+                std::slice::from_ref(&block),
+                options.current_task_after.as_deref(),
+                "",
+            )
             .await?;
         only(ended).map(|(finished, _)| finished)
     }
@@ -316,7 +320,7 @@ impl WorkerSession {
     /// block's claimed tasks, in block order.
     pub(crate) async fn finish_blocks(
         &self,
-        blocks: Vec<FinishBlock>,
+        blocks: &[FinishBlock],
         current_task_after: Option<&str>,
         concurrency_rules: &str,
     ) -> Result<(Vec<Result<Finished>>, Vec<Claim>)> {
@@ -326,7 +330,7 @@ impl WorkerSession {
         let reply = self
             .broker
             .call(&FinishBatch {
-                blocks: &blocks,
+                blocks,
                 claim: asked.then_some(ClaimNext {
                     consumer: &self.worker_id,
                     token: &token,
@@ -805,7 +809,7 @@ impl Claimer {
         only(
             session
                 .finish_blocks(
-                    vec![block],
+                    std::slice::from_ref(&block),
                     options.current_task_after.as_deref(),
                     &self.concurrency_rules,
                 )

@@ -3,7 +3,8 @@
 --
 -- Every script gets the same keys, built in Rust from `Keys` (so every key
 -- a script touches is declared, and under Redis Cluster the slot check at
--- connect covers each one). Keys of one task or one worker are families:
+-- connect covers each one); once the library has them, a call may name
+-- only the queue and the task family (see `setup`). Keys of one task or one worker are families:
 -- the script appends the id to the family's prefix, because the ids are
 -- found inside the script (entries read from the queue, pending entries).
 --
@@ -59,8 +60,34 @@ local TASK_TTL_SECONDS
 -- `defer_writes`): nil when every write goes at once.
 local ACKS_LATER, ACTIVE_LATER, ACTIVE_ORDER
 
+-- The key layouts this library was given whole, by queue key, then task
+-- family: a call that names only those two keys (KEYS[1] and KEYS[12]) gets
+-- the rest from here, and one the library has not seen is refused with
+-- NOLAYOUT before it does anything (its caller sends every key). In a
+-- function library this lives as long as the library; a script (EVALSHA)
+-- always gets every key.
+local LAYOUTS = {}
+
 -- Reads the keys and shared settings of one call, and the server's clock.
 local function setup(keys, argv)
+  if #keys == 2 then
+    local layouts = LAYOUTS[keys[1]]
+    keys = layouts and layouts[keys[2]]
+    if not keys then
+      error({ err = 'NOLAYOUT this key layout is not known here yet: call again with every key' })
+    end
+  else
+    local layouts = LAYOUTS[keys[1]]
+    if not layouts then
+      layouts = {}
+      LAYOUTS[keys[1]] = layouts
+    end
+    if layouts[keys[12]] == nil then
+      local copy = {}
+      for i = 1, #keys do copy[i] = keys[i] end
+      layouts[keys[12]] = copy
+    end
+  end
   QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD = keys[1], keys[2], keys[3], keys[4]
   INDEX, TIMELINE, REGISTRY, ACTIVE = keys[5], keys[6], keys[7], keys[8]
   FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP = keys[9], keys[10], keys[11]

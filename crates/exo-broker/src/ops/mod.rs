@@ -84,10 +84,17 @@ pub(crate) struct ScriptContext {
     /// `fcall` is treated as blocking: sent alone, and left out of the
     /// unresponsive-connection check), routed to the queue's hash slot.
     fcall: fred::types::CustomCommand,
-    /// What follows the function's name in every `FCALL`: the key count,
+    /// What follows the function's name in an `FCALL`: the key count,
     /// the keys and the shared settings, built once (a clone shares their
     /// bytes).
     fcall_prefix: Vec<Value>,
+    /// The same with two keys only, the queue and the task family: the
+    /// library keeps each key layout it was given whole, by those two
+    /// (see common.lua's `setup`).
+    fcall_prefix_short: Vec<Value>,
+    /// Whether the server knows this layout: a call gave it every key and
+    /// no call has been told `NOLAYOUT` since.
+    layout_known: std::sync::atomic::AtomicBool,
 }
 
 impl ScriptContext {
@@ -137,8 +144,15 @@ impl ScriptContext {
             .chain(settings.iter().cloned())
             .map(Value::from)
             .collect();
+        let fcall_prefix_short = ["2".to_owned(), names[0].clone(), names[11].clone()]
+            .into_iter()
+            .chain(settings.iter().cloned())
+            .map(Value::from)
+            .collect();
         ScriptContext {
             fcall_prefix,
+            fcall_prefix_short,
+            layout_known: std::sync::atomic::AtomicBool::new(false),
             keys: names.clone().into(),
             names,
             settings,
@@ -321,6 +335,11 @@ fn prelude() -> String {
     )
 }
 
+/// The library has not been given this call's key layout whole yet.
+fn is_no_layout(error: &Error) -> bool {
+    matches!(error.redis_code(), Some(RedisCode::Other(code)) if code == "NOLAYOUT")
+}
+
 /// A Lua long-bracket string holding `text` exactly.
 fn lua_string(text: &str) -> String {
     let mut level = 0;
@@ -339,6 +358,7 @@ impl Broker {
         let mut argv = context.settings.clone();
         operation.arguments(&mut argv);
         let mut reloaded = false;
+        let mut every_key = !context.layout_known.load(Ordering::Relaxed);
         loop {
             let functions = self.inner.functions.load(Ordering::Relaxed);
             let result = if O::DURABLE && self.inner.config.replica_acks > 0 {
@@ -346,11 +366,17 @@ impl Broker {
             } else {
                 self.count();
                 if functions {
-                    self.inner
+                    let call = self.fcall_arguments::<O>(&argv, every_key);
+                    let result = self
+                        .inner
                         .client
-                        .custom::<Value, _>(context.fcall.clone(), self.fcall_arguments::<O>(&argv))
+                        .custom::<Value, _>(context.fcall.clone(), call)
                         .await
-                        .map_err(Error::from)
+                        .map_err(Error::from);
+                    if every_key && result.is_ok() {
+                        context.layout_known.store(true, Ordering::Relaxed);
+                    }
+                    result
                 } else {
                     O::script(&self.inner.scripts)
                         .evalsha_with_reload::<Value, _, _>(
@@ -372,6 +398,13 @@ impl Broker {
                     reloaded = true;
                     self.load_library(true).await?;
                 }
+                // A server that has not seen this layout yet (new,
+                // restarted, or its library reloaded) ran nothing: the
+                // call goes again with every key.
+                Err(error) if functions && !every_key && is_no_layout(&error) => {
+                    every_key = true;
+                    context.layout_known.store(false, Ordering::Relaxed);
+                }
                 Err(error) if functions && functions_refused(&error) => {
                     self.scripts_instead(&error);
                 }
@@ -380,14 +413,20 @@ impl Broker {
         }
     }
 
-    /// `FCALL`'s arguments: the function, the keys, then `argv` (which
-    /// starts with the shared settings).
-    fn fcall_arguments<O: Operation>(&self, argv: &[String]) -> Vec<Value> {
+    /// `FCALL`'s arguments: the function, the keys (every one, or the two
+    /// that name a layout the server knows), then `argv` (which starts
+    /// with the shared settings).
+    fn fcall_arguments<O: Operation>(&self, argv: &[String], every_key: bool) -> Vec<Value> {
         let context = &self.inner.context;
         let own = argv.get(context.settings.len()..).unwrap_or_default();
-        let mut call = Vec::with_capacity(1 + context.fcall_prefix.len() + own.len());
+        let prefix = if every_key {
+            &context.fcall_prefix
+        } else {
+            &context.fcall_prefix_short
+        };
+        let mut call = Vec::with_capacity(1 + prefix.len() + own.len());
         call.push(self.inner.scripts.library.function(O::NAME));
-        call.extend(context.fcall_prefix.iter().cloned());
+        call.extend(prefix.iter().cloned());
         call.extend(own.iter().map(|argument| Value::from(argument.as_str())));
         call
     }
@@ -453,7 +492,7 @@ impl Broker {
                 let _: () = pipeline
                     .custom(
                         self.inner.context.fcall.clone(),
-                        self.fcall_arguments::<O>(&argv),
+                        self.fcall_arguments::<O>(&argv, true),
                     )
                     .await?;
             } else {

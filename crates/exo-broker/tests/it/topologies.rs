@@ -378,6 +378,89 @@ async fn operations_run_as_functions_loaded_once_and_again_after_a_flush() {
     assert_eq!(calls(&server, "fcall"), fcalls + 1);
 }
 
+/// The key counts of the `FCALL`s in the server's slow log (every command,
+/// with `slowlog-log-slower-than 0`), oldest first.
+async fn fcall_key_counts(client: &fred::prelude::Client) -> Vec<String> {
+    use fred::prelude::*;
+    let log: Value = client
+        .custom(fred::cmd!("SLOWLOG"), vec!["GET", "100"])
+        .await
+        .unwrap();
+    let mut counts: Vec<String> = log
+        .into_array()
+        .into_iter()
+        .filter_map(|entry| {
+            let args = entry.into_array().into_iter().nth(3)?.into_array();
+            let args: Vec<String> = args
+                .into_iter()
+                .filter_map(|arg| arg.into_string())
+                .collect();
+            (args.first()? == "FCALL")
+                .then(|| args.get(2).cloned())
+                .flatten()
+        })
+        .collect();
+    counts.reverse();
+    counts
+}
+
+#[tokio::test]
+async fn a_call_names_two_keys_once_the_server_has_the_layout() {
+    use fred::prelude::*;
+    let server = exo_testkit::RedisServer::start();
+    let broker = Broker::connect(BrokerConfig::new(server.url()))
+        .await
+        .unwrap();
+    let raw = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000"),
+    ] {
+        assert_eq!(
+            server.command(&["CONFIG", "SET", name, value]).unwrap(),
+            "+OK"
+        );
+    }
+    let reset = || async {
+        let _: Value = raw
+            .custom(fred::cmd!("SLOWLOG"), vec!["RESET"])
+            .await
+            .unwrap();
+    };
+    reset().await;
+    // The first call gives every key; the next ones name the layout.
+    broker.admin().queue_stats().await.unwrap();
+    broker.admin().queue_stats().await.unwrap();
+    broker.client().submit(payload("one")).await.unwrap();
+    assert_eq!(fcall_key_counts(&raw).await, ["26", "2", "2"]);
+
+    // A server whose library was loaded again (so it lost what it knew)
+    // refuses a call that names the layout, and the broker sends it again
+    // with every key: the call lands once, and the next ones are short.
+    assert_eq!(server.command(&["FUNCTION", "FLUSH"]).unwrap(), "+OK");
+    reset().await;
+    let task = payload("two");
+    broker.client().submit(task.clone()).await.unwrap();
+    broker.admin().queue_stats().await.unwrap();
+    assert_eq!(fcall_key_counts(&raw).await, ["2", "2", "26", "2"]);
+    let stored = broker.client().get(&task.task_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskStatus::Pending);
+    assert_eq!(broker.admin().queue_stats().await.unwrap().stream_length, 2);
+
+    // Another connection's broker, new to the layout, gives every key once;
+    // the server knows it already, so nothing is refused.
+    let second = Broker::connect(BrokerConfig::new(server.url()))
+        .await
+        .unwrap();
+    reset().await;
+    second.admin().queue_stats().await.unwrap();
+    second.admin().queue_stats().await.unwrap();
+    assert_eq!(fcall_key_counts(&raw).await, ["26", "2"]);
+}
+
 #[tokio::test]
 async fn without_functions_the_same_operations_run_as_scripts() {
     // A user whose ACL lacks FCALL and FUNCTION LOAD (as an ACL written for
