@@ -64,6 +64,9 @@ const FINISH_BATCH: usize = 64;
 /// while it runs go together in the next (two at once gave smaller calls
 /// and no more tasks a second in `cargo xtask bench`).
 const FINISH_CALLS: usize = 1;
+/// The most times a slot about to send a call yields to the others while
+/// they keep adding writes to it.
+const GATHER_YIELDS: usize = 8;
 
 impl Finisher {
     /// [`Claimer::finish_then_claim`](crate::Claimer::finish_then_claim),
@@ -95,9 +98,18 @@ impl Finisher {
         if let Ok(call) = inner.calls.clone().try_acquire_owned() {
             // A call is free: this slot sends the waiting writes, its own
             // among them. It lets the slots that are ready to run go
-            // first: those woken with it (by the reply of the last call)
-            // end now too, and their writes share this call.
-            tokio::task::yield_now().await;
+            // first, as long as they keep adding writes: those woken with
+            // it (by the reply of the last call) end now too, and their
+            // writes share this call.
+            let mut waiting = inner.lock().len();
+            for _ in 0..GATHER_YIELDS {
+                tokio::task::yield_now().await;
+                let now = inner.lock().len();
+                if now == waiting {
+                    break;
+                }
+                waiting = now;
+            }
             Leader {
                 inner: inner.clone(),
                 call: Some(call),
