@@ -696,14 +696,24 @@ async fn exo_run(
     // write; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let round_trips = metric_sum(metrics_port, &["exo_redis_round_trips_total"])? as u64;
-    let done: Vec<_> = broker
-        .client()
-        .list(None, tasks + 10, 0)
-        .await?
-        .tasks
-        .into_iter()
-        .filter(|task| task.status.is_terminal())
-        .collect();
+    // Every task, page by page (one call returns a bounded number).
+    let mut done = Vec::with_capacity(tasks);
+    let mut cursor = 0;
+    loop {
+        let page = broker.client().list(None, 1000, cursor).await?;
+        done.extend(
+            page.tasks
+                .into_iter()
+                .filter(|task| task.status.is_terminal()),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    if done.len() != tasks {
+        bail!("the listing shows {} of {tasks} tasks finished", done.len());
+    }
     let first_start = done
         .iter()
         .filter_map(|task| task.started_at)
