@@ -4,9 +4,10 @@
 -- Every script gets the same keys, built in Rust from `Keys` (so every key
 -- a script touches is declared, and under Redis Cluster the slot check at
 -- connect covers each one); once the library has them, a call may name
--- only the queue and the task family (see `setup`). Keys of one task or one worker are families:
--- the script appends the id to the family's prefix, because the ids are
--- found inside the script (entries read from the queue, pending entries).
+-- only the queue and the task family (see `setup`). Keys of one task or
+-- one worker are families: the script appends the id to the family's
+-- prefix, because the ids are found inside the script (entries read from
+-- the queue, pending entries).
 --
 -- KEYS[1] queue stream             KEYS[10] fleet quiet-until (string)
 -- KEYS[2] delayed (zset)           KEYS[11] active sweep cursor (string)
