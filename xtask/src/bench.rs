@@ -601,6 +601,24 @@ fn metric_sum(port: u16, names: &[&str]) -> Result<f64> {
         .sum())
 }
 
+/// Appends the tasks of `broker`'s queue that reached a final status to
+/// `done`, page by page (one listing returns a bounded number).
+async fn finished_tasks(broker: &Broker, done: &mut Vec<exo_proto::TaskResult>) -> Result<()> {
+    let mut cursor = 0;
+    loop {
+        let page = broker.client().list(None, 1000, cursor).await?;
+        done.extend(
+            page.tasks
+                .into_iter()
+                .filter(|task| task.status.is_terminal()),
+        );
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Waits until the worker reports `tasks` tasks finished, asking its
 /// /metrics (not Redis) every 50 ms.
 async fn wait_finished(metrics_port: u16, tasks: usize, timeout: Duration) -> Result<()> {
@@ -696,21 +714,8 @@ async fn exo_run(
     // write; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let round_trips = metric_sum(metrics_port, &["exo_redis_round_trips_total"])? as u64;
-    // Every task, page by page (one call returns a bounded number).
     let mut done = Vec::with_capacity(tasks);
-    let mut cursor = 0;
-    loop {
-        let page = broker.client().list(None, 1000, cursor).await?;
-        done.extend(
-            page.tasks
-                .into_iter()
-                .filter(|task| task.status.is_terminal()),
-        );
-        match page.next_cursor {
-            Some(next) => cursor = next,
-            None => break,
-        }
-    }
+    finished_tasks(&broker, &mut done).await?;
     if done.len() != tasks {
         bail!("the listing shows {} of {tasks} tasks finished", done.len());
     }

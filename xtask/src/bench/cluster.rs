@@ -20,8 +20,8 @@ use exo_proto::{Keys, TaskStatus};
 use serde_json::json;
 
 use super::{
-    RedisCounters, Spread, cpu_seconds, cpu_when_listening, markdown_table, median, metric_sum,
-    payload, rounded,
+    RedisCounters, Spread, cpu_seconds, cpu_when_listening, finished_tasks, markdown_table, median,
+    metric_sum, payload, rounded,
 };
 use crate::demo::{Process, build_exo};
 
@@ -252,19 +252,7 @@ async fn cluster_run(
     // Every task of every shard, page by page.
     let mut done = Vec::new();
     for broker in queue.brokers() {
-        let mut cursor = 0;
-        loop {
-            let page = broker.client().list(None, 1000, cursor).await?;
-            done.extend(
-                page.tasks
-                    .into_iter()
-                    .filter(|task| task.status.is_terminal()),
-            );
-            match page.next_cursor {
-                Some(next) => cursor = next,
-                None => break,
-            }
-        }
+        finished_tasks(broker, &mut done).await?;
     }
     let first_start = done
         .iter()

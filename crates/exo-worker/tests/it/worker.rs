@@ -169,6 +169,17 @@ async fn wait_running(broker: &Broker, task_id: &str) {
     }
 }
 
+/// A normal task submitted now completes: the worker lives on.
+async fn next_task_runs(broker: &Broker) {
+    let next = payload(
+        json!({"name": "fine", "model": "scripted:echo"}),
+        "still here",
+    );
+    broker.client().submit(next.clone()).await.unwrap();
+    let (state, _) = wait(broker, &next.task_id).await;
+    assert_eq!(state.output(), Some("still here"));
+}
+
 async fn wait(broker: &Broker, task_id: &str) -> (TaskResult, Vec<StreamEvent>) {
     let events = tokio::time::timeout(
         Duration::from_secs(20),
@@ -364,13 +375,7 @@ async fn a_panicking_tool_fails_its_task_and_the_worker_lives_on() {
         state.error
     );
     assert!(events.last().unwrap().is_terminal());
-    let next = payload(
-        json!({"name": "fine", "model": "scripted:echo"}),
-        "still here",
-    );
-    harness.broker.client().submit(next.clone()).await.unwrap();
-    let (state, _) = wait(&harness.broker, &next.task_id).await;
-    assert_eq!(state.output(), Some("still here"));
+    next_task_runs(&harness.broker).await;
     harness.stop().await;
 }
 
@@ -403,13 +408,7 @@ async fn a_panicking_run_fails_its_task_and_the_worker_lives_on() {
         Some("the run panicked: no provider for panicky:model")
     );
     assert!(events.last().unwrap().is_terminal());
-    let next = payload(
-        json!({"name": "fine", "model": "scripted:echo"}),
-        "still here",
-    );
-    harness.broker.client().submit(next.clone()).await.unwrap();
-    let (state, _) = wait(&harness.broker, &next.task_id).await;
-    assert_eq!(state.output(), Some("still here"));
+    next_task_runs(&harness.broker).await;
     harness.stop().await;
 }
 
@@ -817,18 +816,7 @@ async fn a_live_worker_survives_a_corpus_of_bad_entries() {
         .unwrap_or_else(|error| panic!("{}: {error}", entry.name));
     }
     // The next normal task completes.
-    let normal = payload(
-        json!({"name": "ok", "model": "scripted:echo"}),
-        "still here",
-    );
-    harness
-        .broker
-        .client()
-        .submit(normal.clone())
-        .await
-        .unwrap();
-    let (state, _) = wait(&harness.broker, &normal.task_id).await;
-    assert_eq!(state.output(), Some("still here"));
+    next_task_runs(&harness.broker).await;
     // Every bad entry is accounted for, with a reason naming its problem.
     let mut letters = Vec::new();
     for _ in 0..100 {
