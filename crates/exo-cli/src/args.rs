@@ -54,6 +54,11 @@ impl Cli {
         ];
         let worker = [
             ("concurrency", defaults.concurrency.to_string()),
+            ("lookahead", defaults.lookahead.to_string()),
+            (
+                "lookahead_window",
+                defaults.lookahead_window.as_millis().to_string(),
+            ),
             ("heartbeat_ttl", seconds(defaults.broker.heartbeat_ttl)),
             ("drain_timeout", seconds(defaults.drain_timeout)),
             ("approval_timeout", seconds(defaults.approval_timeout)),
@@ -267,6 +272,14 @@ pub(crate) struct StartWorker {
     /// Concurrent task slots.
     #[arg(long)]
     pub(crate) concurrency: Option<usize>,
+    /// Tasks a slot may hold, claimed, beyond the one it runs, taken only after a task that ran
+    /// shorter than --lookahead-window; they go back to the queue when the task before them runs
+    /// longer than that (0: none).
+    #[arg(long)]
+    pub(crate) lookahead: Option<usize>,
+    /// Milliseconds: see --lookahead.
+    #[arg(long, value_name = "MS")]
+    pub(crate) lookahead_window: Option<u64>,
     /// Worker id (default {hostname}-{pid}-{random}).
     #[arg(long, env = "EXO_WORKER_ID")]
     pub(crate) worker_id: Option<String>,

@@ -22,25 +22,47 @@ use crate::{
     state::{RunningTask, Shared, StopReason},
 };
 
-/// Runs one attempt and ends it: the run (in its own tokio task, so a panic
-/// fails the task, not the worker), then the fenced final write, then the
-/// hook. The final write also claims the slot's next task when the worker
-/// may take one (one round trip for both); that task comes back.
-pub(crate) async fn run_task(
-    shared: Arc<Shared>,
-    executor: Arc<dyn Executor>,
-    hooks: Arc<dyn TaskHooks>,
-    task: ClaimedTask,
-    finisher: &Finisher,
-) -> Vec<ClaimedTask> {
-    let task_id = task.lease.task_id.clone();
-    let running = Arc::new(RunningTask {
-        lease: task.lease.clone(),
-        cancel: CancellationToken::new(),
-        stop: Mutex::new(None),
-        started: std::time::Instant::now(),
-    });
-    shared.registry.register(running.clone());
+/// A claimed task in a slot's hands, registered from the moment its claim
+/// landed: the heartbeat renews its lease and a cancel reaches it even
+/// while it waits for its turn.
+pub(crate) struct Held {
+    pub(crate) task: ClaimedTask,
+    pub(crate) running: Arc<RunningTask>,
+}
+
+impl Held {
+    /// Registers a task just claimed.
+    pub(crate) fn register(shared: &Shared, task: ClaimedTask) -> Held {
+        let running = Arc::new(RunningTask {
+            lease: task.lease.clone(),
+            cancel: CancellationToken::new(),
+            stop: Mutex::new(None),
+            started: std::time::Instant::now(),
+        });
+        shared.registry.register(running.clone());
+        Held { task, running }
+    }
+}
+
+/// An attempt whose run is over and whose final write is still to come.
+pub(crate) struct Ended {
+    held: Held,
+    execution: Execution,
+    cancelled: bool,
+    timeout: Duration,
+    pub(crate) ran_for: Duration,
+}
+
+/// Runs one attempt (a panic of the executor fails the task, not the
+/// worker). `None` when there is nothing to write: the attempt was lost to
+/// another worker, or handed back by the drain.
+pub(crate) async fn run_attempt(
+    shared: &Shared,
+    executor: &Arc<dyn Executor>,
+    held: Held,
+) -> Option<Ended> {
+    let Held { task, running } = &held;
+    let started = std::time::Instant::now();
     // The payload's deadline, capped by the worker.
     let timeout = Duration::try_from_secs_f64(task.payload.timeout_seconds.max(0.001))
         .unwrap_or(Duration::MAX)
@@ -53,7 +75,7 @@ pub(crate) async fn run_task(
     };
     let span = tracing::info_span!(
         "exo.task.execute",
-        task_id,
+        task_id = task.lease.task_id,
         attempt = task.lease.attempt,
         worker_id = shared.worker_id,
         queue = shared.config.broker.keys.queue()
@@ -61,9 +83,8 @@ pub(crate) async fn run_task(
     exo_observability::set_parent_from(&span, &task.payload.trace_context());
     let execution = {
         let executor = executor.clone();
-        let task = task.clone();
         async move {
-            std::panic::AssertUnwindSafe(executor.execute(&task, control))
+            std::panic::AssertUnwindSafe(executor.execute(task, control))
                 .catch_unwind()
                 .await
         }
@@ -87,31 +108,48 @@ pub(crate) async fn run_task(
     match stop {
         Some(StopReason::Lost) => {
             tracing::warn!(
-                task_id,
+                task_id = task.lease.task_id,
                 "attempt lost to another worker; its result is dropped"
             );
-            shared.registry.unregister(&running);
-            return Vec::new();
+            shared.registry.unregister(running);
+            return None;
         }
         Some(StopReason::Shutdown) => {
             // Handed back by the drain; nothing to write.
-            shared.registry.unregister(&running);
-            return Vec::new();
+            shared.registry.unregister(running);
+            return None;
         }
         _ => {}
     }
-    let ran_for = running.started.elapsed();
-    // The task stays registered until its final write lands, so the
-    // heartbeat keeps renewing its lease while that write is retried.
-    let claimed = finish(
-        &shared,
-        &hooks,
-        &task,
+    Some(Ended {
         execution,
-        stop == Some(StopReason::Cancelled),
+        cancelled: stop == Some(StopReason::Cancelled),
+        timeout,
+        ran_for: started.elapsed(),
+        held,
+    })
+}
+
+/// Ends an attempt: the fenced final write, then the hook. The write also
+/// claims up to `next` tasks for the slot when the worker may take them
+/// (one round trip for both); they come back registered. The task stays
+/// registered until its write lands, so the heartbeat keeps renewing its
+/// lease while that write is retried.
+pub(crate) async fn write_attempt(
+    shared: Arc<Shared>,
+    hooks: Arc<dyn TaskHooks>,
+    ended: Ended,
+    next: usize,
+) -> Vec<Held> {
+    let Ended {
+        held: Held { task, running },
+        execution,
+        cancelled,
         timeout,
         ran_for,
-        finisher,
+    } = ended;
+    let claimed = finish(
+        &shared, &hooks, &task, execution, cancelled, timeout, ran_for, next,
     )
     .await;
     shared.registry.unregister(&running);
@@ -251,8 +289,9 @@ async fn finish(
     cancelled: bool,
     timeout: Duration,
     ran_for: Duration,
-    finisher: &Finisher,
-) -> Vec<ClaimedTask> {
+    next: usize,
+) -> Vec<Held> {
+    let finisher = &shared.finisher;
     let outcome = execution.outcome;
     let agent_name = outcome.agent_name.clone();
     let timeout_text = timeout_message(timeout);
@@ -271,7 +310,7 @@ async fn finish(
         &terminal,
         retries_used,
         finisher,
-        &mut claimed,
+        (next, &mut claimed),
     )
     .await;
     if finished == Some(Finished::CancelRequested) {
@@ -288,7 +327,7 @@ async fn finish(
             &terminal,
             retries_used,
             finisher,
-            &mut claimed,
+            (0, &mut claimed),
         )
         .await;
     }
@@ -393,9 +432,10 @@ fn priced(prices: &exo_proto::PriceTable, spent: Vec<ModelSpend>) -> Vec<ModelSp
 /// failover, resharding): the result must not be lost. Until a forced
 /// shutdown.
 ///
-/// The first call also claims the slot's next task into `claimed` when the
-/// worker may take one; a repeated call claims nothing (a claim whose reply
-/// was lost is handed back by the heartbeat).
+/// The first call also claims up to `next` tasks into `claimed` (each
+/// registered at once) when the worker may take them; a repeated call
+/// claims nothing (a claim whose reply was lost is handed back by the
+/// heartbeat).
 #[allow(clippy::too_many_arguments)]
 async fn write_outcome(
     shared: &Shared,
@@ -405,7 +445,7 @@ async fn write_outcome(
     terminal: &StreamEvent,
     retries_used: u32,
     finisher: &Finisher,
-    claimed: &mut Vec<ClaimedTask>,
+    (next, claimed): (usize, &mut Vec<Held>),
 ) -> Option<Finished> {
     let mut attempt = 0;
     loop {
@@ -415,7 +455,11 @@ async fn write_outcome(
             journal: journal.clone(),
             spent: spent.clone(),
         };
-        let next = usize::from(attempt == 0 && claimed.is_empty() && shared.may_claim_next());
+        let next = if attempt == 0 && shared.may_claim_next() {
+            next
+        } else {
+            0
+        };
         let written = finisher
             .finish_then_claim(
                 task,
@@ -429,7 +473,12 @@ async fn write_outcome(
         match written {
             Ok((finished, claim)) => {
                 shared.note_rejected(&claim.rejected);
-                claimed.extend(claim.tasks);
+                claimed.extend(
+                    claim
+                        .tasks
+                        .into_iter()
+                        .map(|task| Held::register(shared, task)),
+                );
                 return Some(finished);
             }
             Err(error) if error.is_transient() && !shared.force.is_cancelled() => {

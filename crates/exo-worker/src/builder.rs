@@ -75,6 +75,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Tasks a slot may hold beyond the one it runs, after short tasks
+    /// (default 2; 0: none). See [`WorkerConfig::lookahead`].
+    pub fn lookahead(mut self, lookahead: usize) -> Self {
+        self.config.lookahead = lookahead;
+        self
+    }
+
     /// Queue shards to consume (default 1: the queue is not sharded).
     pub fn shards(mut self, shards: u32) -> Self {
         self.config.shards = shards.max(1);

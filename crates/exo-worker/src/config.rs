@@ -41,6 +41,16 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Task slots (reference default 1).
     pub concurrency: usize,
+    /// Tasks a slot may hold, claimed, beyond the one it runs (0: none).
+    /// A slot takes them only with the final write of a task that ran
+    /// shorter than `lookahead_window`, so it has its next task in hand
+    /// when that write lands and runs it while the next write is under
+    /// way. Held tasks are `running` for this worker: when the task before
+    /// them runs longer than `lookahead_window`, they go back to the queue
+    /// (a new attempt, no retry charged) for another slot or worker.
+    pub lookahead: usize,
+    /// See `lookahead`.
+    pub lookahead_window: Duration,
     /// Queue shards this worker consumes (1: the queue is not sharded).
     /// The slots are shared: a shard whose slot frees keeps it for its next
     /// task unless another shard waits for one. See `exo_broker::Shards`.
@@ -117,6 +127,8 @@ impl WorkerConfig {
             broker: BrokerConfig::new(redis_url),
             worker_id: None,
             concurrency: 1,
+            lookahead: 2,
+            lookahead_window: Duration::from_millis(20),
             shards: 1,
             executor: ExecutorKind::Local,
             drain_timeout: Duration::from_secs(30),

@@ -96,6 +96,7 @@ mod hooks;
 mod limits;
 mod memory;
 mod runtime;
+mod slot;
 mod state;
 #[cfg(feature = "temporal")]
 mod temporal;

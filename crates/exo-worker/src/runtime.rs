@@ -11,17 +11,18 @@ use std::{
 };
 
 use exo_broker::Broker;
-use exo_observability::record::{self, TaskLabels};
+use exo_observability::record;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attempt::run_task,
+    attempt::Held,
     background::{Beat, LoopEnd, background, heartbeat_interval, heartbeat_once, supervise},
     builder::Worker,
     config::ExecutorKind,
     error::Result,
     execute::{Executor, LocalExecutor},
+    slot::run_slot,
     state::{Registry, Shared, StopReason},
 };
 
@@ -466,31 +467,15 @@ impl Worker {
                         }
                     },
                 };
+                let first = Held::register(shared, task);
                 let shared = shared.clone();
                 let executor = executor.clone();
                 let hooks = self.hooks.clone();
-                // The slot runs its task, then the tasks its final write
-                // claimed in the same round trip, until none came.
+                // The slot runs its task, then the tasks its final writes
+                // claim, until none come.
                 let held = shared.slots.held_by(shared.shard);
                 tasks.spawn(async move {
-                    let finisher = shared.finisher.clone();
-                    let mut next = vec![task];
-                    while let Some(task) = next.pop() {
-                        record::task_started(
-                            TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
-                            task.payload.created_at,
-                            exo_proto::time::now_seconds(),
-                        );
-                        let claimed = run_task(
-                            shared.clone(),
-                            executor.clone(),
-                            hooks.clone(),
-                            task,
-                            &finisher,
-                        )
-                        .await;
-                        next.extend(claimed);
-                    }
+                    run_slot(shared, executor, hooks, first).await;
                     drop(held);
                     drop(permit);
                 });

@@ -37,6 +37,12 @@ fn worker_config(global: &Global, args: &StartWorker) -> Result<WorkerConfig, Fa
     if let Some(concurrency) = args.concurrency {
         config.concurrency = concurrency;
     }
+    if let Some(lookahead) = args.lookahead {
+        config.lookahead = lookahead;
+    }
+    if let Some(window) = args.lookahead_window {
+        config.lookahead_window = Duration::from_millis(window);
+    }
     if let Some(ttl) = args.heartbeat_ttl {
         config.broker.heartbeat_ttl = Duration::from_secs(ttl);
     }
@@ -113,6 +119,8 @@ pub(crate) async fn show_config(global: Global, args: StartWorker) -> Outcome {
         "worker": {
             "worker_id": config.worker_id,
             "concurrency": config.concurrency,
+            "lookahead": config.lookahead,
+            "lookahead_window_ms": config.lookahead_window.as_millis() as u64,
             "executor": match config.executor {
                 ExecutorKind::Local => "local",
                 ExecutorKind::Temporal => "temporal",

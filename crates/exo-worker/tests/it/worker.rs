@@ -950,3 +950,136 @@ async fn a_restarted_worker_waits_for_its_old_heartbeat_to_expire() {
     assert_eq!(state.worker_id.as_deref(), Some(worker_id.as_str()));
     harness.stop().await;
 }
+
+/// Four tasks queued before a worker with one slot starts: a short one, a
+/// slow one (`slow_ms`), and two more. The short task's final write claims
+/// the slow one and, with the lookahead, holds the other two behind it.
+/// Returns the harness once the short task is done, with the ids of the
+/// slow task and the two held ones.
+async fn two_held_behind_a_slow_task(
+    window: Duration,
+    slow_ms: u64,
+) -> (Harness, String, [String; 2]) {
+    let redis = TestRedis::new();
+    let config = worker_config(&redis);
+    let broker =
+        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
+            .await
+            .unwrap();
+    let short = payload(json!({"name": "short", "model": "scripted:echo"}), "a");
+    let slow = payload(
+        json!({"name": "slow", "model": format!("scripted:slow:{slow_ms}")}),
+        "b",
+    );
+    let held = [
+        payload(json!({"name": "held", "model": "scripted:echo"}), "c"),
+        payload(json!({"name": "held", "model": "scripted:echo"}), "d"),
+    ];
+    for task in [&short, &slow, &held[0], &held[1]] {
+        broker.client().submit(task.clone()).await.unwrap();
+    }
+    let harness = start(
+        redis,
+        |config| {
+            config.concurrency = 1;
+            config.lookahead = 2;
+            config.lookahead_window = window;
+        },
+        Recorder::default(),
+    )
+    .await;
+    let (state, _) = wait(&harness.broker, &short.task_id).await;
+    assert_eq!(state.status, TaskStatus::Completed);
+    // The short task's final write claimed the other three at once.
+    for task in &held {
+        assert_eq!(
+            status_and_worker(&harness.broker, &task.task_id).await,
+            (TaskStatus::Running, Some(harness.worker_id.clone())),
+            "held by the worker"
+        );
+    }
+    (
+        harness,
+        slow.task_id,
+        [held[0].task_id.clone(), held[1].task_id.clone()],
+    )
+}
+
+async fn status_and_worker(broker: &Broker, task_id: &str) -> (TaskStatus, Option<String>) {
+    let state = broker.client().get(task_id).await.unwrap().unwrap();
+    (state.status, state.worker_id)
+}
+
+/// Tasks held behind one that runs longer than the lookahead window go
+/// back to the queue (for any worker), and each then runs once.
+#[tokio::test]
+async fn tasks_held_behind_a_long_task_go_back_to_the_queue() {
+    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_millis(500), 3000).await;
+    // Well past the window, the slow task still runs and the held ones
+    // wait in the queue again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        status_and_worker(&harness.broker, &slow).await.0,
+        TaskStatus::Running
+    );
+    for task_id in &held {
+        assert_eq!(
+            status_and_worker(&harness.broker, task_id).await,
+            (TaskStatus::Pending, None),
+            "handed back"
+        );
+    }
+    assert_eq!(
+        harness.broker.admin().queue_stats().await.unwrap().depth(),
+        2
+    );
+    for task_id in held.iter().chain([&slow]) {
+        let (state, events) = wait(&harness.broker, task_id).await;
+        assert_eq!(state.status, TaskStatus::Completed);
+        assert_eq!(
+            events.iter().filter(|event| event.is_terminal()).count(),
+            1,
+            "ran once"
+        );
+    }
+    let (_, hooks, _) = harness.stop().await;
+    assert_eq!(hooks.calls.lock().unwrap().len(), 4);
+}
+
+/// A task held ahead is the worker's: a cancel reaches it before it starts,
+/// and it ends cancelled without running.
+#[tokio::test]
+async fn a_held_task_cancelled_ends_cancelled_without_running() {
+    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_secs(10), 800).await;
+    harness.broker.client().cancel(&held[0]).await.unwrap();
+    let (state, events) = wait(&harness.broker, &held[0]).await;
+    assert_eq!(state.status, TaskStatus::Cancelled);
+    assert_eq!(events.len(), 1, "only the terminal event: {events:?}");
+    assert_eq!(normalized(&events[0])["status"], json!("cancelled"));
+    for task_id in [&slow, &held[1]] {
+        assert_eq!(
+            wait(&harness.broker, task_id).await.0.status,
+            TaskStatus::Completed
+        );
+    }
+    harness.stop().await;
+}
+
+/// A drain finishes the running task and hands the held ones back.
+#[tokio::test]
+async fn a_drain_hands_back_the_held_tasks() {
+    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_secs(10), 800).await;
+    let (broker, hooks, _redis) = harness.stop().await;
+    assert_eq!(
+        broker.client().get(&slow).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
+    for task_id in &held {
+        assert_eq!(
+            status_and_worker(&broker, task_id).await,
+            (TaskStatus::Pending, None)
+        );
+    }
+    assert_eq!(broker.admin().queue_stats().await.unwrap().depth(), 2);
+    assert_eq!(hooks.calls.lock().unwrap().len(), 2);
+}
