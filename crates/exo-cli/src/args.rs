@@ -272,9 +272,9 @@ pub(crate) struct StartWorker {
     /// Concurrent task slots.
     #[arg(long)]
     pub(crate) concurrency: Option<usize>,
-    /// Tasks a slot may hold, claimed, beyond the one it runs, taken only after a task that ran
-    /// shorter than --lookahead-window; they go back to the queue when the task before them runs
-    /// longer than that (0: none).
+    /// Tasks the worker may hold, claimed, beyond what its slots run and each slot's next task:
+    /// taken only after a task that ran shorter than --lookahead-window, and handed back to the
+    /// queue when the task before them runs longer than that (0: none).
     #[arg(long)]
     pub(crate) lookahead: Option<usize>,
     /// Milliseconds: see --lookahead.

@@ -75,8 +75,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks a slot may hold beyond the one it runs, after short tasks
-    /// (default 2; 0: none). See [`WorkerConfig::lookahead`].
+    /// Tasks the worker may hold ahead, after short tasks (default 8; 0:
+    /// none). See [`WorkerConfig::lookahead`].
     pub fn lookahead(mut self, lookahead: usize) -> Self {
         self.config.lookahead = lookahead;
         self

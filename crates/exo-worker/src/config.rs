@@ -41,13 +41,14 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Task slots (reference default 1).
     pub concurrency: usize,
-    /// Tasks a slot may hold, claimed, beyond the one it runs (0: none).
-    /// A slot takes them only with the final write of a task that ran
-    /// shorter than `lookahead_window`, so it has its next task in hand
-    /// when that write lands and runs it while the next write is under
-    /// way. Held tasks are `running` for this worker: when the task before
-    /// them runs longer than `lookahead_window`, they go back to the queue
-    /// (a new attempt, no retry charged) for another slot or worker.
+    /// Tasks the worker may hold, claimed, beyond what its slots run and
+    /// each slot's next task (0: none). A slot takes them only with the
+    /// final write of a task that ran shorter than `lookahead_window`, so
+    /// it runs them one by one, each while the previous one's final write
+    /// is under way. Held tasks are `running` for this worker: when the
+    /// task before them runs longer than `lookahead_window`, or the worker
+    /// drains, they go back to the queue (a new attempt, no retry charged)
+    /// for another slot or worker.
     pub lookahead: usize,
     /// See `lookahead`.
     pub lookahead_window: Duration,
@@ -127,7 +128,7 @@ impl WorkerConfig {
             broker: BrokerConfig::new(redis_url),
             worker_id: None,
             concurrency: 1,
-            lookahead: 2,
+            lookahead: 8,
             lookahead_window: Duration::from_millis(20),
             shards: 1,
             executor: ExecutorKind::Local,

@@ -8,8 +8,12 @@
 //! installs a log subscriber or metrics exporter.
 //!
 //! A worker has `concurrency` task slots and one claim loop that never takes
-//! more tasks than it has free slots. Each task runs in its own tokio task,
-//! so a panic fails that task (and the retry rules apply), never the worker.
+//! more tasks than it has free slots. A task's final write claims the
+//! slot's next task; after a short task it claims up to
+//! [`WorkerConfig::lookahead`] more, which the slot holds and runs one by
+//! one (each while the previous write is under way) or hands back to the
+//! queue when the task before them runs long. A panic fails its task (and
+//! the retry rules apply), never the worker.
 //! Cancels arrive on one pub/sub subscription per process (and, as a safety
 //! net, through the heartbeat); `timeout_seconds` is enforced. On shutdown
 //! the worker stops claiming, lets running tasks finish within the drain

@@ -32,6 +32,8 @@ struct Slot {
     long: bool,
     /// Hand-backs under way; the slot ends after them (a drain waits).
     returns: JoinSet<()>,
+    /// This slot's share of the worker's tasks ahead (`Slots::ahead`).
+    counted: usize,
 }
 
 /// Runs `first`, then the tasks its final writes claim, until none come.
@@ -48,6 +50,7 @@ pub(crate) async fn run_slot(
         coming: 0,
         long: false,
         returns: JoinSet::new(),
+        counted: 0,
     };
     let shared = slot.shared.clone();
     loop {
@@ -70,6 +73,7 @@ pub(crate) async fn run_slot(
             slot.hand_back();
             continue;
         }
+        slot.count_ahead();
         record::task_started(
             TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
             held.task.payload.created_at,
@@ -102,18 +106,40 @@ pub(crate) async fn run_slot(
             continue;
         };
         // The slot wants its next task in hand when this write lands, and,
-        // after a short task, `lookahead` more.
+        // after a short task, what the other slots leave of the worker's
+        // `lookahead`.
         let short = ended.ran_for < shared.config.lookahead_window;
-        let wanted = 1 + if short { shared.config.lookahead } else { 0 };
-        let next = wanted.saturating_sub(slot.held.len() + slot.coming);
+        let ahead = if short {
+            let others = shared.slots.ahead().saturating_sub(slot.counted);
+            shared.config.lookahead.saturating_sub(others)
+        } else {
+            0
+        };
+        let next = (1 + ahead).saturating_sub(slot.held.len() + slot.coming);
         slot.coming += next;
+        slot.count_ahead();
         let write = write_attempt(shared.clone(), hooks.clone(), ended, next);
-        slot.writes.spawn(async move { (next, write.await) });
+        if slot.held.is_empty() && slot.writes.is_empty() {
+            // Nothing to run meanwhile: the slot waits for its write itself.
+            let claimed = write.await;
+            slot.landed(Ok((next, claimed)));
+        } else {
+            slot.writes.spawn(async move { (next, write.await) });
+        }
     }
+    slot.count_ahead();
     while slot.returns.join_next().await.is_some() {}
 }
 
 impl Slot {
+    /// Brings this slot's share of `Slots::ahead` up to date: what it holds
+    /// or has coming beyond its next task.
+    fn count_ahead(&mut self) {
+        let now = (self.held.len() + self.coming).saturating_sub(1);
+        self.shared.slots.count_ahead(self.counted, now);
+        self.counted = now;
+    }
+
     /// A final write landed with the tasks it claimed.
     fn landed(&mut self, landed: Result<(usize, Vec<Held>), JoinError>) {
         match landed {
@@ -123,12 +149,14 @@ impl Slot {
                 if self.long {
                     self.hand_back();
                 }
+                self.count_ahead();
             }
             // A write panicked: what it claimed is orphaned, and the
             // heartbeat hands it back.
             Err(error) => {
                 tracing::error!(%error, "a final write panicked");
                 self.coming = 0;
+                self.count_ahead();
             }
         }
     }
@@ -140,6 +168,7 @@ impl Slot {
             return;
         }
         let held: Vec<Held> = self.held.drain(..).collect();
+        self.count_ahead();
         let shared = self.shared.clone();
         self.returns.spawn(async move {
             let leases: Vec<Lease> = held.iter().map(|held| held.task.lease.clone()).collect();

@@ -186,6 +186,10 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Slots {
     pub(crate) semaphore: Arc<tokio::sync::Semaphore>,
+    /// Tasks the slots hold or have coming beyond each one's next task
+    /// (the lookahead, which `WorkerConfig::lookahead` caps for the whole
+    /// worker).
+    ahead: std::sync::atomic::AtomicUsize,
     slots: usize,
     waiting: Vec<AtomicBool>,
     /// Slots each shard's tasks hold.
@@ -196,6 +200,7 @@ impl Slots {
     pub(crate) fn new(slots: usize, shards: u32) -> Self {
         Slots {
             semaphore: Arc::new(tokio::sync::Semaphore::new(slots)),
+            ahead: std::sync::atomic::AtomicUsize::new(0),
             slots,
             waiting: (0..shards.max(1)).map(|_| AtomicBool::new(false)).collect(),
             held: (0..shards.max(1))
@@ -205,6 +210,21 @@ impl Slots {
     }
 
     /// Whether the loops of several shards share these slots.
+    /// The worker's tasks ahead, over all slots.
+    pub(crate) fn ahead(&self) -> usize {
+        self.ahead.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One slot's share of the tasks ahead went from `before` to `now`.
+    pub(crate) fn count_ahead(&self, before: usize, now: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if now > before {
+            self.ahead.fetch_add(now - before, Relaxed);
+        } else if before > now {
+            self.ahead.fetch_sub(before - now, Relaxed);
+        }
+    }
+
     pub(crate) fn shared(&self) -> bool {
         self.waiting.len() > 1
     }

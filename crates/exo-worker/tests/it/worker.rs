@@ -951,15 +951,17 @@ async fn a_restarted_worker_waits_for_its_old_heartbeat_to_expire() {
     harness.stop().await;
 }
 
-/// Four tasks queued before a worker with one slot starts: a short one, a
-/// slow one (`slow_ms`), and two more. The short task's final write claims
-/// the slow one and, with the lookahead, holds the other two behind it.
-/// Returns the harness once the short task is done, with the ids of the
-/// slow task and the two held ones.
-async fn two_held_behind_a_slow_task(
+/// Tasks queued before a worker with one slot starts: a short one, a slow
+/// one (`slow_ms`), and `after` more. The short task's final write claims
+/// the slow one and, with the lookahead, holds `lookahead` of the others
+/// behind it; the rest stay queued. Returns the harness once the short task
+/// is done, with the ids of the slow task and of the `after` others.
+async fn held_behind_a_slow_task(
     window: Duration,
     slow_ms: u64,
-) -> (Harness, String, [String; 2]) {
+    lookahead: usize,
+    after: usize,
+) -> (Harness, String, Vec<String>) {
     let redis = TestRedis::new();
     let config = worker_config(&redis);
     let broker =
@@ -971,18 +973,22 @@ async fn two_held_behind_a_slow_task(
         json!({"name": "slow", "model": format!("scripted:slow:{slow_ms}")}),
         "b",
     );
-    let held = [
-        payload(json!({"name": "held", "model": "scripted:echo"}), "c"),
-        payload(json!({"name": "held", "model": "scripted:echo"}), "d"),
-    ];
-    for task in [&short, &slow, &held[0], &held[1]] {
+    let others: Vec<TaskPayload> = (0..after)
+        .map(|index| {
+            payload(
+                json!({"name": "held", "model": "scripted:echo"}),
+                &format!("c{index}"),
+            )
+        })
+        .collect();
+    for task in [&short, &slow].into_iter().chain(&others) {
         broker.client().submit(task.clone()).await.unwrap();
     }
     let harness = start(
         redis,
         |config| {
             config.concurrency = 1;
-            config.lookahead = 2;
+            config.lookahead = lookahead;
             config.lookahead_window = window;
         },
         Recorder::default(),
@@ -990,19 +996,40 @@ async fn two_held_behind_a_slow_task(
     .await;
     let (state, _) = wait(&harness.broker, &short.task_id).await;
     assert_eq!(state.status, TaskStatus::Completed);
-    // The short task's final write claimed the other three at once.
-    for task in &held {
+    // The short task's final write claimed the slow one and the lookahead
+    // at once.
+    for (index, task) in others.iter().enumerate() {
+        let expected = if index < lookahead {
+            (TaskStatus::Running, Some(harness.worker_id.clone()))
+        } else {
+            (TaskStatus::Pending, None)
+        };
         assert_eq!(
             status_and_worker(&harness.broker, &task.task_id).await,
-            (TaskStatus::Running, Some(harness.worker_id.clone())),
-            "held by the worker"
+            expected,
+            "task {index} after the slow one"
         );
     }
-    (
-        harness,
-        slow.task_id,
-        [held[0].task_id.clone(), held[1].task_id.clone()],
-    )
+    let others = others.into_iter().map(|task| task.task_id).collect();
+    (harness, slow.task_id, others)
+}
+
+/// The lookahead caps what the worker holds: the rest stays in the queue
+/// for other workers.
+#[tokio::test]
+async fn a_worker_holds_no_more_than_its_lookahead() {
+    let (harness, slow, others) = held_behind_a_slow_task(Duration::from_secs(10), 500, 1, 3).await;
+    assert_eq!(
+        harness.broker.admin().queue_stats().await.unwrap().depth(),
+        2
+    );
+    for task_id in others.iter().chain([&slow]) {
+        assert_eq!(
+            wait(&harness.broker, task_id).await.0.status,
+            TaskStatus::Completed
+        );
+    }
+    harness.stop().await;
 }
 
 async fn status_and_worker(broker: &Broker, task_id: &str) -> (TaskStatus, Option<String>) {
@@ -1014,7 +1041,8 @@ async fn status_and_worker(broker: &Broker, task_id: &str) -> (TaskStatus, Optio
 /// back to the queue (for any worker), and each then runs once.
 #[tokio::test]
 async fn tasks_held_behind_a_long_task_go_back_to_the_queue() {
-    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_millis(500), 3000).await;
+    let (harness, slow, held) =
+        held_behind_a_slow_task(Duration::from_millis(500), 3000, 2, 2).await;
     // Well past the window, the slow task still runs and the held ones
     // wait in the queue again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1050,7 +1078,7 @@ async fn tasks_held_behind_a_long_task_go_back_to_the_queue() {
 /// and it ends cancelled without running.
 #[tokio::test]
 async fn a_held_task_cancelled_ends_cancelled_without_running() {
-    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_secs(10), 800).await;
+    let (harness, slow, held) = held_behind_a_slow_task(Duration::from_secs(10), 800, 2, 2).await;
     harness.broker.client().cancel(&held[0]).await.unwrap();
     let (state, events) = wait(&harness.broker, &held[0]).await;
     assert_eq!(state.status, TaskStatus::Cancelled);
@@ -1068,7 +1096,7 @@ async fn a_held_task_cancelled_ends_cancelled_without_running() {
 /// A drain finishes the running task and hands the held ones back.
 #[tokio::test]
 async fn a_drain_hands_back_the_held_tasks() {
-    let (harness, slow, held) = two_held_behind_a_slow_task(Duration::from_secs(10), 800).await;
+    let (harness, slow, held) = held_behind_a_slow_task(Duration::from_secs(10), 800, 2, 2).await;
     let (broker, hooks, _redis) = harness.stop().await;
     assert_eq!(
         broker.client().get(&slow).await.unwrap().unwrap().status,
