@@ -39,6 +39,8 @@ struct Options {
     heartbeat_ttl: u64,
     freeze: Duration,
     budget: Duration,
+    /// How long the fake model call takes (four pieces, evenly apart).
+    call: Duration,
     /// How long the queue may go unread while entries wait before the
     /// watchdog takes stacks.
     stall_after: Duration,
@@ -54,6 +56,7 @@ fn options(args: &[String]) -> Result<Options> {
         heartbeat_ttl: 6,
         freeze: Duration::from_secs(30),
         budget: Duration::from_secs(600),
+        call: Duration::from_millis(1000),
         stall_after: Duration::from_secs(20),
     };
     let mut args = args.iter();
@@ -68,6 +71,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--heartbeat-ttl" => options.heartbeat_ttl = value()?.parse()?,
             "--freeze" => options.freeze = Duration::from_secs(value()?.parse()?),
             "--minutes" => options.budget = Duration::from_secs(value()?.parse::<u64>()? * 60),
+            "--call-ms" => options.call = Duration::from_millis(value()?.parse()?),
             "--stall-after" => options.stall_after = Duration::from_secs(value()?.parse()?),
             other => bail!(
                 "unknown chaos option `{other}` (--tasks N, --rate PER_SECOND, --workers N, --concurrency N, --fsync always|everysec, --heartbeat-ttl S, --freeze S, --minutes M, --stall-after S)"
@@ -79,9 +83,6 @@ fn options(args: &[String]) -> Result<Options> {
     }
     Ok(options)
 }
-
-/// The fake model call: four pieces 250 ms apart, about one second.
-const CALL: Duration = Duration::from_millis(1000);
 
 /// What the run saw happen, for the report.
 #[derive(Default)]
@@ -268,7 +269,7 @@ pub(crate) fn chaos(args: &[String]) -> Result<()> {
     let redis_url = redis.url();
     let port = redis.port();
     let llm = FakeLlmServer::start();
-    llm.set_default(FakeResponse::openai_text_paced("ok", 4, CALL / 4));
+    llm.set_default(FakeResponse::openai_text_paced("ok", 4, options.call / 4));
     let llm_url = llm.openai_base_url();
     eprintln!(
         "chaos: {} tasks at {}/s on {} workers x {}, appendfsync {}, logs in {}",
@@ -768,7 +769,7 @@ async fn report(
             starts.sort();
             if starts
                 .windows(2)
-                .any(|pair| pair[1].duration_since(pair[0]) < CALL)
+                .any(|pair| pair[1].duration_since(pair[0]) < options.call)
             {
                 concurrent += 1;
                 example("concurrent_duplicate", task_id);

@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         "man" => man(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N] [--list N]|bench cluster [--primaries 3] [--shards 1,3,6] [--tasks N] [--concurrency C] [--workers W] [--rounds R]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec]|e2e [--redis-url URL|--docker]|package [--no-verify]|doc|man|check-features|fuzz>"
+                "usage: cargo xtask <ci|tidy|demo|bench [--tasks N] [--concurrency 1,8,32,100] [--kind noop,echo] [--rounds R] [--peer bullmq] [--growth N]|bench gateway [--clients N] [--events N] [--rate R] [--readers N] [--list N]|bench cluster [--primaries 3] [--shards 1,3,6] [--tasks N] [--concurrency C] [--workers W] [--rounds R]|chaos [--tasks N] [--rate R] [--workers N] [--fsync always|everysec] [--call-ms MS]|e2e [--redis-url URL|--docker]|package [--no-verify]|doc|man|check-features|fuzz>"
             );
             Ok(())
         }
