@@ -29,6 +29,10 @@ pub const TASKS_CANCELLED: &str = "exo.distributed.tasks.cancelled";
 pub const TASKS_RETRIED: &str = "exo.distributed.tasks.retried";
 /// Tasks taken over from a worker presumed dead (counter).
 pub const TASKS_RECLAIMED: &str = "exo.distributed.tasks.reclaimed";
+/// Tasks a worker handed back to the queue without charging a retry: held
+/// ahead behind a task that ran long, or still held or running when it
+/// drained (counter).
+pub const TASKS_HANDED_BACK: &str = "exo.distributed.tasks.handed_back";
 /// Background loops of a worker (heartbeat, reaper, cancel, stats) that
 /// failed a pass or ended and were restarted (counter, label `loop`).
 pub const WORKER_LOOP_ERRORS: &str = "exo.distributed.worker.loop_errors";
@@ -172,6 +176,11 @@ pub const METRICS: &[MetricSpec] = &[
     counter(
         TASKS_RECLAIMED,
         "Tasks taken over from a worker presumed dead.",
+        TASK_LABELS,
+    ),
+    counter(
+        TASKS_HANDED_BACK,
+        "Tasks a worker handed back to the queue without charging a retry (held ahead behind a long task, or at a drain).",
         TASK_LABELS,
     ),
     gauge(
@@ -373,6 +382,14 @@ pub fn task_finished(labels: TaskLabels<'_>, status: TaskStatus, ran_for: Durati
 pub fn tasks_reclaimed(labels: TaskLabels<'_>, count: u64) {
     if count > 0 {
         metrics::counter!(TASKS_RECLAIMED, &labels.pairs()).increment(count);
+    }
+}
+
+/// A worker handed `count` tasks back to the queue without charging a
+/// retry.
+pub fn tasks_handed_back(labels: TaskLabels<'_>, count: u64) {
+    if count > 0 {
+        metrics::counter!(TASKS_HANDED_BACK, &labels.pairs()).increment(count);
     }
 }
 

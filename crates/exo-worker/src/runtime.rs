@@ -275,7 +275,16 @@ impl Worker {
             tasks.abort_all();
             wait_all(&mut tasks).await;
             match tokio::time::timeout(SHUTDOWN_STEP * 5, session.release(&leases)).await {
-                Ok(Ok(count)) => tracing::info!(count, "handed tasks back to the queue"),
+                Ok(Ok(count)) => {
+                    record::tasks_handed_back(
+                        record::TaskLabels::new(
+                            shared.config.broker.keys.queue(),
+                            &shared.worker_id,
+                        ),
+                        count,
+                    );
+                    tracing::info!(count, "handed tasks back to the queue");
+                }
                 Ok(Err(error)) => {
                     let tasks: Vec<_> = leases.iter().map(|lease| lease.task_id.as_str()).collect();
                     tracing::warn!(%error, ?tasks, "could not hand these tasks back; the reaper of another worker will")

@@ -173,7 +173,13 @@ impl Slot {
         self.returns.spawn(async move {
             let leases: Vec<Lease> = held.iter().map(|held| held.task.lease.clone()).collect();
             match shared.session.release(&leases).await {
-                Ok(count) => tracing::debug!(count, "handed back tasks held ahead"),
+                Ok(count) => {
+                    record::tasks_handed_back(
+                        TaskLabels::new(shared.config.broker.keys.queue(), &shared.worker_id),
+                        count,
+                    );
+                    tracing::debug!(count, "handed back tasks held ahead");
+                }
                 // Still registered until here, so their leases were renewed;
                 // once forgotten, the heartbeat hands them back as orphans.
                 Err(error) => {

@@ -24,6 +24,7 @@ pub(crate) fn record_one_of_everything() {
         record::task_finished(labels, status, Duration::from_millis(1200));
     }
     record::tasks_reclaimed(labels, 2);
+    record::tasks_handed_back(labels, 3);
     record::queue_measured(
         "exo:tasks",
         &QueueSample {

@@ -281,6 +281,7 @@ fn rendered_names_are_the_prometheus_conventions() {
         "exo_distributed_tasks_cancelled_total counter",
         "exo_distributed_tasks_completed_total counter",
         "exo_distributed_tasks_failed_total counter",
+        "exo_distributed_tasks_handed_back_total counter",
         "exo_distributed_tasks_reclaimed_total counter",
         "exo_distributed_tasks_retried_total counter",
         "exo_distributed_tasks_submitted_total counter",
