@@ -714,6 +714,9 @@ async fn exo_run(
     // write; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let round_trips = metric_sum(metrics_port, &["exo_redis_round_trips_total"])? as u64;
+    // Tasks held ahead and handed back (a task before them ran long).
+    let handed_back =
+        metric_sum(metrics_port, &["exo_distributed_tasks_handed_back_total"])? as u64;
     let mut done = Vec::with_capacity(tasks);
     finished_tasks(&broker, &mut done).await?;
     if done.len() != tasks {
@@ -772,6 +775,7 @@ async fn exo_run(
         "submit_to_start_ms_p50": rounded(percentile(&latencies, 0.5), 2),
         "submit_to_start_ms_p99": rounded(percentile(&latencies, 0.99), 2),
         "round_trips_per_task": rounded(round_trips_per_task, 2),
+        "handed_back": handed_back,
         "vs_reference_round_trips": rounded(round_trips_per_task / REFERENCE_ROUND_TRIPS_PER_TASK, 2),
     });
     Ok((drain, exo_only))
