@@ -180,6 +180,14 @@ async fn next_task_runs(broker: &Broker) {
     assert_eq!(state.output(), Some("still here"));
 }
 
+/// A client of the test queue, for what is queued before a worker starts.
+async fn queue_client(redis: &TestRedis) -> Broker {
+    let keys = worker_config(redis).broker.keys;
+    Broker::connect(BrokerConfig::new(redis.url()).with_keys(keys))
+        .await
+        .unwrap()
+}
+
 async fn wait(broker: &Broker, task_id: &str) -> (TaskResult, Vec<StreamEvent>) {
     let events = tokio::time::timeout(
         Duration::from_secs(20),
@@ -320,11 +328,7 @@ async fn a_running_task_is_cancelled_within_a_second() {
 #[tokio::test]
 async fn a_task_cancelled_while_queued_never_starts() {
     let redis = TestRedis::new();
-    let config = worker_config(&redis);
-    let broker =
-        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
-            .await
-            .unwrap();
+    let broker = queue_client(&redis).await;
     let task = payload(json!({"name": "never", "model": "scripted:echo"}), "x");
     broker.client().submit(task.clone()).await.unwrap();
     broker.client().cancel(&task.task_id).await.unwrap();
@@ -963,11 +967,7 @@ async fn held_behind_a_slow_task(
     after: usize,
 ) -> (Harness, String, Vec<String>) {
     let redis = TestRedis::new();
-    let config = worker_config(&redis);
-    let broker =
-        Broker::connect(BrokerConfig::new(redis.url()).with_keys(config.broker.keys.clone()))
-            .await
-            .unwrap();
+    let broker = queue_client(&redis).await;
     let short = payload(json!({"name": "short", "model": "scripted:echo"}), "a");
     let slow = payload(
         json!({"name": "slow", "model": format!("scripted:slow:{slow_ms}")}),
