@@ -64,10 +64,13 @@ struct Options {
     /// Runs per (kind, concurrency); 3 with a peer, 1 without, by default.
     rounds: Option<usize>,
     bullmq_version: String,
+    /// With `--callgrind`: exo's redis-server runs under callgrind, and
+    /// each exo run reports Redis's instructions per task over its drain.
+    callgrind: bool,
 }
 
 const USAGE: &str = "--tasks N, --paced N, --concurrency 1,8,32,100, --kind noop,echo, \
-    --rounds R, --peer bullmq, --bullmq-version X.Y.Z, --baseline PATH, --growth N";
+    --rounds R, --peer bullmq, --bullmq-version X.Y.Z, --baseline PATH, --growth N, --callgrind";
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
@@ -80,6 +83,7 @@ fn options(args: &[String]) -> Result<Options> {
         baseline: None,
         rounds: None,
         bullmq_version: bullmq::DEFAULT_VERSION.to_owned(),
+        callgrind: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -104,6 +108,7 @@ fn options(args: &[String]) -> Result<Options> {
             }
             "--bullmq-version" => options.bullmq_version = value()?.clone(),
             "--baseline" => options.baseline = Some(value()?.into()),
+            "--callgrind" => options.callgrind = true,
             other => bail!("unknown bench option `{other}` ({USAGE})"),
         }
     }
@@ -119,6 +124,9 @@ fn options(args: &[String]) -> Result<Options> {
     }
     if options.growth.is_some() && (options.peer.is_some() || options.baseline.is_some()) {
         bail!("--growth runs exo alone; drop --peer and --baseline");
+    }
+    if options.callgrind && (options.peer.is_some() || options.growth.is_some()) {
+        bail!("--callgrind measures exo's runs (and a --baseline's); drop --peer and --growth");
     }
     if options.peer.is_some() && options.baseline.is_some() {
         bail!("one peer at a time: --peer bullmq or --baseline PATH");
@@ -172,15 +180,20 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                     concurrency,
                     tasks: options.tasks,
                 };
-                let (exo_drain, exo_only) = runtime.block_on(exo_run(&exo, &run, options.paced))?;
+                let (exo_drain, exo_only) =
+                    runtime.block_on(exo_run(&exo, &run, options.paced, options.callgrind))?;
                 let mut line = exo_drain.json(round);
                 merge(&mut line, exo_only);
                 println!("{line}");
                 let peer_drain = match (&peer, &baseline) {
                     (Some(peer), _) => Some(peer.run(&run)?),
                     (None, Some(baseline)) => {
-                        let (mut drain, _) =
-                            runtime.block_on(exo_run(baseline, &run, options.paced))?;
+                        let (mut drain, _) = runtime.block_on(exo_run(
+                            baseline,
+                            &run,
+                            options.paced,
+                            options.callgrind,
+                        ))?;
                         drain.system = "exo-baseline";
                         Some(drain)
                     }
@@ -259,6 +272,8 @@ struct Drain {
     redis: RedisCounters,
     /// The worker's own count of Redis round trips (exo only).
     worker_round_trips: Option<u64>,
+    /// Redis's instructions over the drain, with `--callgrind` (exo only).
+    redis_instructions: Option<u64>,
 }
 
 impl Drain {
@@ -331,6 +346,7 @@ impl Drain {
             "worker_round_trips_per_task": self.worker_round_trips_per_task().map(|value| rounded(value, 2)),
             "connections_per_task": rounded(self.per_task(self.redis.connections as f64), 3),
             "worker_peak_rss_mib": rounded(self.worker_peak_rss_kib as f64 / 1024.0, 1),
+            "redis_instructions_per_task": self.redis_instructions.map(|total| total / self.tasks as u64),
         })
     }
 }
@@ -663,13 +679,24 @@ async fn exo_run(
     exo: &std::path::Path,
     run: &Run<'_>,
     paced: usize,
+    callgrind: bool,
 ) -> Result<(Drain, serde_json::Value)> {
     let Run {
         kind,
         concurrency,
         tasks,
     } = *run;
-    let server = exo_testkit::RedisServer::start();
+    let profile = callgrind.then(Callgrind::new).transpose()?;
+    let server = match &profile {
+        Some(profile) => {
+            let wrapper = profile.wrapper();
+            let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+            exo_testkit::RedisServer::start_under(&wrapper)
+        }
+        None => exo_testkit::RedisServer::start(),
+    };
+    // Under callgrind the paced phase would measure valgrind.
+    let paced = if profile.is_some() { 0 } else { paced };
     let port = server.port();
     let broker = Broker::connect(BrokerConfig::new(server.url())).await?;
     // Prefill.
@@ -686,6 +713,10 @@ async fn exo_run(
         result??;
     }
     let redis_before = RedisCounters::read(port)?;
+    let redis_pid = server.pid().context("redis-server's pid")?;
+    if let Some(profile) = &profile {
+        profile.control(redis_pid, "--instr=on")?;
+    }
     let metrics_port = exo_testkit::free_port();
     let mut worker = Process(
         Command::new(exo)
@@ -709,6 +740,10 @@ async fn exo_run(
     let cpu_at_start = cpu_when_listening(&mut worker, metrics_port).await?;
     wait_finished(metrics_port, tasks, Duration::from_secs(600)).await?;
     let worker_cpu_seconds = cpu_seconds(pid)? - cpu_at_start;
+    let redis_instructions = match &profile {
+        Some(profile) => Some(profile.instructions(redis_pid)?),
+        None => None,
+    };
     let redis = RedisCounters::read(port)?.since(&redis_before);
     // The worker records its round-trip counter right after each final
     // write; give the last one a moment.
@@ -768,6 +803,7 @@ async fn exo_run(
         worker_peak_rss_kib: rss,
         redis,
         worker_round_trips: Some(round_trips),
+        redis_instructions,
     };
     let round_trips_per_task = (round_trips + tasks as u64) as f64 / tasks as f64;
     let exo_only = json!({
@@ -779,6 +815,72 @@ async fn exo_run(
         "vs_reference_round_trips": rounded(round_trips_per_task / REFERENCE_ROUND_TRIPS_PER_TASK, 2),
     });
     Ok((drain, exo_only))
+}
+
+/// `--callgrind`: a redis-server under `valgrind --tool=callgrind` with
+/// instrumentation off until the prefill is done; Redis's instructions from
+/// then to the drain's end (worker start included), read from a dump.
+/// Instruction counts do not move with the machine's load, so two builds
+/// compare to the percent. The profile is kept for `callgrind_annotate`.
+struct Callgrind {
+    dir: std::path::PathBuf,
+}
+
+impl Callgrind {
+    fn new() -> Result<Self> {
+        let found = Command::new("valgrind")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
+        if !found.is_ok_and(|status| status.success()) {
+            bail!("--callgrind needs valgrind (apt-get install -y valgrind)");
+        }
+        Ok(Callgrind {
+            dir: tempfile::Builder::new()
+                .prefix("exo-callgrind-")
+                .tempdir()?
+                .keep(),
+        })
+    }
+
+    fn out_file(&self) -> std::path::PathBuf {
+        self.dir.join("callgrind.out")
+    }
+
+    fn wrapper(&self) -> Vec<String> {
+        vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            "--instr-atstart=no".into(),
+            format!("--callgrind-out-file={}", self.out_file().display()),
+        ]
+    }
+
+    fn control(&self, pid: u32, action: &str) -> Result<()> {
+        let status = Command::new("callgrind_control")
+            .arg(action)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .context("run callgrind_control")?;
+        if !status.success() {
+            bail!("callgrind_control {action} {pid}: {status}");
+        }
+        Ok(())
+    }
+
+    /// Dumps the counts since instrumentation began and reads their total.
+    fn instructions(&self, pid: u32) -> Result<u64> {
+        self.control(pid, "--dump")?;
+        let dump = std::path::PathBuf::from(format!("{}.1", self.out_file().display()));
+        let text =
+            std::fs::read_to_string(&dump).with_context(|| format!("read {}", dump.display()))?;
+        eprintln!("Redis's profile of the drain: {}", dump.display());
+        text.lines()
+            .find_map(|line| line.strip_prefix("totals: "))
+            .and_then(|total| total.trim().parse().ok())
+            .context("the callgrind dump has no `totals:` line")
+    }
 }
 
 /// The median and the extremes of some figures.

@@ -26,6 +26,8 @@ pub struct RedisServer {
     extra_args: Vec<String>,
     config_file: Option<PathBuf>,
     tls: bool,
+    /// A command the server runs under (a profiler), or empty.
+    wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -55,7 +57,23 @@ impl RedisServer {
         Self::start_configured(None, extra_args, true)
     }
 
+    /// Starts a server with no persistence under `wrapper`, a command that
+    /// runs the server as its last argument (`valgrind --tool=callgrind`,
+    /// say). A slow wrapper is given 60 s to listen.
+    pub fn start_under(wrapper: &[&str]) -> Self {
+        Self::start_configured_under(None, &[], false, wrapper)
+    }
+
     fn start_configured(config_file: Option<&Path>, extra_args: &[&str], tls: bool) -> Self {
+        Self::start_configured_under(config_file, extra_args, tls, &[])
+    }
+
+    fn start_configured_under(
+        config_file: Option<&Path>,
+        extra_args: &[&str],
+        tls: bool,
+        wrapper: &[&str],
+    ) -> Self {
         let binary = find_binary("redis-server", &[], INSTALL_REDIS);
         let mut dir = tempfile::Builder::new()
             .prefix("exo-redis-")
@@ -70,6 +88,7 @@ impl RedisServer {
                 extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
                 config_file: config_file.map(Path::to_path_buf),
                 tls,
+                wrapper: wrapper.iter().map(|arg| (*arg).to_owned()).collect(),
                 child: None,
             };
             match server.spawn() {
@@ -91,7 +110,14 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         // redis-server reads a configuration file only as its first argument.
         if let Some(config_file) = &self.config_file {
             command.arg(config_file);
@@ -121,7 +147,8 @@ impl RedisServer {
         }
         let child = command.spawn().map_err(|error| format!("spawn: {error}"))?;
         self.child = Some(child);
-        if wait_for_port(self.port, Duration::from_secs(10)) {
+        let listen_within = if self.wrapper.is_empty() { 10 } else { 60 };
+        if wait_for_port(self.port, Duration::from_secs(listen_within)) {
             // Another process may hold the port; ours then exits at once.
             std::thread::sleep(Duration::from_millis(20));
             if self.exited().is_none() {

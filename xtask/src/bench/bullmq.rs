@@ -166,6 +166,7 @@ impl BullMq {
             worker_peak_rss_kib: rss,
             redis,
             worker_round_trips: None,
+            redis_instructions: None,
         })
     }
 }
