@@ -565,8 +565,10 @@ end
 -- whole batch. A passing error aborts the script instead, so the entry
 -- stays where it is. The entry is acknowledged only once its dead letter
 -- is written. Returns true when the entry was handled without an error.
-local function guarded(entry_id, payload, work)
-  local ok, problem = pcall(work)
+-- (`work` gets the arguments after it: a function made once, not a
+-- closure per entry, which would cost an allocation per captured value.)
+local function guarded(entry_id, payload, work, ...)
+  local ok, problem = pcall(work, ...)
   if ok then return true end
   local message = caught(problem)
   local reason = 'could not process queue entry: ' .. message
@@ -819,131 +821,144 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     return rules
   end
 
-  local function take(entry)
-    local entry_id = entry[1]
-    local payload = entry_payload(entry[2])
-    local ok, failure = guarded(entry_id, payload, function()
-      if not payload then
-        local reason = 'queue entry has no `payload` field'
-        reject(entry_id, nil, payload, reason)
-        refuse(entry_id, nil, reason)
+  local function take_entry(entry_id, payload)
+    if not payload then
+      local reason = 'queue entry has no `payload` field'
+      reject(entry_id, nil, payload, reason)
+      refuse(entry_id, nil, reason)
+      return
+    end
+    -- The task's own entry, queued by exo, is read without decoding
+    -- its payload (see quick_task_id); any other is decoded.
+    local task_id = quick_task_id(payload)
+    local key, state, decoded
+    if task_id then
+      key = task_key(task_id)
+      state = claim_state(key)
+    end
+    if not task_id or state[4] ~= entry_id or state[11] ~= '1' or state[10] then
+      local decoded_id, problem
+      decoded_id, decoded, problem = payload_task_id(payload)
+      if problem then
+        reject(entry_id, decoded_id, payload, problem)
+        refuse(entry_id, decoded_id, problem)
         return
       end
-      -- The task's own entry, queued by exo, is read without decoding
-      -- its payload (see quick_task_id); any other is decoded.
-      local task_id = quick_task_id(payload)
-      local key, state, decoded
-      if task_id then
+      if decoded_id ~= task_id then
+        task_id = decoded_id
         key = task_key(task_id)
         state = claim_state(key)
       end
-      if not task_id or state[4] ~= entry_id or state[11] ~= '1' or state[10] then
-        local decoded_id, problem
-        decoded_id, decoded, problem = payload_task_id(payload)
-        if problem then
-          reject(entry_id, decoded_id, payload, problem)
-          refuse(entry_id, decoded_id, problem)
+    end
+    local status, owner = state[1], state[4]
+    if status == 'running' then
+      -- Its own entry delivered again (the group was re-created) stays
+      -- pending: the worker running it renews it, or the reaper recovers it.
+      if owner ~= entry_id then ack(entry_id) end
+      return
+    end
+    if status == 'cancelled' or status == 'completed' or status == 'failed' then
+      ack(entry_id)
+      if status == 'cancelled' and state[2] ~= '1' then
+        end_stream(task_id, { status_event('cancelled', state[3], 'Task cancelled before it started') })
+      end
+      return
+    end
+    if status == 'retrying' then
+      -- Claimed from a copy before its retry was due: the delayed retry
+      -- must not add another entry later.
+      redis.call('ZREM', DELAYED, task_id)
+      redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+      delayed_unchanged = false
+    end
+    local ckey, limit, key_problem
+    if decoded then ckey, limit, key_problem = concurrency_of(decoded, worker_rules()) end
+    if key_problem then
+      reject(entry_id, task_id, payload, key_problem)
+      refuse(entry_id, task_id, key_problem)
+      return
+    end
+    if ckey and limit then
+      local running = key_running(ckey)
+      if redis.call('SISMEMBER', running, task_id) == 0 then
+        if redis.call('LLEN', key_waiting(ckey)) > 0 then
+          -- Others of the key wait already: this one goes behind them.
+          hold(task_id, entry_id, payload, ckey, limit)
+          admit_held(ckey, limit)
+          held = held + 1
           return
         end
-        if decoded_id ~= task_id then
-          task_id = decoded_id
-          key = task_key(task_id)
-          state = claim_state(key)
+        if slots_used(ckey, limit) >= limit then
+          hold(task_id, entry_id, payload, ckey, limit)
+          held = held + 1
+          return
         end
+        redis.call('SADD', running, task_id)
       end
-      local status, owner = state[1], state[4]
-      if status == 'running' then
-        -- Its own entry delivered again (the group was re-created) stays
-        -- pending: the worker running it renews it, or the reaper recovers it.
-        if owner ~= entry_id then ack(entry_id) end
-        return
+    end
+    -- The attempt number (the fencing token) goes up by one, written
+    -- with the rest.
+    local attempt = math.floor(tonumber(state[9] or '0') or 0) + 1
+    local max_retries = state[6]
+    if not max_retries then
+      max_retries = default_max
+      if decoded and type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
+        max_retries = tostring(math.floor(decoded.max_retries))
       end
-      if status == 'cancelled' or status == 'completed' or status == 'failed' then
-        ack(entry_id)
-        if status == 'cancelled' and state[2] ~= '1' then
-          end_stream(task_id, { status_event('cancelled', state[3], 'Task cancelled before it started') })
-        end
-        return
+    end
+    -- (A count within the cap keeps its text.)
+    local retries_limit = tonumber(max_retries)
+    if not retries_limit or retries_limit > retries_cap then
+      max_retries = tostring(math.min(retries_limit or tonumber(default_max), retries_cap))
+    end
+    -- The fields this write sets: what changes with every claim, then
+    -- `entry` and `max_retries` unless the hash has them already (an
+    -- exo-queued task's own entry), then what a decoded payload adds.
+    local fields = { 'status', 'running', 'worker_id', consumer, 'started_at', NOW,
+      'lease', token, 'attempt', int_text(attempt) }
+    local n = 10
+    if owner ~= entry_id then
+      fields[n + 1], fields[n + 2] = 'entry', entry_id
+      n = n + 2
+    end
+    if state[6] ~= max_retries then
+      fields[n + 1], fields[n + 2] = 'max_retries', max_retries
+      n = n + 2
+    end
+    if decoded then
+      if not state[7] and type(decoded.created_at) == 'number' then
+        fields[n + 1], fields[n + 2] = 'created_at', string.format('%.17g', decoded.created_at)
+        n = n + 2
       end
-      if status == 'retrying' then
-        -- Claimed from a copy before its retry was due: the delayed retry
-        -- must not add another entry later.
-        redis.call('ZREM', DELAYED, task_id)
-        redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-        delayed_unchanged = false
+      if not state[3] and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
+        fields[n + 1], fields[n + 2] = 'agent_name', decoded.agent_config.name
+        n = n + 2
       end
-      local ckey, limit, key_problem
-      if decoded then ckey, limit, key_problem = concurrency_of(decoded, worker_rules()) end
-      if key_problem then
-        reject(entry_id, task_id, payload, key_problem)
-        refuse(entry_id, task_id, key_problem)
-        return
-      end
-      if ckey and limit then
-        local running = key_running(ckey)
-        if redis.call('SISMEMBER', running, task_id) == 0 then
-          if redis.call('LLEN', key_waiting(ckey)) > 0 then
-            -- Others of the key wait already: this one goes behind them.
-            hold(task_id, entry_id, payload, ckey, limit)
-            admit_held(ckey, limit)
-            held = held + 1
-            return
-          end
-          if slots_used(ckey, limit) >= limit then
-            hold(task_id, entry_id, payload, ckey, limit)
-            held = held + 1
-            return
-          end
-          redis.call('SADD', running, task_id)
-        end
-      end
-      -- The attempt number (the fencing token) goes up by one, written
-      -- with the rest.
-      local attempt = math.floor(tonumber(state[9] or '0') or 0) + 1
-      local max_retries = state[6]
-      if not max_retries then
-        max_retries = default_max
-        if decoded and type(decoded.max_retries) == 'number' and decoded.max_retries >= 0 then
-          max_retries = tostring(math.floor(decoded.max_retries))
-        end
-      end
-      -- (A count within the cap keeps its text.)
-      local retries_limit = tonumber(max_retries)
-      if not retries_limit or retries_limit > retries_cap then
-        max_retries = tostring(math.min(retries_limit or tonumber(default_max), retries_cap))
-      end
-      local extra = {}
-      if not state[7] and decoded and type(decoded.created_at) == 'number' then
-        table.insert(extra, 'created_at')
-        table.insert(extra, string.format('%.17g', decoded.created_at))
-      end
-      if not state[3] and decoded and type(decoded.agent_config) == 'table' and type(decoded.agent_config.name) == 'string' then
-        table.insert(extra, 'agent_name')
-        table.insert(extra, decoded.agent_config.name)
-      end
-      if ckey then
-        table.insert(extra, 'concurrency_key')
-        table.insert(extra, ckey)
-      end
-      if state[11] ~= '1' then
-        table.insert(extra, 'payload_checked')
-        table.insert(extra, '1')
-      end
-      -- A task that ran before (a retry) drops its last ending.
-      if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
-      -- Only exo's own writes set `entry`: such a task is indexed already.
-      local write = write_task
-      if owner then write = fresh(state[7]) and update_task_in_ttl or update_task end
-      write(task_id, 'status', 'running', 'worker_id', consumer, 'started_at', NOW,
-        'entry', entry_id, 'lease', token, 'max_retries', max_retries, 'attempt', int_text(attempt), unpack(extra))
-      table.insert(rows, entry_id)
-      table.insert(rows, task_id)
-      table.insert(rows, payload)
-      table.insert(rows, attempt)
-      table.insert(rows, state[5] or '0')
-      table.insert(rows, max_retries)
-      claimed = claimed + 1
-    end)
+    end
+    if ckey then
+      fields[n + 1], fields[n + 2] = 'concurrency_key', ckey
+      n = n + 2
+    end
+    if state[11] ~= '1' then
+      fields[n + 1], fields[n + 2] = 'payload_checked', '1'
+      n = n + 2
+    end
+    -- A task that ran before (a retry) drops its last ending.
+    if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
+    -- Only exo's own writes set `entry`: such a task is indexed already.
+    local write = write_task
+    if owner then write = fresh(state[7]) and update_task_in_ttl or update_task end
+    write(task_id, unpack(fields, 1, n))
+    local at = #rows
+    rows[at + 1], rows[at + 2], rows[at + 3] = entry_id, task_id, payload
+    rows[at + 4], rows[at + 5], rows[at + 6] = attempt, state[5] or '0', max_retries
+    claimed = claimed + 1
+  end
+
+  local function take(entry)
+    local entry_id = entry[1]
+    local payload = entry_payload(entry[2])
+    local ok, failure = guarded(entry_id, payload, take_entry, entry_id, payload)
     if not ok then refuse(entry_id, nil, failure) end
   end
 

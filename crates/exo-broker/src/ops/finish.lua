@@ -77,16 +77,26 @@ local DEFAULT_MAX = ARGV[12]
 
 -- Ends one attempt (a block's fields in `a`). Returns its reply, whether
 -- it ended here, and the concurrency key of its task.
+-- The payload exactly as queued, for a retry or the dead letter; the
+-- worker's copy (`fallback`) when the entry is gone.
+local function queued_payload(entry_id, fallback)
+  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+  local payload = found[1] and entry_payload(found[1][2])
+  if payload then return payload end
+  return fallback
+end
+
 local function finish_attempt(a)
   local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
-  local attempt = string.match(fence, '^(%d+)') or ''
   local key = task_key(task_id)
   local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'lease', 'error', 'concurrency_key', 'journal')
   local status = state[1]
   -- The concurrency key of the task whose attempt ends.
   local attempt_key = state[8]
 
-  if not fence_matches(fence, state[2], state[6]) then
+  -- The fence (see fence_matches), read once.
+  local attempt, token = string.match(fence, '^(%d+):?(.*)$')
+  if not attempt or state[2] ~= attempt or (token ~= '' and state[6] ~= token) then
     return { 'stale', status or '', state[2] or '' }
   end
   -- A repeat of a call that already landed.
@@ -117,15 +127,14 @@ local function finish_attempt(a)
 
   local journal_count = tonumber(a[14]) or 0
   local journal = {}
-  for i = 15, 14 + journal_count do table.insert(journal, a[i]) end
-  local events = {}
-  for i = 15 + journal_count, #a do table.insert(events, a[i]) end
-  -- The payload exactly as queued, for a retry or the dead letter.
-  local function queued_payload()
-    local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
-    local payload = found[1] and entry_payload(found[1][2])
-    if payload then return payload end
-    return a[8]
+  for i = 15, 14 + journal_count do journal[i - 14] = a[i] end
+  local first_event = 15 + journal_count
+  local events
+  if #a - first_event < 1000 then
+    events = { unpack(a, first_event) }
+  else
+    events = {}
+    for i = first_event, #a do events[i - first_event + 1] = a[i] end
   end
   local reply
   local inner_retries = tonumber(a[11]) or 0
@@ -137,7 +146,7 @@ local function finish_attempt(a)
   -- The task was claimed here, so exo indexed it: `update_task`. The
   -- stream's end (`ended`) is written with the final state.
   if outcome == 'waiting' then
-    local payload = queued_payload()
+    local payload = queued_payload(entry_id, a[8])
     local deadline = now_ms() + (tonumber(a[7]) or 0)
     redis.call('HDEL', key, 'entry')
     update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', a[5],
@@ -169,7 +178,7 @@ local function finish_attempt(a)
     local max_retries = tonumber(state[4] or DEFAULT_MAX)
     if a[6] == '1' and retries < max_retries then
       local due = now_ms() + tonumber(a[7])
-      local payload = queued_payload()
+      local payload = queued_payload(entry_id, a[8])
       -- Waiting in the delayed set now: no entry carries it until promoted.
       redis.call('HDEL', key, 'entry')
       update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', a[5], 'completed_at', NOW)
@@ -182,7 +191,7 @@ local function finish_attempt(a)
       return { 'retrying', retries + 1, due }, true, attempt_key
     end
     update_task(task_id, 'status', 'failed', 'error', a[5], 'completed_at', NOW, 'ended', '1')
-    dead_letter(task_id, queued_payload(), a[5], attempt)
+    dead_letter(task_id, queued_payload(entry_id, a[8]), a[5], attempt)
     table.insert(events, a[9])
     reply = { 'failed' }
   end
@@ -257,16 +266,18 @@ end
 -- One block under pcall: an error (a key of the wrong type, say) becomes
 -- that block's reply and the others go on. A passing error (see
 -- PASSING_ERRORS) ends the call, so the caller retries it whole.
+local function end_attempt(a)
+  local reply, ended, attempt_key = finish_attempt(a)
+  if ended then
+    record_usage(a[1], a[12])
+    -- The attempt no longer holds a slot of its concurrency key.
+    free_slot(a[1], attempt_key)
+  end
+  return reply, ended
+end
+
 local function finish_block(a)
-  local ok, reply, ended = pcall(function()
-    local reply, ended, attempt_key = finish_attempt(a)
-    if ended then
-      record_usage(a[1], a[12])
-      -- The attempt no longer holds a slot of its concurrency key.
-      free_slot(a[1], attempt_key)
-    end
-    return reply, ended
-  end)
+  local ok, reply, ended = pcall(end_attempt, a)
   if ok then return reply, ended end
   return { 'error', caught(reply) }, false
 end
