@@ -2,7 +2,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use exo_proto::StreamEvent;
@@ -24,6 +27,7 @@ impl WorkerSession {
                 concurrency_rules: self.broker().config().concurrency.to_json(),
                 queue: Mutex::new(VecDeque::new()),
                 calls: Arc::new(Semaphore::new(FINISH_CALLS)),
+                last_call: AtomicUsize::new(0),
             }),
         }
     }
@@ -46,8 +50,10 @@ struct FinisherInner {
     concurrency_rules: String,
     /// Final writes waiting for a call, oldest first.
     queue: Mutex<VecDeque<FinishRequest>>,
-    /// The call under way (at most `FINISH_CALLS`).
+    /// The calls under way (at most `FINISH_CALLS`).
     calls: Arc<Semaphore>,
+    /// How many writes the last call carried.
+    last_call: AtomicUsize,
 }
 
 /// One slot's final write, waiting for its call.
@@ -60,10 +66,16 @@ struct FinishRequest {
 
 /// The most attempts one call ends.
 const FINISH_BATCH: usize = 64;
-/// Calls of one finisher under way at once. One: the writes that end
-/// while it runs go together in the next (two at once gave smaller calls
-/// and no more tasks a second in `cargo xtask bench`).
-const FINISH_CALLS: usize = 1;
+/// Calls of one finisher under way at once. The writes that end while a
+/// call runs go together in the next, which a second call sends before the
+/// first has come back only once as many writes wait as the call under way
+/// carries (and at least `SECOND_CALL_AT`): Redis then has the next group's
+/// writes while the worker reads the last reply, and calls keep their size.
+const FINISH_CALLS: usize = 2;
+/// The fewest writes a second call carries (below it, a lone slot's
+/// writes go one call at a time, as they pile up behind the call under
+/// way).
+const SECOND_CALL_AT: usize = 8;
 /// The most times a slot about to send a call yields to the others while
 /// they keep adding writes to it.
 const GATHER_YIELDS: usize = 8;
@@ -95,7 +107,9 @@ impl Finisher {
             current_task_after: options.current_task_after,
             reply,
         });
-        if let Ok(call) = inner.calls.clone().try_acquire_owned() {
+        if inner.may_lead()
+            && let Ok(call) = inner.calls.clone().try_acquire_owned()
+        {
             // A call is free: this slot sends the waiting writes, its own
             // among them. It lets the slots that are ready to run go
             // first, as long as they keep adding writes: those woken with
@@ -130,10 +144,25 @@ impl FinisherInner {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether a slot that just queued its write sends a call: when none
+    /// is under way, or when a whole group waits behind the one under way
+    /// (see `FINISH_CALLS`). A slot that does not lead is served by the
+    /// call under way, whose sender looks for waiting writes once it
+    /// returns.
+    fn may_lead(&self) -> bool {
+        let under_way = FINISH_CALLS - self.calls.available_permits();
+        if under_way == 0 {
+            return true;
+        }
+        let group = self.last_call.load(Ordering::Relaxed).max(SECOND_CALL_AT);
+        self.lock().len() >= group
+    }
+
     /// The oldest waiting writes, up to `FINISH_BATCH`.
     fn take(&self) -> Vec<FinishRequest> {
         let mut queue = self.lock();
         let count = queue.len().min(FINISH_BATCH);
+        self.last_call.store(count, Ordering::Relaxed);
         queue.drain(..count).collect()
     }
 }

@@ -308,3 +308,74 @@ async fn a_worker_hash_redis_refuses_fails_no_final_write() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn writes_that_pile_up_behind_a_call_go_in_a_second_one() {
+    let mut redis = TestRedis::dedicated();
+    let broker = broker(&redis).await;
+    let raw = raw(&redis).await;
+    let slots = 21;
+    for index in 0..slots + 4 {
+        broker
+            .client()
+            .submit(payload(&index.to_string()))
+            .await
+            .unwrap();
+    }
+    let first = claim_all(&broker, WORKER, slots).await;
+    assert_eq!(first.len(), slots);
+    let finisher = broker.worker_session(WORKER).finisher();
+
+    // One slot's write goes out alone and hangs at a frozen server; the
+    // other twenty pile up behind it, and a second call carries them while
+    // the first is still under way. Each slot asks for its next task.
+    let server = redis.server().expect("a dedicated server");
+    let pid = server.pid().expect("a running server");
+    server.freeze();
+    let before = broker.round_trips();
+    let lone = finish_all(&finisher, &first[..1], 1);
+    let piled = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        finish_all(&finisher, &first[1..], 1).await
+    };
+    let thaw = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .unwrap();
+    };
+    let (lone, piled, ()) = tokio::join!(lone, piled, thaw);
+    let calls = broker.round_trips() - before;
+    assert!(calls <= 3, "21 final writes took {calls} round trips");
+
+    // Every write was answered, and the four tasks left went to four
+    // slots, one each, none of them a task that ran.
+    let mut next = Vec::new();
+    for result in lone.into_iter().chain(piled) {
+        let (finished, claim) = result.unwrap();
+        assert_eq!(finished, Finished::Completed);
+        assert!(claim.tasks.len() <= 1);
+        next.extend(claim.tasks);
+    }
+    assert_eq!(next.len(), 4);
+    let ran: BTreeSet<_> = first.iter().map(|task| &task.lease.task_id).collect();
+    assert!(next.iter().all(|task| !ran.contains(&task.lease.task_id)));
+    for result in finish_all(&finisher, &next, 0).await {
+        assert_eq!(result.unwrap().0, Finished::Completed);
+    }
+    for task in first.iter().chain(&next) {
+        let task_id = &task.lease.task_id;
+        let status: Option<String> = raw
+            .hget(broker.keys().task(task_id), "status")
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
+        let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
+        assert_eq!(events, 1, "task {task_id}");
+    }
+    let queued: u64 = raw.xlen(broker.keys().queue()).await.unwrap();
+    assert_eq!(queued, 0);
+    let active: u64 = raw.zcard(broker.keys().active()).await.unwrap();
+    assert_eq!(active, 0);
+}
