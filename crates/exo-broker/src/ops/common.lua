@@ -403,11 +403,12 @@ end
 -- AOF tail lost in a crash, an asynchronous failover): the next claim would
 -- hand out the same number. The token is random per claim, so a rolled-back
 -- claim's worker is refused. A fence with no token checks the attempt only.
+-- Returns the fence's attempt (as text) when it holds, else false.
 local function fence_matches(fence, attempt_now, lease_now)
   local attempt, token = string.match(fence or '', '^(%d+):?(.*)$')
   if not attempt then return false end
   if attempt_now ~= attempt then return false end
-  return token == '' or lease_now == token
+  return (token == '' or lease_now == token) and attempt
 end
 
 local function fence_holds(key, fence)

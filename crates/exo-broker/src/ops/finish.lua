@@ -75,8 +75,6 @@
 
 local DEFAULT_MAX = ARGV[12]
 
--- Ends one attempt (a block's fields in `a`). Returns its reply, whether
--- it ended here, and the concurrency key of its task.
 -- The payload exactly as queued, for a retry or the dead letter; the
 -- worker's copy (`fallback`) when the entry is gone.
 local function queued_payload(entry_id, fallback)
@@ -86,6 +84,8 @@ local function queued_payload(entry_id, fallback)
   return fallback
 end
 
+-- Ends one attempt (a block's fields in `a`). Returns its reply, whether
+-- it ended here, and the concurrency key of its task.
 local function finish_attempt(a)
   local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
   local key = task_key(task_id)
@@ -94,9 +94,8 @@ local function finish_attempt(a)
   -- The concurrency key of the task whose attempt ends.
   local attempt_key = state[8]
 
-  -- The fence (see fence_matches), read once.
-  local attempt, token = string.match(fence, '^(%d+):?(.*)$')
-  if not attempt or state[2] ~= attempt or (token ~= '' and state[6] ~= token) then
+  local attempt = fence_matches(fence, state[2], state[6])
+  if not attempt then
     return { 'stale', status or '', state[2] or '' }
   end
   -- A repeat of a call that already landed.
@@ -263,9 +262,7 @@ local function write_ledger()
   end
 end
 
--- One block under pcall: an error (a key of the wrong type, say) becomes
--- that block's reply and the others go on. A passing error (see
--- PASSING_ERRORS) ends the call, so the caller retries it whole.
+-- `finish_attempt`, then the attempt's usage and its concurrency slot.
 local function end_attempt(a)
   local reply, ended, attempt_key = finish_attempt(a)
   if ended then
@@ -276,6 +273,9 @@ local function end_attempt(a)
   return reply, ended
 end
 
+-- One block under pcall: an error (a key of the wrong type, say) becomes
+-- that block's reply and the others go on. A passing error (see
+-- PASSING_ERRORS) ends the call, so the caller retries it whole.
 local function finish_block(a)
   local ok, reply, ended = pcall(end_attempt, a)
   if ok then return reply, ended end
