@@ -462,6 +462,63 @@ async fn a_call_names_two_keys_once_the_server_has_the_layout() {
 }
 
 #[tokio::test]
+async fn a_restarted_server_that_kept_the_library_is_given_the_layout_again() {
+    use fred::prelude::*;
+    // The library is persisted with the data (the append-only file), so a
+    // restarted server has it loaded but knows no key layout: the first
+    // call that names only the layout is refused (NOLAYOUT) and goes again
+    // with every key, and nothing is lost.
+    let mut server = exo_testkit::RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--slowlog-log-slower-than",
+        "0",
+        "--slowlog-max-len",
+        "1000",
+    ]);
+    let broker = Broker::connect(BrokerConfig::new(server.url()))
+        .await
+        .unwrap();
+    let first = payload("before");
+    broker.client().submit(first.clone()).await.unwrap();
+    broker.admin().queue_stats().await.unwrap();
+
+    server.restart();
+    assert!(
+        server
+            .command(&["FUNCTION", "LIST"])
+            .unwrap()
+            .starts_with("*1"),
+        "the restarted server loaded the library from its append-only file"
+    );
+    let raw = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    raw.init().await.unwrap();
+    // The broker's connection comes back on its own.
+    let mut stats = broker.admin().queue_stats().await;
+    for _ in 0..50 {
+        if stats.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stats = broker.admin().queue_stats().await;
+    }
+    assert_eq!(stats.unwrap().stream_length, 1);
+    let second = payload("after");
+    broker.client().submit(second.clone()).await.unwrap();
+    // Refused once with two keys, sent again with every key, then short.
+    assert_eq!(fcall_key_counts(&raw).await, ["2", "26", "2"]);
+    for task in [&first, &second] {
+        let stored = broker.client().get(&task.task_id).await.unwrap().unwrap();
+        assert_eq!(stored.status, TaskStatus::Pending, "{}", task.task_id);
+    }
+    assert_eq!(broker.admin().queue_stats().await.unwrap().stream_length, 2);
+}
+
+#[tokio::test]
 async fn without_functions_the_same_operations_run_as_scripts() {
     // A user whose ACL lacks FCALL and FUNCTION LOAD (as an ACL written for
     // an earlier exo, or a server before Redis 7): scripts, found out once.
