@@ -995,3 +995,63 @@ async fn a_claim_trusts_the_hash_only_for_its_own_checked_entry() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_claim_refreshes_the_hash_ttl_only_for_a_task_older_than_ten_minutes() {
+    // (task, its age at the claim in seconds, whether the claim sets the
+    // whole TTL again). Every write since a fresh task's creation set the
+    // whole TTL, so its claim leaves it; an older task's claim sets it. The
+    // final write sets it for both.
+    let cases = [("fresh", 0.0, false), ("an-hour-old", 3600.0, true)];
+    let redis = TestRedis::new();
+    let broker = broker(&redis).await;
+    let client = raw(&redis).await;
+    let keys = broker.keys().clone();
+    let mut tasks = Vec::new();
+    for (name, age, _) in cases {
+        let task = payload(name);
+        broker.client().submit(task.clone()).await.unwrap();
+        let key = keys.task(&task.task_id);
+        if age > 0.0 {
+            let created: f64 = client.hget(&key, "created_at").await.unwrap();
+            let _: () = client
+                .hset(&key, ("created_at", format!("{:.3}", created - age)))
+                .await
+                .unwrap();
+        }
+        // As if most of the TTL had run down since the last write.
+        let _: () = client.pexpire(&key, 100_000, None).await.unwrap();
+        tasks.push(task);
+    }
+    let claimed = claim_all(&broker, "w1", cases.len()).await;
+    assert_eq!(claimed.len(), cases.len());
+    for ((name, _, refreshed), task) in cases.iter().zip(&tasks) {
+        let ttl: i64 = client.pttl(keys.task(&task.task_id)).await.unwrap();
+        if *refreshed {
+            assert!(
+                ttl > 86_000_000,
+                "{name}: the claim set the whole TTL, got {ttl} ms"
+            );
+        } else {
+            assert!(
+                (0..=100_000).contains(&ttl),
+                "{name}: the claim left the TTL, got {ttl} ms"
+            );
+        }
+    }
+    for task in &claimed {
+        finish(
+            &broker,
+            task,
+            Outcome::Completed { output: "x" },
+            vec![],
+            &completed("helper"),
+        )
+        .await;
+        let ttl: i64 = client.pttl(keys.task(&task.lease.task_id)).await.unwrap();
+        assert!(
+            ttl > 86_000_000,
+            "the final write set the whole TTL, got {ttl} ms"
+        );
+    }
+}
