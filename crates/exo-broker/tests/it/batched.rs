@@ -33,6 +33,28 @@ async fn finish_all(
     .await
 }
 
+/// Every task of `task_ids` completed, with one terminal event; the queue
+/// and the active set are empty.
+async fn completed_once_and_queue_clean<'a>(
+    broker: &exo_broker::Broker,
+    raw: &fred::prelude::Client,
+    task_ids: impl IntoIterator<Item = &'a String>,
+) {
+    for task_id in task_ids {
+        let status: Option<String> = raw
+            .hget(broker.keys().task(task_id), "status")
+            .await
+            .unwrap();
+        assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
+        let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
+        assert_eq!(events, 1, "task {task_id}");
+    }
+    let queued: u64 = raw.xlen(broker.keys().queue()).await.unwrap();
+    assert_eq!(queued, 0);
+    let active: u64 = raw.zcard(broker.keys().active()).await.unwrap();
+    assert_eq!(active, 0);
+}
+
 #[tokio::test]
 async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
     let redis = TestRedis::dedicated();
@@ -112,25 +134,13 @@ async fn attempts_that_end_together_share_calls_and_each_gets_its_next_task() {
 
     // Every task completed once, with one terminal event; the queue, its
     // pending list and the active set are empty.
-    for task_id in &submitted {
-        let status: Option<String> = raw
-            .hget(broker.keys().task(task_id), "status")
-            .await
-            .unwrap();
-        assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
-        let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
-        assert_eq!(events, 1, "task {task_id}");
-    }
-    let queued: u64 = raw.xlen(broker.keys().queue()).await.unwrap();
-    assert_eq!(queued, 0);
+    completed_once_and_queue_clean(&broker, &raw, &submitted).await;
     let pending: Value = raw
         .xpending(broker.keys().queue(), broker.keys().group(), ())
         .await
         .unwrap();
     let pending = pending.into_array();
     assert_eq!(pending.first().and_then(Value::as_u64), Some(0));
-    let active: u64 = raw.zcard(broker.keys().active()).await.unwrap();
-    assert_eq!(active, 0);
     // The worker's hash counted every ending.
     let processed: Option<u64> = raw
         .hget(broker.keys().worker(WORKER), "tasks_processed")
@@ -364,18 +374,10 @@ async fn writes_that_pile_up_behind_a_call_go_in_a_second_one() {
     for result in finish_all(&finisher, &next, 0).await {
         assert_eq!(result.unwrap().0, Finished::Completed);
     }
-    for task in first.iter().chain(&next) {
-        let task_id = &task.lease.task_id;
-        let status: Option<String> = raw
-            .hget(broker.keys().task(task_id), "status")
-            .await
-            .unwrap();
-        assert_eq!(status.as_deref(), Some("completed"), "task {task_id}");
-        let events: u64 = raw.xlen(broker.keys().event_stream(task_id)).await.unwrap();
-        assert_eq!(events, 1, "task {task_id}");
-    }
-    let queued: u64 = raw.xlen(broker.keys().queue()).await.unwrap();
-    assert_eq!(queued, 0);
-    let active: u64 = raw.zcard(broker.keys().active()).await.unwrap();
-    assert_eq!(active, 0);
+    let task_ids: Vec<String> = first
+        .iter()
+        .chain(&next)
+        .map(|task| task.lease.task_id.clone())
+        .collect();
+    completed_once_and_queue_clean(&broker, &raw, &task_ids).await;
 }
