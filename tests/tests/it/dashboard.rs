@@ -342,6 +342,13 @@ async fn with_tokens_the_cancel_button_needs_the_cancel_scope_and_cancels_a_runn
         .await;
     browser.wait_for("#stream-state[data-state=\"live\"]").await;
     browser.wait_for("#error-banner[hidden]").await;
+    // A request the page sent without a token may be refused after the
+    // first look at the console; nothing else is an error.
+    let refused = browser.console_errors().await;
+    assert!(
+        refused.iter().all(|error| error.contains("401")),
+        "only the refused requests are errors: {refused:#?}"
+    );
     assert!(
         !browser.enabled("#cancel-button").await,
         "Cancel needs the cancel scope"
