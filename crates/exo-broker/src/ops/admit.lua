@@ -66,8 +66,8 @@ end
 local settled = 0
 for index = first_settlement, #ARGV, 3 do
   local reserved = LIMIT_FAMILY .. ARGV[index]
-  if redis.call('ZSCORE', reserved, ARGV[index + 1]) then
-    redis.call('HSET', reserved .. ':tokens', ARGV[index + 1], math.max(0, tonumber(ARGV[index + 2]) or 0))
+  if rcall('ZSCORE', reserved, ARGV[index + 1]) then
+    rcall('HSET', reserved .. ':tokens', ARGV[index + 1], math.max(0, tonumber(ARGV[index + 2]) or 0))
     settled = settled + 1
   end
 end
@@ -82,9 +82,9 @@ if mode == 'pause' then
   local rule = rules[1]
   local pause = math.max(0, tonumber(ARGV[10]) or 0)
   local until_ms = NOW_MS + pause
-  local current = tonumber(redis.call('GET', rule.paused) or '0') or 0
+  local current = tonumber(rcall('GET', rule.paused) or '0') or 0
   if until_ms > current then
-    redis.call('SET', rule.paused, until_ms, 'PX', math.max(1, pause))
+    rcall('SET', rule.paused, until_ms, 'PX', math.max(1, pause))
     current = until_ms
   end
   return { 'paused', current }
@@ -92,35 +92,35 @@ end
 
 -- admit: how long until `rule` has room for the call (0: now), and why.
 local function wait_for(rule)
-  local paused = tonumber(redis.call('GET', rule.paused) or '0') or 0
+  local paused = tonumber(rcall('GET', rule.paused) or '0') or 0
   if paused > NOW_MS then
     return paused - NOW_MS, 'paused'
   end
   -- Reservations older than the window no longer count.
   local horizon = NOW_MS - rule.window
-  local expired = redis.call('ZRANGEBYSCORE', rule.reserved, '-inf', horizon)
+  local expired = rcall('ZRANGEBYSCORE', rule.reserved, '-inf', horizon)
   if #expired > 0 then
-    redis.call('ZREMRANGEBYSCORE', rule.reserved, '-inf', horizon)
+    rcall('ZREMRANGEBYSCORE', rule.reserved, '-inf', horizon)
     for first = 1, #expired, 500 do
-      redis.call('HDEL', rule.tokens, unpack(expired, first, math.min(first + 499, #expired)))
+      rcall('HDEL', rule.tokens, unpack(expired, first, math.min(first + 499, #expired)))
     end
   end
-  local count = redis.call('ZCARD', rule.reserved)
+  local count = rcall('ZCARD', rule.reserved)
   if rule.rpm > 0 and count >= rule.rpm then
     -- The (count - rpm + 1)th oldest must leave the window first.
-    local oldest = redis.call('ZRANGE', rule.reserved, count - rule.rpm, count - rule.rpm, 'WITHSCORES')
+    local oldest = rcall('ZRANGE', rule.reserved, count - rule.rpm, count - rule.rpm, 'WITHSCORES')
     return math.max(1, tonumber(oldest[2]) + rule.window - NOW_MS + 1), 'requests'
   end
   if rule.tpm > 0 then
     local used = 0
-    for _, value in ipairs(redis.call('HVALS', rule.tokens)) do
+    for _, value in ipairs(rcall('HVALS', rule.tokens)) do
       used = used + (tonumber(value) or 0)
     end
     if used + tokens > rule.tpm then
-      local reservations = redis.call('ZRANGE', rule.reserved, 0, -1, 'WITHSCORES')
+      local reservations = rcall('ZRANGE', rule.reserved, 0, -1, 'WITHSCORES')
       local freed = 0
       for index = 1, #reservations, 2 do
-        freed = freed + (tonumber(redis.call('HGET', rule.tokens, reservations[index]) or '0') or 0)
+        freed = freed + (tonumber(rcall('HGET', rule.tokens, reservations[index]) or '0') or 0)
         if used - freed + tokens <= rule.tpm then
           return math.max(1, tonumber(reservations[index + 1]) + rule.window - NOW_MS + 1), 'tokens'
         end
@@ -147,9 +147,9 @@ if longest > 0 then
   return { 'wait', longest, reason, holder }
 end
 for _, rule in ipairs(rules) do
-  redis.call('ZADD', rule.reserved, NOW_MS, id)
-  redis.call('HSET', rule.tokens, id, tokens)
-  redis.call('PEXPIRE', rule.reserved, rule.window * 2)
-  redis.call('PEXPIRE', rule.tokens, rule.window * 2)
+  rcall('ZADD', rule.reserved, NOW_MS, id)
+  rcall('HSET', rule.tokens, id, tokens)
+  rcall('PEXPIRE', rule.reserved, rule.window * 2)
+  rcall('PEXPIRE', rule.tokens, rule.window * 2)
 end
 return { 'granted' }

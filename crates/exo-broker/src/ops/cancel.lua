@@ -13,7 +13,7 @@
 
 local task_id = ARGV[7]
 local key = task_key(task_id)
-local state = redis.call('HMGET', key, 'status', 'agent_name', 'waiting_for')
+local state = rcall('HMGET', key, 'status', 'agent_name', 'waiting_for')
 local status = state[1]
 if not status then return { 'not_found' } end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then

@@ -40,6 +40,10 @@
 
 -- Set per call by `setup` (the prelude is loaded once as a function
 -- library, or runs at the top of each script; see `ops/mod.rs`).
+-- `rcall` is `redis.call`, kept where a read costs no look-up (a global
+-- goes through the function environment's index at every use, and a
+-- library has no `redis.call` while it loads).
+local rcall
 local QUEUE, DELAYED, DELAYED_PAYLOADS, DEAD
 local INDEX, TIMELINE, REGISTRY, ACTIVE
 local FLEET_BEAT, FLEET_QUIET_UNTIL, ACTIVE_SWEEP
@@ -71,6 +75,7 @@ local LAYOUTS = {}
 
 -- Reads the keys and shared settings of one call, and the server's clock.
 local function setup(keys, argv)
+  rcall = redis.call
   if #keys == 2 then
     local layouts = LAYOUTS[keys[1]]
     keys = layouts and layouts[keys[2]]
@@ -107,7 +112,7 @@ local function setup(keys, argv)
   TASK_TTL_SECONDS = nil
   -- Seconds and microseconds, as text: the three forms of the clock are
   -- cut from them (formatting numbers costs more).
-  local time = redis.call('TIME')
+  local time = rcall('TIME')
   local micros = time[2]
   if #micros < 6 then micros = string.rep('0', 6 - #micros) .. micros end
   NOW = time[1] .. '.' .. micros
@@ -152,16 +157,26 @@ local function valid_task_id(task_id)
 end
 
 -- Appends event JSON strings to the task's stream and publishes each one for
--- pub/sub readers; refreshes the stream's TTL once per batch.
-local function append_events(task_id, events)
-  if #events == 0 then return end
+-- pub/sub readers; refreshes the stream's TTL once per batch. The events
+-- are `list[first..last]`, then `final` when given (so a caller whose
+-- events sit in its arguments copies none of them into a table).
+local function append_event_range(task_id, list, first, last, final)
+  if last < first and not final then return end
   local stream = stream_key(task_id)
   local channel = channel_key(task_id)
-  for i = 1, #events do
-    redis.call('XADD', stream, 'MAXLEN', '~', EVENT_MAXLEN, '*', 'event', events[i])
-    redis.call('PUBLISH', channel, events[i])
+  for i = first, last do
+    rcall('XADD', stream, 'MAXLEN', '~', EVENT_MAXLEN, '*', 'event', list[i])
+    rcall('PUBLISH', channel, list[i])
   end
-  redis.call('EXPIRE', stream, EVENT_TTL)
+  if final then
+    rcall('XADD', stream, 'MAXLEN', '~', EVENT_MAXLEN, '*', 'event', final)
+    rcall('PUBLISH', channel, final)
+  end
+  rcall('EXPIRE', stream, EVENT_TTL)
+end
+
+local function append_events(task_id, events)
+  append_event_range(task_id, events, 1, #events)
 end
 
 -- Appends step-journal records (JSON strings) to the task's journal. It is
@@ -171,19 +186,24 @@ end
 -- whose `journal` field says that it has one (so that a task that ends
 -- without one deletes nothing).
 local JOURNAL_MAX = 2000
-local function append_journal(task_id, records)
-  if #records == 0 then return end
-  redis.call('HSET', task_key(task_id), 'journal', '1')
+-- The records are `list[first..last]` (`append_journal` takes a table).
+local function append_journal_range(task_id, list, first, last)
+  if last < first then return end
+  rcall('HSET', task_key(task_id), 'journal', '1')
   local key = journal_key(task_id)
-  local room = JOURNAL_MAX - redis.call('LLEN', key)
-  for i = 1, #records do
+  local room = JOURNAL_MAX - rcall('LLEN', key)
+  for i = first, last do
     if room <= 0 then break end
-    if SIZE_LIMIT == 0 or #records[i] <= SIZE_LIMIT then
-      redis.call('RPUSH', key, records[i])
+    if SIZE_LIMIT == 0 or #list[i] <= SIZE_LIMIT then
+      rcall('RPUSH', key, list[i])
       room = room - 1
     end
   end
-  redis.call('EXPIRE', key, TASK_TTL)
+  rcall('EXPIRE', key, TASK_TTL)
+end
+
+local function append_journal(task_id, records)
+  append_journal_range(task_id, records, 1, #records)
 end
 
 -- Replaces the placeholder string `slot` (with its quotes) in an event
@@ -208,19 +228,19 @@ end
 -- Acknowledges a queue entry and deletes it, so the stream holds only
 -- entries that are still waiting or running.
 local function ack(entry_id)
-  redis.call('XACK', QUEUE, GROUP, entry_id)
-  redis.call('XDEL', QUEUE, entry_id)
+  rcall('XACK', QUEUE, GROUP, entry_id)
+  rcall('XDEL', QUEUE, entry_id)
 end
 
 -- Runs `command` with `fixed` arguments followed by `items`, 500 items per
 -- command (Lua's `unpack` has a limit).
 local function call_in_chunks(command, fixed, items)
-  if #items <= 500 and #fixed == 1 then return redis.call(command, fixed[1], unpack(items)) end
-  if #items <= 500 and #fixed == 2 then return redis.call(command, fixed[1], fixed[2], unpack(items)) end
+  if #items <= 500 and #fixed == 1 then return rcall(command, fixed[1], unpack(items)) end
+  if #items <= 500 and #fixed == 2 then return rcall(command, fixed[1], fixed[2], unpack(items)) end
   for first = 1, #items, 500 do
     local args = { unpack(fixed) }
     for i = first, math.min(first + 499, #items) do table.insert(args, items[i]) end
-    redis.call(command, unpack(args))
+    rcall(command, unpack(args))
   end
 end
 
@@ -261,7 +281,7 @@ local function flush_writes()
     end
     if #gone > 0 then call_in_chunks('ZREM', { ACTIVE }, gone) end
     for first = 1, #added, 1000 do
-      redis.call('ZADD', ACTIVE, unpack(added, first, math.min(first + 999, #added)))
+      rcall('ZADD', ACTIVE, unpack(added, first, math.min(first + 999, #added)))
     end
   end
 end
@@ -277,10 +297,10 @@ local function dead_letter(task_id, payload, reason, attempts)
   if SIZE_LIMIT > 0 and size > SIZE_LIMIT then
     payload = string.sub(payload, 1, DEAD_PREFIX_BYTES)
   end
-  redis.call('XADD', DEAD, 'MAXLEN', '~', DEAD_MAXLEN, '*',
+  rcall('XADD', DEAD, 'MAXLEN', '~', DEAD_MAXLEN, '*',
     'task_id', task_id or '', 'payload', payload, 'reason', reason,
     'attempts', tostring(attempts or 0), 'failed_at', NOW, 'payload_bytes', tostring(size))
-  redis.call('XTRIM', DEAD, 'MINID', '~', tostring(NOW_MS - DEAD_MAX_AGE_MS))
+  rcall('XTRIM', DEAD, 'MINID', '~', tostring(NOW_MS - DEAD_MAX_AGE_MS))
 end
 
 -- Writes hash fields and keeps the reference's bookkeeping: TTL refreshed on
@@ -298,18 +318,18 @@ local function track_status(task_id, field, status)
     if ACTIVE_LATER[task_id] == nil then table.insert(ACTIVE_ORDER, task_id) end
     ACTIVE_LATER[task_id] = (not ended) and NOW_MS_TEXT
   elseif ended then
-    redis.call('ZREM', ACTIVE, task_id)
+    rcall('ZREM', ACTIVE, task_id)
   else
-    redis.call('ZADD', ACTIVE, NOW_MS_TEXT, task_id)
+    rcall('ZADD', ACTIVE, NOW_MS_TEXT, task_id)
   end
 end
 
 local function write_task(task_id, ...)
   local key = task_key(task_id)
-  redis.call('HSET', key, 'task_id', task_id, ...)
-  redis.call('EXPIRE', key, TASK_TTL)
-  redis.call('SADD', INDEX, task_id)
-  redis.call('ZADD', TIMELINE, 'NX', NOW, task_id)
+  rcall('HSET', key, 'task_id', task_id, ...)
+  rcall('EXPIRE', key, TASK_TTL)
+  rcall('SADD', INDEX, task_id)
+  rcall('ZADD', TIMELINE, 'NX', NOW, task_id)
   track_status(task_id, ...)
   return key
 end
@@ -319,8 +339,8 @@ end
 -- the timeline have it, so only the hash, its TTL and the active set change.
 local function update_task(task_id, ...)
   local key = task_key(task_id)
-  redis.call('HSET', key, ...)
-  redis.call('EXPIRE', key, TASK_TTL)
+  rcall('HSET', key, ...)
+  rcall('EXPIRE', key, TASK_TTL)
   track_status(task_id, ...)
   return key
 end
@@ -340,7 +360,7 @@ local function fresh(created_at)
   return age < FRESH_SECONDS and age * 2 < TASK_TTL_SECONDS
 end
 local function update_task_in_ttl(task_id, ...)
-  redis.call('HSET', task_key(task_id), ...)
+  rcall('HSET', task_key(task_id), ...)
   track_status(task_id, ...)
 end
 
@@ -348,13 +368,13 @@ end
 -- timeline (their hashes have expired, unless written since: those are
 -- added back on their next write).
 local function trim_index(limit)
-  local expired = redis.call('ZRANGEBYSCORE', TIMELINE, '-inf', NOW_MS / 1000 - TASK_TTL, 'LIMIT', 0, limit)
+  local expired = rcall('ZRANGEBYSCORE', TIMELINE, '-inf', NOW_MS / 1000 - TASK_TTL, 'LIMIT', 0, limit)
   for _, task_id in ipairs(expired) do
-    redis.call('ZREM', TIMELINE, task_id)
-    if redis.call('EXISTS', task_key(task_id)) == 1 then
-      redis.call('ZADD', TIMELINE, NOW, task_id)
+    rcall('ZREM', TIMELINE, task_id)
+    if rcall('EXISTS', task_key(task_id)) == 1 then
+      rcall('ZADD', TIMELINE, NOW, task_id)
     else
-      redis.call('SREM', INDEX, task_id)
+      rcall('SREM', INDEX, task_id)
     end
   end
   return #expired
@@ -364,9 +384,9 @@ end
 -- journal goes: nothing will run it again.
 local function end_stream(task_id, events)
   append_events(task_id, events)
-  redis.call('HSET', task_key(task_id), 'ended', '1')
-  redis.call('DEL', journal_key(task_id))
-  redis.call('ZREM', APPROVALS, task_id)
+  rcall('HSET', task_key(task_id), 'ended', '1')
+  rcall('DEL', journal_key(task_id))
+  rcall('ZREM', APPROVALS, task_id)
 end
 
 -- Fails a task that can never run (bad payload): dead letter, and, when
@@ -378,11 +398,11 @@ local function reject(entry_id, task_id, payload, reason)
   if entry_id then ack(entry_id) end
   if task_id and valid_task_id(task_id) then
     local key = task_key(task_id)
-    local state = redis.call('HMGET', key, 'status', 'entry', 'agent_name')
+    local state = rcall('HMGET', key, 'status', 'entry', 'agent_name')
     local owns = (not state[1]) or state[2] == entry_id
       or (state[1] == 'pending' and not state[2])
     if owns and state[1] ~= 'completed' and state[1] ~= 'failed' and state[1] ~= 'cancelled' then
-      redis.call('HDEL', key, 'entry')
+      rcall('HDEL', key, 'entry')
       write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
       local agent = state[3] or ''
       end_stream(task_id, { error_event(reason, ERROR_TYPES.INVALID_PAYLOAD, agent, false), status_event('error', agent, reason) })
@@ -393,8 +413,8 @@ end
 -- Puts a payload back on the queue as a new entry that carries the task
 -- (`entry` always names the entry a waiting or running task is on).
 local function enqueue(task_id, payload)
-  local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
-  if task_id then redis.call('HSET', task_key(task_id), 'entry', entry_id) end
+  local entry_id = rcall('XADD', QUEUE, '*', 'payload', payload)
+  if task_id then rcall('HSET', task_key(task_id), 'entry', entry_id) end
   return entry_id
 end
 
@@ -412,19 +432,19 @@ local function fence_matches(fence, attempt_now, lease_now)
 end
 
 local function fence_holds(key, fence)
-  local state = redis.call('HMGET', key, 'attempt', 'lease')
+  local state = rcall('HMGET', key, 'attempt', 'lease')
   return fence_matches(fence, state[1], state[2])
 end
 
 local function entry_exists(entry_id)
-  return entry_id and #redis.call('XRANGE', QUEUE, entry_id, entry_id) > 0
+  return entry_id and #rcall('XRANGE', QUEUE, entry_id, entry_id) > 0
 end
 
 -- Ends a task whose payload was removed behind exo's back, with the reason.
 local function lose(task_id, reason)
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'agent_name', 'attempt')
-  redis.call('HDEL', key, 'entry', 'waiting_for')
+  local state = rcall('HMGET', key, 'agent_name', 'attempt')
+  rcall('HDEL', key, 'entry', 'waiting_for')
   write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
   dead_letter(task_id, '', reason, state[2])
   end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_PAYLOAD, state[1], false), status_event('error', state[1], reason) })
@@ -444,20 +464,20 @@ local function priority_score(priority, since_ms)
 end
 
 local function prioritize(task_id, payload, score)
-  redis.call('ZADD', PRIORITIZED, score, task_id)
-  redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-  redis.call('HDEL', task_key(task_id), 'entry')
+  rcall('ZADD', PRIORITIZED, score, task_id)
+  rcall('HSET', DELAYED_PAYLOADS, task_id, payload)
+  rcall('HDEL', task_key(task_id), 'entry')
 end
 
 -- Moves up to `limit` prioritized tasks scored at most `max_score` onto the
 -- queue, first in run order. Returns how many went.
 local function release_prioritized(max_score, limit)
   local moved = 0
-  for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', PRIORITIZED, '-inf', max_score, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', PRIORITIZED, task_id)
-    local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
-    redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-    local status = redis.call('HGET', task_key(task_id), 'status')
+  for _, task_id in ipairs(rcall('ZRANGEBYSCORE', PRIORITIZED, '-inf', max_score, 'LIMIT', 0, limit)) do
+    rcall('ZREM', PRIORITIZED, task_id)
+    local payload = rcall('HGET', DELAYED_PAYLOADS, task_id)
+    rcall('HDEL', DELAYED_PAYLOADS, task_id)
+    local status = rcall('HGET', task_key(task_id), 'status')
     if status == 'pending' or status == 'retrying' then
       if payload then
         enqueue(task_id, payload)
@@ -472,16 +492,16 @@ end
 
 -- Moves retries whose backoff has elapsed back onto the queue.
 local function promote_due(limit)
-  local due = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now_ms(), 'LIMIT', 0, limit)
+  local due = rcall('ZRANGEBYSCORE', DELAYED, '-inf', now_ms(), 'LIMIT', 0, limit)
   for _, task_id in ipairs(due) do
-    local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
-    redis.call('ZREM', DELAYED, task_id)
-    redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+    local payload = rcall('HGET', DELAYED_PAYLOADS, task_id)
+    rcall('ZREM', DELAYED, task_id)
+    rcall('HDEL', DELAYED_PAYLOADS, task_id)
     if payload then
-      local state = redis.call('HMGET', task_key(task_id), 'status', 'priority')
+      local state = rcall('HMGET', task_key(task_id), 'status', 'priority')
       local status = state[1]
       if status == 'retrying' or status == 'pending' then
-        redis.call('HDEL', task_key(task_id), 'scheduled_for')
+        rcall('HDEL', task_key(task_id), 'scheduled_for')
         if state[2] then
           -- A task with a priority waits its turn among the prioritized.
           prioritize(task_id, payload, priority_score(state[2], now_ms()))
@@ -494,7 +514,7 @@ local function promote_due(limit)
     else
       -- The payload was removed behind exo's back: end the task instead of
       -- leaving it `retrying` forever.
-      if redis.call('HGET', task_key(task_id), 'status') == 'retrying' then
+      if rcall('HGET', task_key(task_id), 'status') == 'retrying' then
         lose(task_id, 'the payload of the retry was lost')
       end
     end
@@ -503,7 +523,7 @@ local function promote_due(limit)
 end
 
 local function next_due()
-  local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  local first = rcall('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if #first == 0 then return -1 end
   return tonumber(first[2])
 end
@@ -582,9 +602,9 @@ end
 -- read yet (the stream holds only waiting and running entries; exo deletes
 -- what it acknowledges).
 local function undelivered()
-  local ok, summary = pcall(redis.call, 'XPENDING', QUEUE, GROUP)
+  local ok, summary = pcall(rcall, 'XPENDING', QUEUE, GROUP)
   local pending = ok and tonumber(summary[1]) or 0
-  return redis.call('XLEN', QUEUE) - pending
+  return rcall('XLEN', QUEUE) - pending
 end
 
 -- Concurrency keys (extension fields `concurrency_key`,
@@ -602,11 +622,11 @@ end
 -- or it was let through and waits in line (an entry, or the prioritized
 -- set), or it was cancelled while running and its worker has not stopped.
 local function holds_slot(task_id)
-  local state = redis.call('HMGET', task_key(task_id), 'status', 'entry', 'ended', 'waiting_for')
+  local state = rcall('HMGET', task_key(task_id), 'status', 'entry', 'ended', 'waiting_for')
   local status = state[1]
   if status == 'running' then return true end
   if status == 'pending' and not state[4] then
-    return state[2] ~= false or redis.call('ZSCORE', PRIORITIZED, task_id) ~= false
+    return state[2] ~= false or rcall('ZSCORE', PRIORITIZED, task_id) ~= false
   end
   return status == 'cancelled' and state[3] ~= '1' and state[2] ~= false
 end
@@ -615,11 +635,11 @@ end
 -- fill the limit (a task that ended without freeing its slot is dropped).
 local function slots_used(ckey, limit)
   local set = key_running(ckey)
-  local used = redis.call('SCARD', set)
+  local used = rcall('SCARD', set)
   if used < limit then return used end
-  for _, task_id in ipairs(redis.call('SMEMBERS', set)) do
+  for _, task_id in ipairs(rcall('SMEMBERS', set)) do
     if not holds_slot(task_id) then
-      redis.call('SREM', set, task_id)
+      rcall('SREM', set, task_id)
       used = used - 1
     end
   end
@@ -633,16 +653,16 @@ local function admit_held(ckey, limit)
   local waiting = key_waiting(ckey)
   local used = slots_used(ckey, limit)
   while used < limit do
-    local task_id = redis.call('LPOP', waiting)
+    local task_id = rcall('LPOP', waiting)
     if not task_id then break end
     local key = task_key(task_id)
-    local state = redis.call('HMGET', key, 'status', 'waiting_for', 'priority')
+    local state = rcall('HMGET', key, 'status', 'waiting_for', 'priority')
     if state[1] == 'pending' and state[2] == 'concurrency' then
-      local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
-      redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-      redis.call('HDEL', key, 'waiting_for')
+      local payload = rcall('HGET', DELAYED_PAYLOADS, task_id)
+      rcall('HDEL', DELAYED_PAYLOADS, task_id)
+      rcall('HDEL', key, 'waiting_for')
       if payload then
-        redis.call('SADD', key_running(ckey), task_id)
+        rcall('SADD', key_running(ckey), task_id)
         if state[3] then
           prioritize(task_id, payload, priority_score(state[3], NOW_MS))
         else
@@ -654,29 +674,29 @@ local function admit_held(ckey, limit)
       end
     end
   end
-  if redis.call('LLEN', waiting) == 0 then
-    redis.call('HDEL', KEYS_HELD, ckey)
+  if rcall('LLEN', waiting) == 0 then
+    rcall('HDEL', KEYS_HELD, ckey)
   else
-    redis.call('HSET', KEYS_HELD, ckey, limit)
+    rcall('HSET', KEYS_HELD, ckey, limit)
   end
 end
 
 -- Holds a claimed entry's task back until its key has room.
 local function hold(task_id, entry_id, payload, ckey, limit)
   ack(entry_id)
-  redis.call('HDEL', task_key(task_id), 'entry')
+  rcall('HDEL', task_key(task_id), 'entry')
   write_task(task_id, 'status', 'pending', 'waiting_for', 'concurrency', 'concurrency_key', ckey)
-  redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-  redis.call('RPUSH', key_waiting(ckey), task_id)
-  redis.call('HSET', KEYS_HELD, ckey, limit)
+  rcall('HSET', DELAYED_PAYLOADS, task_id, payload)
+  rcall('RPUSH', key_waiting(ckey), task_id)
+  rcall('HSET', KEYS_HELD, ckey, limit)
 end
 
 -- Frees the slot a task of `ckey` held (its attempt ended) and lets the
 -- next held task of the key through.
 local function free_slot(task_id, ckey)
   if not ckey then return end
-  redis.call('SREM', key_running(ckey), task_id)
-  local limit = tonumber(redis.call('HGET', KEYS_HELD, ckey) or '')
+  rcall('SREM', key_running(ckey), task_id)
+  local limit = tonumber(rcall('HGET', KEYS_HELD, ckey) or '')
   if limit then admit_held(ckey, limit) end
 end
 
@@ -717,17 +737,17 @@ end
 local function cancel_task(task_id, status, agent_name, waiting_for)
   local key = task_key(task_id)
   write_task(task_id, 'status', 'cancelled', 'completed_at', NOW, 'cancel_requested_at', NOW)
-  redis.call('PUBLISH', cancel_channel(task_id), 'cancel')
+  rcall('PUBLISH', cancel_channel(task_id), 'cancel')
   if status == 'running' then return 'cancelling' end
-  redis.call('ZREM', DELAYED, task_id)
-  redis.call('ZREM', PRIORITIZED, task_id)
-  redis.call('HDEL', DELAYED_PAYLOADS, task_id)
-  redis.call('HDEL', key, 'scheduled_for')
+  rcall('ZREM', DELAYED, task_id)
+  rcall('ZREM', PRIORITIZED, task_id)
+  rcall('HDEL', DELAYED_PAYLOADS, task_id)
+  rcall('HDEL', key, 'scheduled_for')
   if waiting_for == 'approval' then
-    redis.call('HDEL', key, 'waiting_for')
+    rcall('HDEL', key, 'waiting_for')
     end_stream(task_id, { status_event('cancelled', agent_name, 'Task cancelled while waiting for approval') })
   else
-    if waiting_for then redis.call('HDEL', key, 'waiting_for') end
+    if waiting_for then rcall('HDEL', key, 'waiting_for') end
     end_stream(task_id, { status_event('cancelled', agent_name, 'Task cancelled before it started') })
   end
   return 'cancelled'
@@ -750,7 +770,7 @@ local CLAIM_SCAN = 500
 -- retries, max_retries, created_at, completed_at, attempt,
 -- concurrency_key, payload_checked.
 local function claim_state(key)
-  return redis.call('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
+  return rcall('HMGET', key, 'status', 'ended', 'agent_name', 'entry',
     'retries', 'max_retries', 'created_at', 'completed_at', 'attempt', 'concurrency_key',
     'payload_checked')
 end
@@ -774,7 +794,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
   -- One look at the delayed set's first task: whether any is due (then
   -- they go onto the queue), and, unless that or the claim below changes
   -- the set, the reply's next_due_ms.
-  local first_delayed = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  local first_delayed = rcall('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   local delayed_unchanged = true
   if #first_delayed > 0 and tonumber(first_delayed[2]) <= now_ms() then
     promote_due(100)
@@ -783,7 +803,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
 
   local drained = false
   local function read_new(wanted)
-    local read = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', int_text(wanted), 'STREAMS', QUEUE, '>')
+    local read = rcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', int_text(wanted), 'STREAMS', QUEUE, '>')
     local got = (read and read[1]) and read[1][2] or {}
     if #got < wanted then drained = true end
     return got
@@ -792,11 +812,11 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
   local entries = {}
   if #entry_ids > 0 then
     for _, entry_id in ipairs(entry_ids) do
-      local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+      local found = rcall('XRANGE', QUEUE, entry_id, entry_id)
       if #found > 0 then
         table.insert(entries, found[1])
       else
-        redis.call('XACK', QUEUE, GROUP, entry_id)
+        rcall('XACK', QUEUE, GROUP, entry_id)
       end
     end
   else
@@ -868,8 +888,8 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     if status == 'retrying' then
       -- Claimed from a copy before its retry was due: the delayed retry
       -- must not add another entry later.
-      redis.call('ZREM', DELAYED, task_id)
-      redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+      rcall('ZREM', DELAYED, task_id)
+      rcall('HDEL', DELAYED_PAYLOADS, task_id)
       delayed_unchanged = false
     end
     local ckey, limit, key_problem
@@ -881,8 +901,8 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     end
     if ckey and limit then
       local running = key_running(ckey)
-      if redis.call('SISMEMBER', running, task_id) == 0 then
-        if redis.call('LLEN', key_waiting(ckey)) > 0 then
+      if rcall('SISMEMBER', running, task_id) == 0 then
+        if rcall('LLEN', key_waiting(ckey)) > 0 then
           -- Others of the key wait already: this one goes behind them.
           hold(task_id, entry_id, payload, ckey, limit)
           admit_held(ckey, limit)
@@ -894,7 +914,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
           held = held + 1
           return
         end
-        redis.call('SADD', running, task_id)
+        rcall('SADD', running, task_id)
       end
     end
     -- The attempt number (the fencing token) goes up by one, written
@@ -945,7 +965,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       n = n + 2
     end
     -- A task that ran before (a retry) drops its last ending.
-    if state[8] then redis.call('HDEL', key, 'completed_at', 'result') end
+    if state[8] then rcall('HDEL', key, 'completed_at', 'result') end
     -- Only exo's own writes set `entry`: such a task is indexed already.
     local write = write_task
     if owner then write = fresh(state[7]) and update_task_in_ttl or update_task end
@@ -977,7 +997,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       entry_ids = {}
       entries = read_new(wanted)
     end
-    if #entries == 0 and drained and redis.call('EXISTS', PRIORITIZED) == 1 then
+    if #entries == 0 and drained and rcall('EXISTS', PRIORITIZED) == 1 then
       -- Nothing else waits on the stream: prioritized tasks go next.
       if release_prioritized('+inf', wanted) > 0 then
         drained = false
@@ -1012,17 +1032,17 @@ local function note_on_worker(worker_id, completed, failed, current, busy_delta)
   busy_delta = busy_delta or 0
   if worker_id == '' or (completed == 0 and failed == 0 and busy_delta == 0 and not current) then return end
   local worker = worker_key(worker_id)
-  if redis.call('EXISTS', worker) == 0 then return end
-  if completed > 0 then redis.call('HINCRBY', worker, 'tasks_processed', int_text(completed)) end
-  if failed > 0 then redis.call('HINCRBY', worker, 'tasks_failed', int_text(failed)) end
-  if busy_delta ~= 0 and redis.call('HEXISTS', worker, 'active_tasks') == 1 then
+  if rcall('EXISTS', worker) == 0 then return end
+  if completed > 0 then rcall('HINCRBY', worker, 'tasks_processed', int_text(completed)) end
+  if failed > 0 then rcall('HINCRBY', worker, 'tasks_failed', int_text(failed)) end
+  if busy_delta ~= 0 and rcall('HEXISTS', worker, 'active_tasks') == 1 then
     -- A heartbeat computed before a claim may have written an older count;
     -- the next one sets it right, and it never shows below zero.
-    if redis.call('HINCRBY', worker, 'active_tasks', int_text(busy_delta)) < 0 then
-      redis.call('HSET', worker, 'active_tasks', 0)
+    if rcall('HINCRBY', worker, 'active_tasks', int_text(busy_delta)) < 0 then
+      rcall('HSET', worker, 'active_tasks', 0)
     end
   end
-  if current then redis.call('HSET', worker, 'current_task_id', current) end
+  if current then rcall('HSET', worker, 'current_task_id', current) end
 end
 
 -- How many tasks a claim reply took (rows of six).
@@ -1055,8 +1075,8 @@ local function decide(task_id, approval_json, approved, by, reason, arguments)
   if arguments and arguments ~= '' then record.arguments = arguments end
   -- The decision is written even into a full journal: without it the
   -- resumed run would wait for the same call again.
-  redis.call('RPUSH', journal_key(task_id), cjson.encode(record))
-  redis.call('EXPIRE', journal_key(task_id), TASK_TTL)
+  rcall('RPUSH', journal_key(task_id), cjson.encode(record))
+  rcall('EXPIRE', journal_key(task_id), TASK_TTL)
   local verdict = approved and 'approved' or 'denied'
   local message = "Tool '" .. tostring(approval.tool_name) .. "' " .. verdict .. ' by ' .. by
   if reason and reason ~= '' then message = message .. ': ' .. reason end
@@ -1065,18 +1085,18 @@ local function decide(task_id, approval_json, approved, by, reason, arguments)
   local event = fill(fill(fill(STATUS_DECIDED, '\\u0001agent', approval.agent_name or ''),
     '\\u0001message', message), '\\u0001approval', shown)
   append_events(task_id, { event })
-  redis.call('ZREM', APPROVALS, task_id)
-  redis.call('HDEL', key, 'waiting_for', 'approval', 'approval_deadline')
-  redis.call('HSET', key, 'approval_decision', cjson.encode(record), 'journal', '1')
-  local payload = redis.call('HGET', DELAYED_PAYLOADS, task_id)
-  redis.call('HDEL', DELAYED_PAYLOADS, task_id)
+  rcall('ZREM', APPROVALS, task_id)
+  rcall('HDEL', key, 'waiting_for', 'approval', 'approval_deadline')
+  rcall('HSET', key, 'approval_decision', cjson.encode(record), 'journal', '1')
+  local payload = rcall('HGET', DELAYED_PAYLOADS, task_id)
+  rcall('HDEL', DELAYED_PAYLOADS, task_id)
   if payload and payload ~= '' then
     update_task(task_id, 'status', 'pending')
     enqueue(task_id, payload)
   else
     local reason_lost = 'the payload of the task waiting for approval was lost'
     update_task(task_id, 'status', 'failed', 'error', reason_lost, 'completed_at', NOW)
-    dead_letter(task_id, '', reason_lost, redis.call('HGET', key, 'attempt'))
+    dead_letter(task_id, '', reason_lost, rcall('HGET', key, 'attempt'))
     end_stream(task_id, { error_event(reason_lost, ERROR_TYPES.LOST_PAYLOAD, approval.agent_name or '', false),
       status_event('error', approval.agent_name or '', reason_lost) })
   end

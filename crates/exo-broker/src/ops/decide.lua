@@ -16,7 +16,7 @@
 
 local task_id = ARGV[7]
 local key = task_key(task_id)
-local state = redis.call('HMGET', key, 'status', 'waiting_for', 'approval')
+local state = rcall('HMGET', key, 'status', 'waiting_for', 'approval')
 if not state[1] then return { 'not_found' } end
 if state[1] ~= 'pending' or state[2] ~= 'approval' or not state[3] then
   return { 'not_waiting', state[1] }

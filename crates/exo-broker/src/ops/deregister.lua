@@ -11,13 +11,13 @@
 
 local worker_id, nonce = ARGV[7], ARGV[8]
 local worker = worker_key(worker_id)
-local owner = redis.call('HGET', worker, 'nonce')
+local owner = rcall('HGET', worker, 'nonce')
 if owner and owner ~= '' and owner ~= nonce then return { 0, 0 } end
-redis.call('DEL', worker)
-redis.call('ZREM', REGISTRY, worker_id)
+rcall('DEL', worker)
+rcall('ZREM', REGISTRY, worker_id)
 local removed = 0
-local ok, left = pcall(redis.call, 'XPENDING', QUEUE, GROUP, '-', '+', 1, worker_id)
+local ok, left = pcall(rcall, 'XPENDING', QUEUE, GROUP, '-', '+', 1, worker_id)
 if ok and #left == 0 then
-  removed = redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, worker_id) >= 0 and 1 or 0
+  removed = rcall('XGROUP', 'DELCONSUMER', QUEUE, GROUP, worker_id) >= 0 and 1 or 0
 end
 return { 1, removed }

@@ -78,127 +78,128 @@ local DEFAULT_MAX = ARGV[12]
 -- The payload exactly as queued, for a retry or the dead letter; the
 -- worker's copy (`fallback`) when the entry is gone.
 local function queued_payload(entry_id, fallback)
-  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+  local found = rcall('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
   if payload then return payload end
   return fallback
 end
 
--- Ends one attempt (a block's fields in `a`). Returns its reply, whether
--- it ended here, and the concurrency key of its task.
-local function finish_attempt(a)
-  local task_id, entry_id, fence, outcome = a[1], a[2], a[3], a[4]
+-- Ends one attempt: its block's field k is ARGV[b + k], and the block has
+-- `size` fields (read where they are: no table per block). Returns its
+-- reply (a word, or a table for a reply with values), whether it ended
+-- here, and the concurrency key of its task.
+local function finish_attempt(b, size)
+  local task_id, entry_id, fence, outcome = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   local key = task_key(task_id)
-  local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'lease', 'error', 'concurrency_key', 'journal')
+  -- What every ending reads; the rest (retries, max_retries, ended) only
+  -- a slow path needs (see below).
+  local state = rcall('HMGET', key, 'status', 'attempt', 'lease', 'concurrency_key', 'journal', 'error')
   local status = state[1]
   -- The concurrency key of the task whose attempt ends.
-  local attempt_key = state[8]
+  local attempt_key = state[4]
 
-  local attempt = fence_matches(fence, state[2], state[6])
+  local attempt = fence_matches(fence, state[2], state[3])
   if not attempt then
     return { 'stale', status or '', state[2] or '' }
+  end
+  local inner_retries = tonumber(ARGV[b + 11]) or 0
+  -- A running task that completes with no retries inside its attempt (the
+  -- usual ending) needs none of them.
+  local retries, max_retries, ended
+  if outcome ~= 'completed' or status ~= 'running' or inner_retries > 0 then
+    local more = rcall('HMGET', key, 'retries', 'max_retries', 'ended')
+    retries, max_retries, ended = more[1], more[2], more[3]
   end
   -- A repeat of a call that already landed.
   -- (A call that ended before its acknowledgements were sent, aborted by
   -- a passing error, sends them now.)
   if outcome == 'failed' and status == 'retrying' then
     ack_later(entry_id)
-    return { 'retrying', tonumber(state[3] or '0'), -1 }
+    return { 'retrying', tonumber(retries or '0'), -1 }
   end
   if (status == 'completed' or status == 'failed') and status == outcome then
     ack_later(entry_id)
-    return { status }
+    return status
   end
   if outcome == 'waiting' and status == 'pending' then
-    return { 'waiting' }
+    return 'waiting'
   end
-  if status == 'cancelled' and outcome == 'cancelled' and state[5] == '1' then
+  if status == 'cancelled' and outcome == 'cancelled' and ended == '1' then
     ack_later(entry_id)
-    return { 'cancelled' }
+    return 'cancelled'
   end
   -- A client cancelled the task while it ran.
   if status == 'cancelled' and outcome ~= 'cancelled' then
-    return { 'cancel_requested' }
+    return 'cancel_requested'
   end
   if status ~= 'running' and status ~= 'cancelled' then
     return { 'stale', status or '', state[2] or '' }
   end
 
-  local journal_count = tonumber(a[14]) or 0
-  local journal = {}
-  for i = 15, 14 + journal_count do journal[i - 14] = a[i] end
-  local first_event = 15 + journal_count
-  local events
-  if #a - first_event < 1000 then
-    events = { unpack(a, first_event) }
-  else
-    events = {}
-    for i = first_event, #a do events[i - first_event + 1] = a[i] end
-  end
-  local reply
-  local inner_retries = tonumber(a[11]) or 0
+  -- Journal records are ARGV[b + 15 .. b + 14 + j]; the run's events
+  -- follow, up to the block's end.
+  local journal_last = math.min(b + 14 + (tonumber(ARGV[b + 14]) or 0), b + size)
+  local events_first, events_last = journal_last + 1, b + size
   if inner_retries > 0 then
-    redis.call('HSET', key, 'retries', tonumber(state[3] or '0') + inner_retries)
-    state[3] = tostring(tonumber(state[3] or '0') + inner_retries)
+    retries = tostring(tonumber(retries or '0') + inner_retries)
+    rcall('HSET', key, 'retries', retries)
   end
 
   -- The task was claimed here, so exo indexed it: `update_task`. The
   -- stream's end (`ended`) is written with the final state.
   if outcome == 'waiting' then
-    local payload = queued_payload(entry_id, a[8])
-    local deadline = now_ms() + (tonumber(a[7]) or 0)
-    redis.call('HDEL', key, 'entry')
-    update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', a[5],
+    local payload = queued_payload(entry_id, ARGV[b + 8])
+    local deadline = now_ms() + (tonumber(ARGV[b + 7]) or 0)
+    rcall('HDEL', key, 'entry')
+    update_task(task_id, 'status', 'pending', 'waiting_for', 'approval', 'approval', ARGV[b + 5],
       'approval_deadline', string.format('%.3f', deadline / 1000))
-    redis.call('ZADD', APPROVALS, deadline, task_id)
-    redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-    append_journal(task_id, journal)
-    table.insert(events, a[9])
+    rcall('ZADD', APPROVALS, deadline, task_id)
+    rcall('HSET', DELAYED_PAYLOADS, task_id, payload)
+    append_journal_range(task_id, ARGV, b + 15, journal_last)
     ack_later(entry_id)
-    append_events(task_id, events)
-    return { 'waiting' }, true, attempt_key
+    append_event_range(task_id, ARGV, events_first, events_last, ARGV[b + 9])
+    return 'waiting', true, attempt_key
   end
 
+  local reply, final
   if outcome == 'completed' then
-    if state[7] then redis.call('HDEL', key, 'error') end
-    update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', a[5], 'ended', '1')
-    table.insert(events, a[9])
-    reply = { 'completed' }
+    if state[6] then rcall('HDEL', key, 'error') end
+    update_task(task_id, 'status', 'completed', 'completed_at', NOW, 'result', ARGV[b + 5], 'ended', '1')
+    final = ARGV[b + 9]
+    reply = 'completed'
   elseif outcome == 'cancelled' then
     if status ~= 'cancelled' then
       update_task(task_id, 'status', 'cancelled', 'completed_at', NOW, 'ended', '1')
-    elseif state[5] ~= '1' then
-      redis.call('HSET', key, 'ended', '1')
+    elseif ended ~= '1' then
+      rcall('HSET', key, 'ended', '1')
     end
-    if state[5] ~= '1' then table.insert(events, a[9]) end
-    reply = { 'cancelled' }
+    if ended ~= '1' then final = ARGV[b + 9] end
+    reply = 'cancelled'
   else
-    local retries = tonumber(state[3] or '0')
-    local max_retries = tonumber(state[4] or DEFAULT_MAX)
-    if a[6] == '1' and retries < max_retries then
-      local due = now_ms() + tonumber(a[7])
-      local payload = queued_payload(entry_id, a[8])
+    local spent = tonumber(retries or '0')
+    if ARGV[b + 6] == '1' and spent < tonumber(max_retries or DEFAULT_MAX) then
+      local due = now_ms() + tonumber(ARGV[b + 7])
+      local payload = queued_payload(entry_id, ARGV[b + 8])
       -- Waiting in the delayed set now: no entry carries it until promoted.
-      redis.call('HDEL', key, 'entry')
-      update_task(task_id, 'status', 'retrying', 'retries', retries + 1, 'error', a[5], 'completed_at', NOW)
-      redis.call('ZADD', DELAYED, due, task_id)
-      redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
-      append_journal(task_id, journal)
-      table.insert(events, a[10])
+      rcall('HDEL', key, 'entry')
+      update_task(task_id, 'status', 'retrying', 'retries', spent + 1, 'error', ARGV[b + 5], 'completed_at', NOW)
+      rcall('ZADD', DELAYED, due, task_id)
+      rcall('HSET', DELAYED_PAYLOADS, task_id, payload)
+      append_journal_range(task_id, ARGV, b + 15, journal_last)
       ack_later(entry_id)
-      append_events(task_id, events)
-      return { 'retrying', retries + 1, due }, true, attempt_key
+      append_event_range(task_id, ARGV, events_first, events_last, ARGV[b + 10])
+      return { 'retrying', spent + 1, due }, true, attempt_key
     end
-    update_task(task_id, 'status', 'failed', 'error', a[5], 'completed_at', NOW, 'ended', '1')
-    dead_letter(task_id, queued_payload(entry_id, a[8]), a[5], attempt)
-    table.insert(events, a[9])
-    reply = { 'failed' }
+    update_task(task_id, 'status', 'failed', 'error', ARGV[b + 5], 'completed_at', NOW, 'ended', '1')
+    dead_letter(task_id, queued_payload(entry_id, ARGV[b + 8]), ARGV[b + 5], attempt)
+    final = ARGV[b + 9]
+    reply = 'failed'
   end
 
   ack_later(entry_id)
-  append_events(task_id, events)
+  append_event_range(task_id, ARGV, events_first, events_last, final)
   -- (A journal written before the hash said so expires with the hash.)
-  if state[9] then redis.call('DEL', journal_key(task_id)) end
+  if state[5] then rcall('DEL', journal_key(task_id)) end
   return reply, true, attempt_key
 end
 
@@ -228,7 +229,7 @@ local function record_usage(task_id, text)
   local ok, spent = pcall(cjson.decode, text)
   if not ok or type(spent) ~= 'table' then return end
   local key = task_key(task_id)
-  local owner = redis.call('HMGET', key, 'tenant', 'agent_name')
+  local owner = rcall('HMGET', key, 'tenant', 'agent_name')
   local minute = math.floor(NOW_MS / 60000)
   local buckets = {
     { USAGE_FAMILY .. 'm:' .. minute, 2 * 86400 },
@@ -240,7 +241,7 @@ local function record_usage(task_id, text)
       for m = 1, 4 do
         local amount = math.floor(tonumber(row[m + 1]) or 0)
         if amount > 0 then
-          redis.call('HINCRBY', key, USAGE_FIELDS[m], amount)
+          rcall('HINCRBY', key, USAGE_FIELDS[m], amount)
           for _, bucket in ipairs(buckets) do
             for _, name in ipairs(names) do
               count_in_bucket(bucket[1], bucket[2], name .. '|' .. USAGE_METRICS[m], amount)
@@ -256,19 +257,19 @@ local function write_ledger()
   for _, bucket in ipairs(LEDGER_ORDER) do
     local entry = LEDGER[bucket]
     for _, name in ipairs(entry.names) do
-      redis.call('HINCRBY', bucket, name, entry.counters[name])
+      rcall('HINCRBY', bucket, name, entry.counters[name])
     end
-    redis.call('EXPIRE', bucket, entry.ttl)
+    rcall('EXPIRE', bucket, entry.ttl)
   end
 end
 
 -- `finish_attempt`, then the attempt's usage and its concurrency slot.
-local function end_attempt(a)
-  local reply, ended, attempt_key = finish_attempt(a)
+local function end_attempt(b, size)
+  local reply, ended, attempt_key = finish_attempt(b, size)
   if ended then
-    record_usage(a[1], a[12])
+    record_usage(ARGV[b + 1], ARGV[b + 12])
     -- The attempt no longer holds a slot of its concurrency key.
-    free_slot(a[1], attempt_key)
+    free_slot(ARGV[b + 1], attempt_key)
   end
   return reply, ended
 end
@@ -276,8 +277,9 @@ end
 -- One block under pcall: an error (a key of the wrong type, say) becomes
 -- that block's reply and the others go on. A passing error (see
 -- PASSING_ERRORS) ends the call, so the caller retries it whole.
-local function finish_block(a)
-  local ok, reply, ended = pcall(end_attempt, a)
+local function finish_block(b, size)
+  if size < 14 then return { 'error', 'a block has at least 14 fields, this one ' .. size }, false end
+  local ok, reply, ended = pcall(end_attempt, b, size)
   if ok then return reply, ended end
   return { 'error', caught(reply) }, false
 end
@@ -290,30 +292,22 @@ return with_deferred_writes(function()
   local claim_count, asked = 0, false
   local at = 16
   for i = 1, tonumber(ARGV[7]) or 0 do
+    -- The block's fields are ARGV[at + 1 .. at + size].
     local size = tonumber(ARGV[at]) or 0
-    -- (One table of the block's size at once; a loop for a very large
-    -- block, which `unpack` could not hold.)
-    local a
-    if size <= 1000 then
-      a = { unpack(ARGV, at + 1, at + size) }
-    else
-      a = {}
-      for j = 1, size do a[j] = ARGV[at + j] end
-    end
+    local reply, ended = finish_block(at, size)
+    local wanted = size >= 13 and tonumber(ARGV[at + 13]) or 0
     at = at + size + 1
-    local reply, ended = finish_block(a)
-    local wanted = tonumber(a[13]) or 0
     asked = asked or wanted > 0
     given[i] = 0
     if ended then
-      local counted = COUNTED[reply[1]]
+      local counted = COUNTED[type(reply) == 'table' and reply[1] or reply]
       if counted then counts[counted] = counts[counted] + 1 end
       claim_count = claim_count + wanted
       given[i] = wanted
     end
-    -- An outcome of one word goes as that word (a table costs the reply
-    -- more).
-    replies[i] = reply[2] == nil and reply[1] or reply
+    -- (An outcome of one word goes as that word: a table costs the reply
+    -- more.)
+    replies[i] = reply
   end
   -- The ledger is bookkeeping: a bucket Redis refuses (a key of another
   -- type) does not undo the endings.

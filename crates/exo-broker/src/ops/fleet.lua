@@ -24,13 +24,13 @@ local function seen_at(beat)
 end
 
 local function enter(worker_id)
-  if redis.call('ZSCORE', REGISTRY, worker_id) then return end
-  local beat = redis.call('HGET', worker_key(worker_id), 'last_heartbeat')
-  if beat then redis.call('ZADD', REGISTRY, seen_at(beat), worker_id) end
+  if rcall('ZSCORE', REGISTRY, worker_id) then return end
+  local beat = rcall('HGET', worker_key(worker_id), 'last_heartbeat')
+  if beat then rcall('ZADD', REGISTRY, seen_at(beat), worker_id) end
 end
 
 for i = 8, #ARGV do enter(ARGV[i]) end
-local ok_info, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', QUEUE, GROUP)
+local ok_info, consumers = pcall(rcall, 'XINFO', 'CONSUMERS', QUEUE, GROUP)
 if ok_info then
   for _, consumer in ipairs(consumers) do
     for i = 1, #consumer, 2 do
@@ -39,11 +39,11 @@ if ok_info then
   end
 end
 
-local members = redis.call('ZRANGE', REGISTRY, 0, -1, 'WITHSCORES')
+local members = rcall('ZRANGE', REGISTRY, 0, -1, 'WITHSCORES')
 local rows = {}
 for i = 1, #members, 2 do
   local worker_id, score = members[i], members[i + 1]
-  local fields = redis.call('HGETALL', worker_key(worker_id))
+  local fields = rcall('HGETALL', worker_key(worker_id))
   local nonce, beat
   for j = 1, #fields, 2 do
     if fields[j] == 'nonce' then nonce = fields[j + 1] end
@@ -52,7 +52,7 @@ for i = 1, #members, 2 do
   if beat and not nonce then
     local seen = seen_at(beat)
     if seen > tonumber(score) then
-      redis.call('ZADD', REGISTRY, seen, worker_id)
+      rcall('ZADD', REGISTRY, seen, worker_id)
       score = tostring(seen)
     end
   end
@@ -62,5 +62,5 @@ for i = 1, #members, 2 do
     table.insert(rows, fields)
   end
 end
-redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - keep)
+rcall('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - keep)
 return rows

@@ -29,20 +29,20 @@ local worker_id, ttl, orphan_ms = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
 local nonce, field_count = ARGV[10], tonumber(ARGV[11])
 local worker = worker_key(worker_id)
 
-local owner = redis.call('HGET', worker, 'nonce')
+local owner = rcall('HGET', worker, 'nonce')
 if owner and owner ~= '' and owner ~= nonce then
   return { {}, {}, 0, 'conflict', owner }
 end
 
 local beat_key, quiet_key = FLEET_BEAT, FLEET_QUIET_UNTIL
-local last_beat = tonumber(redis.call('GET', beat_key) or '')
+local last_beat = tonumber(rcall('GET', beat_key) or '')
 if last_beat and NOW_MS - last_beat > ttl * 500 then
   local quiet_until = NOW_MS + ttl * 1000
-  if quiet_until > (tonumber(redis.call('GET', quiet_key) or '0') or 0) then
-    redis.call('SET', quiet_key, quiet_until, 'PX', ttl * 2000)
+  if quiet_until > (tonumber(rcall('GET', quiet_key) or '0') or 0) then
+    rcall('SET', quiet_key, quiet_until, 'PX', ttl * 2000)
   end
 end
-redis.call('SET', beat_key, NOW_MS, 'PX', 24 * 3600 * 1000)
+rcall('SET', beat_key, NOW_MS, 'PX', 24 * 3600 * 1000)
 
 -- The counters never go back: a final write may have counted a task in
 -- the hash (finish.lua) after this worker read its own counters.
@@ -51,16 +51,16 @@ local fields = { 'nonce', nonce }
 for i = 12, 11 + 2 * field_count, 2 do
   local name, value = ARGV[i], ARGV[i + 1]
   if counters[name] then
-    local stored = tonumber(redis.call('HGET', worker, name) or '')
+    local stored = tonumber(rcall('HGET', worker, name) or '')
     if stored and stored > (tonumber(value) or 0) then value = tostring(stored) end
   end
   table.insert(fields, name)
   table.insert(fields, value)
 end
-redis.call('HSET', worker, unpack(fields))
-redis.call('EXPIRE', worker, ttl)
-redis.call('ZADD', REGISTRY, NOW, worker_id)
-redis.call('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 3600)
+rcall('HSET', worker, unpack(fields))
+rcall('EXPIRE', worker, ttl)
+rcall('ZADD', REGISTRY, NOW, worker_id)
+rcall('ZREMRANGEBYSCORE', REGISTRY, '-inf', NOW_MS / 1000 - 3600)
 
 local cancelled, lost, entries, running = {}, {}, {}, {}
 for i = 12 + 2 * field_count, #ARGV, 3 do
@@ -68,12 +68,12 @@ for i = 12 + 2 * field_count, #ARGV, 3 do
   table.insert(entries, entry_id)
   running[entry_id] = true
   local key = task_key(task_id)
-  local status = redis.call('HGET', key, 'status')
+  local status = rcall('HGET', key, 'status')
   if not fence_holds(key, attempt) then
     table.insert(lost, task_id)
   else
-    redis.call('EXPIRE', key, TASK_TTL)
-    redis.call('EXPIRE', stream_key(task_id), EVENT_TTL)
+    rcall('EXPIRE', key, TASK_TTL)
+    rcall('EXPIRE', stream_key(task_id), EVENT_TTL)
     if status == 'cancelled' then table.insert(cancelled, task_id) end
   end
 end
@@ -81,19 +81,19 @@ if #entries > 0 then
   local args = { QUEUE, GROUP, worker_id, 0 }
   for _, entry_id in ipairs(entries) do table.insert(args, entry_id) end
   table.insert(args, 'JUSTID')
-  redis.call('XCLAIM', unpack(args))
+  rcall('XCLAIM', unpack(args))
 end
 
 -- Orphans: pending here, idle, and not run by this worker.
 local handed_back = 0
-for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms, '-', '+', 100, worker_id)) do
+for _, pending in ipairs(rcall('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms, '-', '+', 100, worker_id)) do
   local entry_id = pending[1]
   if not running[entry_id] then
-    local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+    local found = rcall('XRANGE', QUEUE, entry_id, entry_id)
     local payload = found[1] and entry_payload(found[1][2])
     guarded(entry_id, payload, function()
       if not found[1] then
-        redis.call('XACK', QUEUE, GROUP, entry_id)
+        rcall('XACK', QUEUE, GROUP, entry_id)
         return
       end
       if not payload then
@@ -106,12 +106,12 @@ for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', orphan_ms,
         return
       end
       local key = task_key(task_id)
-      local state = redis.call('HMGET', key, 'status', 'entry')
+      local state = rcall('HMGET', key, 'status', 'entry')
       local status, carrier = state[1], state[2]
       if status == 'running' and carrier == entry_id then
         -- Claimed and marked running, but the worker never got the reply.
-        redis.call('HINCRBY', key, 'attempt', 1)
-        redis.call('HDEL', key, 'worker_id', 'started_at')
+        rcall('HINCRBY', key, 'attempt', 1)
+        rcall('HDEL', key, 'worker_id', 'started_at')
         write_task(task_id, 'status', 'pending')
         enqueue(task_id, payload)
         ack(entry_id)

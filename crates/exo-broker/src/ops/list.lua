@@ -16,15 +16,15 @@ local tenant, agent = ARGV[11], ARGV[12]
 local found, examined, rank = {}, 0, cursor
 while #found < size and examined < budget do
   local batch = math.min(100, budget - examined)
-  local ids = redis.call('ZREVRANGE', TIMELINE, rank, rank + batch - 1)
+  local ids = rcall('ZREVRANGE', TIMELINE, rank, rank + batch - 1)
   if #ids == 0 then return { -1, found } end
   for _, task_id in ipairs(ids) do
     rank = rank + 1
     examined = examined + 1
-    local fields = redis.call('HGETALL', task_key(task_id))
+    local fields = rcall('HGETALL', task_key(task_id))
     if #fields == 0 then
-      redis.call('ZREM', TIMELINE, task_id)
-      redis.call('SREM', INDEX, task_id)
+      rcall('ZREM', TIMELINE, task_id)
+      rcall('SREM', INDEX, task_id)
       rank = rank - 1
     else
       local status, owner, name = nil, '', ''
@@ -42,5 +42,5 @@ while #found < size and examined < budget do
     end
   end
 end
-if redis.call('ZCARD', TIMELINE) <= rank then return { -1, found } end
+if rcall('ZCARD', TIMELINE) <= rank then return { -1, found } end
 return { rank, found }

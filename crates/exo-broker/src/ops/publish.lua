@@ -15,12 +15,12 @@
 
 local task_id, attempt = ARGV[7], ARGV[8]
 -- One read for both checks.
-local state = redis.call('HMGET', task_key(task_id), 'ended', 'attempt', 'lease')
+local state = rcall('HMGET', task_key(task_id), 'ended', 'attempt', 'lease')
 -- Nothing is ever appended after the terminal event, fenced or not.
 if state[1] == '1' then return -1 end
 if attempt ~= '' then
   if not fence_matches(attempt, state[2], state[3]) then return -1 end
-  redis.call('EXPIRE', task_key(task_id), TASK_TTL)
+  rcall('EXPIRE', task_key(task_id), TASK_TTL)
 end
 local journal_count = tonumber(ARGV[9]) or 0
 local journal = {}

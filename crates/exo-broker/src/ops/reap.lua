@@ -46,34 +46,34 @@ trim_index(100)
 -- concurrency keys with held tasks let them through when slots freed
 -- without a final write (a worker lost, a task cancelled while held).
 release_prioritized(NOW_MS - PRIORITY_OVERDUE_MS, limit)
-local held_keys = redis.call('HRANDFIELD', KEYS_HELD, 100, 'WITHVALUES')
+local held_keys = rcall('HRANDFIELD', KEYS_HELD, 100, 'WITHVALUES')
 for i = 1, #held_keys, 2 do
   pcall(admit_held, held_keys[i], tonumber(held_keys[i + 1]) or 1)
 end
 
 local expired_approvals = 0
-for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', APPROVALS, '-inf', NOW_MS, 'LIMIT', 0, limit)) do
+for _, task_id in ipairs(rcall('ZRANGEBYSCORE', APPROVALS, '-inf', NOW_MS, 'LIMIT', 0, limit)) do
   local ok = pcall(function()
-    local state = redis.call('HMGET', task_key(task_id), 'status', 'waiting_for', 'approval')
+    local state = rcall('HMGET', task_key(task_id), 'status', 'waiting_for', 'approval')
     if state[1] == 'pending' and state[2] == 'approval' and state[3] then
       decide(task_id, state[3], false, 'exo', 'no decision before the approval deadline', nil)
       expired_approvals = expired_approvals + 1
     else
-      redis.call('ZREM', APPROVALS, task_id)
+      rcall('ZREM', APPROVALS, task_id)
     end
   end)
-  if not ok then redis.call('ZREM', APPROVALS, task_id) end
+  if not ok then rcall('ZREM', APPROVALS, task_id) end
 end
 
 -- The fleet clock: no heartbeat for half a TTL means the server or the
 -- whole fleet was stopped; everyone's keys look expired, so wait one TTL.
 local beat_key, quiet_key = FLEET_BEAT, FLEET_QUIET_UNTIL
-local last_beat = tonumber(redis.call('GET', beat_key) or '')
+local last_beat = tonumber(rcall('GET', beat_key) or '')
 local quiet = false
 if last_beat and NOW_MS - last_beat > ttl_ms / 2 then
-  redis.call('SET', quiet_key, NOW_MS + ttl_ms, 'PX', ttl_ms * 2)
+  rcall('SET', quiet_key, NOW_MS + ttl_ms, 'PX', ttl_ms * 2)
   quiet = true
-elseif NOW_MS < (tonumber(redis.call('GET', quiet_key) or '0') or 0) then
+elseif NOW_MS < (tonumber(rcall('GET', quiet_key) or '0') or 0) then
   quiet = true
 end
 if quiet then return { promoted, 0, 0, 0, 0, 1, expired_approvals } end
@@ -86,19 +86,19 @@ local function mark(entry_id, reason)
   end
 end
 
-local summary = redis.call('XPENDING', QUEUE, GROUP)
+local summary = rcall('XPENDING', QUEUE, GROUP)
 if summary[4] then
   for _, pair in ipairs(summary[4]) do
     local consumer = pair[1]
-    if consumer ~= me and redis.call('EXISTS', worker_key(consumer)) == 0 then
+    if consumer ~= me and rcall('EXISTS', worker_key(consumer)) == 0 then
       table.insert(dead_consumers, consumer)
-      for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', dead_idle_ms, '-', '+', limit, consumer)) do
+      for _, pending in ipairs(rcall('XPENDING', QUEUE, GROUP, 'IDLE', dead_idle_ms, '-', '+', limit, consumer)) do
         mark(pending[1], 'worker ' .. consumer .. ' stopped sending heartbeats')
       end
     end
   end
 end
-for _, pending in ipairs(redis.call('XPENDING', QUEUE, GROUP, 'IDLE', lease_ms, '-', '+', limit)) do
+for _, pending in ipairs(rcall('XPENDING', QUEUE, GROUP, 'IDLE', lease_ms, '-', '+', limit)) do
   mark(pending[1], 'worker ' .. pending[2] .. ' did not renew its lease for ' .. pending[3] .. ' ms')
 end
 
@@ -106,7 +106,7 @@ local requeued, failed, cleaned = 0, 0, 0
 
 -- Ends a task that can never run again, with the reason.
 local function fail_task(task_id, payload, message, error_type, attempt, agent)
-  redis.call('HDEL', task_key(task_id), 'entry')
+  rcall('HDEL', task_key(task_id), 'entry')
   write_task(task_id, 'status', 'failed', 'error', message, 'completed_at', NOW)
   dead_letter(task_id, payload, message, attempt)
   end_stream(task_id, { error_event(message, error_type, agent, false), status_event('error', agent, message) })
@@ -114,11 +114,11 @@ local function fail_task(task_id, payload, message, error_type, attempt, agent)
 end
 
 for _, entry_id in ipairs(order) do
-  local found = redis.call('XRANGE', QUEUE, entry_id, entry_id)
+  local found = rcall('XRANGE', QUEUE, entry_id, entry_id)
   local payload = found[1] and entry_payload(found[1][2])
   local ok = guarded(entry_id, payload, function()
     if not found[1] then
-      redis.call('XACK', QUEUE, GROUP, entry_id)
+      rcall('XACK', QUEUE, GROUP, entry_id)
       cleaned = cleaned + 1
       return
     end
@@ -134,7 +134,7 @@ for _, entry_id in ipairs(order) do
       return
     end
     local key = task_key(task_id)
-    local state = redis.call('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'entry')
+    local state = rcall('HMGET', key, 'status', 'attempt', 'retries', 'max_retries', 'ended', 'agent_name', 'entry')
     local status, agent, carrier = state[1], state[6], state[7]
     if status == 'cancelled' then
       ack(entry_id)
@@ -159,7 +159,7 @@ for _, entry_id in ipairs(order) do
         requeued = requeued + 1
       end
     else
-      redis.call('HINCRBY', key, 'attempt', 1)
+      rcall('HINCRBY', key, 'attempt', 1)
       local retries = tonumber(state[3] or '0')
       local max_retries = tonumber(state[4] or default_max)
       local message = 'attempt ' .. (state[2] or '?') .. ' lost: ' .. stuck[entry_id]
@@ -187,19 +187,19 @@ end
 -- every ending, when the queue is too long to scan in one pass.
 
 local SCAN_LIMIT = 5000
-local offset = tonumber(redis.call('GET', ACTIVE_SWEEP) or '0') or 0
-local candidates = redis.call('ZRANGEBYSCORE', ACTIVE, '-inf', NOW_MS - lease_ms, 'LIMIT', offset, limit)
+local offset = tonumber(rcall('GET', ACTIVE_SWEEP) or '0') or 0
+local candidates = rcall('ZRANGEBYSCORE', ACTIVE, '-inf', NOW_MS - lease_ms, 'LIMIT', offset, limit)
 if #candidates < limit then offset = 0 else offset = offset + #candidates end
-redis.call('SET', ACTIVE_SWEEP, offset)
+rcall('SET', ACTIVE_SWEEP, offset)
 local reconciled = 0
 local carried = nil
 local function queue_carries(task_id)
   if carried == nil then
-    if redis.call('XLEN', QUEUE) > SCAN_LIMIT then
+    if rcall('XLEN', QUEUE) > SCAN_LIMIT then
       carried = false
     else
       carried = {}
-      for _, entry in ipairs(redis.call('XRANGE', QUEUE, '-', '+', 'COUNT', SCAN_LIMIT)) do
+      for _, entry in ipairs(rcall('XRANGE', QUEUE, '-', '+', 'COUNT', SCAN_LIMIT)) do
         local payload = entry_payload(entry[2])
         if payload then
           for id in string.gmatch(string.sub(payload, 1, 65536), '"task_id"%s*:%s*"([%w_.:-]+)"') do
@@ -215,29 +215,29 @@ end
 for _, task_id in ipairs(candidates) do
   pcall(function()
     local key = task_key(task_id)
-    local state = redis.call('HMGET', key, 'status', 'entry', 'worker_id', 'attempt', 'agent_name')
+    local state = rcall('HMGET', key, 'status', 'entry', 'worker_id', 'attempt', 'agent_name')
     local status, carrier, worker = state[1], state[2], state[3]
     if not status or TERMINAL[status] then
-      redis.call('ZREM', ACTIVE, task_id)
+      rcall('ZREM', ACTIVE, task_id)
       return
     end
-    if redis.call('ZSCORE', DELAYED, task_id) then return end
-    if redis.call('ZSCORE', PRIORITIZED, task_id) then return end
+    if rcall('ZSCORE', DELAYED, task_id) then return end
+    if rcall('ZSCORE', PRIORITIZED, task_id) then return end
     if carrier and entry_exists(carrier) then return end
     if status == 'pending' and not carrier then return end
-    if status == 'running' and worker and redis.call('EXISTS', worker_key(worker)) == 1 then return end
+    if status == 'running' and worker and rcall('EXISTS', worker_key(worker)) == 1 then return end
     if queue_carries(task_id) then return end
     local reason
     if status == 'running' then
       -- A new attempt number, so the old worker's heartbeat reports the
       -- task lost and its writes are refused.
-      redis.call('HINCRBY', key, 'attempt', 1)
+      rcall('HINCRBY', key, 'attempt', 1)
       reason = 'its queue entry was removed (trimmed or evicted) while it ran on ' .. (worker or '?')
         .. ', which is gone; the payload cannot be recovered'
     else
       reason = 'its queue entry was removed (trimmed or evicted) before it ran; the payload cannot be recovered'
     end
-    redis.call('HDEL', key, 'entry')
+    rcall('HDEL', key, 'entry')
     write_task(task_id, 'status', 'failed', 'error', reason, 'completed_at', NOW)
     dead_letter(task_id, '', reason, state[4])
     end_stream(task_id, { error_event(reason, ERROR_TYPES.LOST_ENTRY, state[5], false), status_event('error', state[5], reason) })
@@ -246,12 +246,12 @@ for _, task_id in ipairs(candidates) do
 end
 
 for _, consumer in ipairs(dead_consumers) do
-  local left = redis.call('XPENDING', QUEUE, GROUP, '-', '+', 1, consumer)
-  if #left == 0 then redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, consumer) end
+  local left = rcall('XPENDING', QUEUE, GROUP, '-', '+', 1, consumer)
+  if #left == 0 then rcall('XGROUP', 'DELCONSUMER', QUEUE, GROUP, consumer) end
 end
 -- Consumers of workers killed while idle: nothing pending, no heartbeat,
 -- idle past the lease.
-local ok_info, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', QUEUE, GROUP)
+local ok_info, consumers = pcall(rcall, 'XINFO', 'CONSUMERS', QUEUE, GROUP)
 if ok_info then
   local removed = 0
   for _, consumer in ipairs(consumers) do
@@ -260,8 +260,8 @@ if ok_info then
     for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
     local name = info['name']
     if name and name ~= me and tonumber(info['pending']) == 0 and tonumber(info['idle'] or 0) > lease_ms
-      and redis.call('EXISTS', worker_key(name)) == 0 then
-      redis.call('XGROUP', 'DELCONSUMER', QUEUE, GROUP, name)
+      and rcall('EXISTS', worker_key(name)) == 0 then
+      rcall('XGROUP', 'DELCONSUMER', QUEUE, GROUP, name)
       removed = removed + 1
     end
   end

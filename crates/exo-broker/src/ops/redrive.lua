@@ -6,7 +6,7 @@
 -- removed (it already ended), the dead-letter entry deleted.
 -- Returns {task id} or {"", reason}.
 
-local found = redis.call('XRANGE', DEAD, ARGV[7], ARGV[7])
+local found = rcall('XRANGE', DEAD, ARGV[7], ARGV[7])
 if #found == 0 then return { '', 'no dead-letter entry ' .. ARGV[7] } end
 local fields = {}
 local raw = found[1][2]
@@ -17,17 +17,17 @@ local parsed_id, _, problem = payload_task_id(payload)
 if problem then return { '', 'the payload cannot run: ' .. problem } end
 task_id = parsed_id
 local key = task_key(task_id)
-local status = redis.call('HGET', key, 'status')
+local status = rcall('HGET', key, 'status')
 if status and status ~= 'failed' then
   return { '', 'task ' .. task_id .. ' is ' .. status .. ', not failed; only failed tasks can be re-driven' }
 end
-redis.call('HINCRBY', key, 'attempt', 1)
+rcall('HINCRBY', key, 'attempt', 1)
 -- The next claim decodes the payload again (its refusal may have been of
 -- a field the hash does not show).
-redis.call('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry',
+rcall('HDEL', key, 'error', 'completed_at', 'result', 'ended', 'worker_id', 'started_at', 'cancel_requested_at', 'entry',
   'payload_checked')
 write_task(task_id, 'status', 'pending', 'retries', 0)
-redis.call('DEL', stream_key(task_id))
+rcall('DEL', stream_key(task_id))
 enqueue(task_id, payload)
-redis.call('XDEL', DEAD, ARGV[7])
+rcall('XDEL', DEAD, ARGV[7])
 return { task_id }

@@ -23,16 +23,16 @@ local mode, name = ARGV[7], ARGV[8]
 
 if mode == 'due' then
   local limit = tonumber(ARGV[12]) or 100
-  local names = redis.call('ZRANGEBYSCORE', SCHEDULES_DUE, '-inf', now_ms(), 'WITHSCORES', 'LIMIT', 0, limit)
+  local names = rcall('ZRANGEBYSCORE', SCHEDULES_DUE, '-inf', now_ms(), 'WITHSCORES', 'LIMIT', 0, limit)
   local reply = { now_ms() }
   for index = 1, #names, 2 do
-    local json = redis.call('HGET', SCHEDULES, names[index])
+    local json = rcall('HGET', SCHEDULES, names[index])
     if json then
       table.insert(reply, names[index])
       table.insert(reply, json)
       table.insert(reply, names[index + 1])
     else
-      redis.call('ZREM', SCHEDULES_DUE, names[index])
+      rcall('ZREM', SCHEDULES_DUE, names[index])
     end
   end
   return reply
@@ -43,21 +43,21 @@ if name == '' or #name > 64 or string.find(name, '[^%w_%-%.]') then
 end
 
 if mode == 'put' then
-  redis.call('HSET', SCHEDULES, name, ARGV[9])
-  redis.call('ZADD', SCHEDULES_DUE, ARGV[10], name)
+  rcall('HSET', SCHEDULES, name, ARGV[9])
+  rcall('ZADD', SCHEDULES_DUE, ARGV[10], name)
   return { 1 }
 end
 
 if mode == 'remove' then
-  redis.call('ZREM', SCHEDULES_DUE, name)
-  return { redis.call('HDEL', SCHEDULES, name) }
+  rcall('ZREM', SCHEDULES_DUE, name)
+  return { rcall('HDEL', SCHEDULES, name) }
 end
 
 -- advance
-local current = redis.call('ZSCORE', SCHEDULES_DUE, name)
-if not current or tonumber(current) ~= tonumber(ARGV[11]) or redis.call('HEXISTS', SCHEDULES, name) == 0 then
+local current = rcall('ZSCORE', SCHEDULES_DUE, name)
+if not current or tonumber(current) ~= tonumber(ARGV[11]) or rcall('HEXISTS', SCHEDULES, name) == 0 then
   return { 0 }
 end
-redis.call('HSET', SCHEDULES, name, ARGV[9])
-redis.call('ZADD', SCHEDULES_DUE, ARGV[10], name)
+rcall('HSET', SCHEDULES, name, ARGV[9])
+rcall('ZADD', SCHEDULES_DUE, ARGV[10], name)
 return { 1 }

@@ -8,9 +8,9 @@
 -- prioritized count, held count (tasks held back by their concurrency
 -- key, summed over at most 1,000 keys)}.
 
-local length = redis.call('XLEN', QUEUE)
+local length = rcall('XLEN', QUEUE)
 local lag, pending, last_delivered = -1, 0, nil
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', QUEUE)
+local ok, groups = pcall(rcall, 'XINFO', 'GROUPS', QUEUE)
 if ok then
   for _, group in ipairs(groups) do
     local info = {}
@@ -23,7 +23,7 @@ if ok then
   end
 end
 local consumers = {}
-local summary = redis.call('XPENDING', QUEUE, GROUP)
+local summary = rcall('XPENDING', QUEUE, GROUP)
 if summary[4] then
   for _, pair in ipairs(summary[4]) do
     table.insert(consumers, pair[1])
@@ -32,7 +32,7 @@ if summary[4] then
 end
 local oldest = ''
 if last_delivered then
-  local first = redis.call('XRANGE', QUEUE, '(' .. last_delivered, '+', 'COUNT', 1)
+  local first = rcall('XRANGE', QUEUE, '(' .. last_delivered, '+', 'COUNT', 1)
   if first[1] then
     local payload = entry_payload(first[1][2])
     if payload then
@@ -44,8 +44,8 @@ if last_delivered then
   end
 end
 local held = 0
-for _, ckey in ipairs(redis.call('HRANDFIELD', KEYS_HELD, 1000)) do
-  held = held + redis.call('LLEN', key_waiting(ckey))
+for _, ckey in ipairs(rcall('HRANDFIELD', KEYS_HELD, 1000)) do
+  held = held + rcall('LLEN', key_waiting(ckey))
 end
-return { length, lag, pending, consumers, redis.call('ZCARD', DELAYED), redis.call('XLEN', DEAD), oldest,
-  redis.call('ZCARD', PRIORITIZED), held }
+return { length, lag, pending, consumers, rcall('ZCARD', DELAYED), rcall('XLEN', DEAD), oldest,
+  rcall('ZCARD', PRIORITIZED), held }

@@ -45,23 +45,23 @@ end
 
 local idem_key = idempotency ~= '' and idempotency_key(idempotency)
 if idem_key then
-  local existing = redis.call('GET', idem_key)
+  local existing = rcall('GET', idem_key)
   if existing then return { existing, 0 } end
 end
 
 -- A repeated submit (a retry after a lost reply, say) must not reset a task
 -- that exists: it is the same task.
-if redis.call('EXISTS', task_key(task_id)) == 1 then
+if rcall('EXISTS', task_key(task_id)) == 1 then
   return { task_id, 0 }
 end
 
 if ckey ~= '' and strategy ~= '' then
   local tasks = key_tasks(ckey)
   local busy = {}
-  for _, other in ipairs(redis.call('SMEMBERS', tasks)) do
-    local state = redis.call('HMGET', task_key(other), 'status', 'agent_name', 'waiting_for')
+  for _, other in ipairs(rcall('SMEMBERS', tasks)) do
+    local state = rcall('HMGET', task_key(other), 'status', 'agent_name', 'waiting_for')
     if not state[1] or TERMINAL[state[1]] then
-      redis.call('SREM', tasks, other)
+      rcall('SREM', tasks, other)
     else
       table.insert(busy, { other, state })
     end
@@ -70,35 +70,35 @@ if ckey ~= '' and strategy ~= '' then
     if strategy == 'reject' then return { busy[1][1], 2 } end
     if strategy == 'interrupt' or strategy == 'rollback' then
       for _, task in ipairs(busy) do
-        if strategy == 'rollback' then redis.call('HSET', task_key(task[1]), 'rollback', '1') end
+        if strategy == 'rollback' then rcall('HSET', task_key(task[1]), 'rollback', '1') end
         cancel_task(task[1], task[2][1], task[2][2], task[2][3])
       end
     end
   end
-  redis.call('SADD', tasks, task_id)
-  redis.call('EXPIRE', tasks, TASK_TTL)
+  rcall('SADD', tasks, task_id)
+  rcall('EXPIRE', tasks, TASK_TTL)
 end
 
-if idem_key then redis.call('SET', idem_key, task_id, 'EX', TASK_TTL) end
+if idem_key then rcall('SET', idem_key, task_id, 'EX', TASK_TTL) end
 local key
 if run_at_ms > now_ms() then
-  redis.call('ZADD', DELAYED, run_at_ms, task_id)
-  redis.call('HSET', DELAYED_PAYLOADS, task_id, payload)
+  rcall('ZADD', DELAYED, run_at_ms, task_id)
+  rcall('HSET', DELAYED_PAYLOADS, task_id, payload)
   key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
     'payload_checked', '1', 'scheduled_for', string.format('%.3f', run_at_ms / 1000))
-elseif priority ~= '' and (redis.call('EXISTS', PRIORITIZED) == 1 or undelivered() > 0) then
+elseif priority ~= '' and (rcall('EXISTS', PRIORITIZED) == 1 or undelivered() > 0) then
   prioritize(task_id, payload, priority_score(priority, now_ms()))
   key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
     'payload_checked', '1')
 else
-  local entry_id = redis.call('XADD', QUEUE, '*', 'payload', payload)
+  local entry_id = rcall('XADD', QUEUE, '*', 'payload', payload)
   key = write_task(task_id, 'status', 'pending', 'created_at', NOW, 'agent_name', agent_name,
     'payload_checked', '1', 'entry', entry_id)
 end
-if max_retries ~= '' then redis.call('HSET', key, 'max_retries', max_retries) end
-if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
-if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
-if ckey ~= '' then redis.call('HSET', key, 'concurrency_key', ckey) end
-redis.call('ZADD', TIMELINE, NOW, task_id)
+if max_retries ~= '' then rcall('HSET', key, 'max_retries', max_retries) end
+if tenant ~= '' then rcall('HSET', key, 'tenant', tenant) end
+if priority ~= '' then rcall('HSET', key, 'priority', priority) end
+if ckey ~= '' then rcall('HSET', key, 'concurrency_key', ckey) end
+rcall('ZADD', TIMELINE, NOW, task_id)
 trim_index(100)
 return { task_id, 1 }
