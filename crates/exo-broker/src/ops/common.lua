@@ -131,6 +131,18 @@ local function int_text(n)
   return text
 end
 
+-- The number a short text (3 characters at most: a count, an attempt) is,
+-- each text parsed once: Lua's `tonumber` parses a string twice with
+-- strtod, where a table look-up costs a tenth of that.
+local NUMBERS = {}
+local function number_of(text)
+  local n = NUMBERS[text]
+  if n ~= nil then return n end
+  n = tonumber(text)
+  if n and type(text) == 'string' and #text <= 3 then NUMBERS[text] = n end
+  return n
+end
+
 local function task_key(task_id) return TASK_FAMILY .. task_id end
 local function stream_key(task_id) return STREAM_FAMILY .. task_id end
 local function channel_key(task_id) return CHANNEL_FAMILY .. task_id end
@@ -919,7 +931,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
     end
     -- The attempt number (the fencing token) goes up by one, written
     -- with the rest.
-    local attempt = math.floor(tonumber(state[9] or '0') or 0) + 1
+    local attempt = math.floor(number_of(state[9] or '0') or 0) + 1
     local max_retries = state[6]
     if not max_retries then
       max_retries = default_max
@@ -928,7 +940,7 @@ local function claim_batch(consumer, count, default_max, retries_cap, token, ent
       end
     end
     -- (A count within the cap keeps its text.)
-    local retries_limit = tonumber(max_retries)
+    local retries_limit = number_of(max_retries)
     if not retries_limit or retries_limit > retries_cap then
       max_retries = tostring(math.min(retries_limit or tonumber(default_max), retries_cap))
     end

@@ -102,7 +102,7 @@ local function finish_attempt(b, size)
   if not attempt then
     return { 'stale', status or '', state[2] or '' }
   end
-  local inner_retries = tonumber(ARGV[b + 11]) or 0
+  local inner_retries = number_of(ARGV[b + 11]) or 0
   -- A running task that completes with no retries inside its attempt (the
   -- usual ending) needs none of them.
   local retries, max_retries, ended
@@ -138,7 +138,7 @@ local function finish_attempt(b, size)
 
   -- Journal records are ARGV[b + 15 .. b + 14 + j]; the run's events
   -- follow, up to the block's end.
-  local journal_last = math.min(b + 14 + (tonumber(ARGV[b + 14]) or 0), b + size)
+  local journal_last = math.min(b + 14 + (number_of(ARGV[b + 14]) or 0), b + size)
   local events_first, events_last = journal_last + 1, b + size
   if inner_retries > 0 then
     retries = tostring(tonumber(retries or '0') + inner_retries)
@@ -293,9 +293,9 @@ return with_deferred_writes(function()
   local at = 16
   for i = 1, tonumber(ARGV[7]) or 0 do
     -- The block's fields are ARGV[at + 1 .. at + size].
-    local size = tonumber(ARGV[at]) or 0
+    local size = number_of(ARGV[at]) or 0
     local reply, ended = finish_block(at, size)
-    local wanted = size >= 13 and tonumber(ARGV[at + 13]) or 0
+    local wanted = size >= 13 and number_of(ARGV[at + 13]) or 0
     at = at + size + 1
     asked = asked or wanted > 0
     given[i] = 0
