@@ -198,7 +198,7 @@ end
 -- whose `journal` field says that it has one (so that a task that ends
 -- without one deletes nothing).
 local JOURNAL_MAX = 2000
--- The records are `list[first..last]` (`append_journal` takes a table).
+-- The records are `list[first..last]`.
 local function append_journal_range(task_id, list, first, last)
   if last < first then return end
   rcall('HSET', task_key(task_id), 'journal', '1')
@@ -212,10 +212,6 @@ local function append_journal_range(task_id, list, first, last)
     end
   end
   rcall('EXPIRE', key, TASK_TTL)
-end
-
-local function append_journal(task_id, records)
-  append_journal_range(task_id, records, 1, #records)
 end
 
 -- Replaces the placeholder string `slot` (with its quotes) in an event

@@ -22,11 +22,8 @@ if attempt ~= '' then
   if not fence_matches(attempt, state[2], state[3]) then return -1 end
   rcall('EXPIRE', task_key(task_id), TASK_TTL)
 end
-local journal_count = tonumber(ARGV[9]) or 0
-local journal = {}
-for i = 10, 9 + journal_count do table.insert(journal, ARGV[i]) end
-local events = {}
-for i = 10 + journal_count, #ARGV do table.insert(events, ARGV[i]) end
-append_journal(task_id, journal)
-append_events(task_id, events)
-return #events
+-- Both are written from where they lie in ARGV.
+local journal_last = math.min(9 + math.max(math.floor(number_of(ARGV[9]) or 0), 0), #ARGV)
+append_journal_range(task_id, ARGV, 10, journal_last)
+append_event_range(task_id, ARGV, journal_last + 1, #ARGV)
+return #ARGV - journal_last
